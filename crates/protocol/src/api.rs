@@ -1,0 +1,47 @@
+//! The APIs Caudal serves and the versions of each. ApiVersions answers from this table, and the
+//! broker dispatches exactly these keys, so nothing is advertised that is not served.
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::VersionRange;
+
+/// `(api, min_version, max_version)` for every API the broker serves.
+///
+/// Minimums follow Apache Kafka 4.x, which dropped the pre-2017 versions; maximums are the newest
+/// versions whose semantics Caudal implements in full.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The version range served for `api`, or `None` if the API is not served at all.
+pub fn supported_range(api: ApiKey) -> Option<VersionRange> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(key, _, _)| *key == api)
+        .map(|&(_, min, max)| VersionRange { min, max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_range_is_one_the_message_schemas_define() {
+        for &(api, min, max) in SUPPORTED_APIS {
+            let schema = api.valid_versions();
+            assert!(min <= max, "{api:?}: empty range {min}..={max}");
+            assert!(
+                schema.min <= min && max <= schema.max,
+                "{api:?}: served {min}..={max} outside the schema's {schema}"
+            );
+        }
+    }
+}

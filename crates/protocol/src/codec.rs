@@ -1,0 +1,187 @@
+//! Request and response framing: a request frame (without its 4-byte length prefix) in, a decoded
+//! header and body out; a response body in, a length-prefixed frame out.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::api::{supported_range, SUPPORTED_APIS};
+
+/// Kafka's UNSUPPORTED_VERSION error code.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// A decoded request: its header and its body.
+#[derive(Debug)]
+pub struct Request {
+    pub api_key: ApiKey,
+    pub header: RequestHeader,
+    pub body: RequestKind,
+}
+
+impl Request {
+    pub fn version(&self) -> i16 {
+        self.header.request_api_version
+    }
+}
+
+/// Why a request frame could not be turned into a [`Request`].
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request frame of {len} bytes is shorter than a request header")]
+    TooShort { len: usize },
+    #[error("unknown API key {api_key} (correlation id {correlation_id})")]
+    UnknownApi { api_key: i16, correlation_id: i32 },
+    #[error("{api_key:?} v{version} is not supported (correlation id {correlation_id})")]
+    UnsupportedVersion {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
+    #[error("malformed {api_key:?} v{version} request: {reason}")]
+    Malformed {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        reason: String,
+    },
+}
+
+impl RequestError {
+    /// The answer Kafka gives to this error, if it gives one rather than closing the connection:
+    /// an ApiVersions request of a version we do not know gets a v0 response carrying
+    /// UNSUPPORTED_VERSION and our ranges, so the client can retry at a version we serve.
+    pub fn answer(&self) -> Option<BytesMut> {
+        match *self {
+            RequestError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                ..
+            } => Some(unsupported_api_versions_response(correlation_id)),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes one request frame (the bytes after the length prefix).
+pub fn decode_request(mut frame: Bytes) -> Result<Request, RequestError> {
+    if frame.len() < 8 {
+        return Err(RequestError::TooShort { len: frame.len() });
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| RequestError::UnknownApi {
+        api_key: raw_key,
+        correlation_id,
+    })?;
+    let served = supported_range(api_key).ok_or(RequestError::UnknownApi {
+        api_key: raw_key,
+        correlation_id,
+    })?;
+    if version < served.min || version > served.max {
+        return Err(RequestError::UnsupportedVersion {
+            api_key,
+            version,
+            correlation_id,
+        });
+    }
+    let malformed = |reason: String| RequestError::Malformed {
+        api_key,
+        version,
+        correlation_id,
+        reason,
+    };
+    let header_version = api_key.request_header_version(version);
+    let header =
+        RequestHeader::decode(&mut frame, header_version).map_err(|e| malformed(e.to_string()))?;
+    let body =
+        RequestKind::decode(api_key, &mut frame, version).map_err(|e| malformed(e.to_string()))?;
+    if frame.has_remaining() {
+        return Err(malformed(format!(
+            "{} bytes left over after the request body",
+            frame.remaining()
+        )));
+    }
+    Ok(Request {
+        api_key,
+        header,
+        body,
+    })
+}
+
+/// Why a response could not be encoded. This is a broker bug (a field that the chosen version
+/// cannot carry), never a peer's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {api_key:?} v{version} response: {reason}")]
+pub struct EncodeError {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub reason: String,
+}
+
+/// Appends a length-prefixed response frame for `body` to `out`.
+pub fn encode_response(
+    out: &mut BytesMut,
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<(), EncodeError> {
+    let err = |e: &dyn std::fmt::Display| EncodeError {
+        api_key,
+        version,
+        reason: e.to_string(),
+    };
+    let start = out.len();
+    out.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(out, api_key.response_header_version(version))
+        .map_err(|e| err(&e))?;
+    body.encode(out, version).map_err(|e| err(&e))?;
+    let len = out.len() - start - 4;
+    let len = i32::try_from(len).map_err(|_| EncodeError {
+        api_key,
+        version,
+        reason: format!("response of {len} bytes does not fit a frame"),
+    })?;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// The ApiVersions table as the response lists it.
+pub fn api_versions_keys() -> Vec<kafka_protocol::messages::api_versions_response::ApiVersion> {
+    SUPPORTED_APIS
+        .iter()
+        .map(|&(api, min, max)| {
+            kafka_protocol::messages::api_versions_response::ApiVersion::default()
+                .with_api_key(api as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
+        .collect()
+}
+
+/// The v0 ApiVersions response with UNSUPPORTED_VERSION that Kafka sends when a client asks for an
+/// ApiVersions version the broker does not know (KIP-511).
+pub fn unsupported_api_versions_response(correlation_id: i32) -> BytesMut {
+    let body = ApiVersionsResponse::default()
+        .with_error_code(UNSUPPORTED_VERSION)
+        .with_api_keys(api_versions_keys());
+    let mut out = BytesMut::with_capacity(256);
+    // Version 0 of the response can carry everything set above, so encoding cannot fail.
+    if encode_response(
+        &mut out,
+        ApiKey::ApiVersions,
+        0,
+        correlation_id,
+        &ResponseKind::ApiVersions(body),
+    )
+    .is_err()
+    {
+        out.clear();
+    }
+    out
+}

@@ -1,0 +1,388 @@
+//! RecordBatch (magic 2) headers: parsing, validation and the in-place patches the broker makes.
+//!
+//! Layout (Kafka's `DefaultRecordBatch`):
+//! ```text
+//!  0 base_offset i64          27 base_timestamp i64
+//!  8 batch_length i32         35 max_timestamp i64
+//! 12 partition_leader_epoch   43 producer_id i64
+//! 16 magic i8                 51 producer_epoch i16
+//! 17 crc u32 (CRC-32C of 21..) 53 base_sequence i32
+//! 21 attributes i16           57 records_count i32
+//! 23 last_offset_delta i32    61 records...
+//! ```
+//! The CRC does not cover the base offset nor the leader epoch, so the broker can assign offsets
+//! by rewriting those two fields without touching the records.
+
+/// Bytes before the records of a batch.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Bytes before `batch_length`'s coverage starts: base offset and the length itself.
+pub const LOG_OVERHEAD: usize = 12;
+const CRC_START: usize = 21;
+const MAGIC: i8 = 2;
+const ATTR_COMPRESSION_MASK: i16 = 0x07;
+const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
+const ATTR_TRANSACTIONAL: i16 = 0x10;
+const ATTR_CONTROL: i16 = 0x20;
+
+/// Why a batch was refused. Every variant maps to Kafka's CORRUPT_MESSAGE except where noted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch truncated: {available} bytes where the header needs {BATCH_HEADER_LEN}")]
+    TruncatedHeader { available: usize },
+    #[error("batch length {batch_length} is impossible (minimum {min})", min = BATCH_HEADER_LEN - LOG_OVERHEAD)]
+    BadLength { batch_length: i32 },
+    #[error("batch says {declared} bytes but only {available} follow")]
+    Truncated { declared: usize, available: usize },
+    #[error("unsupported record batch magic {0} (only magic 2 is accepted)")]
+    BadMagic(i8),
+    #[error("CRC-32C mismatch: header says {stored:#010x}, bytes give {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("records count {count} does not match last offset delta {last_offset_delta}")]
+    BadCount { count: i32, last_offset_delta: i32 },
+    #[error("records do not parse: {0}")]
+    BadRecords(&'static str),
+}
+
+/// A read-only view of a batch header. Constructed only over at least [`BATCH_HEADER_LEN`] bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchHeader<'a>(&'a [u8]);
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(x)
+}
+
+impl<'a> BatchHeader<'a> {
+    /// Views the header at the start of `bytes`, checking only that it is long enough.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::TruncatedHeader {
+                available: bytes.len(),
+            });
+        }
+        Ok(BatchHeader(bytes))
+    }
+    pub fn base_offset(&self) -> i64 {
+        i64_at(self.0, 0)
+    }
+    pub fn batch_length(&self) -> i32 {
+        i32_at(self.0, 8)
+    }
+    /// The whole batch's size on disk, or an error if `batch_length` is impossible.
+    pub fn total_len(&self) -> Result<usize, BatchError> {
+        let batch_length = self.batch_length();
+        match usize::try_from(batch_length) {
+            Ok(n) if n >= BATCH_HEADER_LEN - LOG_OVERHEAD => Ok(n + LOG_OVERHEAD),
+            _ => Err(BatchError::BadLength { batch_length }),
+        }
+    }
+    pub fn magic(&self) -> i8 {
+        self.0[16] as i8
+    }
+    pub fn crc(&self) -> u32 {
+        i32_at(self.0, 17) as u32
+    }
+    pub fn attributes(&self) -> i16 {
+        i16_at(self.0, 21)
+    }
+    /// Compression codec id: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd.
+    pub fn compression(&self) -> i16 {
+        self.attributes() & ATTR_COMPRESSION_MASK
+    }
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes() & ATTR_TIMESTAMP_TYPE != 0
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & ATTR_TRANSACTIONAL != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes() & ATTR_CONTROL != 0
+    }
+    pub fn last_offset_delta(&self) -> i32 {
+        i32_at(self.0, 23)
+    }
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.last_offset_delta())
+    }
+    pub fn base_timestamp(&self) -> i64 {
+        i64_at(self.0, 27)
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        i64_at(self.0, 35)
+    }
+    pub fn producer_id(&self) -> i64 {
+        i64_at(self.0, 43)
+    }
+    pub fn producer_epoch(&self) -> i16 {
+        i16_at(self.0, 51)
+    }
+    pub fn base_sequence(&self) -> i32 {
+        i32_at(self.0, 53)
+    }
+    pub fn records_count(&self) -> i32 {
+        i32_at(self.0, 57)
+    }
+}
+
+/// A batch that passed [`validate_batch`]: what the log needs to know to append it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidBatch {
+    pub total_len: usize,
+    pub last_offset_delta: i32,
+    pub max_timestamp: i64,
+    pub records_count: i32,
+}
+
+/// Checks the first batch in `bytes`: header lengths, magic, CRC-32C, and that the records count
+/// agrees with the offset delta. For uncompressed batches the records' own length prefixes are
+/// walked too (no allocation, no copy); compressed records are left compressed.
+pub fn validate_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let total_len = header.total_len()?;
+    if total_len > bytes.len() {
+        return Err(BatchError::Truncated {
+            declared: total_len,
+            available: bytes.len(),
+        });
+    }
+    if header.magic() != MAGIC {
+        return Err(BatchError::BadMagic(header.magic()));
+    }
+    let computed = crc32c::crc32c(&bytes[CRC_START..total_len]);
+    if computed != header.crc() {
+        return Err(BatchError::BadCrc {
+            stored: header.crc(),
+            computed,
+        });
+    }
+    let count = header.records_count();
+    let last_offset_delta = header.last_offset_delta();
+    if count < 1 || last_offset_delta != count - 1 {
+        return Err(BatchError::BadCount {
+            count,
+            last_offset_delta,
+        });
+    }
+    if header.compression() == 0 {
+        check_record_framing(&bytes[BATCH_HEADER_LEN..total_len], count)?;
+    }
+    Ok(ValidBatch {
+        total_len,
+        last_offset_delta,
+        max_timestamp: header.max_timestamp(),
+        records_count: count,
+    })
+}
+
+/// Walks uncompressed records by their varint length prefixes: exactly `count` of them must fill
+/// `records` exactly.
+fn check_record_framing(mut records: &[u8], count: i32) -> Result<(), BatchError> {
+    for _ in 0..count {
+        let (len, used) =
+            read_varint(records).ok_or(BatchError::BadRecords("bad length varint"))?;
+        let len = usize::try_from(len).map_err(|_| BatchError::BadRecords("negative length"))?;
+        let end = used
+            .checked_add(len)
+            .filter(|&end| end <= records.len())
+            .ok_or(BatchError::BadRecords("record runs past the batch"))?;
+        records = &records[end..];
+    }
+    if records.is_empty() {
+        Ok(())
+    } else {
+        Err(BatchError::BadRecords("bytes left after the last record"))
+    }
+}
+
+/// Reads a zigzag varint (at most 5 bytes for an i32); returns the value and bytes used.
+pub fn read_varint(bytes: &[u8]) -> Option<(i32, usize)> {
+    let mut raw: u32 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(5) {
+        raw |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((((raw >> 1) as i32) ^ -((raw & 1) as i32), i + 1));
+        }
+    }
+    None
+}
+
+/// Reads a zigzag varlong (at most 10 bytes); returns the value and bytes used.
+pub fn read_varlong(bytes: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        raw |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
+/// Writes the broker-assigned fields into a batch header: base offset and leader epoch. Neither is
+/// covered by the CRC, so the batch stays valid.
+pub fn assign_offset(header: &mut [u8; BATCH_HEADER_LEN], base_offset: i64, leader_epoch: i32) {
+    header[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    header[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// Iterates the complete batches at the start of `bytes`, stopping at the first that is cut off
+/// or has an impossible length. Yields `(position, header)`.
+pub struct BatchIter<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> BatchIter<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        BatchIter { bytes, position: 0 }
+    }
+    /// Bytes covered by the batches yielded so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = (usize, BatchHeader<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = &self.bytes[self.position..];
+        let header = BatchHeader::parse(rest).ok()?;
+        let len = header.total_len().ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        let at = self.position;
+        self.position += len;
+        Some((at, header))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn zigzag(v: i64) -> u64 {
+        ((v << 1) ^ (v >> 63)) as u64
+    }
+    fn put_varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = zigzag(v);
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    /// Builds a valid uncompressed batch of `values` with the given base timestamp.
+    pub(crate) fn batch(values: &[&[u8]], timestamp: i64) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let mut r = Vec::new();
+            r.push(0); // attributes
+            put_varint(&mut r, i as i64); // timestamp delta
+            put_varint(&mut r, i as i64); // offset delta
+            put_varint(&mut r, -1); // null key
+            put_varint(&mut r, v.len() as i64);
+            r.extend_from_slice(v);
+            put_varint(&mut r, 0); // headers
+            put_varint(&mut records, r.len() as i64);
+            records.extend_from_slice(&r);
+        }
+        let n = values.len() as i32;
+        let mut b = Vec::new();
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(
+            &((BATCH_HEADER_LEN - LOG_OVERHEAD + records.len()) as i32).to_be_bytes(),
+        );
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(n - 1).to_be_bytes());
+        b.extend_from_slice(&timestamp.to_be_bytes());
+        b.extend_from_slice(&(timestamp + i64::from(n - 1)).to_be_bytes());
+        b.extend_from_slice(&(-1i64).to_be_bytes());
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(&records);
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_well_formed_batch_validates() {
+        let b = batch(&[b"a", b"bc", b"def"], 1000);
+        let v = validate_batch(&b).unwrap();
+        assert_eq!(v.total_len, b.len());
+        assert_eq!(v.records_count, 3);
+        assert_eq!(v.max_timestamp, 1002);
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_after_the_crc_is_caught() {
+        let b = batch(&[b"hello", b"world"], 1);
+        for at in CRC_START..b.len() {
+            let mut bad = b.clone();
+            bad[at] ^= 0x01;
+            assert!(validate_batch(&bad).is_err(), "flip at byte {at} accepted");
+        }
+    }
+
+    #[test]
+    fn offsets_and_epoch_can_be_patched_without_breaking_the_crc() {
+        let b = batch(&[b"x"], 1);
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        header.copy_from_slice(&b[..BATCH_HEADER_LEN]);
+        assign_offset(&mut header, 12345, 7);
+        let mut patched = header.to_vec();
+        patched.extend_from_slice(&b[BATCH_HEADER_LEN..]);
+        validate_batch(&patched).unwrap();
+        assert_eq!(BatchHeader::parse(&patched).unwrap().base_offset(), 12345);
+    }
+
+    #[test]
+    fn impossible_lengths_and_counts_are_refused() {
+        let b = batch(&[b"x", b"y"], 1);
+        assert!(matches!(
+            validate_batch(&b[..b.len() - 1]),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert!(matches!(
+            validate_batch(&b[..30]),
+            Err(BatchError::TruncatedHeader { .. })
+        ));
+        let mut neg = b.clone();
+        neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(
+            validate_batch(&neg),
+            Err(BatchError::BadLength { .. })
+        ));
+        let mut magic = b.clone();
+        magic[16] = 1;
+        assert_eq!(validate_batch(&magic), Err(BatchError::BadMagic(1)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn validation_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = validate_batch(&bytes);
+            let _ = BatchIter::new(&bytes).count();
+        }
+
+        #[test]
+        fn varint_roundtrip(v in proptest::prelude::any::<i32>()) {
+            let mut out = Vec::new();
+            put_varint(&mut out, i64::from(v));
+            proptest::prop_assert_eq!(read_varint(&out), Some((v, out.len())));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Caudal's partition log: segments of stored RecordBatches with Kafka's on-disk layout
+//! (`<base offset>.log`, `.index`, `.timeindex`), batch validation, crash recovery, retention.
+//!
+//! Batches are stored exactly as producers sent them; the only change is the base offset (and
+//! leader epoch) written into the header, which the CRC does not cover. Reads return stored bytes.
+
+pub mod batch;
+pub mod index;
+pub mod log;
+pub mod segment;
+
+pub use batch::{validate_batch, BatchError, BatchHeader, ValidBatch};
+pub use log::{
+    validate_for_append, AppendError, AppendInfo, FlushJob, LogConfig, PartitionLog, ReadError,
+    ReadPlan, RecoveryReport,
+};

@@ -1,0 +1,299 @@
+use super::*;
+use crate::batch::tests::batch;
+use crate::batch::BatchHeader;
+use proptest::prelude::*;
+
+fn config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 128,
+        ..LogConfig::default()
+    }
+}
+
+/// Reads every batch from `offset` to the end and returns `(base_offset, last_offset)` pairs.
+fn read_all(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    while let Some(plan) = log.read(offset, 1 << 20, i64::MAX, true).unwrap() {
+        let bytes = plan.read().unwrap();
+        assert!(!bytes.is_empty(), "a read at {offset} returned nothing");
+        for (_, h) in BatchIter::new(&bytes) {
+            crate::batch::validate_batch(&bytes[..]).ok();
+            out.push((h.base_offset(), h.last_offset()));
+            offset = h.last_offset() + 1;
+        }
+    }
+    out
+}
+
+fn append_n(log: &mut PartitionLog, batches: usize, per_batch: usize, now: i64) {
+    for i in 0..batches {
+        let values: Vec<Vec<u8>> = (0..per_batch)
+            .map(|j| format!("value-{i}-{j}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        log.append(&batch(&refs, now + i as i64), now).unwrap();
+    }
+}
+
+#[test]
+fn appends_get_consecutive_offsets_and_read_back_from_any_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    append_n(&mut log, 50, 3, 1000);
+    assert_eq!(log.log_end_offset(), 150);
+    for offset in 0..150 {
+        let first = read_all(&log, offset)[0];
+        assert!(
+            first.0 <= offset && offset <= first.1,
+            "read at {offset} started at {first:?}"
+        );
+    }
+    assert!(log.read(150, 1 << 20, i64::MAX, true).unwrap().is_none());
+    assert!(matches!(
+        log.read(151, 100, i64::MAX, true),
+        Err(ReadError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn reads_stop_at_max_bytes_on_a_batch_boundary_but_return_one_oversized_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    append_n(&mut log, 10, 5, 0);
+    let one = log
+        .read(0, 10, i64::MAX, true)
+        .unwrap()
+        .unwrap()
+        .read()
+        .unwrap();
+    assert_eq!(
+        BatchIter::new(&one).count(),
+        1,
+        "min_one_batch must return the first batch whole"
+    );
+    let none = log
+        .read(0, 10, i64::MAX, false)
+        .unwrap()
+        .unwrap()
+        .read()
+        .unwrap();
+    assert!(none.is_empty());
+    let some = log
+        .read(0, 400, i64::MAX, true)
+        .unwrap()
+        .unwrap()
+        .read()
+        .unwrap();
+    let mut iter = BatchIter::new(&some);
+    let n = iter.by_ref().count();
+    assert!(n >= 1 && iter.position() == some.len() && some.len() <= 400);
+}
+
+#[test]
+fn reads_never_pass_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    append_n(&mut log, 10, 2, 0);
+    let bytes = log
+        .read(0, 1 << 20, 6, true)
+        .unwrap()
+        .unwrap()
+        .read()
+        .unwrap();
+    let last = BatchIter::new(&bytes).last().unwrap().1.last_offset();
+    assert_eq!(last, 5);
+    assert!(log.read(6, 1 << 20, 6, true).unwrap().is_none());
+}
+
+#[test]
+fn segments_roll_by_size_and_time_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
+    append_n(&mut log, 40, 4, 0);
+    assert!(
+        log.segment_count() > 3,
+        "expected size-based rolls, got {}",
+        log.segment_count()
+    );
+    let got = read_all(&log, 0);
+    assert_eq!(got.len(), 40);
+    assert_eq!(got.last().unwrap().1, 159);
+    let before = log.segment_count();
+    let mut timed = config(1 << 30);
+    timed.segment_ms = 100;
+    log.set_config(timed);
+    append_n(&mut log, 1, 1, 10_000);
+    append_n(&mut log, 1, 1, 20_000);
+    assert!(log.segment_count() > before, "expected a time-based roll");
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"00000000000000000000.log".to_string()));
+    assert!(names.contains(&"00000000000000000000.index".to_string()));
+    assert!(names.contains(&"00000000000000000000.timeindex".to_string()));
+}
+
+#[test]
+fn a_torn_tail_is_truncated_on_open_and_the_log_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    append_n(&mut log, 20, 3, 0);
+    let path = dir.path().join("00000000000000000000.log");
+    drop(log);
+    let len = fs::metadata(&path).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 7).unwrap();
+    let (mut log, report) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    assert_eq!(
+        log.log_end_offset(),
+        57,
+        "the last, torn batch must be gone"
+    );
+    assert!(report.truncated_bytes > 0);
+    append_n(&mut log, 1, 1, 0);
+    assert_eq!(log.log_end_offset(), 58);
+    assert_eq!(read_all(&log, 0).len(), 20);
+}
+
+#[test]
+fn a_corrupted_tail_batch_is_dropped_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    append_n(&mut log, 10, 1, 0);
+    let path = dir.path().join("00000000000000000000.log");
+    drop(log);
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    assert_eq!(log.log_end_offset(), 9);
+    assert!(
+        report.reasons.iter().any(|r| r.contains("CRC")),
+        "{:?}",
+        report.reasons
+    );
+}
+
+#[test]
+fn missing_or_garbage_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(2000), 0).unwrap();
+    append_n(&mut log, 60, 2, 0);
+    log.close().unwrap();
+    let segments = log.segment_count();
+    drop(log);
+    fs::remove_file(dir.path().join("00000000000000000000.index")).unwrap();
+    fs::write(
+        dir.path().join("00000000000000000000.timeindex"),
+        [0xffu8; 24],
+    )
+    .unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(2000), 0).unwrap();
+    assert!(report.rebuilt_indexes >= 1, "{report:?}");
+    assert_eq!(log.segment_count(), segments);
+    assert_eq!(read_all(&log, 0).len(), 60);
+    assert_eq!(read_all(&log, 33)[0], (32, 33));
+}
+
+#[test]
+fn a_clean_close_needs_no_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
+    append_n(&mut log, 30, 2, 0);
+    log.close().unwrap();
+    drop(log);
+    let (log, report) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
+    assert_eq!(
+        report.recovered_segments, 1,
+        "only the active segment is rescanned"
+    );
+    assert_eq!(log.log_end_offset(), 60);
+}
+
+#[test]
+fn timestamps_find_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
+    // batch i holds 3 records with timestamps 1000*i, 1000*i+1, 1000*i+2
+    for i in 0..30i64 {
+        log.append(&batch(&[b"a", b"b", b"c"], 1000 * i), 0)
+            .unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(log.offset_for_timestamp(5001).unwrap(), Some((16, 5001)));
+    assert_eq!(log.offset_for_timestamp(5003).unwrap(), Some((18, 6000)));
+    assert_eq!(log.offset_for_timestamp(99_999).unwrap(), None);
+    assert_eq!(log.max_timestamp(), Some((89, 29_002)));
+}
+
+#[test]
+fn retention_deletes_old_segments_and_moves_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(500);
+    cfg.retention_bytes = 1500;
+    let (mut log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+    append_n(&mut log, 50, 2, 0);
+    let deleted = log.apply_retention(0).unwrap();
+    assert!(deleted > 0);
+    assert!(log.size_bytes() <= 1500 + 500);
+    assert!(log.log_start_offset() > 0);
+    assert!(matches!(
+        log.read(0, 100, i64::MAX, true),
+        Err(ReadError::OffsetOutOfRange { .. })
+    ));
+    let start = log.log_start_offset();
+    assert_eq!(read_all(&log, start)[0].0, start);
+}
+
+#[test]
+fn flush_jobs_cover_everything_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+    assert!(log.flush_job().is_none());
+    append_n(&mut log, 10, 2, 0);
+    let job = log.flush_job().unwrap();
+    assert_eq!(job.up_to, 20);
+    job.run().unwrap();
+    log.flush_done(job.up_to).unwrap();
+    assert_eq!(log.flushed_offset(), 20);
+    assert!(log.flush_job().is_none());
+    // the recovery point moved past the sealed segments
+    let point: i64 = fs::read_to_string(dir.path().join("recovery-point"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(point > 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Whatever the batch sizes and wherever the file is cut, reopening keeps exactly the
+    /// batches that were whole before the cut, with their offsets.
+    #[test]
+    fn recovery_keeps_exactly_the_whole_batches(sizes in prop::collection::vec(1usize..6, 1..30), cut_frac in 0.0f64..1.0) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        let mut ends = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let values: Vec<Vec<u8>> = (0..*n).map(|j| vec![b'x'; i + j]).collect();
+            let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+            log.append(&batch(&refs, 0), 0).unwrap();
+            ends.push((log.size_bytes(), log.log_end_offset()));
+        }
+        drop(log);
+        let path = dir.path().join("00000000000000000000.log");
+        let len = fs::metadata(&path).unwrap().len();
+        let cut = (len as f64 * cut_frac) as u64;
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        let expected = ends.iter().rev().find(|(size, _)| *size <= cut).map(|(_, leo)| *leo).unwrap_or(0);
+        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        prop_assert_eq!(log.log_end_offset(), expected);
+        let got = read_all(&log, 0);
+        prop_assert_eq!(got.last().map(|b| b.1 + 1).unwrap_or(0), expected);
+        let _ = BatchHeader::parse(&[]);
+    }
+}

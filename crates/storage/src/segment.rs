@@ -1,0 +1,396 @@
+//! One segment of a partition log: `<base offset>.log` plus its `.index` and `.timeindex`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{self, validate_batch, BatchHeader, BATCH_HEADER_LEN};
+use crate::index::{Index, IndexKind};
+
+/// The file name stem Kafka uses: the base offset, zero-padded to 20 digits.
+pub fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// What recovering a segment found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SegmentRecovery {
+    pub batches: u64,
+    pub truncated_bytes: u64,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: i64,
+    log_path: PathBuf,
+    log: Arc<File>,
+    size: u64,
+    offset_index: Index,
+    time_index: Index,
+    index_interval_bytes: u64,
+    bytes_since_index: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    offset_of_max_timestamp: i64,
+    /// When this segment was created (or opened), for time-based rolling.
+    created_ms: i64,
+}
+
+impl Segment {
+    /// Creates a new segment, or opens an existing one that the caller will [`recover`](Self::recover).
+    pub fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> io::Result<Segment> {
+        let stem = file_stem(base_offset);
+        let log_path = dir.join(format!("{stem}.log"));
+        let log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&log_path)?;
+        // An existing file is left as found: the caller recovers it before use.
+        let seg = Segment {
+            base_offset,
+            log_path,
+            size: 0,
+            log: Arc::new(log),
+            offset_index: Index::open(&dir.join(format!("{stem}.index")), IndexKind::Offset)?,
+            time_index: Index::open(&dir.join(format!("{stem}.timeindex")), IndexKind::Time)?,
+            index_interval_bytes,
+            bytes_since_index: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: -1,
+            created_ms: now_ms,
+        };
+        Ok(seg)
+    }
+
+    /// Opens a sealed segment that a clean checkpoint vouches for: trusts the log, checks the
+    /// indexes and rebuilds them if they look wrong. Returns whether a rebuild happened.
+    pub fn open_trusted(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> io::Result<(Segment, bool)> {
+        let stem = file_stem(base_offset);
+        let log_path = dir.join(format!("{stem}.log"));
+        let log = OpenOptions::new().read(true).append(true).open(&log_path)?;
+        let size = log.metadata()?.len();
+        let mut seg = Segment {
+            base_offset,
+            log_path,
+            size,
+            log: Arc::new(log),
+            offset_index: Index::open(&dir.join(format!("{stem}.index")), IndexKind::Offset)?,
+            time_index: Index::open(&dir.join(format!("{stem}.timeindex")), IndexKind::Time)?,
+            index_interval_bytes,
+            bytes_since_index: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: -1,
+            created_ms: now_ms,
+        };
+        let indexes_ok = (size == 0 || !seg.offset_index.is_empty())
+            && seg.offset_index.looks_sane(size)?
+            && seg.time_index.looks_sane(size)?;
+        if !indexes_ok {
+            seg.recover()?;
+            return Ok((seg, true));
+        }
+        // The next offset comes from the last batch: start at the last index entry and walk.
+        let mut position = seg
+            .offset_index
+            .last()
+            .map(|e| u64::from(e.value))
+            .unwrap_or(0);
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        while position < size {
+            if seg.log.read_exact_at(&mut header, position).is_err() {
+                break;
+            }
+            let h = match BatchHeader::parse(&header) {
+                Ok(h) => h,
+                Err(_) => break,
+            };
+            let Ok(len) = h.total_len() else { break };
+            seg.next_offset = h.last_offset() + 1;
+            position += len as u64;
+        }
+        if position != size {
+            seg.recover()?;
+            return Ok((seg, true));
+        }
+        if let Some(last) = seg.time_index.last() {
+            seg.max_timestamp = last.key;
+            seg.offset_of_max_timestamp = base_offset + i64::from(last.value);
+        }
+        Ok((seg, false))
+    }
+
+    /// Scans the whole segment, checking every batch (lengths, magic, CRC, counts); truncates at
+    /// the first bad or torn batch and rebuilds both indexes from what is left.
+    pub fn recover(&mut self) -> io::Result<SegmentRecovery> {
+        self.offset_index.clear()?;
+        self.time_index.clear()?;
+        self.bytes_since_index = 0;
+        self.next_offset = self.base_offset;
+        self.max_timestamp = -1;
+        self.offset_of_max_timestamp = -1;
+        let file_len = self.log.metadata()?.len();
+        let mut report = SegmentRecovery::default();
+        let mut position = 0u64;
+        let mut buf = Vec::new();
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        while position < file_len {
+            let remaining = file_len - position;
+            if remaining < BATCH_HEADER_LEN as u64 {
+                report.reason = Some(format!("{remaining} bytes of a torn batch header"));
+                break;
+            }
+            self.log.read_exact_at(&mut header, position)?;
+            let len = match BatchHeader::parse(&header).and_then(|h| h.total_len()) {
+                Ok(len) if len as u64 <= remaining => len,
+                Ok(len) => {
+                    report.reason = Some(format!("batch of {len} bytes cut off after {remaining}"));
+                    break;
+                }
+                Err(e) => {
+                    report.reason = Some(e.to_string());
+                    break;
+                }
+            };
+            buf.resize(len, 0);
+            self.log.read_exact_at(&mut buf, position)?;
+            let valid = match validate_batch(&buf) {
+                Ok(v) => v,
+                Err(e) => {
+                    report.reason = Some(e.to_string());
+                    break;
+                }
+            };
+            let h = BatchHeader::parse(&buf).map_err(io::Error::other)?;
+            if h.base_offset() < self.next_offset {
+                report.reason = Some(format!(
+                    "batch at offset {} does not follow offset {}",
+                    h.base_offset(),
+                    self.next_offset - 1
+                ));
+                break;
+            }
+            self.size = position;
+            self.note_batch(
+                h.base_offset(),
+                valid.last_offset_delta,
+                valid.max_timestamp,
+                len as u64,
+            )?;
+            position += len as u64;
+            report.batches += 1;
+        }
+        self.size = position;
+        if position < file_len {
+            report.truncated_bytes = file_len - position;
+            self.log.set_len(position)?;
+        }
+        Ok(report)
+    }
+
+    /// Updates indexes and counters for a batch written at `self.size`, then advances size.
+    fn note_batch(
+        &mut self,
+        base_offset: i64,
+        last_offset_delta: i32,
+        max_timestamp: i64,
+        len: u64,
+    ) -> io::Result<()> {
+        let position = self.size;
+        let last_offset = base_offset + i64::from(last_offset_delta);
+        if max_timestamp > self.max_timestamp {
+            self.max_timestamp = max_timestamp;
+            self.offset_of_max_timestamp = last_offset;
+        }
+        if self.offset_index.is_empty() || self.bytes_since_index >= self.index_interval_bytes {
+            let rel = base_offset - self.base_offset;
+            let pos =
+                u32::try_from(position).map_err(|_| io::Error::other("segment over 4 GiB"))?;
+            self.offset_index.append(rel, pos)?;
+            self.time_index.append(
+                self.max_timestamp,
+                (self.offset_of_max_timestamp - self.base_offset) as u32,
+            )?;
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += len;
+        self.size = position + len;
+        self.next_offset = last_offset + 1;
+        Ok(())
+    }
+
+    /// Appends one validated batch whose first `BATCH_HEADER_LEN` bytes are `header` (already
+    /// carrying its assigned base offset) and the rest `body`.
+    pub fn append(
+        &mut self,
+        header: &[u8; BATCH_HEADER_LEN],
+        body: &[u8],
+        last_offset_delta: i32,
+        max_timestamp: i64,
+    ) -> io::Result<()> {
+        let base_offset = BatchHeader::parse(header)
+            .map_err(io::Error::other)?
+            .base_offset();
+        debug_assert!(base_offset >= self.next_offset, "offsets must increase");
+        let len = (header.len() + body.len()) as u64;
+        let mut file: &File = &self.log;
+        let written = file.write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(body)])?;
+        if written < header.len() {
+            file.write_all(&header[written..])?;
+            file.write_all(body)?;
+        } else if written < len as usize {
+            file.write_all(&body[written - header.len()..])?;
+        }
+        self.note_batch(base_offset, last_offset_delta, max_timestamp, len)
+    }
+
+    /// The file position of the first batch that holds `offset` or a later one.
+    pub fn position_of(&self, offset: i64) -> io::Result<Option<u64>> {
+        let mut position = self
+            .offset_index
+            .floor(offset - self.base_offset)?
+            .map(|e| u64::from(e.value))
+            .unwrap_or(0);
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        while position < self.size {
+            self.log.read_exact_at(&mut header, position)?;
+            let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
+            if h.last_offset() >= offset {
+                return Ok(Some(position));
+            }
+            position += h.total_len().map_err(io::Error::other)? as u64;
+        }
+        Ok(None)
+    }
+
+    /// The first offset whose batch has a max timestamp at or after `timestamp`, with that
+    /// timestamp: within uncompressed batches the exact record is found.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> io::Result<Option<(i64, i64)>> {
+        if self.max_timestamp < timestamp {
+            return Ok(None);
+        }
+        let start_offset = self
+            .time_index
+            .floor(timestamp - 1)?
+            .map(|e| self.base_offset + i64::from(e.value))
+            .unwrap_or(self.base_offset);
+        let Some(mut position) = self.position_of(start_offset)? else {
+            return Ok(None);
+        };
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        while position < self.size {
+            self.log.read_exact_at(&mut header, position)?;
+            let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
+            let len = h.total_len().map_err(io::Error::other)?;
+            if h.max_timestamp() >= timestamp {
+                if h.compression() == 0 && !h.is_log_append_time() {
+                    let mut buf = vec![0u8; len];
+                    self.log.read_exact_at(&mut buf, position)?;
+                    if let Some(found) = first_record_at_or_after(&buf, timestamp) {
+                        return Ok(Some(found));
+                    }
+                }
+                return Ok(Some((h.base_offset(), h.max_timestamp())));
+            }
+            position += len as u64;
+        }
+        Ok(None)
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+    pub fn offset_of_max_timestamp(&self) -> i64 {
+        self.offset_of_max_timestamp
+    }
+    pub fn log_file(&self) -> &Arc<File> {
+        &self.log
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Seals the segment: records its final max timestamp in the time index.
+    pub fn seal(&mut self) -> io::Result<()> {
+        if self.max_timestamp >= 0 {
+            self.time_index.append(
+                self.max_timestamp,
+                (self.offset_of_max_timestamp - self.base_offset) as u32,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the log and both indexes.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.log.sync_data()?;
+        self.offset_index.file().sync_data()?;
+        self.time_index.file().sync_data()
+    }
+
+    pub fn delete(self) -> io::Result<()> {
+        let paths = [
+            self.log_path.clone(),
+            self.offset_index.path().to_path_buf(),
+            self.time_index.path().to_path_buf(),
+        ];
+        drop(self);
+        for p in paths {
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walks the records of one uncompressed batch for the first with timestamp >= `timestamp`.
+fn first_record_at_or_after(batch: &[u8], timestamp: i64) -> Option<(i64, i64)> {
+    let h = BatchHeader::parse(batch).ok()?;
+    let mut rest = batch.get(BATCH_HEADER_LEN..)?;
+    for _ in 0..h.records_count() {
+        let (len, used) = batch::read_varint(rest)?;
+        let record = rest.get(used..used + usize::try_from(len).ok()?)?;
+        // attributes (1 byte), then timestamp delta (varlong), then offset delta (varint)
+        let (ts_delta, ts_used) = batch::read_varlong(record.get(1..)?)?;
+        let (offset_delta, _) = batch::read_varint(record.get(1 + ts_used..)?)?;
+        let record_ts = h.base_timestamp() + ts_delta;
+        if record_ts >= timestamp {
+            return Some((h.base_offset() + i64::from(offset_delta), record_ts));
+        }
+        rest = rest.get(used + record.len()..)?;
+    }
+    None
+}
