@@ -1,1 +1,149 @@
+//! Caudal's broker: accepts Kafka clients, answers each API from one handler module, and keeps
+//! the topics and their partition logs.
 
+pub mod config;
+mod connection;
+pub mod handlers;
+pub mod partition;
+pub mod topics;
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+pub use config::{BrokerConfig, ConfigError, Setting, SETTINGS};
+use topics::Topics;
+
+/// Wall-clock milliseconds since the epoch, as Kafka timestamps are.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Shared broker state.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub topics: Topics,
+    /// Woken on every append, so long-polling fetches can look again.
+    pub appended: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {dir}: {source}")]
+    DataDir { dir: String, source: io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+}
+
+/// A broker bound to its port, ready to [`run`](Server::run).
+pub struct Server {
+    broker: Arc<Broker>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Opens the data directory (recovering logs) and binds the listener.
+    pub async fn bind(config: BrokerConfig) -> Result<Server, StartError> {
+        let dir = config.data_dir.display().to_string();
+        let data_err = |source| StartError::DataDir {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+        // Fail early and clearly on a read-only or foreign directory.
+        let probe = config.data_dir.join(".caudal-write-check");
+        std::fs::write(&probe, b"")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(data_err)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen.to_string(),
+                    source,
+                })?;
+        let config_for_load = config.clone();
+        let topics = tokio::task::spawn_blocking(move || Topics::load(&config_for_load, now_ms()))
+            .await
+            .map_err(|e| data_err(io::Error::other(e)))?
+            .map_err(data_err)?;
+        let broker = Arc::new(Broker {
+            config,
+            topics,
+            appended: Notify::new(),
+        });
+        Ok(Server { broker, listener })
+    }
+
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, answers requests already read,
+    /// and syncs every log.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Server { broker, listener } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(connection::serve(broker.clone(), stream, peer, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        tracing::info!(
+            connections = connections.len(),
+            "shutting down: answering requests in flight"
+        );
+        let _ = stop_tx.send(true);
+        drop(listener);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still busy after 10 s; closing them");
+            connections.abort_all();
+        }
+        retention.abort();
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || b.topics.close_all()).await;
+        tracing::info!("all logs synced; stopped");
+    }
+}
+
+async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(broker.config.retention_check_interval_ms().max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || b.topics.apply_retention(now_ms())).await;
+    }
+}

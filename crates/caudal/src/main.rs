@@ -1,1 +1,57 @@
-fn main() {}
+//! `caudal`: the broker and its command-line tools in one binary.
+
+mod serve;
+
+use clap::{Arg, Command};
+
+fn cli() -> Command {
+    Command::new("caudal")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Caudal: a Kafka-compatible event streaming platform.\n\nPoint any Kafka client (librdkafka, kcat, confluent-kafka, kafka-python, the Java client) at a running `caudal serve`.")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .arg(
+            Arg::new("log")
+                .long("log")
+                .global(true)
+                .env("CAUDAL_LOG")
+                .value_name("FILTER")
+                .help("Log filter, e.g. `info`, `debug`, `caudal_broker=debug`"),
+        )
+        .subcommand(serve::command())
+}
+
+fn main() -> std::process::ExitCode {
+    let matches = cli().get_matches();
+    let filter = matches
+        .get_one::<String>("log")
+        .cloned()
+        .unwrap_or_else(|| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match matches.subcommand() {
+        Some(("serve", m)) => serve::run(m),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::cli().debug_assert();
+    }
+}

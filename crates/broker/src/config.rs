@@ -1,0 +1,310 @@
+//! Broker settings. Every Kafka-named setting is a row of [`SETTINGS`]: the command line, the
+//! environment, the TOML file and DescribeConfigs all read that one table.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingType {
+    Boolean,
+    Int,
+    Long,
+    Str,
+}
+
+impl SettingType {
+    /// The ConfigType code DescribeConfigs v3+ reports.
+    pub fn describe_code(self) -> i8 {
+        match self {
+            SettingType::Boolean => 1,
+            SettingType::Str => 2,
+            SettingType::Int => 3,
+            SettingType::Long => 5,
+        }
+    }
+}
+
+/// A broker setting, with the topic-level config it is the default for, if any.
+#[derive(Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    pub topic_key: Option<&'static str>,
+    pub kind: SettingType,
+    pub default: &'static str,
+    pub doc: &'static str,
+    /// Values accepted for string settings; empty means any.
+    pub choices: &'static [&'static str],
+    /// Smallest value accepted for numeric settings.
+    pub min: i64,
+}
+
+const fn s(
+    key: &'static str,
+    topic_key: Option<&'static str>,
+    kind: SettingType,
+    default: &'static str,
+    min: i64,
+    doc: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        topic_key,
+        kind,
+        default,
+        doc,
+        choices: &[],
+        min,
+    }
+}
+
+use SettingType::*;
+
+/// Kafka's broker settings that Caudal honours, with Kafka's defaults.
+pub const SETTINGS: &[Setting] = &[
+    s("num.partitions", None, Int, "1", 1, "Partitions of a topic created without a count (auto-created topics, CreateTopics with -1)."),
+    s("default.replication.factor", None, Int, "1", 1, "Replication factor of topics created without one."),
+    s("auto.create.topics.enable", None, Boolean, "true", 0, "Create a topic when a client asks for its metadata or produces to it."),
+    s("message.max.bytes", Some("max.message.bytes"), Int, "1048588", 0, "Largest record batch accepted, in bytes (after compression)."),
+    s("socket.request.max.bytes", None, Int, "104857600", 8, "Largest request frame accepted; a larger one closes the connection."),
+    s("queued.max.requests", None, Int, "500", 1, "Requests a connection may have in flight before the broker stops reading from it."),
+    s("log.segment.bytes", Some("segment.bytes"), Int, "1073741824", 1024, "Size at which a partition's active segment is rolled."),
+    s("log.roll.ms", Some("segment.ms"), Long, "604800000", 1, "Age at which a partition's active segment is rolled."),
+    s("log.retention.ms", Some("retention.ms"), Long, "604800000", -1, "How long segments are kept after their newest record; -1 keeps them forever."),
+    s("log.retention.bytes", Some("retention.bytes"), Long, "-1", -1, "Largest size of a partition's log before old segments are deleted; -1 means no limit."),
+    s("log.retention.check.interval.ms", None, Long, "300000", 1, "How often retention is applied."),
+    s("log.index.interval.bytes", Some("index.interval.bytes"), Int, "4096", 0, "Bytes of log between offset index entries."),
+    Setting { choices: &["delete"], ..s("log.cleanup.policy", Some("cleanup.policy"), Str, "delete", 0, "What happens to old segments: delete (compaction is not available yet).") },
+    Setting { choices: &["CreateTime"], ..s("log.message.timestamp.type", Some("message.timestamp.type"), Str, "CreateTime", 0, "Which timestamp records carry: the producer's (CreateTime).") },
+    Setting { choices: &["producer"], ..s("compression.type", Some("compression.type"), Str, "producer", 0, "Batches are stored with the producer's compression.") },
+    s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "Replicas that must have a batch before acks=all is answered."),
+    s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
+];
+
+pub fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+/// The broker setting whose value is the default of topic config `topic_key`.
+pub fn setting_for_topic_key(topic_key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.topic_key == Some(topic_key))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown setting `{key}`{hint}")]
+    Unknown { key: String, hint: String },
+    #[error("`{key}` = `{value}`: {problem}")]
+    Invalid {
+        key: String,
+        value: String,
+        problem: String,
+    },
+}
+
+/// Checks `value` against the setting's type, minimum and choices; returns it normalised.
+pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        problem,
+    };
+    let value = value.trim();
+    match setting.kind {
+        Boolean => match value.to_ascii_lowercase().as_str() {
+            "true" | "false" => Ok(value.to_ascii_lowercase()),
+            _ => Err(invalid("expected true or false".into())),
+        },
+        Int | Long => {
+            let n: i64 = value
+                .parse()
+                .map_err(|_| invalid("expected a whole number".into()))?;
+            if setting.kind == Int && i32::try_from(n).is_err() {
+                return Err(invalid(format!(
+                    "must fit in 32 bits (at most {})",
+                    i32::MAX
+                )));
+            }
+            if n < setting.min {
+                return Err(invalid(format!("must be at least {}", setting.min)));
+            }
+            Ok(n.to_string())
+        }
+        Str => {
+            if !setting.choices.is_empty() && !setting.choices.contains(&value) {
+                return Err(invalid(format!(
+                    "Caudal supports {}",
+                    setting.choices.join(", ")
+                )));
+            }
+            Ok(value.to_string())
+        }
+    }
+}
+
+/// The broker's configuration: where it listens and stores, and the Kafka-named settings that
+/// were set explicitly (the rest take their defaults from [`SETTINGS`]).
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub advertise: (String, u16),
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    pub cluster_id: String,
+    explicit: BTreeMap<String, String>,
+}
+
+impl BrokerConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        BrokerConfig {
+            listen,
+            advertise: (listen.ip().to_string(), listen.port()),
+            data_dir,
+            node_id: 1,
+            cluster_id: String::new(),
+            explicit: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a Kafka-named setting, checking it.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let Some(setting) = setting(key) else {
+            let hint = if setting_for_topic_key(key).is_some() {
+                format!(
+                    " (that is a topic config; the broker-wide default is `{}`)",
+                    setting_for_topic_key(key)
+                        .map(|s| s.key)
+                        .unwrap_or_default()
+                )
+            } else {
+                String::new()
+            };
+            return Err(ConfigError::Unknown {
+                key: key.to_string(),
+                hint,
+            });
+        };
+        let value = check_value(setting, key, value)?;
+        self.explicit.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    /// The value of a setting and whether it was set explicitly.
+    pub fn get(&self, key: &str) -> Option<(&str, bool)> {
+        if let Some(v) = self.explicit.get(key) {
+            return Some((v.as_str(), true));
+        }
+        setting(key).map(|s| (s.default, false))
+    }
+
+    fn number(&self, key: &str) -> i64 {
+        self.get(key)
+            .and_then(|(v, _)| v.parse().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn num_partitions(&self) -> i32 {
+        self.number("num.partitions") as i32
+    }
+    pub fn auto_create_topics(&self) -> bool {
+        self.get("auto.create.topics.enable")
+            .map(|(v, _)| v == "true")
+            .unwrap_or(true)
+    }
+    pub fn socket_request_max_bytes(&self) -> usize {
+        self.number("socket.request.max.bytes") as usize
+    }
+    pub fn queued_max_requests(&self) -> usize {
+        self.number("queued.max.requests") as usize
+    }
+    pub fn retention_check_interval_ms(&self) -> u64 {
+        self.number("log.retention.check.interval.ms") as u64
+    }
+    pub fn default_replication_factor(&self) -> i16 {
+        self.number("default.replication.factor") as i16
+    }
+
+    /// The effective value of topic config `topic_key` for a topic with `overrides`, and where it
+    /// comes from (DescribeConfigs' ConfigSource: 1 topic, 4 static broker, 5 default).
+    pub fn topic_value<'a>(
+        &'a self,
+        overrides: &'a BTreeMap<String, String>,
+        topic_key: &str,
+    ) -> Option<(&'a str, i8)> {
+        if let Some(v) = overrides.get(topic_key) {
+            return Some((v.as_str(), 1));
+        }
+        let setting = setting_for_topic_key(topic_key)?;
+        self.get(setting.key)
+            .map(|(v, explicit)| (v, if explicit { 4 } else { 5 }))
+    }
+
+    /// The partition log settings for a topic with `overrides`.
+    pub fn log_config(&self, overrides: &BTreeMap<String, String>) -> caudal_storage::LogConfig {
+        let n = |k: &str| -> i64 {
+            self.topic_value(overrides, k)
+                .and_then(|(v, _)| v.parse().ok())
+                .unwrap_or_default()
+        };
+        caudal_storage::LogConfig {
+            segment_bytes: n("segment.bytes").max(1024) as u64,
+            segment_ms: n("segment.ms").max(1),
+            index_interval_bytes: n("index.interval.bytes").max(0) as u64,
+            max_message_bytes: n("max.message.bytes").max(0) as usize,
+            retention_ms: n("retention.ms"),
+            retention_bytes: n("retention.bytes"),
+        }
+    }
+}
+
+/// Checks a topic config from CreateTopics: known key and valid value.
+pub fn check_topic_config(key: &str, value: &str) -> Result<String, ConfigError> {
+    let setting = setting_for_topic_key(key).ok_or_else(|| ConfigError::Unknown {
+        key: key.to_string(),
+        hint: String::new(),
+    })?;
+    check_value(setting, key, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_values_of_their_own_settings() {
+        for s in SETTINGS {
+            assert_eq!(
+                check_value(s, s.key, s.default).as_deref(),
+                Ok(s.default),
+                "{}",
+                s.key
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let mut c = BrokerConfig::new("127.0.0.1:9092".parse().unwrap(), "d".into());
+        let e = c.set("num.partitions", "zero").unwrap_err().to_string();
+        assert!(
+            e.contains("num.partitions") && e.contains("whole number"),
+            "{e}"
+        );
+        let e = c.set("num.partitions", "0").unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = c.set("retention.ms", "5").unwrap_err().to_string();
+        assert!(e.contains("log.retention.ms"), "{e}");
+        c.set("log.segment.bytes", "4096").unwrap();
+        let overrides = BTreeMap::from([("retention.ms".to_string(), "10".to_string())]);
+        assert_eq!(
+            c.topic_value(&overrides, "segment.bytes"),
+            Some(("4096", 4))
+        );
+        assert_eq!(c.topic_value(&overrides, "retention.ms"), Some(("10", 1)));
+        assert_eq!(
+            c.topic_value(&overrides, "retention.bytes"),
+            Some(("-1", 5))
+        );
+        assert_eq!(c.log_config(&overrides).retention_ms, 10);
+    }
+}

@@ -1,0 +1,159 @@
+//! Fetch: serve stored batches as they are on disk. A fetch with `min_bytes` not yet available
+//! waits until enough arrives (woken by each append) or `max_wait_ms` runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use caudal_storage::ReadError;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind, TopicName};
+
+use super::{str_bytes, Reply};
+use crate::Broker;
+
+/// Fetch v13 and later name topics by id.
+const TOPIC_IDS_SINCE: i16 = 13;
+const READ_COMMITTED: i8 = 1;
+
+pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
+    Box::pin(async move {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
+        let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+        loop {
+            let appended = broker.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let (response, bytes, any_error) = read_once(&broker, &request, version);
+            if bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
+                return Some(ResponseKind::Fetch(response));
+            }
+            tokio::select! {
+                _ = appended => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    })
+}
+
+/// One pass over the requested partitions: returns the response, the record bytes in it, and
+/// whether any partition has an error (which answers the fetch at once, as in Kafka).
+fn read_once(
+    broker: &Broker,
+    request: &FetchRequest,
+    version: i16,
+) -> (FetchResponse, usize, bool) {
+    let mut remaining = usize::try_from(request.max_bytes).unwrap_or(0);
+    let mut total = 0usize;
+    let mut any_error = false;
+    let read_committed = request.isolation_level == READ_COMMITTED;
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for fetch_topic in &request.topics {
+        let topic = if version >= TOPIC_IDS_SINCE {
+            broker
+                .topics
+                .get_by_id(fetch_topic.topic_id)
+                .ok_or(E::UnknownTopicId.code())
+        } else {
+            broker
+                .topics
+                .get(fetch_topic.topic.0.as_str())
+                .ok_or(E::UnknownTopicOrPartition.code())
+        };
+        let mut partitions = Vec::with_capacity(fetch_topic.partitions.len());
+        for fp in &fetch_topic.partitions {
+            let base = PartitionData::default()
+                .with_partition_index(fp.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+                .with_aborted_transactions(if read_committed {
+                    Some(Vec::new())
+                } else {
+                    None
+                });
+            let partition = match &topic {
+                Ok(t) => usize::try_from(fp.partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i).cloned())
+                    .ok_or(E::UnknownTopicOrPartition.code()),
+                Err(code) => Err(*code),
+            };
+            let partition = match partition {
+                Ok(p) => p,
+                Err(code) => {
+                    any_error = true;
+                    partitions.push(base.with_error_code(code));
+                    continue;
+                }
+            };
+            let limit = usize::try_from(fp.partition_max_bytes)
+                .unwrap_or(0)
+                .min(remaining);
+            // Kafka returns at least one batch (the first partition with data), whatever the
+            // limits, so a consumer can always make progress.
+            let min_one = total == 0;
+            let (plan, high_watermark, log_start_offset) = {
+                let log = partition.log();
+                let hw = log.log_end_offset();
+                (
+                    log.read(fp.fetch_offset, limit, hw, min_one),
+                    hw,
+                    log.log_start_offset(),
+                )
+            };
+            let base = base
+                .with_high_watermark(high_watermark)
+                .with_last_stable_offset(high_watermark)
+                .with_log_start_offset(log_start_offset);
+            let records = match plan {
+                Ok(Some(plan)) => match plan.read() {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        tracing::error!(topic = %partition.topic, partition = fp.partition, error = %e, "reading the log failed");
+                        any_error = true;
+                        partitions.push(base.with_error_code(E::KafkaStorageError.code()));
+                        continue;
+                    }
+                },
+                Ok(None) => Bytes::new(),
+                Err(ReadError::OffsetOutOfRange { .. }) => {
+                    any_error = true;
+                    partitions.push(base.with_error_code(E::OffsetOutOfRange.code()));
+                    continue;
+                }
+                Err(ReadError::Io(e)) => {
+                    tracing::error!(topic = %partition.topic, partition = fp.partition, error = %e, "reading the log failed");
+                    any_error = true;
+                    partitions.push(base.with_error_code(E::KafkaStorageError.code()));
+                    continue;
+                }
+            };
+            total += records.len();
+            remaining = remaining.saturating_sub(records.len());
+            partitions.push(base.with_records(Some(records)));
+        }
+        responses.push(topic_response(fetch_topic, partitions, version));
+    }
+    let response = FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses);
+    (response, total, any_error)
+}
+
+fn topic_response(
+    request: &FetchTopic,
+    partitions: Vec<PartitionData>,
+    version: i16,
+) -> FetchableTopicResponse {
+    let r = FetchableTopicResponse::default().with_partitions(partitions);
+    if version >= TOPIC_IDS_SINCE {
+        r.with_topic_id(request.topic_id)
+    } else {
+        r.with_topic(TopicName(str_bytes(request.topic.0.as_str())))
+    }
+}

@@ -1,0 +1,140 @@
+//! Produce: validate each partition's batch, append it, and answer per `acks` (0: never, 1: after
+//! the append, all: after the batch is fsync'd, sharing fsyncs with concurrent producers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caudal_storage::{validate_for_append, AppendError};
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+
+use super::{metadata::auto_create_topic, str_bytes, Reply};
+use crate::partition::Partition;
+use crate::{now_ms, Broker};
+
+fn failed(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(message.map(str_bytes))
+}
+
+pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, _version: i16) -> Reply {
+    let acks = request.acks;
+    let now = now_ms();
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    // (topic slot, partition slot, partition, end offset) for acks=all
+    let mut durable_waits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
+    let mut appended_any = false;
+    for topic_data in request.topic_data {
+        let name = topic_data.name.0.as_str().to_string();
+        let topic = match broker.topics.get(&name) {
+            Some(t) => Ok(t),
+            None if broker.config.auto_create_topics() => auto_create_topic(broker, &name).await,
+            None => Err(E::UnknownTopicOrPartition.code()),
+        };
+        let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
+        for data in topic_data.partition_data {
+            let index = data.index;
+            if !matches!(acks, -1..=1) {
+                partition_responses.push(failed(index, E::InvalidRequiredAcks.code(), None));
+                continue;
+            }
+            let partition = match &topic {
+                Ok(t) => usize::try_from(index)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i).cloned()),
+                Err(code) => {
+                    partition_responses.push(failed(index, *code, None));
+                    continue;
+                }
+            };
+            let Some(partition) = partition else {
+                partition_responses.push(failed(index, E::UnknownTopicOrPartition.code(), None));
+                continue;
+            };
+            let records = data.records.unwrap_or_default();
+            let max_message_bytes = partition.log().config().max_message_bytes;
+            let result = match validate_for_append(&records, max_message_bytes) {
+                // Kafka: a produce request carries exactly one batch per partition (v3+).
+                Ok(valid) if valid.total_len != records.len() => Err((
+                    E::InvalidRecord.code(),
+                    "a produce request must carry exactly one record batch per partition"
+                        .to_string(),
+                )),
+                Ok(valid) => partition
+                    .append(&records, valid, now)
+                    .map_err(|e| refused(&name, index, e)),
+                Err(e) => Err(refused(&name, index, e)),
+            };
+            match result {
+                Ok(info) => {
+                    appended_any = true;
+                    let log_start_offset = partition.log().log_start_offset();
+                    if acks == -1 {
+                        durable_waits.push((
+                            responses.len(),
+                            partition_responses.len(),
+                            partition.clone(),
+                            info.last_offset + 1,
+                        ));
+                    }
+                    partition_responses.push(
+                        PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_base_offset(info.base_offset)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(log_start_offset),
+                    );
+                }
+                Err((code, message)) => {
+                    partition_responses.push(failed(index, code, Some(message)))
+                }
+            }
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic_data.name)
+                .with_partition_responses(partition_responses),
+        );
+    }
+    if appended_any {
+        broker.appended.notify_waiters();
+    }
+    if acks == 0 {
+        return Box::pin(std::future::ready(None));
+    }
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1));
+    Box::pin(async move {
+        for (t, p, partition, end) in durable_waits {
+            let code = match tokio::time::timeout(timeout, partition.wait_durable(end)).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => E::KafkaStorageError.code(),
+                Err(_) => E::RequestTimedOut.code(),
+            };
+            let slot = &mut responses[t].partition_responses[p];
+            *slot = failed(slot.index, code, None);
+        }
+        Some(ResponseKind::Produce(
+            ProduceResponse::default().with_responses(responses),
+        ))
+    })
+}
+
+/// Kafka's error code for a refused append, logged.
+fn refused(topic: &str, partition: i32, e: AppendError) -> (i16, String) {
+    let code = match &e {
+        AppendError::Corrupt(_) => E::CorruptMessage.code(),
+        AppendError::TooLarge { .. } => E::MessageTooLarge.code(),
+        AppendError::Io(_) => E::KafkaStorageError.code(),
+    };
+    match &e {
+        AppendError::Io(io) => tracing::error!(topic, partition, error = %io, "append failed"),
+        other => tracing::info!(topic, partition, error = %other, "produce refused"),
+    }
+    (code, e.to_string())
+}

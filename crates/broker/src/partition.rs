@@ -1,0 +1,124 @@
+//! A partition as the broker serves it: the log behind a lock, and the group commit that makes
+//! appends durable for `acks=all`.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use caudal_storage::{AppendError, AppendInfo, PartitionLog, ValidBatch};
+use tokio::sync::{watch, Notify};
+
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    log: Mutex<PartitionLog>,
+    /// Offsets below this value are fsync'd.
+    durable: watch::Sender<i64>,
+    flush_wanted: Arc<Notify>,
+}
+
+impl Partition {
+    /// Wraps an opened log and starts its flusher on the current tokio runtime.
+    pub fn start(topic: String, index: i32, log: PartitionLog) -> Arc<Partition> {
+        let (durable, _) = watch::channel(log.flushed_offset());
+        let flush_wanted = Arc::new(Notify::new());
+        let partition = Arc::new(Partition {
+            topic,
+            index,
+            log: Mutex::new(log),
+            durable,
+            flush_wanted: flush_wanted.clone(),
+        });
+        tokio::spawn(flusher(Arc::downgrade(&partition), flush_wanted));
+        partition
+    }
+
+    /// The log, for reads and appends. Never held across an await or an fsync.
+    pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
+        // A panic while holding the lock would have been a bug in storage; the log itself
+        // stays consistent (appends are whole or not at all), so keep serving.
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn append(
+        &self,
+        batch: &[u8],
+        valid: ValidBatch,
+        now_ms: i64,
+    ) -> Result<AppendInfo, AppendError> {
+        self.log().append_validated(batch, valid, now_ms)
+    }
+
+    /// Waits until every offset below `end_offset` is on disk. Concurrent waiters share fsyncs:
+    /// one flush covers everything appended before it started.
+    pub async fn wait_durable(&self, end_offset: i64) -> io::Result<()> {
+        let mut rx = self.durable.subscribe();
+        loop {
+            let durable = *rx.borrow_and_update();
+            if durable >= end_offset {
+                return Ok(());
+            }
+            if durable < 0 {
+                return Err(io::Error::other("flushing the partition failed"));
+            }
+            self.flush_wanted.notify_one();
+            if rx.changed().await.is_err() {
+                return Err(io::Error::other("partition closed"));
+            }
+        }
+    }
+
+    /// Syncs and checkpoints the log for a clean shutdown.
+    pub fn close(&self) -> io::Result<()> {
+        self.log().close()
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        // Wake the flusher so it sees the partition is gone and exits.
+        self.flush_wanted.notify_one();
+    }
+}
+
+/// One per partition: waits for a flush request, fsyncs everything appended so far without the
+/// lock, then tells the waiters. Exits when the partition is dropped.
+async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify>) {
+    loop {
+        let Some(p) = partition.upgrade() else { return };
+        let wanted = flush_wanted.notified();
+        tokio::pin!(wanted);
+        wanted.as_mut().enable();
+        let job = p.log().flush_job();
+        match job {
+            Some(job) => {
+                let result =
+                    tokio::task::spawn_blocking(move || job.run().map(|_| job.up_to)).await;
+                match result {
+                    Ok(Ok(up_to)) => {
+                        if let Err(e) = p.log().flush_done(up_to) {
+                            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "writing the recovery checkpoint failed");
+                        }
+                        p.durable.send_if_modified(|d| {
+                            let moved = up_to > *d;
+                            *d = (*d).max(up_to);
+                            moved
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed; acks=all producers get an error");
+                        p.durable.send_replace(-1);
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            None => {
+                drop(p);
+                wanted.await;
+            }
+        }
+    }
+}
