@@ -5,6 +5,7 @@ pub mod config;
 mod connection;
 pub mod handlers;
 pub mod partition;
+pub mod producer_ids;
 pub mod topics;
 
 use std::io;
@@ -31,6 +32,7 @@ pub fn now_ms() -> i64 {
 pub struct Broker {
     pub config: BrokerConfig,
     pub topics: Topics,
+    pub producer_ids: producer_ids::ProducerIds,
     /// Woken on every append, so long-polling fetches can look again.
     pub appended: Notify,
 }
@@ -75,9 +77,11 @@ impl Server {
             .await
             .map_err(|e| data_err(io::Error::other(e)))?
             .map_err(data_err)?;
+        let producer_ids = producer_ids::ProducerIds::load(&config.data_dir).map_err(data_err)?;
         let broker = Arc::new(Broker {
             config,
             topics,
+            producer_ids,
             appended: Notify::new(),
         });
         Ok(Server { broker, listener })

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod index;
 pub mod log;
+pub mod producers;
 pub mod segment;
 
 pub use batch::{validate_batch, BatchError, BatchHeader, ValidBatch};
@@ -14,3 +15,4 @@ pub use log::{
     validate_for_append, AppendError, AppendInfo, FlushJob, LogConfig, PartitionLog, ReadError,
     ReadPlan, RecoveryReport,
 };
+pub use producers::SequenceError;

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{
     assign_offset, validate_batch, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN,
 };
+use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{Segment, SegmentRecovery};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -52,6 +53,8 @@ pub enum AppendError {
     Corrupt(#[from] BatchError),
     #[error("batch of {size} bytes is larger than max.message.bytes ({max})")]
     TooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -83,6 +86,8 @@ pub struct RecoveryReport {
 pub struct AppendInfo {
     pub base_offset: i64,
     pub last_offset: i64,
+    /// The batch was a producer's retry of one already stored at these offsets.
+    pub duplicate: bool,
 }
 
 /// A planned read of stored bytes, taken under the partition's lock and carried out without it.
@@ -156,6 +161,7 @@ pub struct PartitionLog {
     log_start_offset: i64,
     flushed_offset: i64,
     recovery_point: i64,
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -252,7 +258,14 @@ impl PartitionLog {
             log_start_offset,
             flushed_offset: 0,
             recovery_point,
+            producers: ProducerStates::default(),
         };
+        // Idempotent producers' recent batches come back from the active segment's headers, so
+        // a retry that arrives after a restart is still recognised.
+        let mut producers = ProducerStates::default();
+        log.active()
+            .for_each_header(|h| producers.record(h, h.base_offset(), now_ms))?;
+        log.producers = producers;
         // What is on disk now survived a restart; count it as flushed.
         log.flushed_offset = log.log_end_offset();
         Ok((log, report))
@@ -313,6 +326,18 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<AppendInfo, AppendError> {
         let len = valid.total_len as u64;
+        let producer_header = crate::batch::BatchHeader::parse(batch)?;
+        if let SequenceCheck::Duplicate {
+            base_offset,
+            last_offset,
+        } = self.producers.check(&producer_header)?
+        {
+            return Ok(AppendInfo {
+                base_offset,
+                last_offset,
+                duplicate: true,
+            });
+        }
         let base_offset = self.log_end_offset();
         let last_offset = base_offset + i64::from(valid.last_offset_delta);
         let active = self.active();
@@ -332,9 +357,11 @@ impl PartitionLog {
             valid.last_offset_delta,
             valid.max_timestamp,
         )?;
+        self.producers.record(&producer_header, base_offset, now_ms);
         Ok(AppendInfo {
             base_offset,
             last_offset,
+            duplicate: false,
         })
     }
 
@@ -351,8 +378,8 @@ impl PartitionLog {
             let appended = self.append_validated(rest, valid, now_ms)?;
             info = Some(match info {
                 Some(first) => AppendInfo {
-                    base_offset: first.base_offset,
                     last_offset: appended.last_offset,
+                    ..first
                 },
                 None => appended,
             });
@@ -479,6 +506,11 @@ impl PartitionLog {
         self.recovery_point = end;
         self.flushed_offset = end;
         Ok(())
+    }
+
+    /// Forgets idempotent producers silent for longer than `expiration_ms`.
+    pub fn expire_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producers.expire(now_ms, expiration_ms)
     }
 
     /// Deletes sealed segments past `retention.ms` or beyond `retention.bytes`; returns how many.

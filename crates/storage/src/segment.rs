@@ -279,6 +279,19 @@ impl Segment {
         Ok(None)
     }
 
+    /// Calls `f` with every batch header in the segment, in order (headers only are read).
+    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader<'_>)) -> io::Result<()> {
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        let mut position = 0;
+        while position < self.size {
+            self.log.read_exact_at(&mut header, position)?;
+            let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
+            f(&h);
+            position += h.total_len().map_err(io::Error::other)? as u64;
+        }
+        Ok(())
+    }
+
     /// The first offset whose batch has a max timestamp at or after `timestamp`, with that
     /// timestamp: within uncompressed batches the exact record is found.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> io::Result<Option<(i64, i64)>> {

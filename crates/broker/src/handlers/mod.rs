@@ -8,6 +8,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -48,6 +49,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         RequestKind::DeleteTopics(r) => ready(delete_topics::handle(broker, r, version).await),
         RequestKind::CreatePartitions(r) => ready(create_partitions::handle(broker, r).await),
         RequestKind::DescribeCluster(r) => ready(describe_cluster::handle(broker, r)),
+        RequestKind::InitProducerId(r) => ready(init_producer_id::handle(broker, r)),
         RequestKind::DescribeConfigs(r) => ready(describe_configs::handle(broker, r, version)),
         // decode_request refuses every API not in SUPPORTED_APIS, so this is unreachable for
         // requests off the wire; answer nothing rather than panic.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use caudal_storage::{validate_for_append, AppendError};
+use caudal_storage::{validate_for_append, AppendError, SequenceError};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
@@ -73,7 +73,7 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, _version: i16
             };
             match result {
                 Ok(info) => {
-                    appended_any = true;
+                    appended_any |= !info.duplicate;
                     let log_start_offset = partition.log().log_start_offset();
                     if acks == -1 {
                         durable_waits.push((
@@ -130,6 +130,10 @@ fn refused(topic: &str, partition: i32, e: AppendError) -> (i16, String) {
     let code = match &e {
         AppendError::Corrupt(_) => E::CorruptMessage.code(),
         AppendError::TooLarge { .. } => E::MessageTooLarge.code(),
+        AppendError::Sequence(SequenceError::StaleEpoch { .. }) => E::InvalidProducerEpoch.code(),
+        AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
+            E::OutOfOrderSequenceNumber.code()
+        }
         AppendError::Io(_) => E::KafkaStorageError.code(),
     };
     match &e {
