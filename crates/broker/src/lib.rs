@@ -53,7 +53,7 @@ pub struct Server {
 
 impl Server {
     /// Opens the data directory (recovering logs) and binds the listener.
-    pub async fn bind(config: BrokerConfig) -> Result<Server, StartError> {
+    pub async fn bind(mut config: BrokerConfig) -> Result<Server, StartError> {
         let dir = config.data_dir.display().to_string();
         let data_err = |source| StartError::DataDir {
             dir: dir.clone(),
@@ -72,6 +72,12 @@ impl Server {
                     addr: config.listen.to_string(),
                     source,
                 })?;
+        // Listening on port 0 picks a free port: advertise the one actually bound.
+        if config.advertise.1 == 0 {
+            if let Ok(bound) = listener.local_addr() {
+                config.advertise.1 = bound.port();
+            }
+        }
         let config_for_load = config.clone();
         let topics = tokio::task::spawn_blocking(move || Topics::load(&config_for_load, now_ms()))
             .await

@@ -26,11 +26,12 @@ pub fn handle(broker: &Arc<Broker>, request: DescribeConfigsRequest, version: i1
         .iter()
         .map(|resource| {
             let name = resource.resource_name.as_str();
+            // No key list, or an empty one, asks for every config.
             let wanted = |key: &str| {
                 resource
                     .configuration_keys
                     .as_ref()
-                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+                    .is_none_or(|keys| keys.is_empty() || keys.iter().any(|k| k.as_str() == key))
             };
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)

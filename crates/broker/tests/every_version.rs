@@ -1,0 +1,421 @@
+//! Drives a real broker over TCP with every API at every version it advertises, checking that
+//! each request is answered, the answer decodes at that version, and the results are right.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use caudal_broker::{BrokerConfig, Server};
+use caudal_protocol::kafka_protocol;
+use caudal_protocol::SUPPORTED_APIS;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Client {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            correlation_id: 0,
+        }
+    }
+
+    async fn send(&mut self, api: ApiKey, version: i16, body: &RequestKind) -> ResponseKind {
+        self.correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("every-version-test")));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, api.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version)
+            .unwrap_or_else(|e| panic!("test cannot encode {api:?} v{version}: {e}"));
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&buf).await.unwrap();
+        let len = self.stream.read_i32().await.unwrap_or_else(|e| {
+            panic!("{api:?} v{version}: broker closed the connection instead of answering ({e})")
+        });
+        let mut frame = vec![0u8; len as usize];
+        self.stream.read_exact(&mut frame).await.unwrap();
+        let mut frame = Bytes::from(frame);
+        let header =
+            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+        assert_eq!(
+            header.correlation_id, self.correlation_id,
+            "{api:?} v{version}: wrong correlation id"
+        );
+        let body = ResponseKind::decode(api, &mut frame, version)
+            .unwrap_or_else(|e| panic!("{api:?} v{version}: response does not decode: {e}"));
+        assert_eq!(
+            frame.remaining(),
+            0,
+            "{api:?} v{version}: bytes left after the response"
+        );
+        body
+    }
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn batch(values: &[&str]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset minus sequence changes.
+            sequence: i as i32 - 1,
+            timestamp: 1_700_000_000_000,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(v.to_string())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn start() -> (
+    SocketAddr,
+    tempfile::TempDir,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, dir, stop)
+}
+
+#[tokio::test]
+async fn every_api_answers_at_every_advertised_version() {
+    let (addr, _dir, _stop) = start().await;
+    let mut c = Client::connect(addr).await;
+
+    // A topic to work on, created at the newest CreateTopics version.
+    let create = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic("t"))
+            .with_num_partitions(2)
+            .with_replication_factor(1)])
+        .with_timeout_ms(5000);
+    let ResponseKind::CreateTopics(r) = c
+        .send(ApiKey::CreateTopics, 7, &RequestKind::CreateTopics(create))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(r.topics[0].error_code, 0);
+    let topic_id = r.topics[0].topic_id;
+
+    for &(api, min, max) in SUPPORTED_APIS {
+        for v in min..=max {
+            let what = format!("{api:?} v{v}");
+            match api {
+                ApiKey::ApiVersions => {
+                    let ResponseKind::ApiVersions(r) = c
+                        .send(
+                            api,
+                            v,
+                            &RequestKind::ApiVersions(
+                                ApiVersionsRequest::default()
+                                    .with_client_software_name(StrBytes::from_static_str("t"))
+                                    .with_client_software_version(StrBytes::from_static_str("1")),
+                            ),
+                        )
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    assert_eq!(r.api_keys.len(), SUPPORTED_APIS.len(), "{what}");
+                }
+                ApiKey::Metadata => {
+                    let req = MetadataRequest::default().with_topics(Some(vec![
+                        MetadataRequestTopic::default().with_name(Some(topic("t"))),
+                    ]));
+                    let ResponseKind::Metadata(r) =
+                        c.send(api, v, &RequestKind::Metadata(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.topics.len(), 1, "{what}");
+                    assert_eq!(r.topics[0].error_code, 0, "{what}");
+                    assert_eq!(r.topics[0].partitions.len(), 2, "{what}");
+                    assert_eq!(r.brokers[0].port, i32::from(addr.port()), "{what}");
+                }
+                ApiKey::Produce => {
+                    let req = ProduceRequest::default()
+                        .with_acks(-1)
+                        .with_timeout_ms(5000)
+                        .with_topic_data(vec![TopicProduceData::default()
+                            .with_name(topic("t"))
+                            .with_partition_data(vec![PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(batch(&["a", "b"])))])]);
+                    let ResponseKind::Produce(r) = c.send(api, v, &RequestKind::Produce(req)).await
+                    else {
+                        panic!()
+                    };
+                    let p = &r.responses[0].partition_responses[0];
+                    assert_eq!(p.error_code, 0, "{what}: {:?}", p.error_message);
+                    assert!(p.base_offset >= 0, "{what}");
+                }
+                ApiKey::Fetch => {
+                    let mut ft =
+                        FetchTopic::default().with_partitions(vec![FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)]);
+                    ft = if v >= 13 {
+                        ft.with_topic_id(topic_id)
+                    } else {
+                        ft.with_topic(topic("t"))
+                    };
+                    let req = FetchRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_max_wait_ms(0)
+                        .with_min_bytes(1)
+                        .with_max_bytes(1 << 20)
+                        .with_session_epoch(-1)
+                        .with_topics(vec![ft]);
+                    let ResponseKind::Fetch(r) = c.send(api, v, &RequestKind::Fetch(req)).await
+                    else {
+                        panic!()
+                    };
+                    let p = &r.responses[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "{what}");
+                    assert!(
+                        p.records.as_ref().is_some_and(|b| !b.is_empty()),
+                        "{what}: no records"
+                    );
+                    assert!(p.high_watermark >= 2, "{what}");
+                }
+                ApiKey::ListOffsets => {
+                    let req = ListOffsetsRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![ListOffsetsTopic::default()
+                            .with_name(topic("t"))
+                            .with_partitions(vec![ListOffsetsPartition::default()
+                                .with_partition_index(0)
+                                .with_timestamp(-1)])]);
+                    let ResponseKind::ListOffsets(r) =
+                        c.send(api, v, &RequestKind::ListOffsets(req)).await
+                    else {
+                        panic!()
+                    };
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "{what}");
+                    assert!(p.offset >= 2, "{what}");
+                }
+                ApiKey::CreateTopics => {
+                    let name = format!("created-v{v}");
+                    let req = CreateTopicsRequest::default()
+                        .with_topics(vec![CreatableTopic::default()
+                            .with_name(topic(&name))
+                            .with_num_partitions(1)
+                            .with_replication_factor(1)])
+                        .with_timeout_ms(5000);
+                    let ResponseKind::CreateTopics(r) =
+                        c.send(api, v, &RequestKind::CreateTopics(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(
+                        r.topics[0].error_code, 0,
+                        "{what}: {:?}",
+                        r.topics[0].error_message
+                    );
+                }
+                ApiKey::DeleteTopics => {
+                    let name = format!("created-v{}", (v + 1).clamp(2, 7));
+                    let req = if v >= 6 {
+                        DeleteTopicsRequest::default().with_topics(vec![DeleteTopicState::default(
+                        )
+                        .with_name(Some(topic(&name)))])
+                    } else {
+                        DeleteTopicsRequest::default().with_topic_names(vec![topic(&name)])
+                    };
+                    let ResponseKind::DeleteTopics(r) = c
+                        .send(
+                            api,
+                            v,
+                            &RequestKind::DeleteTopics(req.with_timeout_ms(5000)),
+                        )
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.responses[0].error_code, 0, "{what}: deleting {name}");
+                }
+                ApiKey::CreatePartitions => {
+                    let count = 3 + i32::from(v);
+                    let req = CreatePartitionsRequest::default()
+                        .with_topics(vec![CreatePartitionsTopic::default()
+                            .with_name(topic("t"))
+                            .with_count(count)])
+                        .with_timeout_ms(5000);
+                    let ResponseKind::CreatePartitions(r) =
+                        c.send(api, v, &RequestKind::CreatePartitions(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(
+                        r.results[0].error_code, 0,
+                        "{what}: {:?}",
+                        r.results[0].error_message
+                    );
+                }
+                ApiKey::DescribeConfigs => {
+                    let req = DescribeConfigsRequest::default()
+                        .with_include_synonyms(v >= 1)
+                        .with_resources(vec![
+                            DescribeConfigsResource::default()
+                                .with_resource_type(2)
+                                .with_resource_name(StrBytes::from_static_str("t")),
+                            DescribeConfigsResource::default()
+                                .with_resource_type(4)
+                                .with_resource_name(StrBytes::from_static_str("1")),
+                        ]);
+                    let ResponseKind::DescribeConfigs(r) =
+                        c.send(api, v, &RequestKind::DescribeConfigs(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert!(
+                        r.results.iter().all(|x| x.error_code == 0),
+                        "{what}: {:?}",
+                        r.results
+                            .iter()
+                            .map(|x| (x.error_code, x.error_message.clone()))
+                            .collect::<Vec<_>>()
+                    );
+                    assert!(
+                        r.results[0]
+                            .configs
+                            .iter()
+                            .any(|x| x.name.as_str() == "retention.ms"),
+                        "{what}"
+                    );
+                    assert!(
+                        r.results[1]
+                            .configs
+                            .iter()
+                            .any(|x| x.name.as_str() == "num.partitions"),
+                        "{what}"
+                    );
+                }
+                ApiKey::DescribeCluster => {
+                    let ResponseKind::DescribeCluster(r) = c
+                        .send(
+                            api,
+                            v,
+                            &RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+                        )
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    assert_eq!(r.brokers.len(), 1, "{what}");
+                }
+                ApiKey::InitProducerId => {
+                    let req = InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_transaction_timeout_ms(60_000)
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1);
+                    let ResponseKind::InitProducerId(r) =
+                        c.send(api, v, &RequestKind::InitProducerId(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    assert!(r.producer_id.0 >= 0, "{what}");
+                }
+                other => {
+                    panic!("{other:?} is advertised but this test does not exercise it: add it")
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_api_versions_version_gets_the_v0_fallback() {
+    let (addr, _dir, _stop) = start().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // ApiVersions v99, correlation id 7, header v2 with a client id and no tagged fields.
+    let mut req = BytesMut::new();
+    req.put_i16(18);
+    req.put_i16(99);
+    req.put_i32(7);
+    req.put_i16(1);
+    req.put_u8(b'x');
+    req.put_u8(0);
+    let mut framed = BytesMut::new();
+    framed.put_i32(req.len() as i32);
+    framed.extend_from_slice(&req);
+    stream.write_all(&framed).await.unwrap();
+    let len = stream.read_i32().await.unwrap();
+    let mut frame = vec![0u8; len as usize];
+    stream.read_exact(&mut frame).await.unwrap();
+    let mut frame = Bytes::from(frame);
+    assert_eq!(frame.get_i32(), 7);
+    let r = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
+    assert_eq!(r.error_code, 35, "UNSUPPORTED_VERSION");
+    assert!(r
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == 18 && k.max_version >= 3));
+}
+
+#[test]
+fn the_test_batch_is_one_batch() {
+    let b = batch(&["a", "b"]);
+    let v = caudal_storage::validate_batch(&b).unwrap();
+    assert_eq!((v.total_len, v.records_count), (b.len(), 2));
+}
