@@ -83,7 +83,7 @@ pub async fn serve(
                 break;
             }
         };
-        let request = match decode_request(frame) {
+        let request = match decode_request(frame.clone()) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(answer) = e.answer() {
@@ -97,7 +97,9 @@ pub async fn serve(
                     RequestError::UnknownApi { .. } | RequestError::UnsupportedVersion { .. } => {
                         tracing::warn!(%peer, error = %e, "closing connection: request the broker does not serve")
                     }
-                    _ => tracing::warn!(%peer, error = %e, "closing connection: malformed request"),
+                    _ => {
+                        tracing::warn!(%peer, error = %e, frame_start = %hex_prefix(&frame), "closing connection: malformed request")
+                    }
                 }
                 break;
             }
@@ -156,4 +158,17 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
         return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
     Ok(Some(Bytes::from(frame)))
+}
+
+/// The first bytes of a frame in hex, for the log line about a request that did not decode.
+fn hex_prefix(frame: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(2 * 64 + 3);
+    for b in frame.iter().take(64) {
+        let _ = write!(out, "{b:02x}");
+    }
+    if frame.len() > 64 {
+        out.push_str("...");
+    }
+    out
 }

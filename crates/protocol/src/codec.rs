@@ -1,7 +1,7 @@
 //! Request and response framing: a request frame (without its 4-byte length prefix) in, a decoded
 //! header and body out; a response body in, a length-prefixed frame out.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
 };
@@ -98,12 +98,8 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, RequestError> {
         RequestHeader::decode(&mut frame, header_version).map_err(|e| malformed(e.to_string()))?;
     let body =
         RequestKind::decode(api_key, &mut frame, version).map_err(|e| malformed(e.to_string()))?;
-    if frame.has_remaining() {
-        return Err(malformed(format!(
-            "{} bytes left over after the request body",
-            frame.remaining()
-        )));
-    }
+    // Bytes after the body are ignored, as Apache Kafka does: librdkafka 2.16 sends an
+    // all-topics Metadata v12 request with three bytes more than the schema reads.
     Ok(Request {
         api_key,
         header,
@@ -184,4 +180,58 @@ pub fn unsupported_api_versions_response(correlation_id: i32) -> BytesMut {
         out.clear();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(hex: &str) -> Bytes {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[test]
+    fn librdkafka_metadata_v12_with_trailing_bytes_is_accepted_as_all_topics() {
+        // Captured from confluent-kafka 2.16.1 (librdkafka 2.16) listing all topics.
+        let frame = unhex("0003000c00000004000772646b61666b610000000000010000");
+        let r = decode_request(frame).unwrap();
+        assert_eq!(r.api_key, ApiKey::Metadata);
+        assert_eq!(r.header.correlation_id, 4);
+        let RequestKind::Metadata(m) = r.body else {
+            panic!("not metadata")
+        };
+        assert_eq!(m.topics, None, "null topics means every topic");
+    }
+
+    #[test]
+    fn unknown_apis_and_versions_are_refused_with_the_correlation_id() {
+        let e = decode_request(unhex("7fff000000000009")).unwrap_err();
+        assert!(matches!(
+            e,
+            RequestError::UnknownApi {
+                api_key: 0x7fff,
+                correlation_id: 9
+            }
+        ));
+        let e = decode_request(unhex("0000006300000009")).unwrap_err();
+        assert!(matches!(
+            e,
+            RequestError::UnsupportedVersion {
+                api_key: ApiKey::Produce,
+                version: 99,
+                correlation_id: 9
+            }
+        ));
+        assert!(e.answer().is_none(), "only ApiVersions gets an answer");
+        let e = decode_request(unhex("0012006300000009")).unwrap_err();
+        assert!(e.answer().is_some());
+        assert!(matches!(
+            decode_request(unhex("0012")),
+            Err(RequestError::TooShort { len: 2 })
+        ));
+    }
 }
