@@ -46,3 +46,40 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::SUPPORTED_APIS;
+
+    /// The README's table of supported APIs must say what the broker serves.
+    #[test]
+    fn the_readme_lists_exactly_the_served_versions() {
+        let readme = include_str!("../../../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.matches('|').count() == 4)
+            .collect();
+        for &(api, min, max) in SUPPORTED_APIS {
+            let row = format!("| {api:?} | {} | {min}-{max} |", api as i16);
+            assert!(
+                rows.contains(&row.as_str()),
+                "README.md should have the row `{row}`"
+            );
+        }
+        let listed = rows
+            .iter()
+            .filter(|r| {
+                r.split('|').nth(3).is_some_and(|v| {
+                    v.trim()
+                        .split_once('-')
+                        .is_some_and(|(a, b)| a.parse::<i16>().is_ok() && b.parse::<i16>().is_ok())
+                })
+            })
+            .count();
+        assert_eq!(
+            listed,
+            SUPPORTED_APIS.len(),
+            "README.md lists APIs the broker does not serve"
+        );
+    }
+}
