@@ -1,0 +1,90 @@
+"""pytest fixtures for Caudal's end-to-end tests.
+
+Every test gets its own broker process: the real `caudal` binary, started on a
+free loopback port with a fresh data directory (see harness.py). The broker's
+stderr/stdout go to a log file whose tail is attached to the report of a
+failing test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import Broker, BrokerError, free_port, require_binary
+
+
+@pytest.fixture
+def caudal_binary():
+    try:
+        return require_binary()
+    except BrokerError as e:
+        message = str(e)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def broker_factory(request, tmp_path, caudal_binary):
+    """Returns start(settings=None, port=None) -> running Broker.
+
+    Each call gets its own data directory and log file; all brokers are
+    stopped at teardown. A broker that died on its own during the test is
+    reported as an error."""
+    binary = caudal_binary
+    brokers: list[Broker] = []
+    request.node._caudal_brokers = brokers
+
+    def start(settings: dict[str, object] | None = None, port: int | None = None,
+              wait: bool = True) -> Broker:
+        idx = len(brokers)
+        data_dir = tmp_path / f"broker{idx}-data"
+        data_dir.mkdir()
+        attempts = 1 if port is not None else 3
+        for attempt in range(attempts):
+            b = Broker(binary, data_dir, tmp_path / f"broker{idx}.log",
+                       port if port is not None else free_port(), settings)
+            brokers.append(b)
+            if not wait:
+                b.spawn()
+                return b
+            try:
+                b.start()
+                return b
+            except BrokerError:
+                # A free port can be taken by someone else between probing and
+                # binding; retry with a new one only in that case.
+                if attempt + 1 < attempts and "in use" in b.log_text().lower():
+                    brokers.remove(b)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    yield start
+
+    errors = []
+    for b in brokers:
+        code = b.died_unexpectedly()
+        if code is not None:
+            errors.append(f"broker on {b.bootstrap} exited on its own with code {code} "
+                          f"during the test")
+        try:
+            b.cleanup()
+        except BrokerError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    """A running broker with default settings."""
+    return broker_factory()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for i, b in enumerate(getattr(item, "_caudal_brokers", [])):
+            report.sections.append(
+                (f"caudal broker {i} log ({b.log_path})", b.log_tail()))

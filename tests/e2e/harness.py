@@ -1,0 +1,219 @@
+"""Harness for Caudal's end-to-end tests: a broker process under test control.
+
+Environment:
+  CAUDAL_BIN            path of the broker binary (default: <repo>/target/release/caudal)
+  CAUDAL_BIN_WAIT       seconds to wait for the binary to appear (default 30; useful
+                        while it is being rebuilt)
+  CAUDAL_START_TIMEOUT  seconds to wait for the port to accept (default 20)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = float(os.environ.get("CAUDAL_START_TIMEOUT", "20"))
+STOP_TIMEOUT = 15.0
+LOG_TAIL_LINES = 200
+
+
+def caudal_bin() -> Path:
+    raw = os.environ.get("CAUDAL_BIN")
+    path = Path(raw) if raw else REPO_ROOT / "target" / "release" / "caudal"
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL the broker if the
+    test process dies, so an aborted run never leaves brokers behind."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:  # noqa: BLE001 - best effort, non-Linux platforms
+        pass
+
+
+class BrokerError(Exception):
+    pass
+
+
+class Broker:
+    """One broker process. Settings are Kafka config keys (e.g.
+    "message.max.bytes") passed as `--<key> <value>` flags."""
+
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int,
+                 settings: dict[str, object] | None = None):
+        self.binary = binary
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.port = port
+        self.settings = dict(settings or {})
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._expected_exit = True
+
+    # -- public surface -------------------------------------------------
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        addr = self.bootstrap
+        cmd = [str(self.binary), "serve", "--listen", addr, "--advertise", addr,
+               "--data-dir", str(self.data_dir)]
+        for key, value in self.settings.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            cmd += [f"--{key}", str(value)]
+        return cmd
+
+    def spawn(self) -> subprocess.Popen:
+        """Start the process without waiting for readiness."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise BrokerError("broker already running")
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"===== start #{self.starts}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=str(self.log_path.parent), preexec_fn=_die_with_parent,
+            )
+        self._expected_exit = False
+        return self.proc
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                self._expected_exit = True
+                raise BrokerError(
+                    f"broker exited with code {code} before accepting connections on "
+                    f"{self.bootstrap}\n--- broker log ---\n{self.log_tail()}")
+            if port_accepts(self.port, timeout=0.2):
+                return
+            time.sleep(0.05)
+        self.kill9()
+        raise BrokerError(
+            f"broker did not accept connections on {self.bootstrap} within {timeout:.0f}s"
+            f"\n--- broker log ---\n{self.log_tail()}")
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM and wait. Returns the exit code. Raises if the process does
+        not exit in time (it is then killed)."""
+        if self.proc is None:
+            raise BrokerError("broker was never started")
+        self._expected_exit = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise BrokerError(
+                    f"broker did not exit within {timeout:.0f}s of SIGTERM (killed)"
+                    f"\n--- broker log ---\n{self.log_tail()}")
+        return self.proc.returncode
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for a process that is expected to exit on its own (e.g. a
+        start-up error). Raises subprocess.TimeoutExpired if it does not."""
+        code = self.proc.wait(timeout)
+        self._expected_exit = True
+        return code
+
+    def kill9(self) -> None:
+        if self.proc is None:
+            return
+        self._expected_exit = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop (SIGTERM) if running, then start again on the same port and
+        data directory."""
+        if self.is_running():
+            self.stop()
+        self.start(timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        text = self.log_text().splitlines()
+        return "\n".join(text[-lines:])
+
+    def died_unexpectedly(self) -> int | None:
+        """Exit code if the process ended without being asked to."""
+        if self.proc is None or self._expected_exit:
+            return None
+        return self.proc.poll()
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise BrokerError(
+                    f"broker did not exit within {STOP_TIMEOUT:.0f}s of SIGTERM at teardown")
+        self._expected_exit = True
+
+
+
+
+def require_binary() -> Path:
+    """Path of the broker binary, waiting briefly for it to appear (it may be
+    mid-rebuild). Raises BrokerError with instructions if it never does."""
+    path = caudal_bin()
+    wait = float(os.environ.get("CAUDAL_BIN_WAIT", "30"))
+    deadline = time.monotonic() + wait
+    while not (path.is_file() and os.access(path, os.X_OK)):
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"Caudal binary not found or not executable at {path}. "
+                f"Build it with `cargo build --release` or set CAUDAL_BIN.")
+        time.sleep(0.5)
+    return path

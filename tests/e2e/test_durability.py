@@ -1,0 +1,156 @@
+"""Acknowledged data survives crashes and restarts."""
+
+from __future__ import annotations
+
+from support import (DeliveryLog, admin, by_partition, consume, create_topic, flush,
+                     produce_and_confirm, producer, topic_partition_counts, unique_topic)
+
+PARTITIONS = 3
+
+
+def produce_keyed(p, topic, log, start, count):
+    for i in range(start, start + count):
+        while True:
+            try:
+                p.produce(topic, key=f"key-{i % 17}".encode(), value=f"msg-{i:06d}".encode(),
+                          on_delivery=log)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+
+
+def assert_acked_present(acked, stored):
+    """Every acknowledged record is stored at the offset it was acknowledged
+    with, and each partition is a gap-free sequence of offsets."""
+    stored_at = {(r.partition, r.offset): r.value for r in stored}
+    missing = [(r.partition, r.offset, r.value) for r in acked
+               if stored_at.get((r.partition, r.offset)) != r.value]
+    assert not missing, (f"{len(missing)} acknowledged records lost or changed, e.g. "
+                         f"{missing[:5]}; stored {len(stored)} records")
+    for part, recs in by_partition(stored).items():
+        offsets = [r.offset for r in recs]
+        assert offsets == list(range(len(offsets))), f"partition {part} offsets have gaps"
+
+
+def test_acked_messages_survive_kill9(broker):
+    topic = unique_topic("durable")
+    create_topic(broker.bootstrap, topic, partitions=PARTITIONS)
+    n = 5000
+    p = producer(broker.bootstrap, acks="all")
+    log = DeliveryLog()
+    produce_keyed(p, topic, log, 0, n)
+    flush(p)
+    assert not log.failed, log.failed[:3]
+    assert len(log.ok) == n, f"{len(log.ok)} of {n} delivery confirmations"
+
+    broker.kill9()
+    broker.restart()
+
+    stored = consume(broker.bootstrap, topic, range(PARTITIONS), timeout=60)
+    assert len(stored) == n
+    assert_acked_present(log.ok, stored)
+    # Per-partition order equals acknowledgement order.
+    for part, recs in by_partition(stored).items():
+        acked = sorted((r for r in log.ok if r.partition == part), key=lambda r: r.offset)
+        assert [r.value for r in recs] == [r.value for r in acked]
+
+    # New writes continue after the recovered end instead of reusing offsets.
+    more = produce_and_confirm(broker.bootstrap, topic, [(None, b"after-restart")], partition=0)
+    expected = sum(1 for r in log.ok if r.partition == 0)
+    assert more.ok[0].offset == expected
+
+
+def test_kill9_during_production(broker):
+    topic = unique_topic("crash")
+    create_topic(broker.bootstrap, topic, partitions=PARTITIONS)
+    p = producer(broker.bootstrap, **{"acks": "all", "linger.ms": 2,
+                                      "reconnect.backoff.max.ms": 500,
+                                      "message.timeout.ms": 60000})
+    log = DeliveryLog()
+    i = 0
+    # Produce until a good share has been acknowledged, then pull the plug
+    # while more is queued and in flight.
+    while len(log.ok) < 3000:
+        produce_keyed(p, topic, log, i, 50)
+        i += 50
+        assert i < 200_000, "deliveries are not being confirmed"
+    broker.kill9()
+    acked_before_kill = list(log.ok)
+    produce_keyed(p, topic, log, i, 1000)
+    i += 1000
+
+    broker.restart()
+    flush(p, timeout=90)
+    assert not log.failed, f"deliveries failed after restart: {log.failed[:3]}"
+
+    stored = consume(broker.bootstrap, topic, range(PARTITIONS), timeout=60)
+    assert_acked_present(acked_before_kill, stored)
+    assert_acked_present(log.ok, stored)
+    values = {r.value for r in stored}
+    assert all(f"msg-{j:06d}".encode() in values for j in range(i)), \
+        "every produced message must be stored at least once after retries"
+
+
+def test_clean_restart_preserves_topics_and_data(broker):
+    layout = {unique_topic("one"): 1, unique_topic("four"): 4}
+    for name, parts in layout.items():
+        create_topic(broker.bootstrap, name, partitions=parts)
+        for part in range(parts):
+            produce_and_confirm(broker.bootstrap, name,
+                                [(None, f"{name}/{part}/{j}".encode()) for j in range(10)],
+                                partition=part)
+
+    assert broker.stop() == 0, "SIGTERM must shut the broker down with exit code 0"
+    broker.start()
+
+    counts = topic_partition_counts(broker.bootstrap)
+    for name, parts in layout.items():
+        assert counts.get(name) == parts, f"{name}: {counts.get(name)} partitions after restart"
+        stored = consume(broker.bootstrap, name, range(parts))
+        for part, recs in by_partition(stored).items():
+            assert [r.value for r in recs] == [f"{name}/{part}/{j}".encode() for j in range(10)]
+        assert len(stored) == 10 * parts
+
+
+def test_deleted_topic_stays_deleted_after_restart(broker):
+    keep, drop = unique_topic("keep"), unique_topic("drop")
+    create_topic(broker.bootstrap, keep)
+    create_topic(broker.bootstrap, drop)
+    produce_and_confirm(broker.bootstrap, drop, [(None, b"gone")])
+    a = admin(broker.bootstrap)
+    a.delete_topics([drop], request_timeout=15)[drop].result(timeout=20)
+
+    broker.kill9()
+    broker.restart()
+    counts = topic_partition_counts(broker.bootstrap)
+    assert keep in counts
+    assert drop not in counts
+
+    # Re-creating the name starts from an empty log.
+    create_topic(broker.bootstrap, drop)
+    log = produce_and_confirm(broker.bootstrap, drop, [(None, b"fresh")])
+    assert log.ok[0].offset == 0
+
+
+def test_recovery_across_many_segments(broker_factory):
+    b = broker_factory({"log.segment.bytes": 1048576})
+    topic = unique_topic("segments")
+    create_topic(b.bootstrap, topic)
+    n = 6000  # ~6 MiB of payload: several 1 MiB segments
+    payload = b"z" * 1000
+    log = produce_and_confirm(b.bootstrap, topic,
+                              [(None, b"%06d" % j + payload) for j in range(n)],
+                              conf={"acks": "all"})
+    assert len(log.ok) == n
+
+    b.kill9()
+    b.restart()
+
+    # Reads starting inside later segments find the right records.
+    for start in (0, 1234, 4321, n - 1):
+        recs = consume(b.bootstrap, topic, [0], start=start, timeout=60)
+        assert [int(r.value[:6]) for r in recs] == list(range(start, n)), f"from {start}"
+    more = produce_and_confirm(b.bootstrap, topic, [(None, b"tail")])
+    assert more.ok[0].offset == n
+

@@ -1,0 +1,77 @@
+"""Process lifecycle: start-up, shutdown and command-line errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+from harness import port_accepts
+from support import consume, create_topic, produce_and_confirm, unique_topic, wait_until
+
+
+def test_sigterm_exits_zero(broker):
+    topic = unique_topic("term")
+    create_topic(broker.bootstrap, topic)
+    produce_and_confirm(broker.bootstrap, topic, [(None, b"x")])
+    assert broker.stop() == 0
+    assert not port_accepts(broker.port), "port still accepting after shutdown"
+
+
+def test_restart_on_same_port_and_data_dir(broker):
+    topic = unique_topic("again")
+    create_topic(broker.bootstrap, topic)
+    produce_and_confirm(broker.bootstrap, topic, [(None, b"before")])
+    port = broker.port
+    broker.restart()
+    assert broker.port == port
+    produce_and_confirm(broker.bootstrap, topic, [(None, b"after")])
+    assert [r.value for r in consume(broker.bootstrap, topic, [0])] == [b"before", b"after"]
+
+
+def test_port_in_use_fails_fast(broker_factory):
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        b = broker_factory(port=port, wait=False)
+        try:
+            code = b.wait_exit(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("broker kept running although its port is taken")
+        assert code != 0, "binding an occupied port must exit non-zero"
+        lines = [line for line in b.log_text().splitlines()
+                 if line.strip() and not line.startswith("===== start")]
+        assert lines, "expected an error message on stderr"
+        assert any("in use" in line.lower() or str(port) in line for line in lines), lines
+    finally:
+        holder.close()
+
+
+def test_missing_data_dir_is_created(broker_factory, tmp_path):
+    b = broker_factory()
+    b.stop()
+    b.data_dir = tmp_path / "nested" / "not" / "there"
+    b.start()
+    topic = unique_topic("fresh-dir")
+    produce_and_confirm(b.bootstrap, topic, [(None, b"x")])
+    wait_until(lambda: any(b.data_dir.iterdir()), message="data written under the new data dir")
+
+
+def test_serve_help_mentions_settings(caudal_binary):
+    out = subprocess.run([str(caudal_binary), "serve", "--help"], capture_output=True,
+                         timeout=10)
+    assert out.returncode == 0
+    text = out.stdout.decode() + out.stderr.decode()
+    for flag in ("--listen", "--advertise", "--data-dir", "--num.partitions",
+                 "--auto.create.topics.enable", "--message.max.bytes",
+                 "--socket.request.max.bytes", "--log.segment.bytes"):
+        assert flag in text, f"{flag} missing from `caudal serve --help`"
+
+
+def test_unknown_flag_is_rejected(caudal_binary, tmp_path):
+    out = subprocess.run([str(caudal_binary), "serve", "--listen", "127.0.0.1:0",
+                          "--data-dir", str(tmp_path), "--no.such.setting", "1"],
+                         capture_output=True, timeout=10)
+    assert out.returncode != 0
+    assert out.stderr.strip(), "expected an explanation on stderr"

@@ -1,0 +1,391 @@
+"""Hand-rolled Kafka wire-protocol helpers for the raw-socket tests.
+
+Only what the tests need: request framing, a few request/response codecs
+(ApiVersions v0, Produce v3), and a magic-2 RecordBatch builder with its
+CRC-32C. Everything here is written from the public protocol description so
+the tests do not depend on any client library's framing.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+# Kafka error codes used by the tests.
+NONE = 0
+CORRUPT_MESSAGE = 2
+UNKNOWN_TOPIC_OR_PARTITION = 3
+MESSAGE_TOO_LARGE = 10
+INVALID_TOPIC_EXCEPTION = 17
+UNSUPPORTED_VERSION = 35
+TOPIC_ALREADY_EXISTS = 36
+INVALID_RECORD = 87
+
+# API keys.
+PRODUCE = 0
+FETCH = 1
+LIST_OFFSETS = 2
+METADATA = 3
+API_VERSIONS = 18
+CREATE_TOPICS = 19
+DELETE_TOPICS = 20
+DESCRIBE_CONFIGS = 32
+CREATE_PARTITIONS = 37
+DESCRIBE_CLUSTER = 60
+
+
+# --------------------------------------------------------------------------
+# CRC-32C (Castagnoli), reflected polynomial 0x82F63B78, table driven.
+# --------------------------------------------------------------------------
+
+def _make_crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _make_crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    table = _CRC32C_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------
+# Primitive encoders
+# --------------------------------------------------------------------------
+
+def zigzag_varint(n: int) -> bytes:
+    """Signed varint (zig-zag, as used inside records)."""
+    return uvarint((n << 1) ^ (n >> 63))
+
+
+def uvarint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def i8(v: int) -> bytes:
+    return struct.pack(">b", v)
+
+
+def i16(v: int) -> bytes:
+    return struct.pack(">h", v)
+
+
+def i32(v: int) -> bytes:
+    return struct.pack(">i", v)
+
+
+def i64(v: int) -> bytes:
+    return struct.pack(">q", v)
+
+
+def string(s: str | None) -> bytes:
+    """Non-compact (nullable) STRING: i16 length, -1 for null."""
+    if s is None:
+        return i16(-1)
+    raw = s.encode()
+    return i16(len(raw)) + raw
+
+
+def bytes_field(b: bytes | None) -> bytes:
+    """Non-compact (nullable) BYTES: i32 length, -1 for null."""
+    if b is None:
+        return i32(-1)
+    return i32(len(b)) + b
+
+
+# --------------------------------------------------------------------------
+# Record batch (magic 2)
+# --------------------------------------------------------------------------
+
+def encode_record(offset_delta: int, timestamp_delta: int, key: bytes | None,
+                  value: bytes | None, headers: list[tuple[str, bytes]] = ()) -> bytes:
+    body = bytearray()
+    body += i8(0)  # record attributes (unused)
+    body += zigzag_varint(timestamp_delta)
+    body += zigzag_varint(offset_delta)
+    if key is None:
+        body += zigzag_varint(-1)
+    else:
+        body += zigzag_varint(len(key)) + key
+    if value is None:
+        body += zigzag_varint(-1)
+    else:
+        body += zigzag_varint(len(value)) + value
+    body += zigzag_varint(len(headers))
+    for hkey, hval in headers:
+        hk = hkey.encode()
+        body += zigzag_varint(len(hk)) + hk
+        body += zigzag_varint(len(hval)) + hval
+    return zigzag_varint(len(body)) + bytes(body)
+
+
+@dataclass
+class BatchSpec:
+    records: list[tuple[bytes | None, bytes | None]]
+    base_offset: int = 0
+    base_timestamp: int = field(default_factory=lambda: int(time.time() * 1000))
+    attributes: int = 0
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
+    partition_leader_epoch: int = -1
+
+
+def build_record_batch(spec: BatchSpec) -> bytes:
+    """A valid magic-2 RecordBatch (uncompressed)."""
+    records = b"".join(
+        encode_record(i, 0, k, v) for i, (k, v) in enumerate(spec.records)
+    )
+    # Everything covered by the CRC: attributes .. end of records.
+    after_crc = (
+        i16(spec.attributes)
+        + i32(len(spec.records) - 1)          # lastOffsetDelta
+        + i64(spec.base_timestamp)            # baseTimestamp
+        + i64(spec.base_timestamp)            # maxTimestamp
+        + i64(spec.producer_id)
+        + i16(spec.producer_epoch)
+        + i32(spec.base_sequence)
+        + i32(len(spec.records))
+        + records
+    )
+    crc = crc32c(after_crc)
+    # batchLength counts from partitionLeaderEpoch to the end.
+    after_length = i32(spec.partition_leader_epoch) + i8(2) + struct.pack(">I", crc) + after_crc
+    return i64(spec.base_offset) + i32(len(after_length)) + after_length
+
+
+# Byte offsets inside a serialized batch.
+BATCH_LENGTH_OFFSET = 8
+BATCH_CRC_OFFSET = 17
+
+
+def with_crc_flipped(batch: bytes) -> bytes:
+    b = bytearray(batch)
+    b[BATCH_CRC_OFFSET] ^= 0xFF
+    return bytes(b)
+
+
+def with_batch_length(batch: bytes, new_length: int) -> bytes:
+    b = bytearray(batch)
+    b[BATCH_LENGTH_OFFSET:BATCH_LENGTH_OFFSET + 4] = i32(new_length)
+    return bytes(b)
+
+
+def batch_length(batch: bytes) -> int:
+    return struct.unpack_from(">i", batch, BATCH_LENGTH_OFFSET)[0]
+
+
+# --------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------
+
+class Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def _take(self, fmt: str):
+        (v,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return v
+
+    def i8(self) -> int:
+        return self._take(">b")
+
+    def i16(self) -> int:
+        return self._take(">h")
+
+    def i32(self) -> int:
+        return self._take(">i")
+
+    def i64(self) -> int:
+        return self._take(">q")
+
+    def string(self) -> str | None:
+        n = self.i16()
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n]
+        if len(s) != n:
+            raise ValueError("truncated string")
+        self.pos += n
+        return s.decode()
+
+    def uvarint(self) -> int:
+        n, shift = 0, 0
+        while True:
+            byte = self.data[self.pos]
+            self.pos += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return n
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+# --------------------------------------------------------------------------
+# Connection
+# --------------------------------------------------------------------------
+
+def request_header_v1(api_key: int, api_version: int, correlation_id: int,
+                      client_id: str | None = "caudal-e2e") -> bytes:
+    return i16(api_key) + i16(api_version) + i32(correlation_id) + string(client_id)
+
+
+def frame(payload: bytes) -> bytes:
+    return i32(len(payload)) + payload
+
+
+class Connection:
+    """A blocking TCP connection speaking length-prefixed Kafka frames."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError(
+                    f"connection closed after {len(buf)} of {n} expected bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self) -> bytes:
+        (size,) = struct.unpack(">i", self._recv_exact(4))
+        if size < 0 or size > 64 * 1024 * 1024:
+            raise ValueError(f"implausible response frame size {size}")
+        return self._recv_exact(size)
+
+    def request(self, api_key: int, api_version: int, body: bytes,
+                correlation_id: int = 1) -> Reader:
+        """Send one non-flexible (header v1) request and return a Reader
+        positioned after the response's correlation id (checked)."""
+        self.send_raw(frame(request_header_v1(api_key, api_version, correlation_id) + body))
+        r = Reader(self.recv_frame())
+        got = r.i32()
+        if got != correlation_id:
+            raise AssertionError(f"correlation id mismatch: sent {correlation_id}, got {got}")
+        return r
+
+    def wait_closed(self, timeout: float) -> bool:
+        """True if the peer closes (EOF or reset) within `timeout` seconds.
+        Any bytes the broker sends before closing are discarded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not chunk:
+                return True
+
+
+# --------------------------------------------------------------------------
+# ApiVersions
+# --------------------------------------------------------------------------
+
+@dataclass
+class ApiVersionsResponse:
+    error_code: int
+    api_keys: dict[int, tuple[int, int]]
+
+
+def api_versions(conn: Connection, version: int = 0, correlation_id: int = 7) -> ApiVersionsResponse:
+    """ApiVersions with an empty body. For version 0 (and for any version the
+    broker does not support) the response is in the v0 layout."""
+    r = conn.request(API_VERSIONS, version, b"", correlation_id)
+    error = r.i16()
+    n = r.i32()
+    keys = {}
+    for _ in range(max(n, 0)):
+        key, lo, hi = r.i16(), r.i16(), r.i16()
+        keys[key] = (lo, hi)
+    return ApiVersionsResponse(error, keys)
+
+
+# --------------------------------------------------------------------------
+# Produce v3
+# --------------------------------------------------------------------------
+
+def produce_v3_body(topic: str, partition: int, records: bytes, acks: int = -1,
+                    timeout_ms: int = 10000) -> bytes:
+    return (
+        string(None)              # transactional_id
+        + i16(acks)
+        + i32(timeout_ms)
+        + i32(1)                  # topics
+        + string(topic)
+        + i32(1)                  # partitions
+        + i32(partition)
+        + bytes_field(records)
+    )
+
+
+@dataclass
+class ProducePartitionResult:
+    topic: str
+    partition: int
+    error_code: int
+    base_offset: int
+    log_append_time: int
+
+
+def produce_v3(conn: Connection, topic: str, partition: int, records: bytes,
+               correlation_id: int = 11) -> ProducePartitionResult:
+    r = conn.request(PRODUCE, 3, produce_v3_body(topic, partition, records), correlation_id)
+    results = []
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            results.append(ProducePartitionResult(name, r.i32(), r.i16(), r.i64(), r.i64()))
+    r.i32()  # throttle_time_ms
+    assert len(results) == 1, f"expected one partition result, got {results}"
+    return results[0]
