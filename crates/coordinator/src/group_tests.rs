@@ -1,0 +1,664 @@
+//! The classic group state machine, driven by events with a fake clock.
+
+use super::*;
+
+type C = Coordinator<u32>;
+
+const SESSION: i32 = 10_000;
+const REBALANCE: i32 = 30_000;
+
+fn config() -> GroupConfig {
+    GroupConfig {
+        initial_rebalance_delay_ms: 3_000,
+        ..GroupConfig::default()
+    }
+}
+
+fn join_req(member_id: &str, instance: Option<&str>, protocols: &[(&str, &[u8])]) -> JoinRequest {
+    JoinRequest {
+        group_id: "g".into(),
+        member_id: member_id.into(),
+        group_instance_id: instance.map(Into::into),
+        client_id: "client".into(),
+        client_host: "/127.0.0.1".into(),
+        session_timeout_ms: SESSION,
+        rebalance_timeout_ms: REBALANCE,
+        protocol_type: "consumer".into(),
+        protocols: protocols
+            .iter()
+            .map(|(n, m)| (n.to_string(), Bytes::copy_from_slice(m)))
+            .collect(),
+        require_known_member_id: true,
+    }
+}
+
+fn joins(effects: &[Effect<u32>]) -> Vec<(u32, JoinResponse)> {
+    effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Join(r, j) = e {
+                Some((*r, j.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn syncs(effects: &[Effect<u32>]) -> Vec<(u32, SyncResponse)> {
+    effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Sync(r, s) = e {
+                Some((*r, s.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn writes(effects: &[Effect<u32>]) -> usize {
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Write(_)))
+        .count()
+}
+
+/// A new member's two-step join (MEMBER_ID_REQUIRED, then the real join); returns its id.
+fn first_join(c: &mut C, r: u32, now: Ms) -> (String, Vec<Effect<u32>>) {
+    let e = c.join(join_req("", None, &[("range", b"m")]), r, now);
+    let j = joins(&e);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.error, MEMBER_ID_REQUIRED);
+    let id = j[0].1.member_id.clone();
+    assert!(
+        id.starts_with("client-"),
+        "member ids start with the client id: {id}"
+    );
+    let e = c.join(join_req(&id, None, &[("range", b"m")]), r, now);
+    (id, e)
+}
+
+fn sync_req(member: &str, generation: i32, assignments: Vec<(String, Bytes)>) -> SyncRequest {
+    SyncRequest {
+        group_id: "g".into(),
+        generation_id: generation,
+        member_id: member.into(),
+        group_instance_id: None,
+        protocol_type: None,
+        protocol_name: None,
+        assignments,
+    }
+}
+
+/// Brings `n` members to Stable at generation 1; returns their ids (the first is the leader).
+fn stable_group(c: &mut C, n: u32) -> (Vec<String>, Ms) {
+    let mut ids = Vec::new();
+    for r in 0..n {
+        let (id, e) = first_join(c, r, 0);
+        assert!(joins(&e).is_empty(), "joins wait out the initial delay");
+        ids.push(id);
+    }
+    // KIP-134: a member joined during the first delay, so the delay runs once more.
+    let now: Ms = if n > 1 { 6_000 } else { 3_000 };
+    if n > 1 {
+        assert!(joins(&c.tick(3_000)).is_empty());
+    }
+    let e = c.tick(now);
+    let j = joins(&e);
+    assert_eq!(j.len(), n as usize);
+    assert!(j
+        .iter()
+        .all(|(_, r)| r.error == NONE && r.generation_id == 1));
+    let leader = &j.iter().find(|(_, r)| !r.members.is_empty()).unwrap().1;
+    assert_eq!(leader.leader, ids[0]);
+    assert_eq!(leader.members.len(), n as usize);
+    let assignments = ids
+        .iter()
+        .map(|id| (id.clone(), Bytes::from(format!("for {id}"))))
+        .collect();
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        assert!(
+            syncs(&c.sync(sync_req(id, 1, vec![]), 100 + i as u32, now)).is_empty(),
+            "followers wait for the leader"
+        );
+    }
+    let e = c.sync(sync_req(&ids[0], 1, assignments), 100, now);
+    let s = syncs(&e);
+    assert_eq!(s.len(), n as usize);
+    for (r, resp) in &s {
+        assert_eq!(resp.error, NONE);
+        let id = &ids[(*r - 100) as usize];
+        assert_eq!(resp.assignment, Bytes::from(format!("for {id}")));
+    }
+    assert_eq!(
+        writes(&e),
+        1,
+        "the new generation is written to __consumer_offsets"
+    );
+    assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+    (ids, now)
+}
+
+#[test]
+fn first_members_join_together_after_the_initial_delay() {
+    let mut c = C::new(config());
+    stable_group(&mut c, 3);
+}
+
+#[test]
+fn the_initial_delay_is_extended_while_members_keep_arriving() {
+    let mut c = C::new(config());
+    first_join(&mut c, 0, 0);
+    first_join(&mut c, 1, 2_000);
+    assert!(
+        joins(&c.tick(3_000)).is_empty(),
+        "a member joined during the delay: wait again"
+    );
+    assert_eq!(joins(&c.tick(6_000)).len(), 2);
+}
+
+#[test]
+fn join_errors() {
+    let mut c = C::new(config());
+    let mut bad = join_req("", None, &[("range", b"")]);
+    bad.group_id = String::new();
+    assert_eq!(joins(&c.join(bad, 1, 0))[0].1.error, INVALID_GROUP_ID);
+    let mut bad = join_req("", None, &[("range", b"")]);
+    bad.session_timeout_ms = 10;
+    assert_eq!(
+        joins(&c.join(bad, 1, 0))[0].1.error,
+        INVALID_SESSION_TIMEOUT
+    );
+    assert_eq!(
+        joins(&c.join(join_req("nobody", None, &[("range", b"")]), 1, 0))[0]
+            .1
+            .error,
+        UNKNOWN_MEMBER_ID
+    );
+    let (_ids, now) = stable_group(&mut c, 1);
+    let e = c.join(join_req("", None, &[("roundrobin", b"")]), 9, now);
+    assert_eq!(joins(&e)[0].1.error, INCONSISTENT_GROUP_PROTOCOL);
+    let mut other = join_req("", None, &[("range", b"")]);
+    other.protocol_type = "connect".into();
+    assert_eq!(
+        joins(&c.join(other, 9, now))[0].1.error,
+        INCONSISTENT_GROUP_PROTOCOL
+    );
+}
+
+#[test]
+fn a_new_member_triggers_a_rebalance_and_the_others_rejoin() {
+    let mut c = C::new(config());
+    let (ids, now) = stable_group(&mut c, 2);
+    let (new_id, e) = first_join(&mut c, 7, now);
+    assert!(joins(&e).is_empty());
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::PreparingRebalance
+    );
+    assert_eq!(
+        c.heartbeat("g", 1, &ids[0], None, now),
+        REBALANCE_IN_PROGRESS
+    );
+    assert!(joins(&c.join(join_req(&ids[0], None, &[("range", b"m")]), 10, now)).is_empty());
+    let e = c.join(join_req(&ids[1], None, &[("range", b"m")]), 11, now);
+    let j = joins(&e);
+    assert_eq!(
+        j.len(),
+        3,
+        "all rejoined: the join phase completes without waiting"
+    );
+    assert!(j.iter().all(|(_, r)| r.generation_id == 2));
+    assert_eq!(
+        j.iter().find(|(r, _)| *r == 10).unwrap().1.members.len(),
+        3,
+        "the leader stays leader and sees everyone"
+    );
+    assert!(c
+        .describe("g")
+        .unwrap()
+        .members
+        .iter()
+        .any(|m| m.member_id == new_id));
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::CompletingRebalance
+    );
+    assert_eq!(c.heartbeat("g", 2, &ids[1], None, now), NONE);
+}
+
+#[test]
+fn members_that_do_not_rejoin_are_dropped_at_the_rebalance_timeout() {
+    let mut c = C::new(config());
+    let (ids, now) = stable_group(&mut c, 2);
+    let (leave_errors, e) = c.leave("g", &[(ids[1].clone(), None)], now);
+    assert_eq!(leave_errors, vec![NONE]);
+    assert!(joins(&e).is_empty());
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::PreparingRebalance
+    );
+    let (_, e) = first_join(&mut c, 8, now);
+    assert!(joins(&e).is_empty(), "the leader has not rejoined yet");
+    let e = c.tick(now + Ms::from(REBALANCE));
+    let j = joins(&e);
+    assert_eq!(
+        j.len(),
+        1,
+        "only the newcomer is answered; the silent leader is gone"
+    );
+    assert_eq!(j[0].1.generation_id, 2);
+    assert_eq!(c.describe("g").unwrap().members.len(), 1);
+}
+
+#[test]
+fn a_silent_member_is_evicted_after_its_session_timeout() {
+    let mut c = C::new(config());
+    let (ids, now) = stable_group(&mut c, 2);
+    assert_eq!(c.heartbeat("g", 1, &ids[0], None, now + 9_000), NONE);
+    assert!(c.next_deadline().is_some());
+    let e = c.tick(now + Ms::from(SESSION));
+    assert!(joins(&e).is_empty());
+    let g = c.describe("g").unwrap();
+    assert_eq!(g.state, GroupState::PreparingRebalance);
+    assert_eq!(
+        g.members.len(),
+        1,
+        "the member that kept heartbeating stays"
+    );
+    assert_eq!(
+        c.heartbeat("g", 1, &ids[1], None, now + Ms::from(SESSION)),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        c.heartbeat("g", 1, &ids[0], None, now + Ms::from(SESSION)),
+        REBALANCE_IN_PROGRESS
+    );
+    let e = c.join(
+        join_req(&ids[0], None, &[("range", b"m")]),
+        3,
+        now + Ms::from(SESSION),
+    );
+    assert_eq!(joins(&e)[0].1.generation_id, 2);
+}
+
+#[test]
+fn heartbeat_errors() {
+    let mut c = C::new(config());
+    assert_eq!(c.heartbeat("nope", 1, "m", None, 0), UNKNOWN_MEMBER_ID);
+    let (ids, now) = stable_group(&mut c, 1);
+    assert_eq!(
+        c.heartbeat("g", 1, "stranger", None, now),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(c.heartbeat("g", 7, &ids[0], None, now), ILLEGAL_GENERATION);
+    assert_eq!(c.heartbeat("g", 1, &ids[0], None, now), NONE);
+}
+
+#[test]
+fn sync_errors_and_a_stable_resync() {
+    let mut c = C::new(config());
+    assert_eq!(
+        syncs(&c.sync(sync_req("m", 1, vec![]), 1, 0))[0].1.error,
+        UNKNOWN_MEMBER_ID
+    );
+    let (ids, now) = stable_group(&mut c, 2);
+    assert_eq!(
+        syncs(&c.sync(sync_req("stranger", 1, vec![]), 1, now))[0]
+            .1
+            .error,
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        syncs(&c.sync(sync_req(&ids[1], 9, vec![]), 1, now))[0]
+            .1
+            .error,
+        ILLEGAL_GENERATION
+    );
+    let mut wrong = sync_req(&ids[1], 1, vec![]);
+    wrong.protocol_name = Some("roundrobin".into());
+    assert_eq!(
+        syncs(&c.sync(wrong, 1, now))[0].1.error,
+        INCONSISTENT_GROUP_PROTOCOL
+    );
+    let s = syncs(&c.sync(sync_req(&ids[1], 1, vec![]), 1, now));
+    assert_eq!(
+        s[0].1.assignment,
+        Bytes::from(format!("for {}", ids[1])),
+        "a stable group answers a sync with the current assignment"
+    );
+    c.leave("g", &[(ids[1].clone(), None)], now);
+    assert_eq!(
+        syncs(&c.sync(sync_req(&ids[0], 1, vec![]), 1, now))[0]
+            .1
+            .error,
+        REBALANCE_IN_PROGRESS
+    );
+}
+
+#[test]
+fn a_leader_that_never_syncs_sends_the_group_back_to_rebalancing() {
+    let mut c = C::new(config());
+    let mut ids = Vec::new();
+    for r in 0..2 {
+        ids.push(first_join(&mut c, r, 0).0);
+    }
+    c.tick(3_000);
+    c.tick(6_000);
+    assert!(syncs(&c.sync(sync_req(&ids[1], 1, vec![]), 5, 6_000)).is_empty());
+    let e = c.tick(6_000 + Ms::from(REBALANCE));
+    let s = syncs(&e);
+    assert_eq!(s, vec![(5, SyncResponse::error(REBALANCE_IN_PROGRESS))]);
+    let g = c.describe("g").unwrap();
+    assert_eq!(
+        g.members.len(),
+        1,
+        "the leader that never synced was removed"
+    );
+}
+
+#[test]
+fn the_last_member_leaving_empties_the_group() {
+    let mut c = C::new(config());
+    let (ids, now) = stable_group(&mut c, 1);
+    let (errors, e) = c.leave("g", &[(ids[0].clone(), None), ("ghost".into(), None)], now);
+    assert_eq!(errors, vec![NONE, UNKNOWN_MEMBER_ID]);
+    assert_eq!(writes(&e), 1, "the empty group is written");
+    assert_eq!(c.describe("g").unwrap().state, GroupState::Empty);
+    assert_eq!(
+        c.leave("nope", &[("x".into(), None)], now).0,
+        vec![UNKNOWN_MEMBER_ID]
+    );
+}
+
+#[test]
+fn a_static_member_restarting_within_its_session_causes_no_rebalance() {
+    let mut c = C::new(config());
+    let e = c.join(join_req("", Some("i-1"), &[("range", b"m")]), 1, 0);
+    assert!(
+        joins(&e).is_empty(),
+        "static members skip MEMBER_ID_REQUIRED"
+    );
+    let e = c.tick(3_000);
+    let old = joins(&e)[0].1.member_id.clone();
+    assert!(old.starts_with("i-1-"));
+    c.sync(
+        sync_req(&old, 1, vec![(old.clone(), Bytes::from_static(b"p0"))]),
+        2,
+        3_000,
+    );
+    // The process restarts: same instance id, no member id, protocols unchanged.
+    let e = c.join(join_req("", Some("i-1"), &[("range", b"m")]), 3, 5_000);
+    let j = joins(&e);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.error, NONE);
+    assert_eq!(j[0].1.generation_id, 1, "same generation: no rebalance");
+    let new = j[0].1.member_id.clone();
+    assert_ne!(new, old);
+    assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+    let mut s = sync_req(&new, 1, vec![]);
+    s.group_instance_id = Some("i-1".into());
+    assert_eq!(
+        syncs(&c.sync(s, 4, 5_000))[0].1.assignment,
+        Bytes::from_static(b"p0")
+    );
+    // The old incarnation is fenced.
+    assert_eq!(
+        c.heartbeat("g", 1, &old, Some("i-1"), 5_000),
+        FENCED_INSTANCE_ID
+    );
+    let mut stale = join_req(&old, Some("i-1"), &[("range", b"m")]);
+    stale.require_known_member_id = true;
+    assert_eq!(
+        joins(&c.join(stale, 5, 5_000))[0].1.error,
+        FENCED_INSTANCE_ID
+    );
+    assert_eq!(
+        c.leave("g", &[(old.clone(), Some("i-1".into()))], 5_000).0,
+        vec![FENCED_INSTANCE_ID]
+    );
+    assert_eq!(
+        c.leave("g", &[(String::new(), Some("i-1".into()))], 5_000)
+            .0,
+        vec![NONE]
+    );
+}
+
+#[test]
+fn protocols_are_chosen_by_vote_among_those_all_members_support() {
+    let mut c = C::new(GroupConfig {
+        initial_rebalance_delay_ms: 0,
+        ..config()
+    });
+    let e = c.join(
+        join_req("", None, &[("cooperative-sticky", b""), ("range", b"")]),
+        1,
+        0,
+    );
+    let a = joins(&e)[0].1.member_id.clone();
+    c.join(
+        join_req(&a, None, &[("cooperative-sticky", b""), ("range", b"")]),
+        1,
+        0,
+    );
+    // Joins complete at once without an initial delay.
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::CompletingRebalance
+    );
+    let e = c.join(
+        join_req("", None, &[("range", b""), ("cooperative-sticky", b"")]),
+        2,
+        0,
+    );
+    let b = joins(&e)[0].1.member_id.clone();
+    c.join(
+        join_req(&b, None, &[("range", b""), ("cooperative-sticky", b"")]),
+        2,
+        0,
+    );
+    let e = c.join(
+        join_req(&a, None, &[("cooperative-sticky", b""), ("range", b"")]),
+        1,
+        0,
+    );
+    let j = joins(&e);
+    assert_eq!(j.len(), 2);
+    assert_eq!(
+        j[0].1.protocol_name.as_deref(),
+        Some("cooperative-sticky"),
+        "a tie goes to the leader's preference"
+    );
+}
+
+#[test]
+fn offsets_commit_with_membership_checks_and_standalone_commits() {
+    let mut c = C::new(config());
+    let commit = |p: i32, o: i64| {
+        vec![OffsetCommit {
+            topic: "t".into(),
+            partition: p,
+            offset: o,
+            leader_epoch: -1,
+            metadata: "meta".into(),
+        }]
+    };
+    // Standalone consumer (assign + commit): generation -1, no member id, no group yet.
+    let (errors, e) = c.commit_offsets("solo", -1, "", None, commit(0, 5), 0);
+    assert_eq!(errors, vec![NONE]);
+    assert_eq!(writes(&e), 1);
+    assert_eq!(
+        c.fetch_offsets("solo", Some(&[("t".into(), 0), ("t".into(), 1)]))
+            .iter()
+            .map(|o| o.offset)
+            .collect::<Vec<_>>(),
+        vec![5, -1]
+    );
+    assert_eq!(
+        c.commit_offsets("ghost", 3, "m", None, commit(0, 1), 0).0,
+        vec![ILLEGAL_GENERATION]
+    );
+    let (ids, now) = stable_group(&mut c, 2);
+    assert_eq!(
+        c.commit_offsets("g", -1, "", None, commit(0, 1), now).0,
+        vec![UNKNOWN_MEMBER_ID],
+        "no standalone commits to an active group"
+    );
+    assert_eq!(
+        c.commit_offsets("g", 1, "stranger", None, commit(0, 1), now)
+            .0,
+        vec![UNKNOWN_MEMBER_ID]
+    );
+    assert_eq!(
+        c.commit_offsets("g", 9, &ids[0], None, commit(0, 1), now).0,
+        vec![ILLEGAL_GENERATION]
+    );
+    assert_eq!(
+        c.commit_offsets("g", 1, &ids[0], None, commit(0, 10), now)
+            .0,
+        vec![NONE]
+    );
+    let big = vec![OffsetCommit {
+        topic: "t".into(),
+        partition: 1,
+        offset: 1,
+        leader_epoch: -1,
+        metadata: "x".repeat(5000),
+    }];
+    assert_eq!(
+        c.commit_offsets("g", 1, &ids[0], None, big, now).0,
+        vec![OFFSET_METADATA_TOO_LARGE]
+    );
+    // A rebalance is starting: the current generation may still commit (Kafka allows it).
+    first_join(&mut c, 9, now);
+    assert_eq!(
+        c.commit_offsets("g", 1, &ids[1], None, commit(1, 20), now)
+            .0,
+        vec![NONE]
+    );
+    let all = c.fetch_offsets("g", None);
+    assert_eq!(
+        all.iter()
+            .map(|o| (o.partition, o.offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 10), (1, 20)]
+    );
+    // Everyone rejoins: CompletingRebalance refuses commits.
+    c.join(join_req(&ids[0], None, &[("range", b"m")]), 10, now);
+    c.join(join_req(&ids[1], None, &[("range", b"m")]), 11, now);
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::CompletingRebalance
+    );
+    assert_eq!(
+        c.commit_offsets("g", 2, &ids[1], None, commit(1, 30), now)
+            .0,
+        vec![REBALANCE_IN_PROGRESS]
+    );
+}
+
+#[test]
+fn groups_delete_only_when_empty_and_offsets_delete_unless_subscribed() {
+    let mut c = C::new(config());
+    assert_eq!(c.delete_group("nope").unwrap_err(), GROUP_ID_NOT_FOUND);
+    let (ids, now) = stable_group(&mut c, 1);
+    c.commit_offsets(
+        "g",
+        1,
+        &ids[0],
+        None,
+        vec![OffsetCommit {
+            topic: "t".into(),
+            partition: 0,
+            offset: 3,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }],
+        now,
+    );
+    assert_eq!(c.delete_group("g").unwrap_err(), NON_EMPTY_GROUP);
+    let (errors, _) = c
+        .delete_offsets("g", &[("t".into(), 0)], |t| t == "t")
+        .unwrap();
+    assert_eq!(errors, vec![GROUP_SUBSCRIBED_TO_TOPIC]);
+    c.leave("g", &[(ids[0].clone(), None)], now);
+    let (errors, e) = c
+        .delete_offsets("g", &[("t".into(), 0)], |t| t == "t")
+        .unwrap();
+    assert_eq!((errors, writes(&e)), (vec![NONE], 1));
+    let e = c.delete_group("g").unwrap();
+    assert_eq!(writes(&e), 1, "a tombstone for the group");
+    assert!(c.describe("g").is_none());
+}
+
+#[test]
+fn state_written_to_the_log_rebuilds_the_coordinator() {
+    let mut c = C::new(config());
+    let (ids, now) = stable_group(&mut c, 2);
+    let mut log = Vec::new();
+    let (_, e) = c.commit_offsets(
+        "g",
+        1,
+        &ids[0],
+        None,
+        vec![OffsetCommit {
+            topic: "t".into(),
+            partition: 0,
+            offset: 77,
+            leader_epoch: 2,
+            metadata: "m".into(),
+        }],
+        now,
+    );
+    log.extend(e);
+    // Group snapshot as written at the last sync.
+    let snapshot = c.groups.get("g").unwrap().snapshot(now);
+    let mut restored = C::new(config());
+    restored.replay(snapshot, 50_000);
+    for effect in log {
+        if let Effect::Write(r) = effect {
+            let (k, v) = r.encode();
+            restored.replay(OffsetsRecord::decode(Some(k), v).unwrap(), 50_000);
+        }
+    }
+    let g = restored.describe("g").unwrap();
+    assert_eq!(g.state, GroupState::Stable);
+    assert_eq!(g.members.len(), 2);
+    assert_eq!(restored.fetch_offsets("g", None)[0].offset, 77);
+    // Members loaded from the log keep their generation and have a session to come back.
+    assert_eq!(restored.heartbeat("g", 1, &ids[0], None, 55_000), NONE);
+    restored.tick(50_000 + Ms::from(SESSION));
+    assert_eq!(
+        restored.describe("g").unwrap().members.len(),
+        1,
+        "the member that never came back is evicted"
+    );
+}
+
+#[test]
+fn offsets_of_an_empty_group_expire_after_the_retention() {
+    let mut c = C::new(GroupConfig {
+        offsets_retention_ms: 1_000,
+        ..config()
+    });
+    c.commit_offsets(
+        "solo",
+        -1,
+        "",
+        None,
+        vec![OffsetCommit {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }],
+        0,
+    );
+    assert!(c.tick(500).is_empty());
+    let e = c.tick(2_000);
+    assert_eq!(writes(&e), 2, "an offset tombstone and a group tombstone");
+    assert!(c.describe("solo").is_none());
+}

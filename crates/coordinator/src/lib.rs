@@ -1,0 +1,18 @@
+//! Caudal's group coordinator for Kafka's classic group protocol (JoinGroup, SyncGroup,
+//! Heartbeat, LeaveGroup) and committed offsets.
+//!
+//! It is a plain state machine: requests and the current time go in, effects come out
+//! (answers to send, records to write to `__consumer_offsets`). It does no I/O and reads no
+//! clock, so every transition is tested with a fake clock. Requests that must wait (a join
+//! until the rebalance completes, a follower's sync until the leader's) are held as opaque
+//! responders `R` and handed back inside the effect that answers them.
+
+pub mod errors;
+pub mod group;
+pub mod records;
+
+pub use group::{
+    Coordinator, Effect, GroupConfig, GroupState, JoinMember, JoinRequest, JoinResponse,
+    OffsetCommit, SyncRequest, SyncResponse,
+};
+pub use records::{partition_for, OffsetsRecord};
