@@ -79,6 +79,13 @@ pub const SETTINGS: &[Setting] = &[
     Setting { choices: &["producer"], ..s("compression.type", Some("compression.type"), Str, "producer", 0, "Batches are stored with the producer's compression.") },
     s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "Replicas that must have a batch before acks=all is answered."),
     s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
+    s("offsets.topic.num.partitions", None, Int, "50", 1, "Partitions of __consumer_offsets, where groups and committed offsets are kept. Fixed once the topic exists."),
+    s("offsets.retention.minutes", None, Int, "10080", 1, "How long committed offsets are kept after their group becomes empty."),
+    s("offset.metadata.max.bytes", None, Int, "4096", 0, "Largest metadata string an offset commit may carry."),
+    s("group.initial.rebalance.delay.ms", None, Int, "3000", 0, "How long a new group waits for more members before its first rebalance."),
+    s("group.min.session.timeout.ms", None, Int, "6000", 0, "Smallest session.timeout.ms a consumer may ask for."),
+    s("group.max.session.timeout.ms", None, Int, "1800000", 0, "Largest session.timeout.ms a consumer may ask for."),
+    s("group.max.size", None, Int, "2147483647", 1, "Most members a group may have."),
 ];
 
 pub fn setting(key: &str) -> Option<&'static Setting> {
@@ -220,6 +227,22 @@ impl BrokerConfig {
     pub fn retention_check_interval_ms(&self) -> u64 {
         self.number("log.retention.check.interval.ms") as u64
     }
+    pub fn offsets_topic_partitions(&self) -> i32 {
+        self.number("offsets.topic.num.partitions") as i32
+    }
+
+    /// The group coordinator's settings.
+    pub fn group_config(&self) -> caudal_coordinator::GroupConfig {
+        caudal_coordinator::GroupConfig {
+            min_session_timeout_ms: self.number("group.min.session.timeout.ms") as i32,
+            max_session_timeout_ms: self.number("group.max.session.timeout.ms") as i32,
+            initial_rebalance_delay_ms: self.number("group.initial.rebalance.delay.ms"),
+            max_size: self.number("group.max.size") as usize,
+            offset_metadata_max_bytes: self.number("offset.metadata.max.bytes") as usize,
+            offsets_retention_ms: self.number("offsets.retention.minutes") * 60_000,
+        }
+    }
+
     pub fn default_replication_factor(&self) -> i16 {
         self.number("default.replication.factor") as i16
     }

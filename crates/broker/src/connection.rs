@@ -107,7 +107,7 @@ pub async fn serve(
         let api_key = request.api_key;
         let version = request.version();
         let correlation_id = request.header.correlation_id;
-        let reply = handlers::handle(&broker, request).await;
+        let reply = handlers::handle(&broker, request, peer).await;
         if tx
             .send(InFlight::Reply {
                 api_key,

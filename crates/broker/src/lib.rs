@@ -3,6 +3,7 @@
 
 pub mod config;
 mod connection;
+pub mod groups;
 pub mod handlers;
 pub mod partition;
 pub mod producer_ids;
@@ -33,6 +34,7 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub topics: Topics,
     pub producer_ids: producer_ids::ProducerIds,
+    pub groups: groups::Groups,
     /// Woken on every append, so long-polling fetches can look again.
     pub appended: Notify,
 }
@@ -84,10 +86,14 @@ impl Server {
             .map_err(|e| data_err(io::Error::other(e)))?
             .map_err(data_err)?;
         let producer_ids = producer_ids::ProducerIds::load(&config.data_dir).map_err(data_err)?;
+        let groups = groups::Groups::start(&config, &topics, now_ms())
+            .await
+            .map_err(data_err)?;
         let broker = Arc::new(Broker {
             config,
             topics,
             producer_ids,
+            groups,
             appended: Notify::new(),
         });
         Ok(Server { broker, listener })
@@ -108,6 +114,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
+        let group_clock = tokio::spawn(group_clock(broker.clone(), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -140,6 +147,7 @@ impl Server {
             connections.abort_all();
         }
         retention.abort();
+        group_clock.abort();
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || b.topics.close_all()).await;
         tracing::info!("all logs synced; stopped");
@@ -155,5 +163,19 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         }
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || b.topics.apply_retention(now_ms())).await;
+    }
+}
+
+/// Advances the group coordinator's clock: session and rebalance timeouts, initial delays.
+async fn group_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_millis(50));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = now_ms();
+        broker.groups.run(now, |c| ((), c.tick(now)));
     }
 }

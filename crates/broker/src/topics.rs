@@ -52,6 +52,8 @@ pub enum TopicError {
     Unknown(String),
     #[error("{0}")]
     InvalidPartitions(String),
+    #[error("'{0}' is an internal topic: the broker manages it")]
+    Internal(String),
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
 }
@@ -199,6 +201,9 @@ impl Topics {
 
     /// Deletes a topic and its data.
     pub async fn delete(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        if name == crate::groups::OFFSETS_TOPIC {
+            return Err(TopicError::Internal(name.to_string()));
+        }
         let _change = self.change.lock().await;
         let topic = self
             .write()

@@ -7,12 +7,13 @@
 //! until the rebalance completes, a follower's sync until the leader's) are held as opaque
 //! responders `R` and handed back inside the effect that answers them.
 
+pub mod consumer_protocol;
 pub mod errors;
 pub mod group;
 pub mod records;
 
 pub use group::{
-    Coordinator, Effect, GroupConfig, GroupState, JoinMember, JoinRequest, JoinResponse,
-    OffsetCommit, SyncRequest, SyncResponse,
+    CommittedOffset, Coordinator, Effect, GroupConfig, GroupState, GroupSummary, JoinMember,
+    JoinRequest, JoinResponse, MemberSummary, Ms, OffsetCommit, SyncRequest, SyncResponse,
 };
 pub use records::{partition_for, OffsetsRecord};

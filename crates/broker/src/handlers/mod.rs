@@ -4,16 +4,28 @@
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
+mod sync_group;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -37,8 +49,14 @@ pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
 
 /// Starts handling a request. Whatever must happen in request order (appends, topic changes)
 /// happens before this returns; the returned future only waits.
-pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, request: Request, peer: SocketAddr) -> Reply {
     let version = request.version();
+    let client_id = request
+        .header
+        .client_id
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_default();
     match request.body {
         RequestKind::ApiVersions(r) => ready(api_versions::handle(r, version)),
         RequestKind::Metadata(r) => ready(metadata::handle(broker, r, version).await),
@@ -50,6 +68,17 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
         RequestKind::CreatePartitions(r) => ready(create_partitions::handle(broker, r).await),
         RequestKind::DescribeCluster(r) => ready(describe_cluster::handle(broker, r)),
         RequestKind::InitProducerId(r) => ready(init_producer_id::handle(broker, r)),
+        RequestKind::FindCoordinator(r) => ready(find_coordinator::handle(broker, r, version)),
+        RequestKind::JoinGroup(r) => join_group::handle(broker, r, version, peer, client_id),
+        RequestKind::SyncGroup(r) => sync_group::handle(broker, r, version),
+        RequestKind::Heartbeat(r) => ready(heartbeat::handle(broker, r)),
+        RequestKind::LeaveGroup(r) => ready(leave_group::handle(broker, r, version)),
+        RequestKind::OffsetCommit(r) => offset_commit::handle(broker, r),
+        RequestKind::OffsetFetch(r) => ready(offset_fetch::handle(broker, r, version)),
+        RequestKind::OffsetDelete(r) => ready(offset_delete::handle(broker, r).await),
+        RequestKind::ListGroups(r) => ready(list_groups::handle(broker, r)),
+        RequestKind::DescribeGroups(r) => ready(describe_groups::handle(broker, r, version)),
+        RequestKind::DeleteGroups(r) => ready(delete_groups::handle(broker, r).await),
         RequestKind::DescribeConfigs(r) => ready(describe_configs::handle(broker, r, version)),
         // decode_request refuses every API not in SUPPORTED_APIS, so this is unreachable for
         // requests off the wire; answer nothing rather than panic.
@@ -69,6 +98,7 @@ pub(crate) fn topic_error_code(e: &crate::topics::TopicError) -> i16 {
         AlreadyExists(_) => E::TopicAlreadyExists.code(),
         Unknown(_) => E::UnknownTopicOrPartition.code(),
         InvalidPartitions(_) => E::InvalidPartitions.code(),
+        Internal(_) => E::InvalidTopicException.code(),
         Io(_) => E::KafkaStorageError.code(),
     }
 }

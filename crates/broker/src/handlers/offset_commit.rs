@@ -1,0 +1,95 @@
+//! OffsetCommit: checked against the group's generation and members, written to
+//! `__consumer_offsets`, answered once the write is on disk.
+
+use std::sync::Arc;
+
+use caudal_coordinator::OffsetCommit;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, ResponseKind};
+
+use super::Reply;
+use crate::groups::{wait_all, OFFSETS_TOPIC};
+use crate::{now_ms, Broker};
+
+pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
+    let group_id = request.group_id.0.as_str().to_string();
+    // Unknown topics and partitions are refused before the coordinator sees the commit.
+    let mut commits = Vec::new();
+    let mut shape: Vec<(usize, usize, Option<i16>)> = Vec::new();
+    for (t, topic) in request.topics.iter().enumerate() {
+        let name = topic.name.0.as_str();
+        let known = broker.topics.get(name).filter(|_| name != OFFSETS_TOPIC);
+        for (p, partition) in topic.partitions.iter().enumerate() {
+            let exists = known.as_ref().is_some_and(|k| {
+                usize::try_from(partition.partition_index).is_ok_and(|i| i < k.partitions.len())
+            });
+            if exists {
+                shape.push((t, p, None));
+                commits.push(OffsetCommit {
+                    topic: name.to_string(),
+                    partition: partition.partition_index,
+                    offset: partition.committed_offset,
+                    leader_epoch: partition.committed_leader_epoch,
+                    metadata: partition
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_default(),
+                });
+            } else {
+                shape.push((t, p, Some(E::UnknownTopicOrPartition.code())));
+            }
+        }
+    }
+    let now = now_ms();
+    let instance = request
+        .group_instance_id
+        .as_ref()
+        .map(|i| i.as_str().to_string());
+    let (errors, waits) = broker.groups.run(now, |c| {
+        c.commit_offsets(
+            &group_id,
+            request.generation_id_or_member_epoch,
+            request.member_id.as_str(),
+            instance.as_deref(),
+            commits,
+            now,
+        )
+    });
+    let mut errors = errors.into_iter();
+    let mut topics: Vec<OffsetCommitResponseTopic> = request
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_topic_id(t.topic_id)
+        })
+        .collect();
+    for (t, p, refused) in shape {
+        let error = refused.unwrap_or_else(|| errors.next().unwrap_or(0));
+        topics[t].partitions.push(
+            OffsetCommitResponsePartition::default()
+                .with_partition_index(request.topics[t].partitions[p].partition_index)
+                .with_error_code(error),
+        );
+    }
+    Box::pin(async move {
+        if let Err(e) = wait_all(waits).await {
+            tracing::error!(error = %e, "committed offsets could not be made durable");
+            for t in &mut topics {
+                for p in &mut t.partitions {
+                    if p.error_code == 0 {
+                        p.error_code = E::CoordinatorNotAvailable.code();
+                    }
+                }
+            }
+        }
+        Some(ResponseKind::OffsetCommit(
+            OffsetCommitResponse::default().with_topics(topics),
+        ))
+    })
+}

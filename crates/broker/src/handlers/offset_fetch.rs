@@ -1,0 +1,111 @@
+//! OffsetFetch: one group (v1-v7) or a batch of groups (v8+); all of a group's offsets when no
+//! topics are named.
+
+use std::sync::Arc;
+
+use caudal_coordinator::CommittedOffset;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, ResponseKind, TopicName};
+
+use super::str_bytes;
+use crate::Broker;
+
+const BATCHED_SINCE: i16 = 8;
+/// v2 and later carry a top-level error code.
+const TOP_LEVEL_ERROR_SINCE: i16 = 2;
+/// v5 and later carry the leader epoch.
+const LEADER_EPOCH_SINCE: i16 = 5;
+
+fn lookup(
+    broker: &Broker,
+    group_id: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Vec<(String, Vec<CommittedOffset>)> {
+    let wanted: Option<Vec<(String, i32)>> = topics.map(|ts| {
+        ts.into_iter()
+            .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+            .collect()
+    });
+    let offsets = broker
+        .groups
+        .read(|c| c.fetch_offsets(group_id, wanted.as_deref()));
+    let mut by_topic: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
+    for o in offsets {
+        match by_topic.iter_mut().find(|(t, _)| *t == o.topic) {
+            Some((_, v)) => v.push(o),
+            None => by_topic.push((o.topic.clone(), vec![o])),
+        }
+    }
+    by_topic
+}
+
+pub fn handle(broker: &Arc<Broker>, request: OffsetFetchRequest, version: i16) -> ResponseKind {
+    let epoch = |e: i32| if version >= LEADER_EPOCH_SINCE { e } else { -1 };
+    if version >= BATCHED_SINCE {
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|g| {
+                let topics = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let found = lookup(broker, g.group_id.0.as_str(), topics);
+                let topics = found
+                    .into_iter()
+                    .map(|(t, offsets)| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(str_bytes(t)))
+                            .with_partitions(
+                                offsets
+                                    .into_iter()
+                                    .map(|o| {
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(o.partition)
+                                            .with_committed_offset(o.offset)
+                                            .with_committed_leader_epoch(o.leader_epoch)
+                                            .with_metadata(Some(str_bytes(o.metadata)))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(topics)
+            })
+            .collect();
+        return ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_groups(groups));
+    }
+    let topics = request.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
+            .collect()
+    });
+    let found = lookup(broker, request.group_id.0.as_str(), topics);
+    let topics = found
+        .into_iter()
+        .map(|(t, offsets)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(str_bytes(t)))
+                .with_partitions(
+                    offsets
+                        .into_iter()
+                        .map(|o| {
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(o.partition)
+                                .with_committed_offset(o.offset)
+                                .with_committed_leader_epoch(epoch(o.leader_epoch))
+                                .with_metadata(Some(str_bytes(o.metadata)))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let _ = TOP_LEVEL_ERROR_SINCE;
+    ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_topics(topics))
+}
