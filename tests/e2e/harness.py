@@ -102,8 +102,9 @@ class Broker:
         with open(self.log_path, "ab") as log:
             log.write(f"===== start #{self.starts}: {' '.join(self.command())}\n".encode())
             log.flush()
+            env = dict(os.environ, NO_COLOR="1")  # plain-text log files
             self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 cwd=str(self.log_path.parent), preexec_fn=_die_with_parent,
             )
         self._expected_exit = False

@@ -8,6 +8,7 @@ broker does not offer InitProducerId.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError,
                              KafkaException, Producer, TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
+
+
+# librdkafka's own log lines go through Python logging, so pytest shows them
+# with the failing test instead of printing them to the terminal.
+RDKAFKA_LOG = logging.getLogger("rdkafka")
 
 
 def unique_topic(prefix: str = "t") -> str:
@@ -55,7 +61,7 @@ class Rec:
 # --------------------------------------------------------------------------
 
 def admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": RDKAFKA_LOG})
 
 
 def topic_partition_counts(bootstrap: str, a: AdminClient | None = None) -> dict[str, int]:
@@ -75,7 +81,7 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1,
 
 
 def producer(bootstrap: str, **conf) -> Producer:
-    base = {"bootstrap.servers": bootstrap, "linger.ms": 5}
+    base = {"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": RDKAFKA_LOG}
     base.update(conf)
     return Producer(base)
 
@@ -137,6 +143,7 @@ def consumer(bootstrap: str, **conf) -> Consumer:
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "error",
+        "logger": RDKAFKA_LOG,
     }
     base.update(conf)
     return Consumer(base)

@@ -17,6 +17,16 @@ def test_sigterm_exits_zero(broker):
     assert not port_accepts(broker.port), "port still accepting after shutdown"
 
 
+def test_sigterm_immediately_after_ready_exits_zero(broker):
+    # "Ready" means the port accepts connections; from that moment on SIGTERM
+    # must mean a clean shutdown, not death by the signal's default action.
+    codes = []
+    for _ in range(20):  # a start-up race: repeat to make it visible
+        codes.append(broker.stop())
+        broker.start()
+    assert codes == [0] * len(codes), f"exit codes after SIGTERM right after start: {codes}"
+
+
 def test_restart_on_same_port_and_data_dir(broker):
     topic = unique_topic("again")
     create_topic(broker.bootstrap, topic)

@@ -7,9 +7,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use caudal_protocol::{decode_request, encode_response, RequestError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -35,7 +36,6 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let (tx, mut rx) = mpsc::channel::<InFlight>(broker.config.queued_max_requests());
     let writer = tokio::spawn(async move {
         let mut out = BytesMut::with_capacity(64 * 1024);
@@ -65,21 +65,26 @@ pub async fn serve(
         }
         let _ = wr.shutdown().await;
     });
-    let max = broker.config.socket_request_max_bytes();
+    let mut frames = FrameReader::new(rd, broker.config.socket_request_max_bytes());
+    let mut client_gone = false;
     loop {
         let frame = tokio::select! {
-            frame = read_frame(&mut rd, max) => frame,
+            frame = frames.next() => frame,
             _ = stop.changed() => break,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) => break,
+            Ok(None) => {
+                client_gone = true;
+                break;
+            }
             Err(FrameError::TooLarge(len)) => {
-                tracing::warn!(%peer, len, max, "closing connection: request frame larger than socket.request.max.bytes");
+                tracing::warn!(%peer, len, max = frames.max, "closing connection: request frame larger than socket.request.max.bytes");
                 break;
             }
             Err(FrameError::Io(e)) => {
                 tracing::debug!(%peer, error = %e, "connection closed mid-request");
+                client_gone = true;
                 break;
             }
         };
@@ -122,6 +127,11 @@ pub async fn serve(
         }
     }
     drop(tx);
+    if client_gone {
+        // Nobody is left to read the answers still pending (a long-polling fetch, say): stop
+        // waiting for them. Work already done (appends) stands.
+        writer.abort();
+    }
     let _ = writer.await;
 }
 
@@ -131,33 +141,66 @@ enum FrameError {
     Io(std::io::Error),
 }
 
-/// Reads one length-prefixed frame. `Ok(None)` is a clean close between requests. The buffer
-/// grows as bytes arrive, so a peer announcing a large frame and sending nothing costs nothing.
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
-    rd: &mut R,
+/// Most bytes reserved ahead of what a peer has actually sent: a peer announcing a huge frame
+/// and sending nothing makes the buffer grow no further than this.
+const READ_AHEAD_BYTES: usize = 1 << 20;
+/// An idle connection keeps at most this much buffer.
+const IDLE_BUFFER_BYTES: usize = 4 << 20;
+
+/// Splits length-prefixed frames off one reusable buffer. A frame is a view into the buffer;
+/// once the request is handled and the frame dropped, the buffer reuses that space, so a busy
+/// connection settles on one allocation instead of one per request. One read can bring in
+/// several pipelined requests.
+struct FrameReader<R> {
+    rd: R,
+    buf: BytesMut,
     max: usize,
-) -> Result<Option<Bytes>, FrameError> {
-    let mut len_buf = [0u8; 4];
-    match rd.read_exact(&mut len_buf).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(FrameError::Io(e)),
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    fn new(rd: R, max: usize) -> Self {
+        FrameReader {
+            rd,
+            buf: BytesMut::with_capacity(64 * 1024),
+            max,
+        }
     }
-    let len = i32::from_be_bytes(len_buf);
-    let len = match usize::try_from(len) {
-        Ok(n) if n <= max => n,
-        _ => return Err(FrameError::TooLarge(i64::from(len))),
-    };
-    let mut frame = Vec::with_capacity(len.min(64 * 1024));
-    let read = rd
-        .take(len as u64)
-        .read_to_end(&mut frame)
-        .await
-        .map_err(FrameError::Io)?;
-    if read < len {
-        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+
+    /// The next frame, without its length prefix. `Ok(None)` is a clean close between requests.
+    async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let raw = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                let len = match usize::try_from(raw) {
+                    Ok(n) if n <= self.max => n,
+                    _ => return Err(FrameError::TooLarge(i64::from(raw))),
+                };
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
+                let missing = 4 + len - self.buf.len();
+                self.buf.reserve(missing.min(READ_AHEAD_BYTES));
+            } else {
+                if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_BYTES {
+                    self.buf = BytesMut::with_capacity(64 * 1024);
+                }
+                self.buf.reserve(64 * 1024);
+            }
+            let n = self
+                .rd
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(FrameError::Io)?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+                };
+            }
+        }
     }
-    Ok(Some(Bytes::from(frame)))
 }
 
 /// The first bytes of a frame in hex, for the log line about a request that did not decode.

@@ -37,6 +37,8 @@ pub struct Broker {
     pub groups: groups::Groups,
     /// Woken on every append, so long-polling fetches can look again.
     pub appended: Notify,
+    /// Set when shutdown starts: long-polling fetches answer at once.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,7 @@ impl Server {
             producer_ids,
             groups,
             appended: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Server { broker, listener })
     }
@@ -137,6 +140,10 @@ impl Server {
             "shutting down: answering requests in flight"
         );
         let _ = stop_tx.send(true);
+        broker
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        broker.appended.notify_waiters();
         drop(listener);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}

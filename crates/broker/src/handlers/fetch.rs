@@ -28,7 +28,12 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             tokio::pin!(appended);
             appended.as_mut().enable();
             let (response, bytes, any_error) = read_once(&broker, &request, version);
-            if bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
+            let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
+            if bytes >= min_bytes
+                || any_error
+                || stopping
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Some(ResponseKind::Fetch(response));
             }
             tokio::select! {
