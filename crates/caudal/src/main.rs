@@ -1,5 +1,7 @@
 //! `caudal`: the broker and its command-line tools in one binary.
 
+mod client;
+mod group;
 mod serve;
 
 use clap::{Arg, Command};
@@ -19,6 +21,7 @@ fn cli() -> Command {
                 .help("Log filter, e.g. `info`, `debug`, `caudal_broker=debug`"),
         )
         .subcommand(serve::command())
+        .subcommand(group::command())
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match matches.subcommand() {
         Some(("serve", m)) => serve::run(m),
+        Some(("group", m)) => group::run(m),
         _ => Ok(()),
     };
     match result {
