@@ -26,6 +26,21 @@ macro_rules! define_copy_impl {
     )
 }
 
+/// The most an array decoder reserves, in bytes, before it has decoded the elements: a peer's
+/// length prefix is checked against the bytes left, but each element can take many times more
+/// memory than the one byte per element that check allows. Past this, the vector grows as
+/// elements actually decode. (Caudal patch; see CAUDAL-PATCH.md.)
+const MAX_ARRAY_PREALLOC_BYTES: usize = 64 * 1024;
+
+/// How many elements of `T` to reserve for an array announcing `claimed` elements with
+/// `remaining` bytes left to decode them from.
+fn array_prealloc<T>(claimed: usize, remaining: usize) -> usize {
+    let per_element = std::mem::size_of::<T>().max(1);
+    claimed
+        .min(remaining)
+        .min(MAX_ARRAY_PREALLOC_BYTES / per_element)
+}
+
 /// A boolean value.
 #[derive(Debug, Copy, Clone, Default)]
 pub struct Boolean;
@@ -997,7 +1012,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                let mut result =
+                    Vec::with_capacity(array_prealloc::<T>(n as usize, buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1105,7 +1121,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                let mut result =
+                    Vec::with_capacity(array_prealloc::<T>((n - 1) as usize, buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
