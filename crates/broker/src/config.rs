@@ -80,6 +80,8 @@ pub const SETTINGS: &[Setting] = &[
     s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "Replicas that must have a batch before acks=all is answered."),
     s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
     s("offsets.topic.num.partitions", None, Int, "50", 1, "Partitions of __consumer_offsets, where groups and committed offsets are kept. Fixed once the topic exists."),
+    s("offsets.topic.segment.bytes", None, Int, "104857600", 1024, "Segment size of __consumer_offsets, which is compacted segment by segment."),
+    s("log.cleaner.backoff.ms", None, Long, "15000", 1, "How often compacted topics (such as __consumer_offsets) are cleaned."),
     s("offsets.retention.minutes", None, Int, "10080", 1, "How long committed offsets are kept after their group becomes empty."),
     s("offset.metadata.max.bytes", None, Int, "4096", 0, "Largest metadata string an offset commit may carry."),
     s("group.initial.rebalance.delay.ms", None, Int, "3000", 0, "How long a new group waits for more members before its first rebalance."),
@@ -224,6 +226,12 @@ impl BrokerConfig {
     pub fn queued_max_requests(&self) -> usize {
         self.number("queued.max.requests") as usize
     }
+    pub fn cleaner_backoff_ms(&self) -> u64 {
+        self.number("log.cleaner.backoff.ms") as u64
+    }
+    pub fn offsets_topic_segment_bytes(&self) -> i64 {
+        self.number("offsets.topic.segment.bytes")
+    }
     pub fn retention_check_interval_ms(&self) -> u64 {
         self.number("log.retention.check.interval.ms") as u64
     }
@@ -276,6 +284,10 @@ impl BrokerConfig {
             max_message_bytes: n("max.message.bytes").max(0) as usize,
             retention_ms: n("retention.ms"),
             retention_bytes: n("retention.bytes"),
+            compact: self
+                .topic_value(overrides, "cleanup.policy")
+                .is_some_and(|(v, _)| v.split(',').any(|p| p.trim() == "compact")),
+            delete_retention_ms: n("delete.retention.ms"),
         }
     }
 }

@@ -46,10 +46,13 @@ impl Groups {
         let offsets_topic = match topics.get(OFFSETS_TOPIC) {
             Some(t) => t,
             None => {
-                // Kafka's settings for this topic: compacted, 100 MiB segments.
+                // Kafka's settings for this topic: compacted, segments of offsets.topic.segment.bytes.
                 let configs = BTreeMap::from([
                     ("cleanup.policy".to_string(), "compact".to_string()),
-                    ("segment.bytes".to_string(), (100 * 1024 * 1024).to_string()),
+                    (
+                        "segment.bytes".to_string(),
+                        config.offsets_topic_segment_bytes().to_string(),
+                    ),
                 ]);
                 topics
                     .create(

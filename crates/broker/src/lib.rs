@@ -161,15 +161,36 @@ impl Server {
     }
 }
 
+/// Cleans compacted topics every `log.cleaner.backoff.ms` and applies retention every
+/// `log.retention.check.interval.ms`.
 async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let every = Duration::from_millis(broker.config.retention_check_interval_ms().max(1));
+    let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms().max(1));
+    let cleaner_every = Duration::from_millis(broker.config.cleaner_backoff_ms().max(1));
+    let mut next_retention = tokio::time::Instant::now() + retention_every;
+    let mut next_cleaning = tokio::time::Instant::now() + cleaner_every;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep_until(next_retention.min(next_cleaning)) => {}
             _ = stop.changed() => return,
         }
+        let now = tokio::time::Instant::now();
+        let (retain, clean) = (now >= next_retention, now >= next_cleaning);
+        if retain {
+            next_retention = now + retention_every;
+        }
+        if clean {
+            next_cleaning = now + cleaner_every;
+        }
         let b = broker.clone();
-        let _ = tokio::task::spawn_blocking(move || b.topics.apply_retention(now_ms())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if clean {
+                b.topics.compact(now_ms());
+            }
+            if retain {
+                b.topics.apply_retention(now_ms());
+            }
+        })
+        .await;
     }
 }
 

@@ -311,10 +311,38 @@ impl Topics {
         }
     }
 
-    /// Applies retention to every partition.
-    pub fn apply_retention(&self, now_ms: i64) {
+    /// Compacts every partition of compacted topics that needs it.
+    pub fn compact(&self, now_ms: i64) {
         for topic in self.all() {
             for p in &topic.partitions {
+                match p.log().compact(now_ms) {
+                    Ok(Some(r)) => tracing::info!(
+                        topic = %p.topic,
+                        partition = p.index,
+                        records_removed = r.records_removed,
+                        segments = format!("{} -> {}", r.segments_before, r.segments_after),
+                        bytes = format!("{} -> {}", r.bytes_before, r.bytes_after),
+                        "compacted"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed; retrying later")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies retention to every partition of topics that delete old segments, and forgets
+    /// idempotent producers silent for a day (Kafka's `producer.id.expiration.ms`).
+    pub fn apply_retention(&self, now_ms: i64) {
+        const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
+        for topic in self.all() {
+            for p in &topic.partitions {
+                p.log().expire_producers(now_ms, PRODUCER_ID_EXPIRATION_MS);
+                if p.log().config().compact {
+                    continue;
+                }
                 match p.log().apply_retention(now_ms) {
                     Ok(0) => {}
                     Ok(n) => {

@@ -108,8 +108,11 @@ impl<'a> BatchHeader<'a> {
     pub fn last_offset_delta(&self) -> i32 {
         i32_at(self.0, 23)
     }
+    /// The batch's last offset. Saturating: on a corrupt header read from disk (the CRC does
+    /// not cover the base offset) this must not overflow.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + i64::from(self.last_offset_delta())
+        self.base_offset()
+            .saturating_add(i64::from(self.last_offset_delta()))
     }
     pub fn base_timestamp(&self) -> i64 {
         i64_at(self.0, 27)
@@ -140,9 +143,10 @@ pub struct ValidBatch {
     pub records_count: i32,
 }
 
-/// Checks the first batch in `bytes`: header lengths, magic, CRC-32C, and that the records count
-/// agrees with the offset delta. For uncompressed batches the records' own length prefixes are
-/// walked too (no allocation, no copy); compressed records are left compressed.
+/// Checks the first batch in `bytes` as stored: header lengths, magic, CRC-32C, and that the
+/// records fit the offset range (a compacted batch may have gaps: fewer records than offsets).
+/// For uncompressed batches the records' own length prefixes are walked too (no allocation, no
+/// copy); compressed records are left compressed.
 pub fn validate_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let total_len = header.total_len()?;
@@ -164,7 +168,7 @@ pub fn validate_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
     }
     let count = header.records_count();
     let last_offset_delta = header.last_offset_delta();
-    if count < 1 || last_offset_delta != count - 1 {
+    if count < 0 || last_offset_delta < 0 || i64::from(count) > i64::from(last_offset_delta) + 1 {
         return Err(BatchError::BadCount {
             count,
             last_offset_delta,
@@ -179,6 +183,19 @@ pub fn validate_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
         max_timestamp: header.max_timestamp(),
         records_count: count,
     })
+}
+
+/// Checks a batch as a producer sent it: [`validate_batch`], plus at least one record and one
+/// offset per record with no gaps, as only compaction may leave gaps.
+pub fn validate_produced_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
+    let valid = validate_batch(bytes)?;
+    if valid.records_count < 1 || valid.last_offset_delta != valid.records_count - 1 {
+        return Err(BatchError::BadCount {
+            count: valid.records_count,
+            last_offset_delta: valid.last_offset_delta,
+        });
+    }
+    Ok(valid)
 }
 
 /// Walks uncompressed records by their varint length prefixes: exactly `count` of them must fill
@@ -280,22 +297,42 @@ pub(crate) mod tests {
         out.push(z as u8);
     }
 
+    /// A record for the test batch builders: key and value, None for null.
+    pub(crate) type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
     /// Builds a valid uncompressed batch of `values` with the given base timestamp.
     pub(crate) fn batch(values: &[&[u8]], timestamp: i64) -> Vec<u8> {
+        let keyed: Vec<KeyValue<'_>> = values.iter().map(|v| (None, Some(*v))).collect();
+        keyed_batch(&keyed, timestamp)
+    }
+
+    /// Builds a valid uncompressed batch of `(key, value)` records (None is null).
+    pub(crate) fn keyed_batch(records_in: &[KeyValue<'_>], timestamp: i64) -> Vec<u8> {
         let mut records = Vec::new();
-        for (i, v) in values.iter().enumerate() {
+        for (i, (k, v)) in records_in.iter().enumerate() {
             let mut r = Vec::new();
             r.push(0); // attributes
             put_varint(&mut r, i as i64); // timestamp delta
             put_varint(&mut r, i as i64); // offset delta
-            put_varint(&mut r, -1); // null key
-            put_varint(&mut r, v.len() as i64);
-            r.extend_from_slice(v);
+            match k {
+                Some(k) => {
+                    put_varint(&mut r, k.len() as i64);
+                    r.extend_from_slice(k);
+                }
+                None => put_varint(&mut r, -1),
+            }
+            match v {
+                Some(v) => {
+                    put_varint(&mut r, v.len() as i64);
+                    r.extend_from_slice(v);
+                }
+                None => put_varint(&mut r, -1),
+            }
             put_varint(&mut r, 0); // headers
             put_varint(&mut records, r.len() as i64);
             records.extend_from_slice(&r);
         }
-        let n = values.len() as i32;
+        let n = records_in.len() as i32;
         let mut b = Vec::new();
         b.extend_from_slice(&0i64.to_be_bytes());
         b.extend_from_slice(
@@ -352,6 +389,29 @@ pub(crate) mod tests {
     #[test]
     fn impossible_lengths_and_counts_are_refused() {
         let b = batch(&[b"x", b"y"], 1);
+        let mut gap = b.clone();
+        gap[23..27].copy_from_slice(&5i32.to_be_bytes());
+        let crc = crc32c::crc32c(&gap[CRC_START..]);
+        gap[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(
+            validate_batch(&gap).is_ok(),
+            "a stored (compacted) batch may have offset gaps"
+        );
+        assert!(
+            matches!(
+                validate_produced_batch(&gap),
+                Err(BatchError::BadCount { .. })
+            ),
+            "a produced one may not"
+        );
+        let mut over = b.clone();
+        over[23..27].copy_from_slice(&0i32.to_be_bytes());
+        let crc = crc32c::crc32c(&over[CRC_START..]);
+        over[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(
+            matches!(validate_batch(&over), Err(BatchError::BadCount { .. })),
+            "more records than offsets"
+        );
         assert!(matches!(
             validate_batch(&b[..b.len() - 1]),
             Err(BatchError::Truncated { .. })

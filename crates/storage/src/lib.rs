@@ -5,6 +5,7 @@
 //! leader epoch) written into the header, which the CRC does not cover. Reads return stored bytes.
 
 pub mod batch;
+pub mod compact;
 pub mod index;
 pub mod log;
 pub mod producers;

@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{
-    assign_offset, validate_batch, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN,
-};
+use crate::batch::{assign_offset, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN};
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{Segment, SegmentRecovery};
 
@@ -32,6 +30,10 @@ pub struct LogConfig {
     pub retention_ms: i64,
     /// `retention.bytes`: delete oldest segments while the log is larger; -1 means no limit.
     pub retention_bytes: i64,
+    /// `cleanup.policy` includes `compact`: keep the latest record of each key.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long tombstones survive compaction.
+    pub delete_retention_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -43,6 +45,8 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,
+            compact: false,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct PartitionLog {
     flushed_offset: i64,
     recovery_point: i64,
     producers: ProducerStates,
+    /// Sealed segments below this were compacted by the last pass.
+    compacted_through: i64,
+    last_compaction_ms: i64,
 }
 
 impl PartitionLog {
@@ -222,25 +229,47 @@ impl PartitionLog {
                 }
                 seg
             };
+            let truncated = report.truncated_bytes > 0;
             segments.insert(base, segment);
-        }
-        // Offsets must run on from one segment to the next. Where they do not (a segment was
-        // truncated by recovery), everything after that point is dropped, as Kafka does.
-        let mut expected_next: Option<i64> = None;
-        let mut cut = None;
-        for (&base, seg) in &segments {
-            if expected_next.is_some_and(|next| next != base) {
-                cut = Some(base);
+            if truncated && i + 1 < bases.len() {
+                // Corruption inside a segment that others follow: as Kafka does, the log ends
+                // at the corruption and the later segments go.
+                for &later in &bases[i + 1..] {
+                    let (seg, _) =
+                        Segment::open_trusted(dir, later, config.index_interval_bytes, now_ms)?;
+                    report
+                        .reasons
+                        .push(format!("segment {later}: after a corrupt segment, removed"));
+                    seg.delete()?;
+                }
                 break;
+            }
+        }
+        // A segment that starts below where its predecessor ends overlaps it: the remains of a
+        // compaction interrupted between its rename and its deletes. Its records are in the
+        // compacted segment, so it goes. (Gaps between segments are normal after compaction.)
+        let mut expected_next: Option<i64> = None;
+        let mut overlapping = Vec::new();
+        for (&base, seg) in &segments {
+            if expected_next.is_some_and(|next| base < next) {
+                overlapping.push(base);
+                continue;
             }
             expected_next = Some(seg.next_offset());
         }
-        if let Some(cut) = cut {
-            for (base, seg) in segments.split_off(&cut) {
+        for base in overlapping {
+            if let Some(seg) = segments.remove(&base) {
                 report.reasons.push(format!(
-                    "segment {base}: does not follow its predecessor, removed"
+                    "segment {base}: overlaps the segment before it, removed"
                 ));
                 seg.delete()?;
+            }
+        }
+        // Leftovers of a compaction interrupted before its rename.
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "cleaned") {
+                fs::remove_file(&path)?;
             }
         }
         if segments.is_empty() {
@@ -259,6 +288,8 @@ impl PartitionLog {
             flushed_offset: 0,
             recovery_point,
             producers: ProducerStates::default(),
+            compacted_through: 0,
+            last_compaction_ms: now_ms,
         };
         // Idempotent producers' recent batches come back from the active segment's headers, so
         // a retry that arrives after a restart is still recognised.
@@ -508,6 +539,68 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Compacts the sealed segments if the log is compacted and something changed since the last
+    /// pass (or tombstones may have expired). Holds the log for the duration.
+    pub fn compact(&mut self, now_ms: i64) -> io::Result<Option<crate::compact::CompactionReport>> {
+        if !self.config.compact || self.segments.len() < 2 {
+            return Ok(None);
+        }
+        let active_base = self.active().base_offset();
+        let tombstones_due = now_ms - self.last_compaction_ms > self.config.delete_retention_ms;
+        if active_base <= self.compacted_through && !tombstones_due {
+            return Ok(None);
+        }
+        let mut report = crate::compact::CompactionReport {
+            segments_before: self.segments.len(),
+            bytes_before: self.size_bytes(),
+            ..Default::default()
+        };
+        let latest = crate::compact::latest_offsets(self.segments.values())?;
+        let tombstones_before = now_ms - self.config.delete_retention_ms;
+        // Runs of sealed segments that fit together in one segment.
+        let mut runs: Vec<Vec<i64>> = Vec::new();
+        let mut run_bytes = 0u64;
+        for (&base, seg) in self.segments.range(..active_base) {
+            match runs.last_mut() {
+                Some(run) if run_bytes + seg.size() <= self.config.segment_bytes => {
+                    run.push(base);
+                    run_bytes += seg.size();
+                }
+                _ => {
+                    runs.push(vec![base]);
+                    run_bytes = seg.size();
+                }
+            }
+        }
+        for run in runs {
+            let members: Vec<&Segment> = run.iter().filter_map(|b| self.segments.get(b)).collect();
+            report.records_removed +=
+                crate::compact::rewrite_run(&self.dir, &members, &latest, tombstones_before)?;
+            let first = run[0];
+            crate::compact::swap_in(&self.dir, first)?;
+            for base in &run {
+                if let Some(seg) = self.segments.remove(base) {
+                    if *base == first {
+                        drop(seg); // its .log was replaced; its indexes are rebuilt below
+                    } else {
+                        seg.delete()?;
+                    }
+                }
+            }
+            let mut cleaned =
+                Segment::create(&self.dir, first, self.config.index_interval_bytes, now_ms)?;
+            cleaned.recover()?;
+            cleaned.seal()?;
+            cleaned.sync_all()?;
+            self.segments.insert(first, cleaned);
+        }
+        self.compacted_through = active_base;
+        self.last_compaction_ms = now_ms;
+        report.segments_after = self.segments.len();
+        report.bytes_after = self.size_bytes();
+        Ok(Some(report))
+    }
+
     /// Forgets idempotent producers silent for longer than `expiration_ms`.
     pub fn expire_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         self.producers.expire(now_ms, expiration_ms)
@@ -554,7 +647,7 @@ pub fn validate_for_append(
     batch: &[u8],
     max_message_bytes: usize,
 ) -> Result<ValidBatch, AppendError> {
-    let valid = validate_batch(batch)?;
+    let valid = crate::batch::validate_produced_batch(batch)?;
     if valid.total_len > max_message_bytes {
         return Err(AppendError::TooLarge {
             size: valid.total_len,

@@ -297,3 +297,191 @@ proptest! {
         let _ = BatchHeader::parse(&[]);
     }
 }
+
+mod compaction {
+    use super::*;
+    use crate::batch::tests::keyed_batch;
+
+    fn compact_config(segment_bytes: u64) -> LogConfig {
+        LogConfig {
+            segment_bytes,
+            index_interval_bytes: 64,
+            compact: true,
+            delete_retention_ms: 1_000,
+            ..LogConfig::default()
+        }
+    }
+
+    /// Every record in the log: (offset, key, value) with None for null.
+    fn contents(log: &PartitionLog) -> Vec<(i64, String, Option<String>)> {
+        let mut out = Vec::new();
+        for seg in log.segments.values() {
+            let mut position = 0u64;
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            while position < seg.size() {
+                seg.log_file().read_exact_at(&mut header, position).unwrap();
+                let len = BatchHeader::parse(&header).unwrap().total_len().unwrap();
+                let mut buf = vec![0u8; len];
+                seg.log_file().read_exact_at(&mut buf, position).unwrap();
+                crate::batch::validate_batch(&buf).expect("every stored batch stays valid");
+                let h = BatchHeader::parse(&buf).unwrap();
+                for r in crate::compact::tests_support::records(
+                    &buf[BATCH_HEADER_LEN..],
+                    h.records_count(),
+                ) {
+                    out.push((h.base_offset() + i64::from(r.0), r.1, r.2));
+                }
+                position += len as u64;
+            }
+        }
+        out
+    }
+
+    fn put(log: &mut PartitionLog, key: &str, value: Option<&str>, now: i64) {
+        let b = keyed_batch(&[(Some(key.as_bytes()), value.map(str::as_bytes))], now);
+        log.append(&b, now).unwrap();
+    }
+
+    #[test]
+    fn only_the_latest_record_of_each_key_survives_with_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        let writes = [
+            ("a", "1"),
+            ("b", "1"),
+            ("a", "2"),
+            ("c", "1"),
+            ("b", "2"),
+            ("a", "3"),
+            ("d", "1"),
+            ("c", "2"),
+            ("e", "1"),
+            ("f", "1"),
+        ];
+        for (k, v) in writes {
+            put(&mut log, k, Some(v), 10);
+        }
+        let before = log.segment_count();
+        assert!(before > 3, "small segments: {before}");
+        // Segments are grouped by their current size, as in Kafka: with room, they merge.
+        log.set_config(compact_config(300));
+        let report = log.compact(20).unwrap().expect("a compaction pass");
+        assert!(report.records_removed >= 3, "{report:?}");
+        assert!(
+            report.segments_after < before,
+            "neighbouring segments were merged: {report:?}"
+        );
+        let got = contents(&log);
+        let keys: Vec<&str> = got.iter().map(|(_, k, _)| k.as_str()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys.len(), sorted.len(), "one record per key: {got:?}");
+        assert!(got.contains(&(5, "a".into(), Some("3".into()))), "{got:?}");
+        assert!(got.contains(&(4, "b".into(), Some("2".into()))), "{got:?}");
+        assert!(
+            got.windows(2).all(|w| w[0].0 < w[1].0),
+            "offsets still increase: {got:?}"
+        );
+        assert_eq!(log.log_end_offset(), 10, "the log end does not move");
+        // Reads see the same, from any offset, including offsets that were compacted away.
+        assert_eq!(read_all(&log, 0).first().unwrap().0, got[0].0);
+        assert!(read_all(&log, 1).first().unwrap().0 >= 1);
+        // Reopening finds the compacted log as it was left.
+        drop(log);
+        let (log, report) = PartitionLog::open(dir.path(), compact_config(300), 30).unwrap();
+        assert!(report.reasons.is_empty(), "{report:?}");
+        assert_eq!(log.log_end_offset(), 10);
+        assert_eq!(contents(&log), got);
+    }
+
+    #[test]
+    fn tombstones_last_delete_retention_then_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        put(&mut log, "gone", Some("v"), 0);
+        put(&mut log, "kept", Some("v"), 0);
+        put(&mut log, "gone", None, 100);
+        for i in 0..5 {
+            put(&mut log, &format!("filler{i}"), Some("v"), 100);
+        }
+        log.compact(500).unwrap();
+        let got = contents(&log);
+        assert!(
+            got.iter().any(|(_, k, v)| k == "gone" && v.is_none()),
+            "the tombstone is still within delete.retention.ms: {got:?}"
+        );
+        assert!(
+            !got.iter().any(|(_, k, v)| k == "gone" && v.is_some()),
+            "the deleted value is gone: {got:?}"
+        );
+        log.compact(5_000).unwrap();
+        let got = contents(&log);
+        assert!(
+            !got.iter().any(|(_, k, _)| k == "gone"),
+            "expired tombstone removed: {got:?}"
+        );
+        assert!(got.iter().any(|(_, k, _)| k == "kept"));
+    }
+
+    #[test]
+    fn a_crash_between_rename_and_delete_leaves_no_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        for i in 0..12 {
+            put(&mut log, &format!("k{}", i % 3), Some(&i.to_string()), 10);
+        }
+        // Keep copies of the sealed segments as they were, to put back after compacting.
+        let saved: Vec<(std::path::PathBuf, Vec<u8>)> = log
+            .segments
+            .values()
+            .take(log.segment_count() - 1)
+            .skip(1)
+            .map(|s| (s.log_path().to_path_buf(), fs::read(s.log_path()).unwrap()))
+            .collect();
+        assert!(!saved.is_empty());
+        log.set_config(compact_config(10_000));
+        log.compact(20).unwrap();
+        assert_eq!(
+            log.segment_count(),
+            2,
+            "the sealed segments merged into one"
+        );
+        let compacted = contents(&log);
+        drop(log);
+        for (path, bytes) in &saved {
+            fs::write(path, bytes).unwrap();
+        }
+        fs::write(
+            dir.path().join("00000000000000000000.log.cleaned"),
+            b"half-written",
+        )
+        .unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), compact_config(10_000), 30).unwrap();
+        assert!(
+            report.reasons.iter().any(|r| r.contains("overlaps")),
+            "{report:?}"
+        );
+        assert_eq!(contents(&log), compacted);
+        assert!(!dir.path().join("00000000000000000000.log.cleaned").exists());
+    }
+
+    #[test]
+    fn logs_that_are_not_compacted_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(
+            dir.path(),
+            LogConfig {
+                compact: false,
+                ..compact_config(100)
+            },
+            0,
+        )
+        .unwrap();
+        for i in 0..6 {
+            put(&mut log, "same", Some(&i.to_string()), 10);
+        }
+        assert!(log.compact(20).unwrap().is_none());
+        assert_eq!(contents(&log).len(), 6);
+    }
+}

@@ -122,6 +122,10 @@ impl Segment {
                 Err(_) => break,
             };
             let Ok(len) = h.total_len() else { break };
+            if h.base_offset() < seg.next_offset || h.last_offset() == i64::MAX {
+                // Offsets that do not follow on: the header is damaged; scan properly.
+                break;
+            }
             seg.next_offset = h.last_offset() + 1;
             position += len as u64;
         }
@@ -178,7 +182,7 @@ impl Segment {
                 }
             };
             let h = BatchHeader::parse(&buf).map_err(io::Error::other)?;
-            if h.base_offset() < self.next_offset {
+            if h.base_offset() < self.next_offset || h.last_offset() == i64::MAX {
                 report.reason = Some(format!(
                     "batch at offset {} does not follow offset {}",
                     h.base_offset(),
@@ -213,7 +217,7 @@ impl Segment {
         len: u64,
     ) -> io::Result<()> {
         let position = self.size;
-        let last_offset = base_offset + i64::from(last_offset_delta);
+        let last_offset = base_offset.saturating_add(i64::from(last_offset_delta));
         if max_timestamp > self.max_timestamp {
             self.max_timestamp = max_timestamp;
             self.offset_of_max_timestamp = last_offset;

@@ -1,0 +1,241 @@
+//! Log compaction (`cleanup.policy=compact`): of every key, only the record with the highest
+//! offset stays; a tombstone (null value) stays until `delete.retention.ms` after it was written,
+//! so consumers catching up see the deletion, then goes too.
+//!
+//! Only sealed segments are rewritten, keeping every surviving record's offset; neighbouring
+//! segments are merged while they fit in `segment.bytes`. The rewrite goes to a `.cleaned` file
+//! that is synced and then renamed over the first segment of the run, after which the rest of the
+//! run is deleted. A crash in between leaves segments overlapping the renamed one, and opening the
+//! log drops those (see `PartitionLog::open`). Batches are decoded record by record here; this is
+//! one of the few places the broker must understand records. Compressed batches are kept whole.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::batch::{read_varint, read_varlong, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use crate::segment::{file_stem, Segment};
+
+/// What one compaction pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub segments_before: usize,
+    pub segments_after: usize,
+    pub records_removed: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The parts of one uncompressed record that compaction needs, plus its raw bytes.
+struct RecordView<'a> {
+    attributes: u8,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'a [u8]>,
+    value_is_null: bool,
+    /// Everything after the offset delta (key, value, headers), copied as is on rewrite.
+    tail: &'a [u8],
+}
+
+fn read_len(bytes: &[u8]) -> Option<(Option<usize>, usize)> {
+    let (len, used) = read_varint(bytes)?;
+    if len < 0 {
+        return Some((None, used));
+    }
+    Some((Some(len as usize), used))
+}
+
+/// Parses the records of an uncompressed batch body (after the header).
+fn records(mut body: &[u8], count: i32) -> Option<Vec<RecordView<'_>>> {
+    let mut out = Vec::with_capacity(usize::try_from(count).ok()?.min(body.len()));
+    for _ in 0..count {
+        let (len, used) = read_varint(body)?;
+        let record = body.get(used..used + usize::try_from(len).ok()?)?;
+        body = &body[used + record.len()..];
+        let attributes = *record.first()?;
+        let mut at = 1;
+        let (timestamp_delta, n) = read_varlong(record.get(at..)?)?;
+        at += n;
+        let (offset_delta, n) = read_varint(record.get(at..)?)?;
+        at += n;
+        let tail = record.get(at..)?;
+        let (key_len, n) = read_len(tail)?;
+        let key = match key_len {
+            Some(k) => Some(tail.get(n..n + k)?),
+            None => None,
+        };
+        let after_key = n + key_len.unwrap_or(0);
+        let (value_len, _) = read_len(tail.get(after_key..)?)?;
+        out.push(RecordView {
+            attributes,
+            timestamp_delta,
+            offset_delta,
+            key,
+            value_is_null: value_len.is_none(),
+            tail,
+        });
+    }
+    Some(out)
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Calls `f(header, whole batch)` for every batch of a segment file.
+fn for_each_batch(
+    segment: &Segment,
+    mut f: impl FnMut(&BatchHeader<'_>, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let file = segment.log_file();
+    let mut buf = Vec::new();
+    let mut header = [0u8; BATCH_HEADER_LEN];
+    let mut position = 0u64;
+    while position < segment.size() {
+        file.read_exact_at(&mut header, position)?;
+        let len = BatchHeader::parse(&header)
+            .and_then(|h| h.total_len())
+            .map_err(io::Error::other)?;
+        buf.resize(len, 0);
+        file.read_exact_at(&mut buf, position)?;
+        let h = BatchHeader::parse(&buf).map_err(io::Error::other)?;
+        f(&h, &buf)?;
+        position += len as u64;
+    }
+    Ok(())
+}
+
+/// The offset of the latest record of every key, over the given segments.
+pub(crate) fn latest_offsets<'a>(
+    segments: impl Iterator<Item = &'a Segment>,
+) -> io::Result<HashMap<Vec<u8>, i64>> {
+    let mut latest = HashMap::new();
+    for segment in segments {
+        for_each_batch(segment, |h, batch| {
+            if h.compression() != 0 || h.is_control() {
+                return Ok(());
+            }
+            for r in records(&batch[BATCH_HEADER_LEN..], h.records_count()).unwrap_or_default() {
+                if let Some(key) = r.key {
+                    latest.insert(key.to_vec(), h.base_offset() + i64::from(r.offset_delta));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(latest)
+}
+
+/// Rewrites the segments of one run into `<first base>.log.cleaned`; returns the records dropped.
+pub(crate) fn rewrite_run(
+    dir: &Path,
+    run: &[&Segment],
+    latest: &HashMap<Vec<u8>, i64>,
+    tombstones_before_ms: i64,
+) -> io::Result<u64> {
+    let first = run.first().map(|s| s.base_offset()).unwrap_or(0);
+    let path = dir.join(format!("{}.log.cleaned", file_stem(first)));
+    let mut out = io::BufWriter::new(File::create(&path)?);
+    let mut removed = 0u64;
+    let mut scratch = Vec::new();
+    for segment in run {
+        for_each_batch(segment, |h, batch| {
+            if h.compression() != 0 || h.is_control() {
+                return out.write_all(batch);
+            }
+            let Some(all) = records(&batch[BATCH_HEADER_LEN..], h.records_count()) else {
+                // Unparseable records in a CRC-valid batch: keep them rather than lose data.
+                return out.write_all(batch);
+            };
+            let keep: Vec<&RecordView<'_>> = all
+                .iter()
+                .filter(|r| {
+                    let offset = h.base_offset() + i64::from(r.offset_delta);
+                    let newest = match r.key {
+                        Some(key) => latest.get(key).is_none_or(|&l| l == offset),
+                        None => true,
+                    };
+                    let expired_tombstone = r.value_is_null
+                        && h.base_timestamp() + r.timestamp_delta < tombstones_before_ms;
+                    newest && !expired_tombstone
+                })
+                .collect();
+            removed += (all.len() - keep.len()) as u64;
+            if keep.len() == all.len() {
+                return out.write_all(batch);
+            }
+            let (Some(first_kept), Some(last_kept)) = (keep.first(), keep.last()) else {
+                return Ok(());
+            };
+            let base = h.base_offset() + i64::from(first_kept.offset_delta);
+            scratch.clear();
+            scratch.extend_from_slice(&batch[..BATCH_HEADER_LEN]);
+            for r in &keep {
+                let mut rec = Vec::with_capacity(r.tail.len() + 16);
+                rec.push(r.attributes);
+                put_varint(&mut rec, r.timestamp_delta);
+                put_varint(&mut rec, h.base_offset() + i64::from(r.offset_delta) - base);
+                rec.extend_from_slice(r.tail);
+                put_varint(&mut scratch, rec.len() as i64);
+                scratch.extend_from_slice(&rec);
+            }
+            let batch_length = (scratch.len() - LOG_OVERHEAD) as i32;
+            let last_delta = (h.base_offset() + i64::from(last_kept.offset_delta) - base) as i32;
+            scratch[0..8].copy_from_slice(&base.to_be_bytes());
+            scratch[8..12].copy_from_slice(&batch_length.to_be_bytes());
+            scratch[23..27].copy_from_slice(&last_delta.to_be_bytes());
+            scratch[57..61].copy_from_slice(&(keep.len() as i32).to_be_bytes());
+            let crc = crc32c::crc32c(&scratch[21..]);
+            scratch[17..21].copy_from_slice(&crc.to_be_bytes());
+            out.write_all(&scratch)
+        })?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(removed)
+}
+
+/// Replaces the run's first segment with its cleaned file and removes the rest of the run.
+pub(crate) fn swap_in(dir: &Path, first_base: i64) -> io::Result<()> {
+    let stem = file_stem(first_base);
+    fs::rename(
+        dir.join(format!("{stem}.log.cleaned")),
+        dir.join(format!("{stem}.log")),
+    )?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// `(offset delta, key, value)` of each record, for tests.
+    pub fn records(body: &[u8], count: i32) -> Vec<(i32, String, Option<String>)> {
+        super::records(body, count)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let key = String::from_utf8_lossy(r.key.unwrap_or_default()).into_owned();
+                let value = if r.value_is_null {
+                    None
+                } else {
+                    let (len, n) = super::read_len(r.tail).unwrap();
+                    let after_key = n + len.unwrap_or(0);
+                    let (vlen, m) = super::read_len(&r.tail[after_key..]).unwrap();
+                    Some(
+                        String::from_utf8_lossy(
+                            &r.tail[after_key + m..after_key + m + vlen.unwrap_or(0)],
+                        )
+                        .into_owned(),
+                    )
+                };
+                (r.offset_delta, key, value)
+            })
+            .collect()
+    }
+}
