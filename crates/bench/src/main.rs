@@ -1,6 +1,8 @@
 //! `caudal-bench`: throughput and latency load generator for Caudal (or any
 //! Kafka-compatible broker), driven by librdkafka through the `rdkafka` crate.
 
+mod groups;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -82,6 +84,8 @@ enum Mode {
     /// Run produce, consume and latency in turn and print one table
     #[command(after_help = EXAMPLES)]
     All(Opts),
+    /// Time consumer groups from subscribe to assignment, and rebalances after a member leaves
+    Groups(groups::GroupOpts),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -217,6 +221,24 @@ impl Percentiles {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (mode, opts) = match &cli.mode {
+        Mode::Groups(g) => {
+            return groups::run(g, |bootstrap, topic, partitions| {
+                let cli = Cli::parse_from([
+                    "caudal-bench",
+                    "produce",
+                    "--bootstrap",
+                    bootstrap,
+                    "--topic",
+                    topic,
+                    "--partitions",
+                    &partitions.to_string(),
+                ]);
+                match cli.mode {
+                    Mode::Produce(o) => ensure_topic(&o),
+                    _ => bail!("internal: topic options did not parse"),
+                }
+            });
+        }
         Mode::Produce(o) => ("produce", o),
         Mode::Consume(o) => ("consume", o),
         Mode::Latency(o) => ("latency", o),
