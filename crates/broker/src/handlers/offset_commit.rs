@@ -8,7 +8,9 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
-use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, ResponseKind};
+use kafka_protocol::messages::{
+    OffsetCommitRequest, OffsetCommitResponse, ResponseKind, TopicName,
+};
 
 use super::Reply;
 use crate::groups::{wait_all, OFFSETS_TOPIC};
@@ -64,8 +66,9 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
         .topics
         .iter()
         .map(|t| {
+            // A copy, not a slice of the request frame: this response waits for an fsync.
             OffsetCommitResponseTopic::default()
-                .with_name(t.name.clone())
+                .with_name(TopicName(super::str_bytes(t.name.0.as_str())))
                 .with_topic_id(t.topic_id)
         })
         .collect();

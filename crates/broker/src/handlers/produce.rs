@@ -7,7 +7,7 @@ use std::time::Duration;
 use caudal_storage::{validate_for_append, AppendError, SequenceError};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 
 use super::{metadata::auto_create_topic, str_bytes, Reply};
 use crate::partition::Partition;
@@ -100,7 +100,9 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, _version: i16
         }
         responses.push(
             TopicProduceResponse::default()
-                .with_name(topic_data.name)
+                // A copy: the request's name is a slice of the request frame, and this response
+                // may wait for an fsync, which would keep the whole (megabyte) frame alive.
+                .with_name(TopicName(str_bytes(name.clone())))
                 .with_partition_responses(partition_responses),
         );
     }
