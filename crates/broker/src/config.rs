@@ -88,7 +88,34 @@ pub const SETTINGS: &[Setting] = &[
     s("group.min.session.timeout.ms", None, Int, "6000", 0, "Smallest session.timeout.ms a consumer may ask for."),
     s("group.max.session.timeout.ms", None, Int, "1800000", 0, "Largest session.timeout.ms a consumer may ask for."),
     s("group.max.size", None, Int, "2147483647", 1, "Most members a group may have."),
+    s("group.consumer.heartbeat.interval.ms", None, Int, "5000", 1, "How often members of consumer-protocol groups (KIP-848, group.protocol=consumer) heartbeat."),
+    s("group.consumer.session.timeout.ms", None, Int, "45000", 1, "How long a consumer-protocol member may stay silent before it is removed from its group."),
+    s("group.consumer.assignors", None, Str, "uniform,range", 0, "Server-side assignors of consumer-protocol groups, the default first: uniform, range (or Kafka's class names)."),
 ];
+
+/// `group.consumer.assignors`: a comma-separated list of assignor names or Kafka's class names.
+pub fn parse_assignors(
+    value: &str,
+) -> Result<Vec<caudal_coordinator::consumer_group::Assignor>, String> {
+    use caudal_coordinator::consumer_group::Assignor;
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let short = match name.rsplit('.').next() {
+            Some("UniformAssignor") => "uniform",
+            Some("RangeAssignor") => "range",
+            _ => name,
+        };
+        let assignor = Assignor::from_name(short)
+            .ok_or_else(|| format!("unknown assignor `{name}`; Caudal supports uniform, range"))?;
+        if !out.contains(&assignor) {
+            out.push(assignor);
+        }
+    }
+    if out.is_empty() {
+        return Err("at least one assignor is needed".into());
+    }
+    Ok(out)
+}
 
 pub fn setting(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
@@ -138,6 +165,10 @@ pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, 
                 return Err(invalid(format!("must be at least {}", setting.min)));
             }
             Ok(n.to_string())
+        }
+        Str if setting.key == "group.consumer.assignors" => {
+            parse_assignors(value).map_err(invalid)?;
+            Ok(value.to_string())
         }
         Str => {
             if !setting.choices.is_empty() && !setting.choices.contains(&value) {
@@ -248,6 +279,14 @@ impl BrokerConfig {
             max_size: self.number("group.max.size") as usize,
             offset_metadata_max_bytes: self.number("offset.metadata.max.bytes") as usize,
             offsets_retention_ms: self.number("offsets.retention.minutes") * 60_000,
+            consumer: caudal_coordinator::consumer_group::ConsumerGroupConfig {
+                heartbeat_interval_ms: self.number("group.consumer.heartbeat.interval.ms") as i32,
+                session_timeout_ms: self.number("group.consumer.session.timeout.ms") as i32,
+                assignors: self
+                    .get("group.consumer.assignors")
+                    .and_then(|(v, _)| parse_assignors(v).ok())
+                    .unwrap_or_default(),
+            },
         }
     }
 

@@ -113,6 +113,14 @@ impl Groups {
                 match effect {
                     Effect::Join(r, resp) => answers.push((r, Answer::Join(resp))),
                     Effect::Sync(r, resp) => answers.push((r, Answer::Sync(resp))),
+                    Effect::Stabilized(s) => tracing::info!(
+                        group = %s.group_id,
+                        generation = s.generation_id,
+                        members = s.members,
+                        join_ms = s.join_ms,
+                        sync_ms = s.sync_ms,
+                        "group stabilized"
+                    ),
                     Effect::Write(record) => {
                         let group_id = match &record {
                             OffsetsRecord::Offset { group_id, .. }

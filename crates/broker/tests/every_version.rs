@@ -635,6 +635,79 @@ async fn every_api_answers_at_every_advertised_version() {
                     };
                     assert_eq!(r.results[0].error_code, 0, "{what}");
                 }
+                ApiKey::ConsumerGroupHeartbeat => {
+                    // v0: the coordinator names the member; v1: the client does.
+                    let member = if v >= 1 {
+                        "member-cg".to_string()
+                    } else {
+                        String::new()
+                    };
+                    let join = ConsumerGroupHeartbeatRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(format!("cg-v{v}"))))
+                        .with_member_id(StrBytes::from_string(member))
+                        .with_member_epoch(0)
+                        .with_rebalance_timeout_ms(30_000)
+                        .with_subscribed_topic_names(Some(vec![topic("t")]))
+                        .with_topic_partitions(Some(Vec::new()));
+                    let ResponseKind::ConsumerGroupHeartbeat(r) = c
+                        .send(api, v, &RequestKind::ConsumerGroupHeartbeat(join))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!((r.error_code, r.member_epoch), (0, 1), "{what}: {r:?}");
+                    assert!(r.heartbeat_interval_ms > 0, "{what}");
+                    let assignment = r.assignment.expect("a joining member gets its assignment");
+                    assert_eq!(assignment.topic_partitions.len(), 1, "{what}");
+                    assert_eq!(assignment.topic_partitions[0].topic_id, topic_id, "{what}");
+                    // The only member gets every partition of `t` (grown by CreatePartitions).
+                    let partitions = &assignment.topic_partitions[0].partitions;
+                    assert!(partitions.len() >= 2, "{what}");
+                    assert!(
+                        partitions.iter().copied().eq(0..partitions.len() as i32),
+                        "{what}: {partitions:?}"
+                    );
+                    let member_id = r.member_id.expect("the member id");
+                    let beat = ConsumerGroupHeartbeatRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(format!("cg-v{v}"))))
+                        .with_member_id(member_id)
+                        .with_member_epoch(5)
+                        .with_rebalance_timeout_ms(-1);
+                    let ResponseKind::ConsumerGroupHeartbeat(r) = c
+                        .send(api, v, &RequestKind::ConsumerGroupHeartbeat(beat))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 110, "{what}: FENCED_MEMBER_EPOCH");
+                }
+                ApiKey::ConsumerGroupDescribe => {
+                    let req = ConsumerGroupDescribeRequest::default().with_group_ids(vec![
+                        GroupId(StrBytes::from_static_str("cg-v1")),
+                        GroupId(StrBytes::from_static_str("nope")),
+                    ]);
+                    let ResponseKind::ConsumerGroupDescribe(r) = c
+                        .send(api, v, &RequestKind::ConsumerGroupDescribe(req))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    let g = &r.groups[0];
+                    assert_eq!(
+                        (
+                            g.error_code,
+                            g.group_state.as_str(),
+                            g.assignor_name.as_str()
+                        ),
+                        (0, "Stable", "uniform"),
+                        "{what}"
+                    );
+                    assert_eq!(g.members.len(), 1, "{what}");
+                    let a = &g.members[0].assignment.topic_partitions;
+                    assert_eq!(a[0].topic_name.0.as_str(), "t", "{what}");
+                    assert_eq!(a[0].partitions.first(), Some(&0), "{what}");
+                    assert_eq!(r.groups[1].error_code, 69, "{what}: GROUP_ID_NOT_FOUND");
+                }
                 other => {
                     panic!("{other:?} is advertised but this test does not exercise it: add it")
                 }

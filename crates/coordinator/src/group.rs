@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
+use crate::consumer_group::{ConsumerGroup, ConsumerGroupConfig};
 use crate::errors::*;
 use crate::records::{GroupMemberRecord, GroupRecord, OffsetRecord, OffsetsRecord};
 
@@ -32,6 +33,8 @@ pub struct GroupConfig {
     pub offset_metadata_max_bytes: usize,
     /// `offsets.retention.minutes`, in milliseconds
     pub offsets_retention_ms: i64,
+    /// Groups of the consumer protocol (KIP-848).
+    pub consumer: ConsumerGroupConfig,
 }
 
 impl Default for GroupConfig {
@@ -43,6 +46,7 @@ impl Default for GroupConfig {
             max_size: i32::MAX as usize,
             offset_metadata_max_bytes: 4096,
             offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            consumer: ConsumerGroupConfig::default(),
         }
     }
 }
@@ -166,6 +170,20 @@ pub enum Effect<R> {
     Sync(R, SyncResponse),
     /// Append this record to the group's `__consumer_offsets` partition.
     Write(OffsetsRecord),
+    /// A rebalance finished: the group is Stable at a new generation. For the log.
+    Stabilized(Stabilized),
+}
+
+/// How a rebalance went, from its start to the leader's assignment reaching the members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stabilized {
+    pub group_id: String,
+    pub generation_id: i32,
+    pub members: usize,
+    /// From the start of the join phase to the last member's join (or the timeout).
+    pub join_ms: Ms,
+    /// From then to the leader's SyncGroup.
+    pub sync_ms: Ms,
 }
 
 #[derive(Debug)]
@@ -221,6 +239,9 @@ struct Group<R> {
     new_member_joined_during_delay: bool,
     /// When the sync phase gives up on members that have not synced.
     sync_deadline: Option<Ms>,
+    /// When the current rebalance's join phase started and ended.
+    rebalance_started: Ms,
+    join_completed: Ms,
     offsets: BTreeMap<(String, i32), OffsetEntry>,
 }
 
@@ -240,6 +261,8 @@ impl<R> Group<R> {
             initial_delay_left: None,
             new_member_joined_during_delay: false,
             sync_deadline: None,
+            rebalance_started: now,
+            join_completed: now,
             offsets: BTreeMap::new(),
         }
     }
@@ -414,8 +437,10 @@ pub struct CommittedOffset {
 
 #[derive(Debug)]
 pub struct Coordinator<R> {
-    config: GroupConfig,
+    pub(crate) config: GroupConfig,
     groups: HashMap<String, Group<R>>,
+    /// Groups of the consumer protocol; their committed offsets live in `groups`.
+    pub(crate) consumer_groups: HashMap<String, ConsumerGroup>,
 }
 
 fn new_member_id(prefix: &str) -> String {
@@ -427,6 +452,7 @@ impl<R> Coordinator<R> {
         Coordinator {
             config,
             groups: HashMap::new(),
+            consumer_groups: HashMap::new(),
         }
     }
 
@@ -450,6 +476,14 @@ impl<R> Coordinator<R> {
             out.push(Effect::Join(
                 responder,
                 JoinResponse::error(INVALID_SESSION_TIMEOUT, &req.member_id),
+            ));
+            return out;
+        }
+        // A consumer-protocol group keeps its id until it is empty (Kafka refuses the same way).
+        if self.remove_empty_consumer_group(&req.group_id).is_err() {
+            out.push(Effect::Join(
+                responder,
+                JoinResponse::error(INCONSISTENT_GROUP_PROTOCOL, &req.member_id),
             ));
             return out;
         }
@@ -560,6 +594,13 @@ impl<R> Coordinator<R> {
             group.set_state(GroupState::Stable, now);
             group.sync_deadline = None;
             out.push(Effect::Write(group.snapshot(now)));
+            out.push(Effect::Stabilized(Stabilized {
+                group_id: group.group_id.clone(),
+                generation_id: group.generation_id,
+                members: group.members.len(),
+                join_ms: group.join_completed - group.rebalance_started,
+                sync_ms: now - group.join_completed,
+            }));
             let (protocol_type, protocol_name) =
                 (group.protocol_type.clone(), group.protocol_name.clone());
             for m in &mut group.members {
@@ -659,8 +700,10 @@ impl<R> Coordinator<R> {
     /// whose time is up, and expires old offsets.
     pub fn tick(&mut self, now: Ms) -> Vec<Effect<R>> {
         let mut out = Vec::new();
+        self.consumer_groups_tick(now);
         let config = self.config.clone();
         let mut emptied = Vec::new();
+        let consumer_groups = &self.consumer_groups;
         for group in self.groups.values_mut() {
             group.pending_members.retain(|_, deadline| *deadline > now);
             let expired: Vec<String> = group
@@ -714,7 +757,11 @@ impl<R> Coordinator<R> {
                 maybe_complete_join(group, now, &mut out);
             }
             // Offsets of an empty group expire `offsets.retention.minutes` after it emptied (KIP-211).
+            let consumer_active = consumer_groups
+                .get(&group.group_id)
+                .is_some_and(|g| !g.is_empty());
             if group.state == GroupState::Empty
+                && !consumer_active
                 && now - group.state_since > config.offsets_retention_ms
             {
                 let group_id = group.group_id.clone();
@@ -747,6 +794,7 @@ impl<R> Coordinator<R> {
 
     /// The earliest time at which [`tick`](Self::tick) has something to do.
     pub fn next_deadline(&self) -> Option<Ms> {
+        let consumer = self.consumer_groups_next_deadline();
         self.groups
             .values()
             .flat_map(|g| {
@@ -764,6 +812,7 @@ impl<R> Coordinator<R> {
                             .filter(|_| g.state == GroupState::CompletingRebalance),
                     )
             })
+            .chain(consumer)
             .min()
     }
 
@@ -782,6 +831,16 @@ impl<R> Coordinator<R> {
         if group_id.is_empty() {
             return (vec![INVALID_GROUP_ID; offsets.len()], out);
         }
+        // A consumer-protocol group with members checks the member and its epoch instead.
+        let consumer_check = self.consumer_group_commit_check(group_id, member_id, generation_id);
+        if let Some(error) = consumer_check {
+            if error != NONE {
+                return (vec![error; offsets.len()], out);
+            }
+            self.groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Group::new(group_id, now));
+        }
         if !self.groups.contains_key(group_id) {
             if generation_id >= 0 {
                 return (vec![ILLEGAL_GENERATION; offsets.len()], out);
@@ -793,7 +852,8 @@ impl<R> Coordinator<R> {
         let Some(group) = self.groups.get_mut(group_id) else {
             return (vec![COORDINATOR_NOT_AVAILABLE; offsets.len()], out);
         };
-        let error = if generation_id < 0 && member_id.is_empty() && group.state == GroupState::Empty
+        let error = if consumer_check.is_some()
+            || (generation_id < 0 && member_id.is_empty() && group.state == GroupState::Empty)
         {
             NONE
         } else if group.is_fenced(member_id, group_instance_id) {
@@ -882,12 +942,17 @@ impl<R> Coordinator<R> {
         partitions: &[(String, i32)],
         subscribed: impl Fn(&str) -> bool,
     ) -> Result<(Vec<i16>, Vec<Effect<R>>), i16> {
+        let consumer_subscribed: Vec<bool> = partitions
+            .iter()
+            .map(|(t, _)| self.consumer_group_subscribes(group_id, t))
+            .collect();
         let group = self.groups.get_mut(group_id).ok_or(GROUP_ID_NOT_FOUND)?;
         let active = group.state != GroupState::Empty;
         let mut errors = Vec::new();
         let mut out = Vec::new();
-        for (topic, partition) in partitions {
-            if active && subscribed(topic) {
+        for ((topic, partition), consumer_subscribed) in partitions.iter().zip(consumer_subscribed)
+        {
+            if consumer_subscribed || (active && subscribed(topic)) {
                 errors.push(GROUP_SUBSCRIBED_TO_TOPIC);
                 continue;
             }
@@ -906,6 +971,11 @@ impl<R> Coordinator<R> {
 
     /// DeleteGroups for one group: only an empty group can go.
     pub fn delete_group(&mut self, group_id: &str) -> Result<Vec<Effect<R>>, i16> {
+        let was_consumer_group = self.is_consumer_group(group_id);
+        self.remove_empty_consumer_group(group_id)?;
+        if was_consumer_group && !self.groups.contains_key(group_id) {
+            return Ok(Vec::new());
+        }
         let group = self.groups.get(group_id).ok_or(GROUP_ID_NOT_FOUND)?;
         if group.state != GroupState::Empty {
             return Err(NON_EMPTY_GROUP);
@@ -1301,6 +1371,9 @@ fn prepare_rebalance<R>(group: &mut Group<R>, initial_delay_ms: Ms, now: Ms) {
         group.initial_delay_left = None;
     }
     group.sync_deadline = None;
+    if group.state != GroupState::PreparingRebalance {
+        group.rebalance_started = now;
+    }
     group.set_state(GroupState::PreparingRebalance, now);
 }
 
@@ -1328,6 +1401,7 @@ fn complete_join<R>(group: &mut Group<R>, now: Ms, out: &mut Vec<Effect<R>>) {
     }
     group.join_deadline = None;
     group.initial_delay_left = None;
+    group.join_completed = now;
     group.generation_id += 1;
     if group.members.is_empty() {
         group.protocol_name = None;

@@ -1,5 +1,6 @@
 //! Caudal's group coordinator for Kafka's classic group protocol (JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup) and committed offsets.
+//! Heartbeat, LeaveGroup), the consumer group protocol of KIP-848 (ConsumerGroupHeartbeat,
+//! ConsumerGroupDescribe; see [`consumer_group`]) and committed offsets.
 //!
 //! It is a plain state machine: requests and the current time go in, effects come out
 //! (answers to send, records to write to `__consumer_offsets`). It does no I/O and reads no
@@ -7,6 +8,7 @@
 //! until the rebalance completes, a follower's sync until the leader's) are held as opaque
 //! responders `R` and handed back inside the effect that answers them.
 
+pub mod consumer_group;
 pub mod consumer_protocol;
 pub mod errors;
 pub mod group;
@@ -14,6 +16,7 @@ pub mod records;
 
 pub use group::{
     CommittedOffset, Coordinator, Effect, GroupConfig, GroupState, GroupSummary, JoinMember,
-    JoinRequest, JoinResponse, MemberSummary, Ms, OffsetCommit, SyncRequest, SyncResponse,
+    JoinRequest, JoinResponse, MemberSummary, Ms, OffsetCommit, Stabilized, SyncRequest,
+    SyncResponse,
 };
 pub use records::{partition_for, OffsetsRecord};

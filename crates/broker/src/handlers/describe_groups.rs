@@ -17,7 +17,14 @@ pub fn handle(broker: &Arc<Broker>, request: DescribeGroupsRequest, version: i16
         .groups
         .into_iter()
         .map(|id| {
-            let Some(g) = broker.groups.read(|c| c.describe(id.0.as_str())) else {
+            // A consumer-protocol group is not a classic group (Kafka answers the same way);
+            // ConsumerGroupDescribe describes it.
+            let found = broker.groups.read(|c| {
+                (!c.is_consumer_group(id.0.as_str()))
+                    .then(|| c.describe(id.0.as_str()))
+                    .flatten()
+            });
+            let Some(g) = found else {
                 let dead = DescribedGroup::default()
                     .with_group_id(id)
                     .with_group_state(str_bytes("Dead"))

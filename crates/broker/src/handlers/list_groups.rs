@@ -6,8 +6,10 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse, R
 use super::str_bytes;
 use crate::Broker;
 
-/// Every group here speaks the classic protocol.
-const GROUP_TYPE: &str = "classic";
+/// Groups of the JoinGroup/SyncGroup protocol.
+const CLASSIC: &str = "classic";
+/// Groups of the ConsumerGroupHeartbeat protocol (KIP-848).
+const CONSUMER: &str = "consumer";
 
 pub fn handle(broker: &Arc<Broker>, request: ListGroupsRequest) -> ResponseKind {
     let states: Vec<String> = request
@@ -20,19 +22,42 @@ pub fn handle(broker: &Arc<Broker>, request: ListGroupsRequest) -> ResponseKind 
         .iter()
         .map(|s| s.as_str().to_ascii_lowercase())
         .collect();
-    let groups = broker
-        .groups
-        .read(|c| c.list())
+    let wanted = |state: &str, group_type: &str| {
+        (states.is_empty() || states.contains(&state.to_ascii_lowercase()))
+            && (types.is_empty() || types.iter().any(|t| t == group_type))
+    };
+    let (classic, consumer) = broker.groups.read(|c| {
+        let consumer = c.consumer_groups_list();
+        // A consumer group's committed offsets sit in a classic entry: list the group once.
+        let classic: Vec<_> = c
+            .list()
+            .into_iter()
+            .filter(|g| !c.is_consumer_group(&g.group_id))
+            .collect();
+        (classic, consumer)
+    });
+    let mut groups: Vec<ListedGroup> = classic
         .into_iter()
-        .filter(|g| states.is_empty() || states.contains(&g.state.as_str().to_ascii_lowercase()))
-        .filter(|_| types.is_empty() || types.iter().any(|t| t == GROUP_TYPE))
+        .filter(|g| wanted(g.state.as_str(), CLASSIC))
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(g.group_id)))
                 .with_protocol_type(str_bytes(g.protocol_type))
                 .with_group_state(str_bytes(g.state.as_str()))
-                .with_group_type(str_bytes(GROUP_TYPE))
+                .with_group_type(str_bytes(CLASSIC))
         })
         .collect();
+    groups.extend(
+        consumer
+            .into_iter()
+            .filter(|g| wanted(g.state.as_str(), CONSUMER))
+            .map(|g| {
+                ListedGroup::default()
+                    .with_group_id(GroupId(str_bytes(g.group_id)))
+                    .with_protocol_type(str_bytes(CONSUMER))
+                    .with_group_state(str_bytes(g.state.as_str()))
+                    .with_group_type(str_bytes(CONSUMER))
+            }),
+    );
     ResponseKind::ListGroups(ListGroupsResponse::default().with_groups(groups))
 }

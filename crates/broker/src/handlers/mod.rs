@@ -2,6 +2,8 @@
 //! `caudal_protocol::SUPPORTED_APIS`, which a test checks.
 
 mod api_versions;
+mod consumer_group_describe;
+mod consumer_group_heartbeat;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
@@ -80,6 +82,10 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: SocketAddr) ->
         RequestKind::DescribeGroups(r) => ready(describe_groups::handle(broker, r, version)),
         RequestKind::DeleteGroups(r) => ready(delete_groups::handle(broker, r).await),
         RequestKind::DescribeConfigs(r) => ready(describe_configs::handle(broker, r, version)),
+        RequestKind::ConsumerGroupHeartbeat(r) => ready(consumer_group_heartbeat::handle(
+            broker, r, version, peer, client_id,
+        )),
+        RequestKind::ConsumerGroupDescribe(r) => ready(consumer_group_describe::handle(broker, r)),
         // decode_request refuses every API not in SUPPORTED_APIS, so this is unreachable for
         // requests off the wire; answer nothing rather than panic.
         other => {

@@ -49,6 +49,20 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetFetchRequest, version: i16) -
             .groups
             .into_iter()
             .map(|g| {
+                // v9: a consumer-protocol member fetches with its id and epoch (KIP-848).
+                let member_id = g.member_id.as_ref().map(|m| m.as_str().to_string());
+                let error = broker.groups.read(|c| {
+                    c.consumer_group_fetch_check(
+                        g.group_id.0.as_str(),
+                        member_id.as_deref(),
+                        g.member_epoch,
+                    )
+                });
+                if error != 0 {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(error);
+                }
                 let topics = g.topics.map(|ts| {
                     ts.into_iter()
                         .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
