@@ -1,9 +1,8 @@
 """Client-side helpers shared by the end-to-end tests.
 
-Caudal has no consumer-group APIs yet, so every consumer here is manually
-assigned to partitions with explicit start offsets and never commits.
-kafka-python producers are created with enable_idempotence=False because the
-broker does not offer InitProducerId.
+Consumers made here are assigned partitions with explicit start offsets and do
+not commit; consumer groups have their own helpers in group_members/.
+kafka-python producers keep the client's default, idempotent, settings.
 """
 
 from __future__ import annotations
@@ -216,7 +215,7 @@ def by_partition(recs: list[Rec]) -> dict[int, list[Rec]]:
 
 def kp_producer(bootstrap: str, **cfg):
     from kafka import KafkaProducer
-    base = {"bootstrap_servers": bootstrap, "enable_idempotence": False, "linger_ms": 5,
+    base = {"bootstrap_servers": bootstrap, "linger_ms": 5,
             "request_timeout_ms": 15000, "max_block_ms": 15000}
     base.update(cfg)
     return KafkaProducer(**base)
