@@ -2,6 +2,7 @@
 
 mod client;
 mod group;
+mod log_dump;
 mod serve;
 
 use clap::{Arg, Command};
@@ -22,6 +23,7 @@ fn cli() -> Command {
         )
         .subcommand(serve::command())
         .subcommand(group::command())
+        .subcommand(log_dump::command())
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,9 +40,13 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if !matches!(matches.subcommand_name(), Some("serve")) {
+        restore_sigpipe();
+    }
     let result = match matches.subcommand() {
         Some(("serve", m)) => serve::run(m),
         Some(("group", m)) => group::run(m),
+        Some(("log", m)) => log_dump::run(m),
         _ => Ok(()),
     };
     match result {
@@ -49,6 +55,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The tools print to stdout, often into `head` or `less`: when the reader goes away they should
+/// end quietly, as command-line programs do, rather than fail on a broken pipe. (The broker keeps
+/// ignoring SIGPIPE, so a write to a closed socket is an error it handles.)
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
