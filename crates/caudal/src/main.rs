@@ -4,6 +4,7 @@ mod client;
 mod group;
 mod log_dump;
 mod serve;
+mod topic;
 
 use clap::{Arg, Command};
 
@@ -22,6 +23,7 @@ fn cli() -> Command {
                 .help("Log filter, e.g. `info`, `debug`, `caudal_broker=debug`"),
         )
         .subcommand(serve::command())
+        .subcommand(topic::command())
         .subcommand(group::command())
         .subcommand(log_dump::command())
 }
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = match matches.subcommand() {
         Some(("serve", m)) => serve::run(m),
         Some(("group", m)) => group::run(m),
+        Some(("topic", m)) => topic::run(m),
         Some(("log", m)) => log_dump::run(m),
         _ => Ok(()),
     };

@@ -1,0 +1,326 @@
+//! `caudal topic`: list, create, describe and delete topics, like Kafka's `kafka-topics`.
+
+use anyhow::{bail, Context};
+use caudal_protocol::kafka_protocol::messages::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig,
+};
+use caudal_protocol::kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use caudal_protocol::kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use caudal_protocol::kafka_protocol::messages::*;
+use caudal_protocol::kafka_protocol::protocol::StrBytes;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+use crate::client::{error_name, print_table, Client};
+
+pub fn command() -> Command {
+    Command::new("topic")
+        .about("List, create, describe and delete topics")
+        .long_about(
+            "Manage topics, like Kafka's kafka-topics tool.\n\n\
+             Examples:\n  caudal topic create orders --partitions 3\n  caudal topic create audit --config retention.ms=86400000\n  \
+             caudal topic list\n  caudal topic describe orders\n  caudal topic delete orders",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .arg(
+            Arg::new("bootstrap")
+                .long("bootstrap")
+                .short('b')
+                .value_name("HOST:PORT")
+                .env("CAUDAL_BOOTSTRAP")
+                .default_value("127.0.0.1:9092")
+                .global(true)
+                .help("A broker to ask"),
+        )
+        .subcommand(Command::new("list").about("List topics with their partition counts").arg(Arg::new("internal").long("internal").action(ArgAction::SetTrue).help("Include internal topics such as __consumer_offsets")))
+        .subcommand(
+            Command::new("create")
+                .about("Create a topic")
+                .arg(Arg::new("topic").required(true).help("Topic name: letters, digits, '.', '_' and '-', at most 249 characters"))
+                .arg(Arg::new("partitions").long("partitions").short('p').value_name("N").value_parser(clap::value_parser!(i32)).help("Partitions [default: the broker's num.partitions]"))
+                .arg(Arg::new("config").long("config").value_name("KEY=VALUE").action(ArgAction::Append).help("A topic config, e.g. retention.ms=86400000 (repeatable)"))
+                .arg(Arg::new("if-not-exists").long("if-not-exists").action(ArgAction::SetTrue).help("Succeed if the topic already exists")),
+        )
+        .subcommand(Command::new("describe").about("Show a topic's partitions, offsets and configs").arg(Arg::new("topic").required(true).num_args(1..)))
+        .subcommand(Command::new("delete").about("Delete topics and all their data").arg(Arg::new("topic").required(true).num_args(1..)))
+}
+
+pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let bootstrap = m
+            .get_one::<String>("bootstrap")
+            .cloned()
+            .unwrap_or_default();
+        let mut client = Client::connect(&bootstrap).await?;
+        match m.subcommand() {
+            Some(("list", sub)) => list(&mut client, sub.get_flag("internal")).await,
+            Some(("create", sub)) => create(&mut client, sub).await,
+            Some(("describe", sub)) => {
+                for t in sub.get_many::<String>("topic").into_iter().flatten() {
+                    describe(&mut client, t).await?;
+                }
+                Ok(())
+            }
+            Some(("delete", sub)) => delete(&mut client, sub).await,
+            _ => Ok(()),
+        }
+    })
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+async fn metadata(
+    client: &mut Client,
+    topics: Option<Vec<String>>,
+) -> anyhow::Result<MetadataResponse> {
+    let topics = topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| MetadataRequestTopic::default().with_name(Some(name(&t))))
+            .collect()
+    });
+    let req = MetadataRequest::default()
+        .with_topics(topics)
+        .with_allow_auto_topic_creation(false);
+    let ResponseKind::Metadata(r) = client
+        .send(ApiKey::Metadata, 12, RequestKind::Metadata(req))
+        .await?
+    else {
+        bail!("unexpected response")
+    };
+    Ok(r)
+}
+
+async fn list(client: &mut Client, internal: bool) -> anyhow::Result<()> {
+    let md = metadata(client, None).await?;
+    let mut rows: Vec<Vec<String>> = md
+        .topics
+        .iter()
+        .filter(|t| internal || !t.is_internal)
+        .map(|t| {
+            vec![
+                t.name
+                    .as_ref()
+                    .map(|n| n.0.as_str().to_string())
+                    .unwrap_or_default(),
+                t.partitions.len().to_string(),
+            ]
+        })
+        .collect();
+    rows.sort();
+    if rows.is_empty() {
+        println!("no topics");
+        return Ok(());
+    }
+    print_table(&["TOPIC", "PARTITIONS"], &rows);
+    Ok(())
+}
+
+async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
+    let topic = m.get_one::<String>("topic").context("topic")?;
+    let mut configs = Vec::new();
+    for kv in m.get_many::<String>("config").into_iter().flatten() {
+        let (k, v) = kv.split_once('=').with_context(|| {
+            format!("--config {kv}: expected KEY=VALUE, e.g. retention.ms=86400000")
+        })?;
+        configs.push(
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(k.to_string()))
+                .with_value(Some(StrBytes::from_string(v.to_string()))),
+        );
+    }
+    let t = CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(m.get_one::<i32>("partitions").copied().unwrap_or(-1))
+        .with_replication_factor(-1)
+        .with_configs(configs);
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![t])
+        .with_timeout_ms(30_000);
+    let ResponseKind::CreateTopics(r) = client
+        .send(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(req))
+        .await?
+    else {
+        bail!("unexpected response")
+    };
+    let result = r.topics.first().context("empty CreateTopics response")?;
+    match result.error_code {
+        0 => println!(
+            "created topic {topic} with {} partition(s)",
+            result.num_partitions
+        ),
+        36 if m.get_flag("if-not-exists") => println!("topic {topic} already exists"),
+        code => bail!(
+            "cannot create {topic}: {}{}",
+            error_name(code),
+            result
+                .error_message
+                .as_ref()
+                .map(|m| format!(": {}", m.as_str()))
+                .unwrap_or_default()
+        ),
+    }
+    Ok(())
+}
+
+async fn describe(client: &mut Client, topic: &str) -> anyhow::Result<()> {
+    let md = metadata(client, Some(vec![topic.to_string()])).await?;
+    let t = md.topics.first().context("empty Metadata response")?;
+    if t.error_code != 0 {
+        bail!("topic {topic}: {}", error_name(t.error_code));
+    }
+    println!(
+        "Topic {topic}: {} partition(s), id {}",
+        t.partitions.len(),
+        t.topic_id
+    );
+    let mut parts: Vec<_> = t.partitions.iter().collect();
+    parts.sort_by_key(|p| p.partition_index);
+    // Log start and end offsets per partition.
+    let offsets = |ts: i64| {
+        ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(
+                    parts
+                        .iter()
+                        .map(|p| {
+                            list_offsets_request::ListOffsetsPartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_timestamp(ts)
+                        })
+                        .collect(),
+                )])
+    };
+    let mut ends = Vec::new();
+    for ts in [-2, -1] {
+        let ResponseKind::ListOffsets(r) = client
+            .send(
+                ApiKey::ListOffsets,
+                7,
+                RequestKind::ListOffsets(offsets(ts)),
+            )
+            .await?
+        else {
+            bail!("unexpected response")
+        };
+        ends.push(
+            r.topics
+                .into_iter()
+                .flat_map(|t| t.partitions)
+                .map(|p| (p.partition_index, p.offset))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        );
+    }
+    let rows: Vec<Vec<String>> = parts
+        .iter()
+        .map(|p| {
+            let ids = |v: &[BrokerId]| {
+                v.iter()
+                    .map(|b| b.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            vec![
+                p.partition_index.to_string(),
+                p.leader_id.0.to_string(),
+                ids(&p.replica_nodes),
+                ids(&p.isr_nodes),
+                ends[0]
+                    .get(&p.partition_index)
+                    .map(|o| o.to_string())
+                    .unwrap_or_default(),
+                ends[1]
+                    .get(&p.partition_index)
+                    .map(|o| o.to_string())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "PARTITION",
+            "LEADER",
+            "REPLICAS",
+            "ISR",
+            "START-OFFSET",
+            "END-OFFSET",
+        ],
+        &rows,
+    );
+    let req =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))]);
+    let ResponseKind::DescribeConfigs(r) = client
+        .send(
+            ApiKey::DescribeConfigs,
+            4,
+            RequestKind::DescribeConfigs(req),
+        )
+        .await?
+    else {
+        bail!("unexpected response")
+    };
+    let source = |s: i8| match s {
+        1 => "topic",
+        4 => "broker",
+        5 => "default",
+        _ => "other",
+    };
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .flat_map(|res| &res.configs)
+        .map(|c| {
+            vec![
+                c.name.as_str().to_string(),
+                c.value
+                    .as_ref()
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default(),
+                source(c.config_source).to_string(),
+            ]
+        })
+        .collect();
+    println!();
+    print_table(&["CONFIG", "VALUE", "SOURCE"], &rows);
+    Ok(())
+}
+
+async fn delete(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
+    let topics: Vec<TopicName> = m
+        .get_many::<String>("topic")
+        .into_iter()
+        .flatten()
+        .map(|t| name(t))
+        .collect();
+    let req = DeleteTopicsRequest::default()
+        .with_topic_names(topics)
+        .with_timeout_ms(30_000);
+    let ResponseKind::DeleteTopics(r) = client
+        .send(ApiKey::DeleteTopics, 5, RequestKind::DeleteTopics(req))
+        .await?
+    else {
+        bail!("unexpected response")
+    };
+    let mut failed = false;
+    for t in r.responses {
+        let n = t.name.map(|n| n.0.as_str().to_string()).unwrap_or_default();
+        if t.error_code == 0 {
+            println!("deleted topic {n}");
+        } else {
+            failed = true;
+            eprintln!("cannot delete {n}: {}", error_name(t.error_code));
+        }
+    }
+    if failed {
+        bail!("some topics were not deleted");
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+"""`caudal topic`: create, list, describe and delete against a real broker."""
+
+import subprocess
+
+from harness import caudal_bin
+
+
+def cli(broker, *args, check=True):
+    r = subprocess.run([str(caudal_bin()), "topic", "--bootstrap", broker.bootstrap, *args],
+                       capture_output=True, text=True, timeout=30)
+    if check:
+        assert r.returncode == 0, f"caudal topic {args} failed: {r.stderr}"
+    return r
+
+
+def test_topic_lifecycle(broker):
+    assert "created topic audit with 3 partition(s)" in cli(broker, "create", "audit", "--partitions", "3",
+                                                            "--config", "retention.ms=3600000").stdout
+    again = cli(broker, "create", "audit", check=False)
+    assert again.returncode != 0 and "TopicAlreadyExists" in again.stderr
+    assert "already exists" in cli(broker, "create", "audit", "--if-not-exists").stdout
+    bad = cli(broker, "create", "bad name", check=False)
+    assert bad.returncode != 0 and "InvalidTopicException" in bad.stderr
+    listed = cli(broker, "list").stdout
+    assert any(line.split() == ["audit", "3"] for line in listed.splitlines()), listed
+    assert "__consumer_offsets" not in listed and "__consumer_offsets" in cli(broker, "list", "--internal").stdout
+    described = cli(broker, "describe", "audit").stdout
+    assert "Topic audit: 3 partition(s)" in described
+    assert any(line.split() == ["retention.ms", "3600000", "topic"] for line in described.splitlines()), described
+    assert any(line.split() == ["segment.bytes", "1073741824", "default"] for line in described.splitlines())
+    assert "deleted topic audit" in cli(broker, "delete", "audit").stdout
+    gone = cli(broker, "describe", "audit", check=False)
+    assert gone.returncode != 0 and "UnknownTopicOrPartition" in gone.stderr
