@@ -182,12 +182,23 @@ pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, 
     }
 }
 
+/// One listener, as Kafka's `listeners` / `advertised.listeners` pair: where the broker accepts
+/// connections, and the address it gives the clients that came in this way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub advertise: (String, u16),
+}
+
 /// The broker's configuration: where it listens and stores, and the Kafka-named settings that
 /// were set explicitly (the rest take their defaults from [`SETTINGS`]).
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    pub listen: SocketAddr,
-    pub advertise: (String, u16),
+    /// At least one. Metadata answers each client with the advertised address of the listener
+    /// it connected to, so clients inside and outside a container network each get one they
+    /// can reach.
+    pub listeners: Vec<Listener>,
     pub data_dir: PathBuf,
     pub node_id: i32,
     pub cluster_id: String,
@@ -197,13 +208,26 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         BrokerConfig {
-            listen,
-            advertise: (listen.ip().to_string(), listen.port()),
+            listeners: vec![Listener {
+                name: "PLAINTEXT".to_string(),
+                listen,
+                advertise: (listen.ip().to_string(), listen.port()),
+            }],
             data_dir,
             node_id: 1,
             cluster_id: String::new(),
             explicit: BTreeMap::new(),
         }
+    }
+
+    /// The advertised address of listener `index` (the first if out of range; the broker
+    /// refuses to start without a listener).
+    pub fn advertise(&self, index: usize) -> (String, u16) {
+        self.listeners
+            .get(index)
+            .or(self.listeners.first())
+            .map(|l| l.advertise.clone())
+            .unwrap_or_else(|| ("localhost".to_string(), 9092))
     }
 
     /// Sets a Kafka-named setting, checking it.

@@ -33,6 +33,7 @@ pub async fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let (rd, mut wr) = stream.into_split();
@@ -112,7 +113,8 @@ pub async fn serve(
         let api_key = request.api_key;
         let version = request.version();
         let correlation_id = request.header.correlation_id;
-        let reply = handlers::handle(&broker, request, peer).await;
+        let reply =
+            handlers::handle(&broker, request, handlers::Connection { peer, listener }).await;
         if tx
             .send(InFlight::Reply {
                 api_key,

@@ -52,7 +52,7 @@ pub enum StartError {
 /// A broker bound to its port, ready to [`run`](Server::run).
 pub struct Server {
     broker: Arc<Broker>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
 }
 
 impl Server {
@@ -69,18 +69,27 @@ impl Server {
         std::fs::write(&probe, b"")
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(data_err)?;
-        let listener =
-            TcpListener::bind(config.listen)
+        if config.listeners.is_empty() {
+            return Err(StartError::Listen {
+                addr: "(none)".into(),
+                source: io::Error::other("no listener configured"),
+            });
+        }
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &mut config.listeners {
+            let bound = TcpListener::bind(l.listen)
                 .await
                 .map_err(|source| StartError::Listen {
-                    addr: config.listen.to_string(),
+                    addr: l.listen.to_string(),
                     source,
                 })?;
-        // Listening on port 0 picks a free port: advertise the one actually bound.
-        if config.advertise.1 == 0 {
-            if let Ok(bound) = listener.local_addr() {
-                config.advertise.1 = bound.port();
+            // Listening on port 0 picks a free port: advertise the one actually bound.
+            if l.advertise.1 == 0 {
+                if let Ok(addr) = bound.local_addr() {
+                    l.advertise.1 = addr.port();
+                }
             }
+            listeners.push(bound);
         }
         let config_for_load = config.clone();
         let topics = tokio::task::spawn_blocking(move || Topics::load(&config_for_load, now_ms()))
@@ -99,11 +108,20 @@ impl Server {
             appended: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
-        Ok(Server { broker, listener })
+        Ok(Server { broker, listeners })
     }
 
+    /// Where the first listener is bound.
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+        self.local_addrs()?
+            .first()
+            .copied()
+            .ok_or_else(|| io::Error::other("no listener"))
+    }
+
+    /// Where every listener is bound, in configuration order.
+    pub fn local_addrs(&self) -> io::Result<Vec<std::net::SocketAddr>> {
+        self.listeners.iter().map(TcpListener::local_addr).collect()
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -113,28 +131,46 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting, answers requests already read,
     /// and syncs every log.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let Server { broker, listener } = self;
+        let Server { broker, listeners } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
         let group_clock = tokio::spawn(group_clock(broker.clone(), stop_rx.clone()));
+        // One accept loop per listener, all feeding this one.
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(64);
+        let mut acceptors = JoinSet::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let tx = accepted_tx.clone();
+            acceptors.spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            if tx.send((stream, peer, index)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        drop(accepted_tx);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        connections.spawn(connection::serve(broker.clone(), stream, peer, stop_rx.clone()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                Some((stream, peer, listener)) = accepted.recv() => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection::serve(broker.clone(), stream, peer, listener, stop_rx.clone()));
+                }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+        // Stop accepting before answering what is in flight.
+        acceptors.abort_all();
         tracing::info!(
             connections = connections.len(),
             "shutting down: answering requests in flight"
@@ -144,7 +180,6 @@ impl Server {
             .stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         broker.appended.notify_waiters();
-        drop(listener);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
         })

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use caudal_broker::config::Listener;
 use caudal_broker::{BrokerConfig, Server, SETTINGS};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
@@ -32,8 +33,8 @@ pub fn command() -> Command {
              Example:\n  caudal serve --listen 0.0.0.0:9092 --advertise broker.example:9092 --num.partitions 3",
         )
         .arg(Arg::new("config").long("config").short('c').value_name("FILE").env("CAUDAL_CONFIG").help("TOML file with any of the settings below, e.g. `listen = \"0.0.0.0:9092\"`, `\"num.partitions\" = 3`"))
-        .arg(Arg::new("listen").long("listen").value_name("HOST:PORT").env("CAUDAL_LISTEN").help(format!("Address to accept clients on [default: {DEFAULT_LISTEN}]")))
-        .arg(Arg::new("advertise").long("advertise").value_name("HOST:PORT").env("CAUDAL_ADVERTISE").help("Address Metadata gives clients to reach this broker [default: the listen address]"))
+        .arg(Arg::new("listen").long("listen").value_name("[NAME://]HOST:PORT,...").env("CAUDAL_LISTEN").help(format!("Where to accept clients [default: {DEFAULT_LISTEN}]. Several listeners, as Kafka's `listeners`: EXTERNAL://0.0.0.0:9092,INTERNAL://0.0.0.0:29092")))
+        .arg(Arg::new("advertise").long("advertise").value_name("[NAME://]HOST:PORT,...").env("CAUDAL_ADVERTISE").help("Address Metadata gives the clients of each listener, as Kafka's `advertised.listeners`: EXTERNAL://localhost:9092,INTERNAL://caudal:29092 [default: the listen address]"))
         .arg(Arg::new("data-dir").long("data-dir").value_name("DIR").env("CAUDAL_DATA_DIR").help(format!("Where partitions and metadata are stored [default: {DEFAULT_DATA_DIR}]")))
         .arg(Arg::new("node-id").long("node-id").value_name("N").env("CAUDAL_NODE_ID").help("This broker's id in Metadata [default: 1]"))
         .next_help_heading("Kafka broker settings (Kafka's names and defaults)");
@@ -64,6 +65,85 @@ fn pick(m: &ArgMatches, file: &BTreeMap<String, toml::Value>, key: &str) -> Opti
     })
 }
 
+/// Splits `[NAME://]ADDRESS` into its name (if any) and address.
+fn named(entry: &str) -> (Option<&str>, &str) {
+    match entry.split_once("://") {
+        Some((name, rest)) => (Some(name), rest),
+        None => (None, entry),
+    }
+}
+
+/// Kafka's `listeners` and `advertised.listeners`: comma-separated `[NAME://]HOST:PORT` lists.
+/// Advertised addresses match listeners by name, or by position when unnamed; a listener with
+/// none advertises its own address (localhost for 0.0.0.0, which no client can dial).
+fn listeners(listen: &str, advertise: Option<&str>) -> anyhow::Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for (i, entry) in listen
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let (name, addr) = named(entry);
+        let listen: SocketAddr = addr.parse().with_context(|| {
+            format!("`listen` entry `{entry}`: expected [NAME://]HOST:PORT with an IP address, e.g. 0.0.0.0:9092 or INTERNAL://0.0.0.0:29092")
+        })?;
+        let name = name.map(str::to_string).unwrap_or_else(|| {
+            if i == 0 {
+                "PLAINTEXT".into()
+            } else {
+                format!("LISTENER{i}")
+            }
+        });
+        if out.iter().any(|l: &Listener| l.name == name) {
+            bail!("`listen`: the listener name {name} is used twice");
+        }
+        let host = if listen.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            listen.ip().to_string()
+        };
+        out.push(Listener {
+            name,
+            listen,
+            advertise: (host, listen.port()),
+        });
+    }
+    if out.is_empty() {
+        bail!("`listen` is empty: give at least one HOST:PORT, e.g. 127.0.0.1:9092");
+    }
+    for (i, entry) in advertise
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let (name, addr) = named(entry);
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+            .filter(|(h, _)| !h.is_empty())
+            .with_context(|| {
+                format!(
+                    "`advertise` entry `{entry}`: expected [NAME://]HOST:PORT, e.g. localhost:9092"
+                )
+            })?;
+        let target = match name {
+            Some(n) => out.iter_mut().find(|l| l.name == n).with_context(|| {
+                format!(
+                    "`advertise` names the listener {n}, but `listen` has no listener of that name"
+                )
+            })?,
+            None => out.get_mut(i).with_context(|| {
+                "`advertise` has more entries than `listen` has listeners".to_string()
+            })?,
+        };
+        target.advertise = (host, port);
+    }
+    Ok(out)
+}
+
 pub fn config_from(m: &ArgMatches) -> anyhow::Result<BrokerConfig> {
     let file: BTreeMap<String, toml::Value> = match m.get_one::<String>("config") {
         Some(path) => {
@@ -83,25 +163,10 @@ pub fn config_from(m: &ArgMatches) -> anyhow::Result<BrokerConfig> {
         bail!("config file: unknown key `{unknown}` (see `caudal serve --help` for the keys; Kafka settings are quoted, e.g. \"num.partitions\" = 3)");
     }
     let listen_text = pick(m, &file, "listen").unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listen: SocketAddr = listen_text
-        .parse()
-        .with_context(|| format!("`listen` = `{listen_text}`: expected HOST:PORT with an IP address, e.g. 127.0.0.1:9092 or 0.0.0.0:9092"))?;
     let data_dir =
         PathBuf::from(pick(m, &file, "data-dir").unwrap_or_else(|| DEFAULT_DATA_DIR.to_string()));
-    let mut config = BrokerConfig::new(listen, data_dir);
-    if let Some(adv) = pick(m, &file, "advertise") {
-        let (host, port) = adv
-            .rsplit_once(':')
-            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-            .filter(|(h, _)| !h.is_empty())
-            .with_context(|| {
-                format!("`advertise` = `{adv}`: expected HOST:PORT, e.g. localhost:9092")
-            })?;
-        config.advertise = (host, port);
-    } else if listen.ip().is_unspecified() {
-        // 0.0.0.0 is no address a client can dial; advertise this host's loopback.
-        config.advertise = ("localhost".to_string(), listen.port());
-    }
+    let mut config = BrokerConfig::new(DEFAULT_LISTEN.parse()?, data_dir);
+    config.listeners = listeners(&listen_text, pick(m, &file, "advertise").as_deref())?;
     if let Some(id) = pick(m, &file, "node-id") {
         config.node_id = id
             .parse()
@@ -127,12 +192,29 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         let data_dir = config.data_dir.clone();
         let server = Server::bind(config).await?;
-        let addr = server.local_addr()?;
+        let addrs = server.local_addrs()?;
         let broker = server.broker().clone();
-        let (host, port) = &broker.config.advertise;
+        let listening: Vec<String> = broker
+            .config
+            .listeners
+            .iter()
+            .zip(&addrs)
+            .map(|(l, addr)| {
+                let named = if broker.config.listeners.len() > 1 {
+                    format!("{} ", l.name)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{named}{addr} (advertised as {}:{})",
+                    l.advertise.0, l.advertise.1
+                )
+            })
+            .collect();
         tracing::info!(
-            "Caudal {} listening on {addr} (advertised as {host}:{port}), data in {}, {} topics",
+            "Caudal {} listening on {}, data in {}, {} topics",
             env!("CARGO_PKG_VERSION"),
+            listening.join(", "),
             data_dir.display(),
             broker.topics.all().len()
         );
@@ -159,4 +241,45 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listeners;
+
+    #[test]
+    fn listeners_pair_with_advertised_addresses_by_name_or_position() {
+        let l = listeners("0.0.0.0:9092", None).unwrap();
+        assert_eq!(
+            (l[0].name.as_str(), l[0].advertise.clone()),
+            ("PLAINTEXT", ("localhost".to_string(), 9092))
+        );
+        let l = listeners(
+            "EXTERNAL://0.0.0.0:9092,INTERNAL://0.0.0.0:29092",
+            Some("INTERNAL://caudal:29092,EXTERNAL://localhost:9092"),
+        )
+        .unwrap();
+        assert_eq!(l[0].advertise, ("localhost".to_string(), 9092));
+        assert_eq!(l[1].advertise, ("caudal".to_string(), 29092));
+        let l = listeners("127.0.0.1:1,127.0.0.1:2", Some("a:10,b:20")).unwrap();
+        assert_eq!(
+            (l[1].name.as_str(), l[1].advertise.clone()),
+            ("LISTENER1", ("b".to_string(), 20))
+        );
+        for (listen, advertise, problem) in [
+            ("", None, "empty"),
+            ("host:9092", None, "IP address"),
+            ("A://127.0.0.1:1,A://127.0.0.1:2", None, "used twice"),
+            (
+                "A://127.0.0.1:1",
+                Some("B://x:1"),
+                "no listener of that name",
+            ),
+            ("127.0.0.1:1", Some("x:1,y:2"), "more entries"),
+            ("127.0.0.1:1", Some("nohost"), "HOST:PORT"),
+        ] {
+            let e = listeners(listen, advertise).unwrap_err().to_string();
+            assert!(e.contains(problem), "{listen} / {advertise:?}: {e}");
+        }
+    }
 }

@@ -8,9 +8,13 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::Broker;
 
-pub fn handle(broker: &Arc<Broker>, request: DescribeClusterRequest) -> ResponseKind {
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: DescribeClusterRequest,
+    listener: usize,
+) -> ResponseKind {
     let node = broker.config.node_id;
-    let (host, port) = &broker.config.advertise;
+    let (host, port) = &broker.config.advertise(listener);
     ResponseKind::DescribeCluster(
         DescribeClusterResponse::default()
             .with_endpoint_type(request.endpoint_type)

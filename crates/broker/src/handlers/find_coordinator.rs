@@ -16,9 +16,14 @@ const GROUP: i8 = 0;
 /// v4 and later look up a batch of keys.
 const BATCHED_SINCE: i16 = 4;
 
-pub fn handle(broker: &Arc<Broker>, request: FindCoordinatorRequest, version: i16) -> ResponseKind {
+pub fn handle(
+    broker: &Arc<Broker>,
+    request: FindCoordinatorRequest,
+    version: i16,
+    listener: usize,
+) -> ResponseKind {
     let node = broker.config.node_id;
-    let (host, port) = &broker.config.advertise;
+    let (host, port) = &broker.config.advertise(listener);
     let answer = |key: &str| -> (i16, Option<String>) {
         if request.key_type != GROUP {
             (

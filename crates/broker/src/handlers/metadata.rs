@@ -16,7 +16,12 @@ use crate::{now_ms, Broker};
 /// Kafka's "authorized operations not requested" marker.
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub async fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16) -> ResponseKind {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: MetadataRequest,
+    version: i16,
+    listener: usize,
+) -> ResponseKind {
     let node = broker.config.node_id;
     // v0 asks for every topic with an empty list; v1+ with a null one.
     let wanted = match request.topics {
@@ -60,7 +65,7 @@ pub async fn handle(broker: &Arc<Broker>, request: MetadataRequest, version: i16
             }
         }
     }
-    let (host, port) = &broker.config.advertise;
+    let (host, port) = &broker.config.advertise(listener);
     ResponseKind::Metadata(
         MetadataResponse::default()
             .with_brokers(vec![MetadataResponseBroker::default()

@@ -49,9 +49,16 @@ pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// Where a request came from: the client's address and the listener it connected to.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub listener: usize,
+}
+
 /// Starts handling a request. Whatever must happen in request order (appends, topic changes)
 /// happens before this returns; the returned future only waits.
-pub async fn handle(broker: &Arc<Broker>, request: Request, peer: SocketAddr) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, request: Request, conn: Connection) -> Reply {
     let version = request.version();
     let client_id = request
         .header
@@ -61,17 +68,23 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: SocketAddr) ->
         .unwrap_or_default();
     match request.body {
         RequestKind::ApiVersions(r) => ready(api_versions::handle(r, version)),
-        RequestKind::Metadata(r) => ready(metadata::handle(broker, r, version).await),
+        RequestKind::Metadata(r) => {
+            ready(metadata::handle(broker, r, version, conn.listener).await)
+        }
         RequestKind::Produce(r) => produce::handle(broker, r, version).await,
         RequestKind::Fetch(r) => fetch::handle(broker.clone(), r, version),
         RequestKind::ListOffsets(r) => ready(list_offsets::handle(broker, r, version)),
         RequestKind::CreateTopics(r) => ready(create_topics::handle(broker, r, version).await),
         RequestKind::DeleteTopics(r) => ready(delete_topics::handle(broker, r, version).await),
         RequestKind::CreatePartitions(r) => ready(create_partitions::handle(broker, r).await),
-        RequestKind::DescribeCluster(r) => ready(describe_cluster::handle(broker, r)),
+        RequestKind::DescribeCluster(r) => {
+            ready(describe_cluster::handle(broker, r, conn.listener))
+        }
         RequestKind::InitProducerId(r) => ready(init_producer_id::handle(broker, r)),
-        RequestKind::FindCoordinator(r) => ready(find_coordinator::handle(broker, r, version)),
-        RequestKind::JoinGroup(r) => join_group::handle(broker, r, version, peer, client_id),
+        RequestKind::FindCoordinator(r) => {
+            ready(find_coordinator::handle(broker, r, version, conn.listener))
+        }
+        RequestKind::JoinGroup(r) => join_group::handle(broker, r, version, conn.peer, client_id),
         RequestKind::SyncGroup(r) => sync_group::handle(broker, r, version),
         RequestKind::Heartbeat(r) => ready(heartbeat::handle(broker, r)),
         RequestKind::LeaveGroup(r) => ready(leave_group::handle(broker, r, version)),
@@ -83,7 +96,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, peer: SocketAddr) ->
         RequestKind::DeleteGroups(r) => ready(delete_groups::handle(broker, r).await),
         RequestKind::DescribeConfigs(r) => ready(describe_configs::handle(broker, r, version)),
         RequestKind::ConsumerGroupHeartbeat(r) => ready(consumer_group_heartbeat::handle(
-            broker, r, version, peer, client_id,
+            broker, r, version, conn.peer, client_id,
         )),
         RequestKind::ConsumerGroupDescribe(r) => ready(consumer_group_describe::handle(broker, r)),
         // decode_request refuses every API not in SUPPORTED_APIS, so this is unreachable for
