@@ -86,6 +86,36 @@ impl Client {
     }
 }
 
+/// The `--bootstrap` option every client command takes.
+pub fn bootstrap_arg() -> clap::Arg {
+    clap::Arg::new("bootstrap")
+        .long("bootstrap")
+        .short('b')
+        .value_name("HOST:PORT")
+        .env("CAUDAL_BOOTSTRAP")
+        .default_value("127.0.0.1:9092")
+        .global(true)
+        .help("A broker to ask")
+}
+
+/// Connects to `--bootstrap` and runs `command` with the client on a small runtime.
+pub fn with_client<F, Fut>(m: &clap::ArgMatches, command: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let bootstrap = m
+            .get_one::<String>("bootstrap")
+            .cloned()
+            .unwrap_or_default();
+        command(Client::connect(&bootstrap).await?).await
+    })
+}
+
 /// Prints rows as an aligned table with a header line.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -15,17 +15,10 @@ use caudal_protocol::kafka_protocol::messages::*;
 use caudal_protocol::kafka_protocol::protocol::StrBytes;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use crate::client::{error_name, print_table, Client};
+use crate::client::{bootstrap_arg, error_name, print_table, with_client, Client};
 
 pub fn command() -> Command {
-    let bootstrap = Arg::new("bootstrap")
-        .long("bootstrap")
-        .short('b')
-        .value_name("HOST:PORT")
-        .env("CAUDAL_BOOTSTRAP")
-        .default_value("127.0.0.1:9092")
-        .global(true)
-        .help("A broker to ask");
+    let bootstrap = bootstrap_arg();
     Command::new("group")
         .about("List, describe, delete consumer groups and reset their offsets")
         .long_about(
@@ -55,15 +48,7 @@ pub fn command() -> Command {
 }
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let bootstrap = m
-            .get_one::<String>("bootstrap")
-            .cloned()
-            .unwrap_or_default();
-        let mut client = Client::connect(&bootstrap).await?;
+    with_client(m, |mut client| async move {
         match m.subcommand() {
             Some(("list", sub)) => list(&mut client, sub).await,
             Some(("describe", sub)) => {

@@ -10,7 +10,7 @@ use caudal_protocol::kafka_protocol::messages::*;
 use caudal_protocol::kafka_protocol::protocol::StrBytes;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use crate::client::{error_name, print_table, Client};
+use crate::client::{bootstrap_arg, error_name, print_table, with_client, Client};
 
 pub fn command() -> Command {
     Command::new("topic")
@@ -23,14 +23,7 @@ pub fn command() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .arg(
-            Arg::new("bootstrap")
-                .long("bootstrap")
-                .short('b')
-                .value_name("HOST:PORT")
-                .env("CAUDAL_BOOTSTRAP")
-                .default_value("127.0.0.1:9092")
-                .global(true)
-                .help("A broker to ask"),
+            bootstrap_arg(),
         )
         .subcommand(Command::new("list").about("List topics with their partition counts").arg(Arg::new("internal").long("internal").action(ArgAction::SetTrue).help("Include internal topics such as __consumer_offsets")))
         .subcommand(
@@ -46,15 +39,7 @@ pub fn command() -> Command {
 }
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let bootstrap = m
-            .get_one::<String>("bootstrap")
-            .cloned()
-            .unwrap_or_default();
-        let mut client = Client::connect(&bootstrap).await?;
+    with_client(m, |mut client| async move {
         match m.subcommand() {
             Some(("list", sub)) => list(&mut client, sub.get_flag("internal")).await,
             Some(("create", sub)) => create(&mut client, sub).await,
