@@ -42,13 +42,17 @@ impl Partition {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Appends a validated batch; returns where it went and the log start offset after it
+    /// (for the produce response), under one lock.
     pub fn append(
         &self,
         batch: &[u8],
         valid: ValidBatch,
         now_ms: i64,
-    ) -> Result<AppendInfo, AppendError> {
-        self.log().append_validated(batch, valid, now_ms)
+    ) -> Result<(AppendInfo, i64), AppendError> {
+        let mut log = self.log();
+        let info = log.append_validated(batch, valid, now_ms)?;
+        Ok((info, log.log_start_offset()))
     }
 
     /// Waits until every offset below `end_offset` is on disk. Concurrent waiters share fsyncs:

@@ -79,11 +79,36 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Topics by name and by id (Fetch v13+ and Metadata v10+ name topics by id), kept together.
+#[derive(Debug, Default)]
+struct TopicMap {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl TopicMap {
+    fn get(&self, name: &str) -> Option<&Arc<Topic>> {
+        self.by_name.get(name)
+    }
+
+    /// Adds or replaces a topic.
+    fn insert(&mut self, topic: Arc<Topic>) {
+        self.by_id.insert(topic.id, topic.clone());
+        self.by_name.insert(topic.name.clone(), topic);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
+        let topic = self.by_name.remove(name)?;
+        self.by_id.remove(&topic.id);
+        Some(topic)
+    }
+}
+
 #[derive(Debug)]
 pub struct Topics {
     data_dir: PathBuf,
     cluster_id: String,
-    by_name: RwLock<HashMap<String, Arc<Topic>>>,
+    by_name: RwLock<TopicMap>,
     /// Serialises changes so the file always matches the map.
     change: tokio::sync::Mutex<()>,
 }
@@ -111,10 +136,10 @@ impl Topics {
             Err(e) => return Err(e),
         };
         remove_deleted_dirs(&data_dir);
-        let mut by_name = HashMap::new();
+        let mut by_name = TopicMap::default();
         for record in &file.topics {
             let topic = open_topic(config, record, now_ms)?;
-            by_name.insert(record.name.clone(), Arc::new(topic));
+            by_name.insert(Arc::new(topic));
         }
         let topics = Topics {
             data_dir,
@@ -135,7 +160,7 @@ impl Topics {
     }
 
     pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.read().values().find(|t| t.id == id).cloned()
+        self.read().by_id.get(&id).cloned()
     }
 
     pub fn partition(&self, name: &str, index: i32) -> Option<Arc<Partition>> {
@@ -147,16 +172,16 @@ impl Topics {
 
     /// All topics, sorted by name.
     pub fn all(&self) -> Vec<Arc<Topic>> {
-        let mut all: Vec<_> = self.read().values().cloned().collect();
+        let mut all: Vec<_> = self.read().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap> {
         self.by_name.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TopicMap> {
         self.by_name.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -190,7 +215,7 @@ impl Topics {
             configs,
         };
         let topic = Arc::new(open_topic(config, &record, now_ms)?);
-        self.write().insert(name.to_string(), topic.clone());
+        self.write().insert(topic.clone());
         if let Err(e) = self.persist() {
             self.write().remove(name);
             return Err(e.into());
@@ -263,9 +288,9 @@ impl Topics {
             partitions,
             configs: topic.configs.clone(),
         });
-        self.write().insert(name.to_string(), grown);
+        self.write().insert(grown);
         if let Err(e) = self.persist() {
-            self.write().insert(name.to_string(), topic);
+            self.write().insert(topic);
             return Err(e.into());
         }
         tracing::info!(topic = name, partitions = count, "added partitions");
@@ -275,6 +300,7 @@ impl Topics {
     fn persist(&self) -> io::Result<()> {
         let mut topics: Vec<TopicRecord> = self
             .read()
+            .by_name
             .values()
             .map(|t| TopicRecord {
                 name: t.name.clone(),

@@ -94,20 +94,7 @@ impl Index {
         let len = self.kind.entry_len() as usize;
         self.file
             .read_exact_at(&mut buf[..len], n * self.kind.entry_len())?;
-        Ok(match self.kind {
-            IndexKind::Offset => IndexEntry {
-                key: i64::from(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]])),
-                value: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-            },
-            IndexKind::Time => {
-                let mut ts = [0u8; 8];
-                ts.copy_from_slice(&buf[..8]);
-                IndexEntry {
-                    key: i64::from_be_bytes(ts),
-                    value: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                }
-            }
-        })
+        Ok(decode_entry(self.kind, &buf[..len]))
     }
 
     /// Appends an entry; keys must not go backwards (a smaller key is ignored).
@@ -168,9 +155,13 @@ impl Index {
     /// Checks the entries are in increasing key order and, for the offset index, point inside a
     /// log of `log_len` bytes. A failed check means the index must be rebuilt.
     pub fn looks_sane(&self, log_len: u64) -> io::Result<bool> {
+        // One read of the whole file (an index is at most a few MiB), not a read per entry.
+        let len = (self.entries * self.kind.entry_len()) as usize;
+        let mut bytes = vec![0u8; len];
+        self.file.read_exact_at(&mut bytes, 0)?;
         let mut prev: Option<IndexEntry> = None;
-        for n in 0..self.entries {
-            let e = self.entry(n)?;
+        for raw in bytes.chunks_exact(self.kind.entry_len() as usize) {
+            let e = decode_entry(self.kind, raw);
             if prev.is_some_and(|p| e.key <= p.key) {
                 return Ok(false);
             }
@@ -180,6 +171,25 @@ impl Index {
             prev = Some(e);
         }
         Ok(true)
+    }
+}
+
+/// An entry from its bytes (`raw` is exactly one entry long).
+fn decode_entry(kind: IndexKind, raw: &[u8]) -> IndexEntry {
+    let u32_at = |at: usize| u32::from_be_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+    match kind {
+        IndexKind::Offset => IndexEntry {
+            key: i64::from(u32_at(0)),
+            value: u32_at(4),
+        },
+        IndexKind::Time => {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&raw[..8]);
+            IndexEntry {
+                key: i64::from_be_bytes(ts),
+                value: u32_at(8),
+            }
+        }
     }
 }
 

@@ -17,8 +17,10 @@ fn read_all(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
     while let Some(plan) = log.read(offset, 1 << 20, i64::MAX, true).unwrap() {
         let bytes = plan.read().unwrap();
         assert!(!bytes.is_empty(), "a read at {offset} returned nothing");
-        for (_, h) in BatchIter::new(&bytes) {
-            crate::batch::validate_batch(&bytes[..]).ok();
+        for (at, h) in BatchIter::new(&bytes) {
+            let len = h.total_len().unwrap();
+            crate::batch::validate_batch(&bytes[at..at + len])
+                .expect("every batch read back is intact");
             out.push((h.base_offset(), h.last_offset()));
             offset = h.last_offset() + 1;
         }

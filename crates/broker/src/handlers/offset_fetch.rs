@@ -14,8 +14,6 @@ use super::str_bytes;
 use crate::Broker;
 
 const BATCHED_SINCE: i16 = 8;
-/// v2 and later carry a top-level error code.
-const TOP_LEVEL_ERROR_SINCE: i16 = 2;
 /// v5 and later carry the leader epoch.
 const LEADER_EPOCH_SINCE: i16 = 5;
 
@@ -120,6 +118,5 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetFetchRequest, version: i16) -
                 )
         })
         .collect();
-    let _ = TOP_LEVEL_ERROR_SINCE;
     ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_topics(topics))
 }

@@ -74,9 +74,8 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, _version: i16
                 Err(e) => Err(refused(&name, index, e)),
             };
             match result {
-                Ok(info) => {
+                Ok((info, log_start_offset)) => {
                     appended_any |= !info.duplicate;
-                    let log_start_offset = partition.log().log_start_offset();
                     if acks == -1 {
                         durable_waits.push((
                             responses.len(),
