@@ -24,20 +24,21 @@ def caudal_binary():
 
 @pytest.fixture
 def broker_factory(request, tmp_path, caudal_binary):
-    """Returns start(settings=None, port=None) -> running Broker.
+    """Returns start(settings=None, port=None, wait=True, data_dir=None) -> running Broker.
 
-    Each call gets its own data directory and log file; all brokers are
-    stopped at teardown. A broker that died on its own during the test is
+    Each call gets its own data directory (or uses `data_dir`, which must exist) and log file;
+    all brokers are stopped at teardown. A broker that died on its own during the test is
     reported as an error."""
     binary = caudal_binary
     brokers: list[Broker] = []
     request.node._caudal_brokers = brokers
 
     def start(settings: dict[str, object] | None = None, port: int | None = None,
-              wait: bool = True) -> Broker:
+              wait: bool = True, data_dir=None) -> Broker:
         idx = len(brokers)
-        data_dir = tmp_path / f"broker{idx}-data"
-        data_dir.mkdir()
+        if data_dir is None:
+            data_dir = tmp_path / f"broker{idx}-data"
+            data_dir.mkdir()
         attempts = 1 if port is not None else 3
         for attempt in range(attempts):
             b = Broker(binary, data_dir, tmp_path / f"broker{idx}.log",

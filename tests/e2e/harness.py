@@ -123,7 +123,9 @@ class Broker:
                 raise BrokerError(
                     f"broker exited with code {code} before accepting connections on "
                     f"{self.bootstrap}\n--- broker log ---\n{self.log_tail()}")
-            if port_accepts(self.port, timeout=0.2):
+            # The port opens before the logs are recovered; the start-up line says all is done.
+            if (port_accepts(self.port, timeout=0.2)
+                    and self.log_text().count(" listening on ") >= self.starts):
                 return
             time.sleep(0.05)
         self.kill9()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from support import (DeliveryLog, admin, by_partition, consume, create_topic, flush,
+from confluent_kafka import TopicPartition
+
+import wire
+from support import (DeliveryLog, admin, by_partition, consume, consumer, create_topic, flush,
                      produce_and_confirm, producer, topic_partition_counts, unique_topic)
 
 PARTITIONS = 3
@@ -154,3 +157,83 @@ def test_recovery_across_many_segments(broker_factory):
     more = produce_and_confirm(b.bootstrap, topic, [(None, b"tail")])
     assert more.ok[0].offset == n
 
+
+
+def test_kill9_under_idempotent_load_keeps_every_acked_value_once_in_order(broker):
+    """An idempotent producer keeps sending while the broker is killed and restarted: every
+    acknowledged value is stored exactly once, each partition in the order it was sent, and
+    retries of batches the broker had already stored are not stored again."""
+    topic = unique_topic("idem")
+    create_topic(broker.bootstrap, topic, partitions=PARTITIONS)
+    p = producer(broker.bootstrap, **{"enable.idempotence": True, "acks": "all",
+                                      "linger.ms": 2, "message.timeout.ms": 90000,
+                                      "reconnect.backoff.max.ms": 500})
+    log = DeliveryLog()
+    sent = 0
+
+    def send(count):
+        nonlocal sent
+        for _ in range(count):
+            while True:
+                try:
+                    p.produce(topic, value=f"{sent:07d}".encode(), partition=sent % PARTITIONS,
+                              on_delivery=log)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            sent += 1
+            p.poll(0)
+
+    while len(log.ok) < 5000:
+        send(100)
+        assert sent < 200_000, "deliveries are not being confirmed"
+    broker.kill9()
+    send(3000)  # queued and retried while the broker is down
+    broker.start()
+    send(2000)
+    flush(p, timeout=120)
+    assert not log.failed, f"deliveries failed: {log.failed[:3]}"
+    assert len(log.ok) == sent
+
+    stored = consume(broker.bootstrap, topic, range(PARTITIONS), timeout=60)
+    assert_acked_present(log.ok, stored)
+    for part, recs in by_partition(stored).items():
+        values = [int(r.value) for r in recs]
+        assert len(values) == len(set(values)), f"partition {part}: a value stored twice"
+        assert values == sorted(values), f"partition {part}: values out of order"
+        assert values == list(range(part, sent, PARTITIONS)), \
+            f"partition {part}: not every value sent was stored once"
+
+
+def test_an_index_pointing_between_batches_is_rebuilt_and_reads_stay_right(broker_factory):
+    b = broker_factory({"log.segment.bytes": 8192, "log.index.interval.bytes": 256})
+    topic = unique_topic("index")
+    create_topic(b.bootstrap, topic)
+    base = 1_700_000_000_000
+    with wire.Connection(b.host, b.port) as conn:
+        for i in range(300):
+            batch = wire.build_batch([f"record {i:04d}".encode() * 4], base_timestamp=base + i)
+            assert wire.produce(conn, topic, 0, batch, version=8).error_code == wire.NONE
+    b.stop()
+    # Shift the inner entries of the first (sealed) segment's offset index: still sorted and
+    # inside the file, but pointing into the middle of batches.
+    index = b.data_dir / f"{topic}-0" / "00000000000000000000.index"
+    raw = bytearray(index.read_bytes())
+    entries = len(raw) // 8
+    assert entries >= 4, f"{entries} index entries"
+    for e in range(1, entries - 1):
+        at = e * 8 + 4
+        raw[at:at + 4] = (int.from_bytes(raw[at:at + 4], "big") + 5).to_bytes(4, "big")
+    index.write_bytes(bytes(raw))
+    b.start()
+    for start in (3, 17, 30, 41):
+        recs = consume(b.bootstrap, topic, [0], start=start, count=1, timeout=20)
+        assert recs[0].offset == start and recs[0].value == f"record {start:04d}".encode() * 4
+    c = consumer(b.bootstrap)
+    try:
+        found = c.offsets_for_times([TopicPartition(topic, 0, base + 25)], timeout=10)
+        assert found[0].offset == 25, found
+    finally:
+        c.close()
+    assert "offset index is wrong" in b.log_text()
+    assert len(consume(b.bootstrap, topic, [0], timeout=30)) == 300

@@ -21,6 +21,8 @@ MESSAGE_TOO_LARGE = 10
 INVALID_TOPIC_EXCEPTION = 17
 UNSUPPORTED_VERSION = 35
 TOPIC_ALREADY_EXISTS = 36
+KAFKA_STORAGE_ERROR = 56
+UNSUPPORTED_COMPRESSION_TYPE = 76
 INVALID_RECORD = 87
 
 # API keys.
@@ -173,6 +175,51 @@ def build_record_batch(spec: BatchSpec) -> bytes:
     # batchLength counts from partitionLeaderEpoch to the end.
     after_length = i32(spec.partition_leader_epoch) + i8(2) + struct.pack(">I", crc) + after_crc
     return i64(spec.base_offset) + i32(len(after_length)) + after_length
+
+
+# Compression codec ids of the batch attributes.
+CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def compress(codec: str, data: bytes) -> bytes:
+    """`data` compressed as Kafka clients do: gzip, raw snappy, lz4 frames, zstd frames."""
+    if codec == "gzip":
+        import gzip
+        return gzip.compress(data)
+    if codec == "snappy":
+        import snappy
+        return snappy.compress(data)
+    if codec == "lz4":
+        import lz4.frame
+        return lz4.frame.compress(data)
+    if codec == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor().compress(data)
+    raise ValueError(codec)
+
+
+def build_batch(values: list[bytes], codec: str | None = None, *, body: bytes | None = None,
+                count: int | None = None, base_timestamp: int | None = None,
+                max_timestamp: int | None = None) -> bytes:
+    """A magic-2 RecordBatch of `values`, compressed with `codec` if given, with a correct
+    CRC whatever the overrides: `body` replaces the (compressed) records, `count` the record
+    count (and the last offset delta with it), `max_timestamp` the header's max timestamp."""
+    ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
+    records = b"".join(encode_record(i, i, None, v) for i, v in enumerate(values))
+    if body is None:
+        body = compress(codec, records) if codec else records
+    n = len(values) if count is None else count
+    after_crc = (
+        i16(CODECS[codec] if codec else 0)
+        + i32(n - 1)
+        + i64(ts)
+        + i64(ts + len(values) - 1 if max_timestamp is None else max_timestamp)
+        + i64(-1) + i16(-1) + i32(-1)
+        + i32(n)
+        + body
+    )
+    after_length = i32(-1) + i8(2) + struct.pack(">I", crc32c(after_crc)) + after_crc
+    return i64(0) + i32(len(after_length)) + after_length
 
 
 # Byte offsets inside a serialized batch.
@@ -376,6 +423,29 @@ class ProducePartitionResult:
     error_code: int
     base_offset: int
     log_append_time: int
+    error_message: str | None = None
+
+
+def produce(conn: Connection, topic: str, partition: int, records: bytes, version: int = 3,
+            correlation_id: int = 13) -> ProducePartitionResult:
+    """Produce v3 to v8 (one request layout; the responses grow) of one batch."""
+    assert 3 <= version <= 8, version
+    r = conn.request(PRODUCE, version, produce_v3_body(topic, partition, records), correlation_id)
+    results = []
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            result = ProducePartitionResult(name, r.i32(), r.i16(), r.i64(), r.i64())
+            if version >= 5:
+                r.i64()  # log_start_offset
+            if version >= 8:
+                for _ in range(r.i32()):
+                    r.i32()
+                    r.string()
+                result.error_message = r.string()
+            results.append(result)
+    assert len(results) == 1, f"expected one partition result, got {results}"
+    return results[0]
 
 
 def produce_v3(conn: Connection, topic: str, partition: int, records: bytes,

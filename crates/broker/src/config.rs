@@ -66,6 +66,7 @@ pub const SETTINGS: &[Setting] = &[
     s("default.replication.factor", None, Int, "1", 1, "Replication factor of topics created without one."),
     s("auto.create.topics.enable", None, Boolean, "true", 0, "Create a topic when a client asks for its metadata or produces to it."),
     s("message.max.bytes", Some("max.message.bytes"), Int, "1048588", 0, "Largest record batch accepted, in bytes (after compression)."),
+    s("message.max.decompression.factor", None, Int, "32", 1, "Caudal: a compressed batch is decompressed and its records checked before it is stored; one that inflates past message.max.bytes times this factor is refused with CORRUPT_MESSAGE, so a small zip bomb cannot take the broker's memory."),
     s("socket.request.max.bytes", None, Int, "104857600", 8, "Largest request frame accepted; a larger one closes the connection."),
     s("queued.max.requests", None, Int, "500", 1, "Requests a connection may have in flight before the broker stops reading from it."),
     s("log.segment.bytes", Some("segment.bytes"), Int, "1073741824", 1024, "Size at which a partition's active segment is rolled."),
@@ -351,6 +352,8 @@ impl BrokerConfig {
                 .topic_value(overrides, "cleanup.policy")
                 .is_some_and(|(v, _)| v.split(',').any(|p| p.trim() == "compact")),
             delete_retention_ms: n("delete.retention.ms"),
+            max_decompressed_bytes: (n("max.message.bytes").max(0) as usize)
+                .saturating_mul(self.number("message.max.decompression.factor").max(1) as usize),
         }
     }
 }

@@ -102,8 +102,13 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
                     tokio::task::spawn_blocking(move || job.run().map(|_| job.up_to)).await;
                 match result {
                     Ok(Ok(up_to)) => {
-                        if let Err(e) = p.log().flush_done(up_to) {
+                        let done = p.log().flush_done(up_to);
+                        if let Err(e) = done {
                             tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "writing the recovery checkpoint failed");
+                            if p.log().offline_reason().is_some() {
+                                p.durable.send_replace(-1);
+                                return;
+                            }
                         }
                         p.durable.send_if_modified(|d| {
                             let moved = up_to > *d;
@@ -113,6 +118,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
                     }
                     Ok(Err(e)) => {
                         tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fsync failed; acks=all producers get an error");
+                        p.log().flush_failed(&e);
                         p.durable.send_replace(-1);
                         return;
                     }

@@ -213,9 +213,13 @@ async fn describe(client: &mut Client, topic: &str) -> anyhow::Result<()> {
             };
             vec![
                 p.partition_index.to_string(),
-                p.leader_id.0.to_string(),
+                match p.leader_id.0 {
+                    -1 => "none".to_string(),
+                    id => id.to_string(),
+                },
                 ids(&p.replica_nodes),
                 ids(&p.isr_nodes),
+                ids(&p.offline_replicas),
                 ends[0]
                     .get(&p.partition_index)
                     .map(|o| o.to_string())
@@ -233,6 +237,7 @@ async fn describe(client: &mut Client, topic: &str) -> anyhow::Result<()> {
             "LEADER",
             "REPLICAS",
             "ISR",
+            "OFFLINE",
             "START-OFFSET",
             "END-OFFSET",
         ],

@@ -41,6 +41,14 @@ pub enum BatchError {
     BadCount { count: i32, last_offset_delta: i32 },
     #[error("records do not parse: {0}")]
     BadRecords(&'static str),
+    #[error("record {index} has offset delta {offset_delta}; a produced batch numbers its records from 0")]
+    BadOffsetDelta { index: i32, offset_delta: i32 },
+    #[error("unknown compression codec {0}")]
+    UnknownCodec(i16),
+    #[error("compressed records do not decompress: {0}")]
+    BadCompression(String),
+    #[error("compressed records inflate past {limit} bytes (message.max.bytes times message.max.decompression.factor)")]
+    InflatesTooMuch { limit: usize },
 }
 
 /// A read-only view of a batch header. Constructed only over at least [`BATCH_HEADER_LEN`] bytes.
@@ -139,8 +147,12 @@ impl<'a> BatchHeader<'a> {
 pub struct ValidBatch {
     pub total_len: usize,
     pub last_offset_delta: i32,
+    /// The largest record timestamp (for a produced batch, computed from its records).
     pub max_timestamp: i64,
     pub records_count: i32,
+    /// The header's max timestamp (or timestamp type) disagrees with the records: the stored
+    /// header must carry `max_timestamp`, as CreateTime, with its CRC recomputed.
+    pub rewrite_max_timestamp: bool,
 }
 
 /// Checks the first batch in `bytes` as stored: header lengths, magic, CRC-32C, and that the
@@ -148,6 +160,18 @@ pub struct ValidBatch {
 /// For uncompressed batches the records' own length prefixes are walked too (no allocation, no
 /// copy); compressed records are left compressed.
 pub fn validate_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
+    let valid = check_header(bytes)?;
+    if BatchHeader::parse(bytes)?.compression() == 0 {
+        check_record_framing(
+            &bytes[BATCH_HEADER_LEN..valid.total_len],
+            valid.records_count,
+        )?;
+    }
+    Ok(valid)
+}
+
+/// The header checks of [`validate_batch`]: lengths, magic, CRC-32C, count against offsets.
+fn check_header(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let total_len = header.total_len()?;
     if total_len > bytes.len() {
@@ -174,28 +198,147 @@ pub fn validate_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
             last_offset_delta,
         });
     }
-    if header.compression() == 0 {
-        check_record_framing(&bytes[BATCH_HEADER_LEN..total_len], count)?;
-    }
     Ok(ValidBatch {
         total_len,
         last_offset_delta,
         max_timestamp: header.max_timestamp(),
         records_count: count,
+        rewrite_max_timestamp: false,
     })
 }
 
-/// Checks a batch as a producer sent it: [`validate_batch`], plus at least one record and one
-/// offset per record with no gaps, as only compaction may leave gaps.
-pub fn validate_produced_batch(bytes: &[u8]) -> Result<ValidBatch, BatchError> {
-    let valid = validate_batch(bytes)?;
+/// A decompressed batch larger than this is not kept for the next one.
+const SCRATCH_KEPT_BYTES: usize = 8 << 20;
+
+thread_local! {
+    /// Where a produced batch's records are decompressed to be checked, reused batch after batch.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks a batch as a producer sent it, as Kafka's log validator does before it stores one:
+/// [`validate_batch`]'s header checks; at least one record and one offset per record with no
+/// gaps (only compaction may leave gaps); then every record walked, decompressing it first if
+/// compressed (into at most `max_decompressed_bytes`): its framing, that offset deltas count
+/// from 0, and the largest timestamp, which the header must carry.
+pub fn validate_produced_batch(
+    bytes: &[u8],
+    max_decompressed_bytes: usize,
+) -> Result<ValidBatch, BatchError> {
+    let mut valid = check_header(bytes)?;
     if valid.records_count < 1 || valid.last_offset_delta != valid.records_count - 1 {
         return Err(BatchError::BadCount {
             count: valid.records_count,
             last_offset_delta: valid.last_offset_delta,
         });
     }
+    let header = BatchHeader::parse(bytes)?;
+    let body = &bytes[BATCH_HEADER_LEN..valid.total_len];
+    let base_timestamp = header.base_timestamp();
+    let max_timestamp = match header.compression() {
+        0 => walk_records(body, valid.records_count, base_timestamp)?,
+        codec => SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            scratch.clear();
+            let walked =
+                crate::compression::decompress(codec, body, max_decompressed_bytes, &mut scratch)
+                    .and_then(|()| walk_records(&scratch, valid.records_count, base_timestamp));
+            if scratch.capacity() > SCRATCH_KEPT_BYTES {
+                *scratch = Vec::new();
+            }
+            walked
+        })?,
+    };
+    valid.rewrite_max_timestamp =
+        header.max_timestamp() != max_timestamp || header.is_log_append_time();
+    valid.max_timestamp = max_timestamp;
     Ok(valid)
+}
+
+/// Walks `count` records that must fill `records` exactly, checking each one's fields as
+/// Kafka's `DefaultRecord` reads them; returns the largest timestamp (-1 if none has one).
+fn walk_records(mut records: &[u8], count: i32, base_timestamp: i64) -> Result<i64, BatchError> {
+    let bad = BatchError::BadRecords;
+    let mut max_timestamp = -1i64;
+    for index in 0..count {
+        let (len, used) = read_varint(records).ok_or(bad("bad length varint"))?;
+        let len = usize::try_from(len).map_err(|_| bad("negative record length"))?;
+        let end = used
+            .checked_add(len)
+            .filter(|&end| end <= records.len())
+            .ok_or(bad("record runs past the batch"))?;
+        let mut r = Fields(&records[used..end]);
+        r.take(1).ok_or(bad("record without attributes"))?;
+        let timestamp_delta = r.varlong().ok_or(bad("bad timestamp delta"))?;
+        let offset_delta = r.varint().ok_or(bad("bad offset delta"))?;
+        if offset_delta != index {
+            return Err(BatchError::BadOffsetDelta {
+                index,
+                offset_delta,
+            });
+        }
+        r.bytes(true).ok_or(bad("bad key"))?;
+        r.bytes(true).ok_or(bad("bad value"))?;
+        let headers = r.varint().ok_or(bad("bad header count"))?;
+        if headers < 0 {
+            return Err(bad("negative header count"));
+        }
+        for _ in 0..headers {
+            r.bytes(false).ok_or(bad("bad header key"))?;
+            r.bytes(true).ok_or(bad("bad header value"))?;
+        }
+        if !r.0.is_empty() {
+            return Err(bad("bytes left inside a record"));
+        }
+        let timestamp = base_timestamp
+            .checked_add(timestamp_delta)
+            .ok_or(bad("timestamp overflows"))?;
+        max_timestamp = max_timestamp.max(timestamp);
+        records = &records[end..];
+    }
+    if records.is_empty() {
+        Ok(max_timestamp)
+    } else {
+        Err(bad("bytes left after the last record"))
+    }
+}
+
+/// The fields of one record, read front to back.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn varint(&mut self) -> Option<i32> {
+        let (v, used) = read_varint(self.0)?;
+        self.0 = &self.0[used..];
+        Some(v)
+    }
+    fn varlong(&mut self) -> Option<i64> {
+        let (v, used) = read_varlong(self.0)?;
+        self.0 = &self.0[used..];
+        Some(v)
+    }
+    /// A varint length and that many bytes; -1 (null) only if `nullable`.
+    fn bytes(&mut self, nullable: bool) -> Option<()> {
+        match self.varint()? {
+            -1 if nullable => Some(()),
+            n => self.take(usize::try_from(n).ok()?).map(|_| ()),
+        }
+    }
+}
+
+/// Writes `max_timestamp` into a batch header as a CreateTime max timestamp and recomputes the
+/// CRC over the new header and `body` (the rest of the batch), as Kafka's validator does for a
+/// batch whose header disagrees with its records.
+pub fn rewrite_max_timestamp(header: &mut [u8; BATCH_HEADER_LEN], body: &[u8], max_timestamp: i64) {
+    let attributes = i16_at(header, 21) & !ATTR_TIMESTAMP_TYPE;
+    header[21..23].copy_from_slice(&attributes.to_be_bytes());
+    header[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[CRC_START..]), body);
+    header[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Walks uncompressed records by their varint length prefixes: exactly `count` of them must fill
@@ -355,6 +498,133 @@ pub(crate) mod tests {
         b
     }
 
+    /// Re-encodes an uncompressed test batch with its records compressed by `codec`.
+    pub(crate) fn compressed(plain: &[u8], codec: i16) -> Vec<u8> {
+        let mut b = plain[..BATCH_HEADER_LEN].to_vec();
+        b.extend_from_slice(&crate::compression::tests::compress(
+            codec,
+            &plain[BATCH_HEADER_LEN..],
+        ));
+        b[21..23].copy_from_slice(&codec.to_be_bytes());
+        reseal(&mut b);
+        b
+    }
+
+    /// Fixes a test batch's length and CRC after its bytes were changed.
+    pub(crate) fn reseal(b: &mut [u8]) {
+        let batch_length = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    const LIMIT: usize = 1 << 20;
+
+    #[test]
+    fn produced_batches_of_every_codec_are_walked_record_by_record() {
+        let values: Vec<Vec<u8>> = (0..200)
+            .map(|i| format!("value {i}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let plain = batch(&refs, 1000);
+        for codec in [0, 1, 2, 3, 4] {
+            let b = if codec == 0 {
+                plain.clone()
+            } else {
+                compressed(&plain, codec)
+            };
+            let v = validate_produced_batch(&b, LIMIT).unwrap();
+            assert_eq!(
+                (v.records_count, v.max_timestamp),
+                (200, 1199),
+                "codec {codec}"
+            );
+            assert!(!v.rewrite_max_timestamp, "codec {codec}");
+            // A body that is not what the codec says, under a correct CRC.
+            let mut garbage = b.clone();
+            for byte in &mut garbage[BATCH_HEADER_LEN + 4..] {
+                *byte = byte.wrapping_mul(31).wrapping_add(7);
+            }
+            reseal(&mut garbage);
+            assert!(
+                validate_produced_batch(&garbage, LIMIT).is_err(),
+                "codec {codec}: a garbage body was accepted"
+            );
+            // A record count that lies (and a last offset delta that agrees with the lie).
+            let mut lying = b.clone();
+            lying[23..27].copy_from_slice(&200i32.to_be_bytes());
+            lying[57..61].copy_from_slice(&201i32.to_be_bytes());
+            reseal(&mut lying);
+            assert!(
+                matches!(
+                    validate_produced_batch(&lying, LIMIT),
+                    Err(BatchError::BadRecords(_))
+                ),
+                "codec {codec}: a lying count was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_that_inflates_past_the_limit_is_refused() {
+        let zeros = vec![0u8; 4 << 20];
+        let plain = batch(&[&zeros], 0);
+        for codec in [1, 3, 4] {
+            let bomb = compressed(&plain, codec);
+            assert!(bomb.len() < 64 << 10, "codec {codec}: {} bytes", bomb.len());
+            assert!(
+                matches!(
+                    validate_produced_batch(&bomb, LIMIT),
+                    Err(BatchError::InflatesTooMuch { .. })
+                ),
+                "codec {codec}"
+            );
+            assert!(
+                validate_produced_batch(&bomb, 8 << 20).is_ok(),
+                "codec {codec}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_numbered_other_than_from_zero_are_refused() {
+        let mut b = batch(&[b"a", b"b"], 0);
+        // The second record's offset delta is its third byte (length, attributes, ts delta).
+        let second = BATCH_HEADER_LEN + 1 + usize::from(b[BATCH_HEADER_LEN]) / 2;
+        assert_eq!(b[second + 3], 2, "zigzag 1");
+        b[second + 3] = 4;
+        reseal(&mut b);
+        assert!(matches!(
+            validate_produced_batch(&b, LIMIT),
+            Err(BatchError::BadOffsetDelta {
+                index: 1,
+                offset_delta: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn a_wrong_max_timestamp_is_rewritten_with_a_new_crc() {
+        let mut b = batch(&[b"x", b"y", b"z"], 5000);
+        // What sarama 1.22 writes: no max timestamp.
+        b[35..43].copy_from_slice(&(-1i64).to_be_bytes());
+        reseal(&mut b);
+        let v = validate_produced_batch(&b, LIMIT).unwrap();
+        assert!(v.rewrite_max_timestamp);
+        assert_eq!(v.max_timestamp, 5002);
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        header.copy_from_slice(&b[..BATCH_HEADER_LEN]);
+        rewrite_max_timestamp(&mut header, &b[BATCH_HEADER_LEN..], v.max_timestamp);
+        let mut fixed = header.to_vec();
+        fixed.extend_from_slice(&b[BATCH_HEADER_LEN..]);
+        let again = validate_produced_batch(&fixed, LIMIT).unwrap();
+        assert!(
+            !again.rewrite_max_timestamp,
+            "the rewritten header is right"
+        );
+        assert_eq!(BatchHeader::parse(&fixed).unwrap().max_timestamp(), 5002);
+    }
+
     #[test]
     fn a_well_formed_batch_validates() {
         let b = batch(&[b"a", b"bc", b"def"], 1000);
@@ -399,7 +669,7 @@ pub(crate) mod tests {
         );
         assert!(
             matches!(
-                validate_produced_batch(&gap),
+                validate_produced_batch(&gap, 1 << 20),
                 Err(BatchError::BadCount { .. })
             ),
             "a produced one may not"

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::batch::{read_varint, read_varlong, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};

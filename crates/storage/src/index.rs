@@ -3,10 +3,11 @@
 //! Entries are appended in increasing key order and looked up by binary search with positioned
 //! reads, so an index costs no memory however large the log grows.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::disk::{Disk, LogFile};
 
 /// Which index: sets the entry size and how the key is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,20 +39,16 @@ pub struct IndexEntry {
 pub struct Index {
     kind: IndexKind,
     path: PathBuf,
-    file: File,
+    file: Arc<dyn LogFile>,
     entries: u64,
     last: Option<IndexEntry>,
 }
 
 impl Index {
     /// Opens (or creates) the index at `path`, dropping any partial entry at its end.
-    pub fn open(path: &Path, kind: IndexKind) -> io::Result<Index> {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)?;
-        let len = file.metadata()?.len();
+    pub fn open(disk: &dyn Disk, path: &Path, kind: IndexKind) -> io::Result<Index> {
+        let file = disk.open(path, true)?;
+        let len = file.size()?;
         let whole = len - len % kind.entry_len();
         if whole != len {
             file.set_len(whole)?;
@@ -73,7 +70,7 @@ impl Index {
         &self.path
     }
 
-    pub fn file(&self) -> &File {
+    pub fn file(&self) -> &Arc<dyn LogFile> {
         &self.file
     }
 
@@ -118,7 +115,7 @@ impl Index {
                 12
             }
         };
-        self.file.write_all(&buf[..len])?;
+        self.file.append(&[&buf[..len]])?;
         self.entries += 1;
         self.last = Some(IndexEntry { key, value });
         Ok(())
@@ -146,9 +143,18 @@ impl Index {
 
     /// Empties the index (before a rebuild).
     pub fn clear(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
-        self.entries = 0;
-        self.last = None;
+        self.truncate_to(0)
+    }
+
+    /// Keeps the first `entries` entries: puts the index back after a failed append.
+    pub fn truncate_to(&mut self, entries: u64) -> io::Result<()> {
+        let entries = entries.min(self.entries);
+        self.file.set_len(entries * self.kind.entry_len())?;
+        self.entries = entries;
+        self.last = match entries {
+            0 => None,
+            n => Some(self.entry(n - 1)?),
+        };
         Ok(())
     }
 
@@ -196,11 +202,12 @@ fn decode_entry(kind: IndexKind, raw: &[u8]) -> IndexEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::OsDisk;
 
     #[test]
     fn floor_finds_the_last_entry_at_or_below() {
         let dir = tempfile::tempdir().unwrap();
-        let mut idx = Index::open(&dir.path().join("0.index"), IndexKind::Offset).unwrap();
+        let mut idx = Index::open(&OsDisk, &dir.path().join("0.index"), IndexKind::Offset).unwrap();
         for i in 0..100 {
             idx.append(i * 10, (i * 1000) as u32).unwrap();
         }
@@ -210,7 +217,7 @@ mod tests {
         assert_eq!(idx.floor(990).unwrap().unwrap().value, 99_000);
         assert_eq!(idx.floor(5000).unwrap().unwrap().key, 990);
         drop(idx);
-        let idx = Index::open(&dir.path().join("0.index"), IndexKind::Offset).unwrap();
+        let idx = Index::open(&OsDisk, &dir.path().join("0.index"), IndexKind::Offset).unwrap();
         assert_eq!(idx.len(), 100);
         assert_eq!(idx.floor(555).unwrap().unwrap().key, 550);
     }
@@ -219,13 +226,16 @@ mod tests {
     fn a_torn_entry_is_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.timeindex");
-        let mut idx = Index::open(&path, IndexKind::Time).unwrap();
+        let mut idx = Index::open(&OsDisk, &path, IndexKind::Time).unwrap();
         idx.append(100, 1).unwrap();
         idx.append(200, 2).unwrap();
         drop(idx);
-        let f = OpenOptions::new().append(true).open(&path).unwrap();
-        (&f).write_all(&[1, 2, 3]).unwrap();
-        let idx = Index::open(&path, IndexKind::Time).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut &f, &[1, 2, 3]).unwrap();
+        let idx = Index::open(&OsDisk, &path, IndexKind::Time).unwrap();
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.last(), Some(IndexEntry { key: 200, value: 2 }));
     }

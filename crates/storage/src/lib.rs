@@ -6,14 +6,17 @@
 
 pub mod batch;
 pub mod compact;
+pub mod compression;
+pub mod disk;
 pub mod index;
 pub mod log;
 pub mod producers;
 pub mod segment;
 
-pub use batch::{validate_batch, BatchError, BatchHeader, ValidBatch};
+pub use batch::{validate_batch, validate_produced_batch, BatchError, BatchHeader, ValidBatch};
+pub use disk::{Disk, LogFile, OsDisk};
 pub use log::{
-    validate_for_append, AppendError, AppendInfo, FlushJob, LogConfig, PartitionLog, ReadError,
-    ReadPlan, RecoveryReport,
+    validate_for_append, AppendError, AppendInfo, AppendLimits, FlushJob, LogConfig, PartitionLog,
+    ReadError, ReadPlan, RecoveryReport,
 };
 pub use producers::SequenceError;

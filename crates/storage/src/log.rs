@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{assign_offset, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN};
+use crate::disk::{Disk, LogFile, OsDisk};
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
-use crate::segment::{Segment, SegmentRecovery};
+use crate::segment::{LookupError, Segment, SegmentRecovery};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 
@@ -34,6 +34,9 @@ pub struct LogConfig {
     pub compact: bool,
     /// `delete.retention.ms`: how long tombstones survive compaction.
     pub delete_retention_ms: i64,
+    /// The most bytes a produced batch's records may inflate to when decompressed to be checked
+    /// (`max.message.bytes` times `message.max.decompression.factor`).
+    pub max_decompressed_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -47,6 +50,7 @@ impl Default for LogConfig {
             retention_bytes: -1,
             compact: false,
             delete_retention_ms: 24 * 60 * 60 * 1000,
+            max_decompressed_bytes: 32 * 1_048_588,
         }
     }
 }
@@ -61,6 +65,8 @@ pub enum AppendError {
     Sequence(#[from] SequenceError),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("the partition is offline until a restart recovers it: {0}")]
+    Offline(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,16 @@ pub enum ReadError {
     },
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("the partition is offline until a restart recovers it: {0}")]
+    Offline(String),
+}
+
+/// The limits a produced batch is checked against, copied out of the log so the check can run
+/// without its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendLimits {
+    pub max_message_bytes: usize,
+    pub max_decompressed_bytes: usize,
 }
 
 /// What `open` found and did, for the log line.
@@ -97,7 +113,7 @@ pub struct AppendInfo {
 /// A planned read of stored bytes, taken under the partition's lock and carried out without it.
 #[derive(Debug)]
 pub struct ReadPlan {
-    file: Arc<File>,
+    file: Arc<dyn LogFile>,
     position: u64,
     available: u64,
     max_bytes: usize,
@@ -144,7 +160,7 @@ impl ReadPlan {
 /// Files to fsync so that every offset below `up_to` is durable; run it without the lock.
 #[derive(Debug)]
 pub struct FlushJob {
-    files: Vec<Arc<File>>,
+    files: Vec<Arc<dyn LogFile>>,
     pub up_to: i64,
 }
 
@@ -160,7 +176,12 @@ impl FlushJob {
 #[derive(Debug)]
 pub struct PartitionLog {
     dir: PathBuf,
+    disk: Arc<dyn Disk>,
     config: LogConfig,
+    /// Why the log stopped taking writes and serving reads, once a failure left its files in a
+    /// state it cannot vouch for (a failed repair, a failed fsync). Only a restart, which
+    /// recovers the log from its files, brings it back.
+    offline: Option<String>,
     segments: BTreeMap<i64, Segment>,
     log_start_offset: i64,
     flushed_offset: i64,
@@ -175,6 +196,16 @@ impl PartitionLog {
     /// Opens the log in `dir` (creating it if needed), recovering what was written after the
     /// last checkpoint.
     pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> io::Result<(PartitionLog, RecoveryReport)> {
+        Self::open_on(Arc::new(OsDisk), dir, config, now_ms)
+    }
+
+    /// [`open`](Self::open), with the log's files on `disk`.
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
         dir: &Path,
         config: LogConfig,
         now_ms: i64,
@@ -203,7 +234,7 @@ impl PartitionLog {
         for (i, &base) in bases.iter().enumerate() {
             let segment = if i < first_scanned {
                 let (seg, rebuilt) =
-                    Segment::open_trusted(dir, base, config.index_interval_bytes, now_ms)?;
+                    Segment::open_trusted(&*disk, dir, base, config.index_interval_bytes, now_ms)?;
                 if rebuilt {
                     report.rebuilt_indexes += 1;
                     report
@@ -212,7 +243,8 @@ impl PartitionLog {
                 }
                 seg
             } else {
-                let mut seg = Segment::create(dir, base, config.index_interval_bytes, now_ms)?;
+                let mut seg =
+                    Segment::create(&*disk, dir, base, config.index_interval_bytes, now_ms)?;
                 let SegmentRecovery {
                     truncated_bytes,
                     reason,
@@ -235,8 +267,13 @@ impl PartitionLog {
                 // Corruption inside a segment that others follow: as Kafka does, the log ends
                 // at the corruption and the later segments go.
                 for &later in &bases[i + 1..] {
-                    let (seg, _) =
-                        Segment::open_trusted(dir, later, config.index_interval_bytes, now_ms)?;
+                    let (seg, _) = Segment::open_trusted(
+                        &*disk,
+                        dir,
+                        later,
+                        config.index_interval_bytes,
+                        now_ms,
+                    )?;
                     report
                         .reasons
                         .push(format!("segment {later}: after a corrupt segment, removed"));
@@ -275,13 +312,15 @@ impl PartitionLog {
         if segments.is_empty() {
             segments.insert(
                 0,
-                Segment::create(dir, 0, config.index_interval_bytes, now_ms)?,
+                Segment::create(&*disk, dir, 0, config.index_interval_bytes, now_ms)?,
             );
         }
         report.segments = segments.len();
         let log_start_offset = segments.keys().next().copied().unwrap_or(0);
         let mut log = PartitionLog {
             dir: dir.to_path_buf(),
+            disk,
+            offline: None,
             config,
             segments,
             log_start_offset,
@@ -310,6 +349,36 @@ impl PartitionLog {
     }
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
+    }
+    /// What a produced batch is checked against before it is appended.
+    pub fn append_limits(&self) -> AppendLimits {
+        AppendLimits {
+            max_message_bytes: self.config.max_message_bytes,
+            max_decompressed_bytes: self.config.max_decompressed_bytes,
+        }
+    }
+    /// Why the log is offline, if it is.
+    pub fn offline_reason(&self) -> Option<&str> {
+        self.offline.as_deref()
+    }
+    /// Takes the log offline: no more appends, reads or checkpoints until a restart. The first
+    /// reason is kept.
+    pub fn mark_offline(&mut self, reason: String) {
+        if self.offline.is_none() {
+            tracing::error!(dir = %self.dir.display(), %reason, "partition offline until a restart recovers it");
+            self.offline = Some(reason);
+        }
+    }
+    /// Stops the log quietly for good (its topic is being deleted, or was never created): no
+    /// more appends, reads, flushes or checkpoints.
+    pub fn retire(&mut self, reason: &str) {
+        self.offline.get_or_insert_with(|| reason.to_string());
+    }
+    fn check_online(&self) -> Result<(), String> {
+        match &self.offline {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
     }
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
@@ -346,7 +415,7 @@ impl PartitionLog {
     /// Validates one batch as a producer sent it, without touching the log. The CPU-heavy part
     /// of an append (the CRC pass); call it before taking the partition's lock.
     pub fn validate(&self, batch: &[u8]) -> Result<ValidBatch, AppendError> {
-        validate_for_append(batch, self.config.max_message_bytes)
+        validate_for_append(batch, self.append_limits())
     }
 
     /// Appends a batch validated by [`validate`](Self::validate), assigning its offsets.
@@ -356,6 +425,7 @@ impl PartitionLog {
         valid: ValidBatch,
         now_ms: i64,
     ) -> Result<AppendInfo, AppendError> {
+        self.check_online().map_err(AppendError::Offline)?;
         let len = valid.total_len as u64;
         let producer_header = crate::batch::BatchHeader::parse(batch)?;
         if let SequenceCheck::Duplicate {
@@ -382,12 +452,22 @@ impl PartitionLog {
         let mut header = [0u8; BATCH_HEADER_LEN];
         header.copy_from_slice(&batch[..BATCH_HEADER_LEN]);
         assign_offset(&mut header, base_offset, 0);
-        self.active_mut().append(
-            &header,
-            &batch[BATCH_HEADER_LEN..valid.total_len],
-            valid.last_offset_delta,
-            valid.max_timestamp,
-        )?;
+        let body = &batch[BATCH_HEADER_LEN..valid.total_len];
+        if valid.rewrite_max_timestamp {
+            crate::batch::rewrite_max_timestamp(&mut header, body, valid.max_timestamp);
+        }
+        let appended =
+            self.active_mut()
+                .append(&header, body, valid.last_offset_delta, valid.max_timestamp);
+        if let Err(failure) = appended {
+            if let Some(repair) = failure.repair_error {
+                self.mark_offline(format!(
+                    "an append failed ({}) and putting the segment back to its last whole batch failed too ({repair})",
+                    failure.error
+                ));
+            }
+            return Err(AppendError::Io(failure.error));
+        }
         self.producers.record(&producer_header, base_offset, now_ms);
         Ok(AppendInfo {
             base_offset,
@@ -423,20 +503,40 @@ impl PartitionLog {
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
         let base = self.log_end_offset();
         self.active_mut().seal()?;
-        let segment = Segment::create(&self.dir, base, self.config.index_interval_bytes, now_ms)?;
+        let segment = match Segment::create(
+            &*self.disk,
+            &self.dir,
+            base,
+            self.config.index_interval_bytes,
+            now_ms,
+        ) {
+            Ok(segment) => segment,
+            Err(e) => {
+                // Leave nothing half-made behind: the old segment stays active.
+                remove_segment_files(&self.dir, base);
+                return Err(e);
+            }
+        };
         self.segments.insert(base, segment);
-        sync_dir(&self.dir)
+        if let Err(e) = sync_dir(&self.dir) {
+            self.mark_offline(format!(
+                "fsync of the directory after a segment roll failed: {e}"
+            ));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Plans a read from `offset`: whole batches, up to `max_bytes` (or the first batch whatever
     /// its size if `min_one_batch`), none at or past `max_offset` (the high watermark).
     pub fn read(
-        &self,
+        &mut self,
         offset: i64,
         max_bytes: usize,
         max_offset: i64,
         min_one_batch: bool,
     ) -> Result<Option<ReadPlan>, ReadError> {
+        self.check_online().map_err(ReadError::Offline)?;
         let log_end_offset = self.log_end_offset();
         if offset < self.log_start_offset || offset > log_end_offset {
             return Err(ReadError::OffsetOutOfRange {
@@ -448,18 +548,28 @@ impl PartitionLog {
         if offset >= max_offset.min(log_end_offset) {
             return Ok(None);
         }
-        for (_, segment) in self
+        // The segment holding `offset`, or (after compaction left a gap) the ones after it.
+        let mut next = self
             .segments
             .range(..=offset)
             .next_back()
-            .into_iter()
-            .chain(self.segments.range(offset + 1..))
-        {
+            .or_else(|| self.segments.range(offset + 1..).next())
+            .map(|(&base, _)| base);
+        while let Some(base) = next {
+            next = self.next_segment_after(base);
+            let Some(segment) = self.segments.get(&base) else {
+                break;
+            };
             if segment.next_offset() <= offset {
                 continue;
             }
-            let Some(position) = segment.position_of(offset)? else {
+            let found = segment.position_of(offset);
+            let Some(position) = self.checked_lookup(base, found, |s| s.position_of(offset))?
+            else {
                 continue;
+            };
+            let Some(segment) = self.segments.get(&base) else {
+                break;
             };
             let plan = ReadPlan {
                 file: segment.log_file().clone(),
@@ -474,14 +584,64 @@ impl PartitionLog {
         Ok(None)
     }
 
+    fn next_segment_after(&self, base: i64) -> Option<i64> {
+        self.segments.range(base + 1..).next().map(|(&b, _)| b)
+    }
+
     /// The earliest offset whose record timestamp is at or after `timestamp`, with that timestamp.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> io::Result<Option<(i64, i64)>> {
-        for segment in self.segments.values() {
-            if let Some(found) = segment.offset_for_timestamp(timestamp)? {
+    pub fn offset_for_timestamp(
+        &mut self,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        self.check_online().map_err(ReadError::Offline)?;
+        let mut next = self.segments.keys().next().copied();
+        while let Some(base) = next {
+            next = self.next_segment_after(base);
+            let Some(segment) = self.segments.get(&base) else {
+                break;
+            };
+            let limit = self.config.max_decompressed_bytes;
+            let found = segment.offset_for_timestamp(timestamp, limit);
+            if let Some(found) =
+                self.checked_lookup(base, found, |s| s.offset_for_timestamp(timestamp, limit))?
+            {
                 return Ok(Some(found));
             }
         }
         Ok(None)
+    }
+
+    /// The result of a lookup in segment `base`; if the segment's offset index proved wrong,
+    /// rebuilds the index from the log and runs the lookup again.
+    fn checked_lookup<T>(
+        &mut self,
+        base: i64,
+        found: Result<T, LookupError>,
+        again: impl Fn(&Segment) -> Result<T, LookupError>,
+    ) -> Result<T, ReadError> {
+        let mismatch = match found {
+            Ok(t) => return Ok(t),
+            Err(LookupError::Io(e)) => return Err(ReadError::Io(e)),
+            Err(mismatch) => mismatch,
+        };
+        let Some(segment) = self.segments.get_mut(&base) else {
+            return Err(ReadError::Io(io::Error::other(mismatch.to_string())));
+        };
+        tracing::warn!(dir = %self.dir.display(), segment = base, problem = %mismatch, "offset index is wrong; rebuilding it from the log");
+        if let Err(e) = segment.rebuild_indexes() {
+            let reason = format!("segment {base}: rebuilding its index failed: {e}");
+            self.mark_offline(reason.clone());
+            return Err(ReadError::Offline(reason));
+        }
+        match again(segment) {
+            Ok(t) => Ok(t),
+            Err(LookupError::Io(e)) => Err(ReadError::Io(e)),
+            Err(still) => {
+                let reason = format!("segment {base}: index still wrong after a rebuild: {still}");
+                self.mark_offline(reason.clone());
+                Err(ReadError::Offline(reason))
+            }
+        }
     }
 
     /// The largest timestamp in the log and the offset that carries it (ListOffsets MAX_TIMESTAMP).
@@ -496,7 +656,7 @@ impl PartitionLog {
     /// The fsyncs needed to make everything appended so far durable, if any.
     pub fn flush_job(&self) -> Option<FlushJob> {
         let up_to = self.log_end_offset();
-        if up_to <= self.flushed_offset {
+        if up_to <= self.flushed_offset || self.offline.is_some() {
             return None;
         }
         let files = self
@@ -514,12 +674,14 @@ impl PartitionLog {
         self.flushed_offset = self.flushed_offset.max(up_to);
         let active_base = self.active().base_offset();
         if self.flushed_offset >= active_base && self.recovery_point < active_base {
-            for s in self
+            let synced = self
                 .segments
                 .values()
                 .filter(|s| s.base_offset() < active_base && s.next_offset() > self.recovery_point)
-            {
-                s.sync_all()?;
+                .try_for_each(Segment::sync_all);
+            if let Err(e) = synced {
+                self.mark_offline(format!("fsync of a sealed segment failed: {e}"));
+                return Err(e);
             }
             write_recovery_point(&self.dir, active_base)?;
             self.recovery_point = active_base;
@@ -527,8 +689,21 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Records that a [`FlushJob`] failed: what it was to make durable may not be on disk, and
+    /// an fsync is not retried (after a failed fsync the page cache cannot be trusted), so the
+    /// log goes offline.
+    pub fn flush_failed(&mut self, error: &io::Error) {
+        self.mark_offline(format!("fsync failed: {error}"));
+    }
+
     /// Syncs everything and writes the recovery checkpoint: a clean shutdown needs no scan.
     pub fn close(&mut self) -> io::Result<()> {
+        if let Some(reason) = &self.offline {
+            // No checkpoint: the next start must recover the log from its files.
+            return Err(io::Error::other(format!(
+                "not checkpointed: offline ({reason})"
+            )));
+        }
         for s in self.segments.values() {
             s.sync_all()?;
         }
@@ -542,7 +717,7 @@ impl PartitionLog {
     /// Compacts the sealed segments if the log is compacted and something changed since the last
     /// pass (or tombstones may have expired). Holds the log for the duration.
     pub fn compact(&mut self, now_ms: i64) -> io::Result<Option<crate::compact::CompactionReport>> {
-        if !self.config.compact || self.segments.len() < 2 {
+        if !self.config.compact || self.segments.len() < 2 || self.offline.is_some() {
             return Ok(None);
         }
         let active_base = self.active().base_offset();
@@ -587,8 +762,13 @@ impl PartitionLog {
                     }
                 }
             }
-            let mut cleaned =
-                Segment::create(&self.dir, first, self.config.index_interval_bytes, now_ms)?;
+            let mut cleaned = Segment::create(
+                &*self.disk,
+                &self.dir,
+                first,
+                self.config.index_interval_bytes,
+                now_ms,
+            )?;
             cleaned.recover()?;
             cleaned.seal()?;
             cleaned.sync_all()?;
@@ -608,6 +788,9 @@ impl PartitionLog {
 
     /// Deletes sealed segments past `retention.ms` or beyond `retention.bytes`; returns how many.
     pub fn apply_retention(&mut self, now_ms: i64) -> io::Result<usize> {
+        if self.offline.is_some() {
+            return Ok(0);
+        }
         let mut deleted = 0;
         let mut total = self.size_bytes() as i64;
         while self.segments.len() > 1 {
@@ -643,18 +826,28 @@ impl PartitionLog {
 }
 
 /// Validates one produced batch: the batch checks plus `max.message.bytes`.
-pub fn validate_for_append(
-    batch: &[u8],
-    max_message_bytes: usize,
-) -> Result<ValidBatch, AppendError> {
-    let valid = crate::batch::validate_produced_batch(batch)?;
-    if valid.total_len > max_message_bytes {
-        return Err(AppendError::TooLarge {
-            size: valid.total_len,
-            max: max_message_bytes,
-        });
+pub fn validate_for_append(batch: &[u8], limits: AppendLimits) -> Result<ValidBatch, AppendError> {
+    // The size first: a batch over the limit is refused without decompressing it.
+    if let Ok(len) = crate::batch::BatchHeader::parse(batch).and_then(|h| h.total_len()) {
+        if len > limits.max_message_bytes {
+            return Err(AppendError::TooLarge {
+                size: len,
+                max: limits.max_message_bytes,
+            });
+        }
     }
-    Ok(valid)
+    Ok(crate::batch::validate_produced_batch(
+        batch,
+        limits.max_decompressed_bytes,
+    )?)
+}
+
+/// Removes a segment's files, if they exist (a roll that failed half-way).
+fn remove_segment_files(dir: &Path, base: i64) {
+    let stem = crate::segment::file_stem(base);
+    for ext in ["log", "index", "timeindex"] {
+        let _ = fs::remove_file(dir.join(format!("{stem}.{ext}")));
+    }
 }
 
 fn read_recovery_point(dir: &Path) -> i64 {
@@ -680,3 +873,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 #[path = "log_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "log_fault_tests.rs"]
+mod fault_tests;

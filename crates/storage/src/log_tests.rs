@@ -12,7 +12,7 @@ fn config(segment_bytes: u64) -> LogConfig {
 }
 
 /// Reads every batch from `offset` to the end and returns `(base_offset, last_offset)` pairs.
-fn read_all(log: &PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
+fn read_all(log: &mut PartitionLog, mut offset: i64) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
     while let Some(plan) = log.read(offset, 1 << 20, i64::MAX, true).unwrap() {
         let bytes = plan.read().unwrap();
@@ -45,7 +45,7 @@ fn appends_get_consecutive_offsets_and_read_back_from_any_offset() {
     append_n(&mut log, 50, 3, 1000);
     assert_eq!(log.log_end_offset(), 150);
     for offset in 0..150 {
-        let first = read_all(&log, offset)[0];
+        let first = read_all(&mut log, offset)[0];
         assert!(
             first.0 <= offset && offset <= first.1,
             "read at {offset} started at {first:?}"
@@ -118,7 +118,7 @@ fn segments_roll_by_size_and_time_and_reads_cross_them() {
         "expected size-based rolls, got {}",
         log.segment_count()
     );
-    let got = read_all(&log, 0);
+    let got = read_all(&mut log, 0);
     assert_eq!(got.len(), 40);
     assert_eq!(got.last().unwrap().1, 159);
     let before = log.segment_count();
@@ -156,7 +156,7 @@ fn a_torn_tail_is_truncated_on_open_and_the_log_continues() {
     assert!(report.truncated_bytes > 0);
     append_n(&mut log, 1, 1, 0);
     assert_eq!(log.log_end_offset(), 58);
-    assert_eq!(read_all(&log, 0).len(), 20);
+    assert_eq!(read_all(&mut log, 0).len(), 20);
 }
 
 #[test]
@@ -193,11 +193,11 @@ fn missing_or_garbage_indexes_are_rebuilt() {
         [0xffu8; 24],
     )
     .unwrap();
-    let (log, report) = PartitionLog::open(dir.path(), config(2000), 0).unwrap();
+    let (mut log, report) = PartitionLog::open(dir.path(), config(2000), 0).unwrap();
     assert!(report.rebuilt_indexes >= 1, "{report:?}");
     assert_eq!(log.segment_count(), segments);
-    assert_eq!(read_all(&log, 0).len(), 60);
-    assert_eq!(read_all(&log, 33)[0], (32, 33));
+    assert_eq!(read_all(&mut log, 0).len(), 60);
+    assert_eq!(read_all(&mut log, 33)[0], (32, 33));
 }
 
 #[test]
@@ -247,7 +247,7 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
         Err(ReadError::OffsetOutOfRange { .. })
     ));
     let start = log.log_start_offset();
-    assert_eq!(read_all(&log, start)[0].0, start);
+    assert_eq!(read_all(&mut log, start)[0].0, start);
 }
 
 #[test]
@@ -292,9 +292,9 @@ proptest! {
         let cut = (len as f64 * cut_frac) as u64;
         fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
         let expected = ends.iter().rev().find(|(size, _)| *size <= cut).map(|(_, leo)| *leo).unwrap_or(0);
-        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
         prop_assert_eq!(log.log_end_offset(), expected);
-        let got = read_all(&log, 0);
+        let got = read_all(&mut log, 0);
         prop_assert_eq!(got.last().map(|b| b.1 + 1).unwrap_or(0), expected);
         let _ = BatchHeader::parse(&[]);
     }
@@ -387,8 +387,8 @@ mod compaction {
         );
         assert_eq!(log.log_end_offset(), 10, "the log end does not move");
         // Reads see the same, from any offset, including offsets that were compacted away.
-        assert_eq!(read_all(&log, 0).first().unwrap().0, got[0].0);
-        assert!(read_all(&log, 1).first().unwrap().0 >= 1);
+        assert_eq!(read_all(&mut log, 0).first().unwrap().0, got[0].0);
+        assert!(read_all(&mut log, 1).first().unwrap().0 >= 1);
         // Reopening finds the compacted log as it was left.
         drop(log);
         let (log, report) = PartitionLog::open(dir.path(), compact_config(300), 30).unwrap();

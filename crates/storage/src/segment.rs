@@ -1,12 +1,12 @@
 //! One segment of a partition log: `<base offset>.log` plus its `.index` and `.timeindex`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{self, validate_batch, BatchHeader, BATCH_HEADER_LEN};
+use crate::disk::{Disk, LogFile};
 use crate::index::{Index, IndexKind};
 
 /// The file name stem Kafka uses: the base offset, zero-padded to 20 digits.
@@ -22,11 +22,46 @@ pub struct SegmentRecovery {
     pub reason: Option<String>,
 }
 
+/// An append that failed: its error, and the error of putting the segment back to its last
+/// whole batch if that failed too (the segment can then no longer be trusted).
+#[derive(Debug)]
+pub struct AppendFailure {
+    pub error: io::Error,
+    pub repair_error: Option<io::Error>,
+}
+
+/// Why a lookup by offset failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The offset index sent the lookup somewhere that is not the start of the batch it names:
+    /// the index is wrong and must be rebuilt.
+    #[error("offset index entry for offset {offset} points at position {position}, which {found}")]
+    IndexMismatch {
+        offset: i64,
+        position: u64,
+        found: String,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// The in-memory state of a segment, taken before an append to put it back if the append fails.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    size: u64,
+    offset_entries: u64,
+    time_entries: u64,
+    bytes_since_index: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    offset_of_max_timestamp: i64,
+}
+
 #[derive(Debug)]
 pub struct Segment {
     base_offset: i64,
     log_path: PathBuf,
-    log: Arc<File>,
+    log: Arc<dyn LogFile>,
     size: u64,
     offset_index: Index,
     time_index: Index,
@@ -42,6 +77,7 @@ pub struct Segment {
 impl Segment {
     /// Creates a new segment, or opens an existing one that the caller will [`recover`](Self::recover).
     pub fn create(
+        disk: &dyn Disk,
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u64,
@@ -49,20 +85,19 @@ impl Segment {
     ) -> io::Result<Segment> {
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
-        let log = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .truncate(false)
-            .open(&log_path)?;
         // An existing file is left as found: the caller recovers it before use.
+        let log = disk.open(&log_path, true)?;
         let seg = Segment {
             base_offset,
             log_path,
             size: 0,
-            log: Arc::new(log),
-            offset_index: Index::open(&dir.join(format!("{stem}.index")), IndexKind::Offset)?,
-            time_index: Index::open(&dir.join(format!("{stem}.timeindex")), IndexKind::Time)?,
+            log,
+            offset_index: Index::open(disk, &dir.join(format!("{stem}.index")), IndexKind::Offset)?,
+            time_index: Index::open(
+                disk,
+                &dir.join(format!("{stem}.timeindex")),
+                IndexKind::Time,
+            )?,
             index_interval_bytes,
             bytes_since_index: 0,
             next_offset: base_offset,
@@ -76,6 +111,7 @@ impl Segment {
     /// Opens a sealed segment that a clean checkpoint vouches for: trusts the log, checks the
     /// indexes and rebuilds them if they look wrong. Returns whether a rebuild happened.
     pub fn open_trusted(
+        disk: &dyn Disk,
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u64,
@@ -83,15 +119,19 @@ impl Segment {
     ) -> io::Result<(Segment, bool)> {
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
-        let log = OpenOptions::new().read(true).append(true).open(&log_path)?;
-        let size = log.metadata()?.len();
+        let log = disk.open(&log_path, false)?;
+        let size = log.size()?;
         let mut seg = Segment {
             base_offset,
             log_path,
             size,
-            log: Arc::new(log),
-            offset_index: Index::open(&dir.join(format!("{stem}.index")), IndexKind::Offset)?,
-            time_index: Index::open(&dir.join(format!("{stem}.timeindex")), IndexKind::Time)?,
+            log,
+            offset_index: Index::open(disk, &dir.join(format!("{stem}.index")), IndexKind::Offset)?,
+            time_index: Index::open(
+                disk,
+                &dir.join(format!("{stem}.timeindex")),
+                IndexKind::Time,
+            )?,
             index_interval_bytes,
             bytes_since_index: 0,
             next_offset: base_offset,
@@ -149,7 +189,7 @@ impl Segment {
         self.next_offset = self.base_offset;
         self.max_timestamp = -1;
         self.offset_of_max_timestamp = -1;
-        let file_len = self.log.metadata()?.len();
+        let file_len = self.log.size()?;
         let mut report = SegmentRecovery::default();
         let mut position = 0u64;
         let mut buf = Vec::new();
@@ -240,38 +280,120 @@ impl Segment {
     }
 
     /// Appends one validated batch whose first `BATCH_HEADER_LEN` bytes are `header` (already
-    /// carrying its assigned base offset) and the rest `body`.
+    /// carrying its assigned base offset) and the rest `body`. If any write fails (the log or an
+    /// index), the segment is put back to its last whole batch before the error is returned, so
+    /// the files never run ahead of (or behind) what the log acknowledged.
     pub fn append(
         &mut self,
         header: &[u8; BATCH_HEADER_LEN],
         body: &[u8],
         last_offset_delta: i32,
         max_timestamp: i64,
-    ) -> io::Result<()> {
+    ) -> Result<(), AppendFailure> {
         let base_offset = BatchHeader::parse(header)
-            .map_err(io::Error::other)?
-            .base_offset();
+            .map(|h| h.base_offset())
+            .unwrap_or(self.next_offset);
         debug_assert!(base_offset >= self.next_offset, "offsets must increase");
         let len = (header.len() + body.len()) as u64;
-        let mut file: &File = &self.log;
-        let written = file.write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(body)])?;
-        if written < header.len() {
-            file.write_all(&header[written..])?;
-            file.write_all(body)?;
-        } else if written < len as usize {
-            file.write_all(&body[written - header.len()..])?;
-        }
-        self.note_batch(base_offset, last_offset_delta, max_timestamp, len)
+        let mark = self.mark();
+        let written = self
+            .log
+            .append(&[header, body])
+            .and_then(|()| self.note_batch(base_offset, last_offset_delta, max_timestamp, len));
+        written.map_err(|error| AppendFailure {
+            error,
+            repair_error: self.restore(mark).err(),
+        })
     }
 
-    /// The file position of the first batch that holds `offset` or a later one.
-    pub fn position_of(&self, offset: i64) -> io::Result<Option<u64>> {
-        let mut position = self
-            .offset_index
-            .floor(offset - self.base_offset)?
-            .map(|e| u64::from(e.value))
-            .unwrap_or(0);
+    fn mark(&self) -> Mark {
+        Mark {
+            size: self.size,
+            offset_entries: self.offset_index.len(),
+            time_entries: self.time_index.len(),
+            bytes_since_index: self.bytes_since_index,
+            next_offset: self.next_offset,
+            max_timestamp: self.max_timestamp,
+            offset_of_max_timestamp: self.offset_of_max_timestamp,
+        }
+    }
+
+    /// Puts the segment back to `mark`: files truncated, counters as they were.
+    fn restore(&mut self, mark: Mark) -> io::Result<()> {
+        self.size = mark.size;
+        self.bytes_since_index = mark.bytes_since_index;
+        self.next_offset = mark.next_offset;
+        self.max_timestamp = mark.max_timestamp;
+        self.offset_of_max_timestamp = mark.offset_of_max_timestamp;
+        self.log.set_len(mark.size)?;
+        self.offset_index.truncate_to(mark.offset_entries)?;
+        self.time_index.truncate_to(mark.time_entries)
+    }
+
+    /// Rebuilds both indexes from the batch headers (a lookup found the offset index wrong).
+    /// Unlike [`recover`](Self::recover) it neither checks CRCs nor truncates: the log is
+    /// trusted, only the indexes are not. An error if the headers do not chain to the end.
+    pub fn rebuild_indexes(&mut self) -> io::Result<()> {
+        let size = self.size;
+        self.offset_index.clear()?;
+        self.time_index.clear()?;
+        self.bytes_since_index = 0;
+        self.next_offset = self.base_offset;
+        self.max_timestamp = -1;
+        self.offset_of_max_timestamp = -1;
+        self.size = 0;
         let mut header = [0u8; BATCH_HEADER_LEN];
+        while self.size < size {
+            self.log.read_exact_at(&mut header, self.size)?;
+            let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
+            let len = h.total_len().map_err(io::Error::other)? as u64;
+            if h.base_offset() < self.next_offset || self.size + len > size {
+                self.size = size;
+                return Err(io::Error::other(format!(
+                    "segment {}: the batch headers do not chain at position {}",
+                    self.base_offset, self.size
+                )));
+            }
+            self.note_batch(
+                h.base_offset(),
+                h.last_offset_delta(),
+                h.max_timestamp(),
+                len,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The file position of the first batch that holds `offset` or a later one. The offset index
+    /// is checked where it is used: the entry must land on the start of a batch with the offset
+    /// it names, or the lookup fails with [`LookupError::IndexMismatch`].
+    pub fn position_of(&self, offset: i64) -> Result<Option<u64>, LookupError> {
+        let entry = self.offset_index.floor(offset - self.base_offset)?;
+        let mut position = entry.map(|e| u64::from(e.value)).unwrap_or(0);
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        if let Some(e) = entry {
+            let expected = self.base_offset + e.key;
+            let mismatch = |found: String| LookupError::IndexMismatch {
+                offset: expected,
+                position,
+                found,
+            };
+            if position + BATCH_HEADER_LEN as u64 > self.size {
+                return Err(mismatch(format!("is past the end ({})", self.size)));
+            }
+            self.log.read_exact_at(&mut header, position)?;
+            let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
+            let fits = h
+                .total_len()
+                .is_ok_and(|len| position + len as u64 <= self.size);
+            if h.base_offset() != expected || h.magic() != 2 || !fits {
+                return Err(mismatch(format!(
+                    "holds no batch of that offset (base offset {}, magic {})",
+                    h.base_offset(),
+                    h.magic()
+                )));
+            }
+        }
         while position < self.size {
             self.log.read_exact_at(&mut header, position)?;
             let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
@@ -298,7 +420,12 @@ impl Segment {
 
     /// The first offset whose batch has a max timestamp at or after `timestamp`, with that
     /// timestamp: within uncompressed batches the exact record is found.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> io::Result<Option<(i64, i64)>> {
+    /// A compressed batch is decompressed (to at most `max_decompressed_bytes`) to find the record.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        max_decompressed_bytes: usize,
+    ) -> Result<Option<(i64, i64)>, LookupError> {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
@@ -306,6 +433,7 @@ impl Segment {
             .time_index
             .floor(timestamp - 1)?
             .map(|e| self.base_offset + i64::from(e.value))
+            .filter(|&o| o < self.next_offset)
             .unwrap_or(self.base_offset);
         let Some(mut position) = self.position_of(start_offset)? else {
             return Ok(None);
@@ -316,10 +444,12 @@ impl Segment {
             let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
             let len = h.total_len().map_err(io::Error::other)?;
             if h.max_timestamp() >= timestamp {
-                if h.compression() == 0 && !h.is_log_append_time() {
+                if !h.is_log_append_time() {
                     let mut buf = vec![0u8; len];
                     self.log.read_exact_at(&mut buf, position)?;
-                    if let Some(found) = first_record_at_or_after(&buf, timestamp) {
+                    if let Some(found) =
+                        first_record_at_or_after(&buf, timestamp, max_decompressed_bytes)
+                    {
                         return Ok(Some(found));
                     }
                 }
@@ -351,7 +481,7 @@ impl Segment {
     pub fn offset_of_max_timestamp(&self) -> i64 {
         self.offset_of_max_timestamp
     }
-    pub fn log_file(&self) -> &Arc<File> {
+    pub fn log_file(&self) -> &Arc<dyn LogFile> {
         &self.log
     }
     pub fn log_path(&self) -> &Path {
@@ -361,10 +491,16 @@ impl Segment {
     /// Seals the segment: records its final max timestamp in the time index.
     pub fn seal(&mut self) -> io::Result<()> {
         if self.max_timestamp >= 0 {
-            self.time_index.append(
+            let entries = self.time_index.len();
+            let appended = self.time_index.append(
                 self.max_timestamp,
                 (self.offset_of_max_timestamp - self.base_offset) as u32,
-            )?;
+            );
+            if let Err(e) = appended {
+                // Not a torn entry left behind: a later append would land after it.
+                self.time_index.truncate_to(entries)?;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -393,10 +529,25 @@ impl Segment {
     }
 }
 
-/// Walks the records of one uncompressed batch for the first with timestamp >= `timestamp`.
-fn first_record_at_or_after(batch: &[u8], timestamp: i64) -> Option<(i64, i64)> {
+/// Walks the records of one batch (decompressing them if need be) for the first with a
+/// timestamp at or after `timestamp`.
+fn first_record_at_or_after(
+    batch: &[u8],
+    timestamp: i64,
+    max_decompressed_bytes: usize,
+) -> Option<(i64, i64)> {
     let h = BatchHeader::parse(batch).ok()?;
-    let mut rest = batch.get(BATCH_HEADER_LEN..)?;
+    let body = batch.get(BATCH_HEADER_LEN..)?;
+    let decompressed;
+    let mut rest = match h.compression() {
+        0 => body,
+        codec => {
+            let mut out = Vec::new();
+            crate::compression::decompress(codec, body, max_decompressed_bytes, &mut out).ok()?;
+            decompressed = out;
+            &decompressed[..]
+        }
+    };
     for _ in 0..h.records_count() {
         let (len, used) = batch::read_varint(rest)?;
         let record = rest.get(used..used + usize::try_from(len).ok()?)?;

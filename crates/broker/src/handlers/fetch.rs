@@ -103,7 +103,7 @@ fn read_once(
             // limits, so a consumer can always make progress.
             let min_one = total == 0;
             let (plan, high_watermark, log_start_offset) = {
-                let log = partition.log();
+                let mut log = partition.log();
                 let hw = log.log_end_offset();
                 (
                     log.read(fp.fetch_offset, limit, hw, min_one),
@@ -133,6 +133,11 @@ fn read_once(
                 }
                 Err(ReadError::Io(e)) => {
                     tracing::error!(topic = %partition.topic, partition = fp.partition, error = %e, "reading the log failed");
+                    any_error = true;
+                    partitions.push(base.with_error_code(E::KafkaStorageError.code()));
+                    continue;
+                }
+                Err(ReadError::Offline(_)) => {
                     any_error = true;
                     partitions.push(base.with_error_code(E::KafkaStorageError.code()));
                     continue;

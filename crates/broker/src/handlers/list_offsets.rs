@@ -36,7 +36,10 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                     let Some(partition) = topic.as_ref().and_then(|t| usize::try_from(p.partition_index).ok().and_then(|i| t.partitions.get(i))) else {
                         return answer.with_error_code(E::UnknownTopicOrPartition.code()).with_timestamp(-1).with_offset(-1);
                     };
-                    let log = partition.log();
+                    let mut log = partition.log();
+                    if log.offline_reason().is_some() {
+                        return answer.with_error_code(E::KafkaStorageError.code()).with_timestamp(-1).with_offset(-1);
+                    }
                     let (offset, timestamp) = match p.timestamp {
                         LATEST => (log.log_end_offset(), -1),
                         EARLIEST | EARLIEST_LOCAL | -5 => (log.log_start_offset(), -1),
@@ -45,7 +48,9 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                             Ok(Some((o, found))) => (o, found),
                             Ok(None) => (-1, -1),
                             Err(e) => {
-                                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "timestamp lookup failed");
+                                if !matches!(e, caudal_storage::ReadError::Offline(_)) {
+                                    tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "timestamp lookup failed");
+                                }
                                 return answer.with_error_code(E::KafkaStorageError.code()).with_timestamp(-1).with_offset(-1);
                             }
                         },

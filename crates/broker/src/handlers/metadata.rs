@@ -114,12 +114,21 @@ fn describe(topic: &Topic, node: i32) -> MetadataResponseTopic {
         .partitions
         .iter()
         .map(|p| {
-            MetadataResponsePartition::default()
+            let partition = MetadataResponsePartition::default()
                 .with_partition_index(p.index)
-                .with_leader_id(BrokerId(node))
                 .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(node)])
-                .with_isr_nodes(vec![BrokerId(node)])
+                .with_replica_nodes(vec![BrokerId(node)]);
+            if p.log().offline_reason().is_some() {
+                // Its only replica's log is offline: no leader until a restart recovers it.
+                partition
+                    .with_error_code(E::KafkaStorageError.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_offline_replicas(vec![BrokerId(node)])
+            } else {
+                partition
+                    .with_leader_id(BrokerId(node))
+                    .with_isr_nodes(vec![BrokerId(node)])
+            }
         })
         .collect();
     MetadataResponseTopic::default()

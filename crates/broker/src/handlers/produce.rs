@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use caudal_storage::{validate_for_append, AppendError, SequenceError};
+use caudal_storage::{validate_for_append, AppendError, BatchHeader, SequenceError};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
@@ -23,7 +23,11 @@ fn failed(index: i32, code: i16, message: Option<String>) -> PartitionProduceRes
         .with_error_message(message.map(str_bytes))
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, _version: i16) -> Reply {
+/// Produce v7 and later may carry zstd batches (KIP-110).
+const ZSTD_SINCE: i16 = 7;
+const ZSTD: i16 = 4;
+
+pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Reply {
     let acks = request.acks;
     let now = now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
@@ -60,8 +64,18 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, _version: i16
                 continue;
             };
             let records = data.records.unwrap_or_default();
-            let max_message_bytes = partition.log().config().max_message_bytes;
-            let result = match validate_for_append(&records, max_message_bytes) {
+            if version < ZSTD_SINCE
+                && BatchHeader::parse(&records).is_ok_and(|h| h.compression() == ZSTD)
+            {
+                partition_responses.push(failed(
+                    index,
+                    E::UnsupportedCompressionType.code(),
+                    Some(format!("Produce v{version} may not carry zstd batches; v{ZSTD_SINCE} and later may")),
+                ));
+                continue;
+            }
+            let limits = partition.log().append_limits();
+            let result = match validate_for_append(&records, limits) {
                 // Kafka: a produce request carries exactly one batch per partition (v3+).
                 Ok(valid) if valid.total_len != records.len() => Err((
                     E::InvalidRecord.code(),
@@ -137,10 +151,13 @@ fn refused(topic: &str, partition: i32, e: AppendError) -> (i16, String) {
         AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
             E::OutOfOrderSequenceNumber.code()
         }
-        AppendError::Io(_) => E::KafkaStorageError.code(),
+        AppendError::Io(_) | AppendError::Offline(_) => E::KafkaStorageError.code(),
     };
     match &e {
         AppendError::Io(io) => tracing::error!(topic, partition, error = %io, "append failed"),
+        AppendError::Offline(_) => {
+            tracing::debug!(topic, partition, error = %e, "produce to an offline partition")
+        }
         other => tracing::info!(topic, partition, error = %other, "produce refused"),
     }
     (code, e.to_string())

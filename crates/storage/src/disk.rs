@@ -1,0 +1,302 @@
+//! The file operations of the partition log, behind two small traits so that tests can put a
+//! faulty disk under the real log: ENOSPC after any byte, EIO on a read, a write or an fsync,
+//! torn writes. [`OsDisk`] is the real one; [`faults::FaultyDisk`] the one tests use.
+//!
+//! Only the operations on segment and index files go through here: they are where a failure can
+//! leave the log behind its files. Directory operations (listing, renaming, removing) use
+//! `std::fs` directly.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens the files of a log.
+pub trait Disk: Send + Sync + fmt::Debug {
+    /// Opens `path` for positioned reads and appends, creating it if `create` is set.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>>;
+}
+
+/// One open segment or index file.
+pub trait LogFile: Send + Sync + fmt::Debug {
+    /// Fills `buf` from `position`; an error if the file ends first.
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Appends `parts`, in order, at the end of the file. On an error any prefix of them may
+    /// have been written: the caller puts the file back to its previous length.
+    fn append(&self, parts: &[&[u8]]) -> io::Result<()>;
+    /// The file's size in bytes.
+    fn size(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// fsync of the data (and the size). After an error nothing about the file is trusted.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// The operating system's files.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsDisk;
+
+impl Disk for OsDisk {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(OsFile(file)))
+    }
+}
+
+#[derive(Debug)]
+struct OsFile(File);
+
+impl LogFile for OsFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, position)
+    }
+
+    fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut file = &self.0;
+        let slices: Vec<io::IoSlice<'_>>;
+        let written = match parts {
+            [one] => return file.write_all(one),
+            [a, b] => file.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])?,
+            _ => {
+                slices = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+                file.write_vectored(&slices)?
+            }
+        };
+        // A short vectored write: finish part by part.
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            file.write_all(&part[skip..])?;
+            skip = 0;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+/// A disk that fails when told to, for tests of the failure paths (here rather than under
+/// `cfg(test)` so integration tests and other crates' tests can use it too).
+pub mod faults {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Which operation a fault hits.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Op {
+        Read,
+        Write,
+        Sync,
+        SetLen,
+        Open,
+    }
+
+    /// One injected failure.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Fault {
+        /// The disk is full after `bytes` more bytes: that write is cut there and fails with
+        /// ENOSPC, and so does every write after it until [`FaultyDisk::free_space`].
+        NoSpaceAfter { bytes: u64 },
+        /// The `nth` (from 0) operation of kind `op` from now fails with EIO; a failing write
+        /// first writes `torn` bytes of what it was given (a torn write).
+        Eio { op: Op, nth: u64, torn: u64 },
+    }
+
+    #[derive(Debug, Default)]
+    struct State {
+        /// Armed faults; each fires once.
+        faults: Vec<Fault>,
+        full: bool,
+        counts: [u64; 5],
+        fired: u64,
+    }
+
+    /// The OS disk with one fault armed at a time. Clones share their state.
+    #[derive(Debug, Clone, Default)]
+    pub struct FaultyDisk {
+        state: Arc<Mutex<State>>,
+    }
+
+    fn index(op: Op) -> usize {
+        match op {
+            Op::Read => 0,
+            Op::Write => 1,
+            Op::Sync => 2,
+            Op::SetLen => 3,
+            Op::Open => 4,
+        }
+    }
+
+    /// What a write may do: all of it, or `n` bytes and then fail.
+    enum Allowed {
+        All,
+        Cut(u64, io::Error),
+    }
+
+    impl FaultyDisk {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Arms `fault` beside any armed ones. Operations are counted from the latest `arm`.
+        pub fn arm(&self, fault: Fault) {
+            let mut s = self.lock();
+            s.faults.push(fault);
+            s.counts = [0; 5];
+        }
+
+        /// Ends a disk-full condition and disarms every fault.
+        pub fn free_space(&self) {
+            let mut s = self.lock();
+            s.faults.clear();
+            s.full = false;
+        }
+
+        /// How many injected failures were returned.
+        pub fn fired(&self) -> u64 {
+            self.lock().fired
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Counts an operation; an error if the armed fault hits it.
+        fn check(&self, op: Op) -> io::Result<()> {
+            let mut s = self.lock();
+            let n = s.counts[index(op)];
+            s.counts[index(op)] += 1;
+            let hit = s
+                .faults
+                .iter()
+                .position(|f| matches!(*f, Fault::Eio { op: o, nth, .. } if o == op && nth == n));
+            match hit {
+                Some(i) => {
+                    s.faults.remove(i);
+                    s.fired += 1;
+                    Err(io::Error::from_raw_os_error(5)) // EIO
+                }
+                None => Ok(()),
+            }
+        }
+
+        fn allow_write(&self, len: u64) -> Allowed {
+            let mut s = self.lock();
+            if s.full {
+                s.fired += 1;
+                return Allowed::Cut(0, enospc());
+            }
+            let n = s.counts[index(Op::Write)];
+            s.counts[index(Op::Write)] += 1;
+            for i in 0..s.faults.len() {
+                match s.faults[i] {
+                    Fault::NoSpaceAfter { bytes } if bytes < len => {
+                        s.faults.remove(i);
+                        s.full = true;
+                        s.fired += 1;
+                        return Allowed::Cut(bytes, enospc());
+                    }
+                    Fault::NoSpaceAfter { bytes } => {
+                        s.faults[i] = Fault::NoSpaceAfter { bytes: bytes - len };
+                    }
+                    Fault::Eio {
+                        op: Op::Write,
+                        nth,
+                        torn,
+                    } if nth == n => {
+                        s.faults.remove(i);
+                        s.fired += 1;
+                        return Allowed::Cut(torn.min(len), io::Error::from_raw_os_error(5));
+                    }
+                    Fault::Eio { .. } => {}
+                }
+            }
+            Allowed::All
+        }
+    }
+
+    fn enospc() -> io::Error {
+        io::Error::from_raw_os_error(28)
+    }
+
+    impl Disk for FaultyDisk {
+        fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>> {
+            self.check(Op::Open)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(create)
+                .truncate(false)
+                .open(path)?;
+            Ok(Arc::new(FaultyFile {
+                file,
+                disk: self.clone(),
+            }))
+        }
+    }
+
+    #[derive(Debug)]
+    struct FaultyFile {
+        file: File,
+        disk: FaultyDisk,
+    }
+
+    impl LogFile for FaultyFile {
+        fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+            self.disk.check(Op::Read)?;
+            self.file.read_exact_at(buf, position)
+        }
+
+        fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
+            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            let (mut budget, error) = match self.disk.allow_write(len) {
+                Allowed::All => (len, None),
+                Allowed::Cut(n, e) => (n, Some(e)),
+            };
+            let mut file = &self.file;
+            for part in parts {
+                let n = (part.len() as u64).min(budget) as usize;
+                file.write_all(&part[..n])?;
+                budget -= n as u64;
+            }
+            match error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.file.metadata()?.len())
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.disk.check(Op::SetLen)?;
+            self.file.set_len(len)
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            self.disk.check(Op::Sync)?;
+            self.file.sync_data()
+        }
+    }
+}
