@@ -67,6 +67,7 @@ pub const SETTINGS: &[Setting] = &[
     s("auto.create.topics.enable", None, Boolean, "true", 0, "Create a topic when a client asks for its metadata or produces to it."),
     s("message.max.bytes", Some("max.message.bytes"), Int, "1048588", 0, "Largest record batch accepted, in bytes (after compression)."),
     s("message.max.decompression.factor", None, Int, "32", 1, "Caudal: a compressed batch is decompressed and its records checked before it is stored; one that inflates past message.max.bytes times this factor is refused with CORRUPT_MESSAGE, so a small zip bomb cannot take the broker's memory."),
+    s("log.dir.min.free.bytes", None, Long, "-1", -1, "Caudal: below this much free space on the data directory's filesystem, produce is refused with KAFKA_STORAGE_ERROR (retriable) while consumers, offset commits, topic deletion and retention go on, so the disk never fills. -1: the smaller of 1 GiB and 5% of the filesystem; 0: no guard."),
     s("socket.request.max.bytes", None, Int, "104857600", 8, "Largest request frame accepted; a larger one closes the connection."),
     s("queued.max.requests", None, Int, "500", 1, "Requests a connection may have in flight before the broker stops reading from it."),
     s("log.segment.bytes", Some("segment.bytes"), Int, "1073741824", 1024, "Size at which a partition's active segment is rolled."),
@@ -293,6 +294,10 @@ impl BrokerConfig {
     }
     pub fn offsets_topic_partitions(&self) -> i32 {
         self.number("offsets.topic.num.partitions") as i32
+    }
+    /// `log.dir.min.free.bytes`: -1 for the default (the smaller of 1 GiB and 5%).
+    pub fn log_dir_min_free_bytes(&self) -> i64 {
+        self.number("log.dir.min.free.bytes")
     }
 
     /// The group coordinator's settings.

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod connection;
+pub mod disk_space;
 pub mod groups;
 pub mod handlers;
 pub mod partition;
@@ -35,6 +36,8 @@ pub struct Broker {
     pub topics: Topics,
     pub producer_ids: producer_ids::ProducerIds,
     pub groups: groups::Groups,
+    /// Refuses produce while the data directory's filesystem is nearly full.
+    pub free_space: disk_space::FreeSpaceGuard,
     /// Woken on every append, so long-polling fetches can look again.
     pub appended: Notify,
     /// Set when shutdown starts: long-polling fetches answer at once.
@@ -91,6 +94,12 @@ impl Server {
             }
             listeners.push(bound);
         }
+        let free_space = disk_space::FreeSpaceGuard::new(
+            &config.data_dir,
+            config.log_dir_min_free_bytes(),
+            now_ms(),
+        )
+        .map_err(data_err)?;
         let config_for_load = config.clone();
         let topics = tokio::task::spawn_blocking(move || Topics::load(&config_for_load, now_ms()))
             .await
@@ -105,6 +114,7 @@ impl Server {
             topics,
             producer_ids,
             groups,
+            free_space,
             appended: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });

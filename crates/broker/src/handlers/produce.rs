@@ -74,6 +74,14 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 ));
                 continue;
             }
+            if let Err(full) = broker.free_space.admit(records.len() as u64, now) {
+                partition_responses.push(failed(
+                    index,
+                    E::KafkaStorageError.code(),
+                    Some(full.to_string()),
+                ));
+                continue;
+            }
             let limits = partition.log().append_limits();
             let result = match validate_for_append(&records, limits) {
                 // Kafka: a produce request carries exactly one batch per partition (v3+).
