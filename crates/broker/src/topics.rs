@@ -1,5 +1,14 @@
 //! The topics this broker hosts: names, ids, partitions and per-topic config overrides, kept in
 //! `caudal-metadata.toml` in the data directory and written atomically on every change.
+//!
+//! Admin changes happen wholly or not at all, in memory and on disk. A new topic's partition
+//! directories are made first and the topic list written after; if either fails, the
+//! directories go and the topic never appears. A deletion writes the topic list first, then
+//! renames the partition directories aside (`<dir>.<topic id>-delete`, as Kafka marks them) and
+//! removes them in the background. Each partition directory carries its topic's id
+//! (`partition.metadata`, as Kafka's), so a directory that belongs to no topic, or to an older
+//! topic of the same name, is never adopted: at start it is renamed aside (`-stray`, as Kafka's
+//! KIP-858) and reported.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -15,6 +24,8 @@ use crate::config::BrokerConfig;
 use crate::partition::Partition;
 
 const METADATA_FILE: &str = "caudal-metadata.toml";
+/// Beside each partition's segments: the id of the topic it belongs to.
+const PARTITION_METADATA_FILE: &str = "partition.metadata";
 /// Kafka's limit on topic name length.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
@@ -118,6 +129,7 @@ impl Topics {
     pub fn load(config: &BrokerConfig, now_ms: i64) -> io::Result<Topics> {
         let data_dir = config.data_dir.clone();
         let path = data_dir.join(METADATA_FILE);
+        let existed = path.exists();
         let file: MetadataFile = match fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| {
                 io::Error::new(
@@ -136,6 +148,7 @@ impl Topics {
             Err(e) => return Err(e),
         };
         remove_deleted_dirs(&data_dir);
+        set_aside_strays(&data_dir, &file.topics);
         let mut by_name = TopicMap::default();
         for record in &file.topics {
             let topic = open_topic(config, record, now_ms)?;
@@ -147,7 +160,11 @@ impl Topics {
             by_name: RwLock::new(by_name),
             change: tokio::sync::Mutex::new(()),
         };
-        topics.persist()?;
+        if !existed {
+            // A new data directory: write the cluster id down. An existing list is not
+            // rewritten, so a broker restarts on a full disk.
+            topics.persist(topics.records())?;
+        }
         Ok(topics)
     }
 
@@ -214,12 +231,28 @@ impl Topics {
             partitions,
             configs,
         };
-        let topic = Arc::new(open_topic(config, &record, now_ms)?);
-        self.write().insert(topic.clone());
-        if let Err(e) = self.persist() {
-            self.write().remove(name);
+        let opened = open_new_partitions(config, &record, 0, now_ms);
+        let partitions_opened = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(topic = name, partitions, error = %e, "creating topic failed; nothing of it was kept");
+                return Err(e.into());
+            }
+        };
+        let mut records = self.records();
+        records.push(record.clone());
+        if let Err(e) = self.persist(records) {
+            remove_partition_dirs(&partitions_opened);
+            tracing::warn!(topic = name, partitions, error = %e, "creating topic failed: the topic list could not be written; nothing of it was kept");
             return Err(e.into());
         }
+        let topic = Arc::new(Topic {
+            name: record.name,
+            id: record.id,
+            partitions: partitions_opened,
+            configs: record.configs,
+        });
+        self.write().insert(topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(Some(topic))
     }
@@ -231,24 +264,41 @@ impl Topics {
         }
         let _change = self.change.lock().await;
         let topic = self
-            .write()
-            .remove(name)
+            .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        self.persist()?;
+        let records = self
+            .records()
+            .into_iter()
+            .filter(|r| r.name != name)
+            .collect();
+        if let Err(e) = self.persist(records) {
+            tracing::warn!(topic = name, error = %e, "deleting topic failed: the topic list could not be written; the topic and its data are kept");
+            return Err(e.into());
+        }
+        self.write().remove(name);
+        // The topic is gone; its files go in the background.
+        let mut doomed = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
-            let dir = p.log().dir().to_path_buf();
-            let doomed = dir.with_file_name(format!(
-                "{}.{}-delete",
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                topic.id.simple()
-            ));
-            fs::rename(&dir, &doomed)?;
-            if let Err(e) = fs::remove_dir_all(&doomed) {
-                tracing::warn!(dir = %doomed.display(), error = %e, "could not remove a deleted partition's files; removed at next start");
+            let dir = {
+                let mut log = p.log();
+                log.retire("the topic was deleted");
+                log.dir().to_path_buf()
+            };
+            let aside = aside_name(&dir, topic.id, "delete");
+            match fs::rename(&dir, &aside) {
+                Ok(()) => doomed.push(aside),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not rename a deleted partition's directory aside; it is set aside at the next start")
+                }
             }
         }
+        tokio::task::spawn_blocking(move || {
+            for dir in doomed {
+                if let Err(e) = fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted partition's files; removed at the next start");
+                }
+            }
+        });
         tracing::info!(topic = name, "deleted topic");
         Ok(topic)
     }
@@ -275,31 +325,44 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
-        let mut partitions = topic.partitions.clone();
-        let log_config = config.log_config(&topic.configs);
-        for index in current..count {
-            let dir = partition_dir(&self.data_dir, name, index);
-            let (log, _) = PartitionLog::open(&dir, log_config.clone(), now_ms)?;
-            partitions.push(Partition::start(name.to_string(), index, log));
-        }
-        let grown = Arc::new(Topic {
+        let record = TopicRecord {
             name: topic.name.clone(),
             id: topic.id,
-            partitions,
+            partitions: count,
             configs: topic.configs.clone(),
-        });
-        self.write().insert(grown);
-        if let Err(e) = self.persist() {
-            self.write().insert(topic);
+        };
+        let added = match open_new_partitions(config, &record, current, now_ms) {
+            Ok(added) => added,
+            Err(e) => {
+                tracing::warn!(topic = name, partitions = count, error = %e, "adding partitions failed; nothing of them was kept");
+                return Err(e.into());
+            }
+        };
+        let records = self
+            .records()
+            .into_iter()
+            .map(|r| if r.name == name { record.clone() } else { r })
+            .collect();
+        if let Err(e) = self.persist(records) {
+            remove_partition_dirs(&added);
+            tracing::warn!(topic = name, partitions = count, error = %e, "adding partitions failed: the topic list could not be written; nothing of them was kept");
             return Err(e.into());
         }
+        let mut partitions = topic.partitions.clone();
+        partitions.extend(added);
+        self.write().insert(Arc::new(Topic {
+            name: record.name,
+            id: record.id,
+            partitions,
+            configs: record.configs,
+        }));
         tracing::info!(topic = name, partitions = count, "added partitions");
         Ok(())
     }
 
-    fn persist(&self) -> io::Result<()> {
-        let mut topics: Vec<TopicRecord> = self
-            .read()
+    /// The topic list as it is in memory.
+    fn records(&self) -> Vec<TopicRecord> {
+        self.read()
             .by_name
             .values()
             .map(|t| TopicRecord {
@@ -308,7 +371,11 @@ impl Topics {
                 partitions: t.partitions.len() as i32,
                 configs: t.configs.clone(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Writes `topics` as the topic list, atomically: the old file stays whole if this fails.
+    fn persist(&self, mut topics: Vec<TopicRecord>) -> io::Result<()> {
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         let file = MetadataFile {
             cluster_id: self.cluster_id.clone(),
@@ -316,12 +383,19 @@ impl Topics {
         };
         let text = toml::to_string(&file).map_err(io::Error::other)?;
         let tmp = self.data_dir.join(format!("{METADATA_FILE}.tmp"));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(
-            b"# Written by Caudal: the topics of this broker. Do not edit while it runs.\n",
-        )?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+        let written = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(
+                b"# Written by Caudal: the topics of this broker. Do not edit while it runs.\n",
+            )?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            // Give back what the partial file took: the disk may be full.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, self.data_dir.join(METADATA_FILE))?;
         fs::File::open(&self.data_dir)?.sync_all()
     }
@@ -387,12 +461,152 @@ fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
+/// Makes the partitions `first..record.partitions` of a topic, each in a new directory that
+/// carries the topic's id. On any failure, every directory made here is removed again.
+fn open_new_partitions(
+    config: &BrokerConfig,
+    record: &TopicRecord,
+    first: i32,
+    now_ms: i64,
+) -> io::Result<Vec<Arc<Partition>>> {
+    let log_config = config.log_config(&record.configs);
+    let mut partitions = Vec::with_capacity((record.partitions - first).max(0) as usize);
+    for index in first..record.partitions {
+        let dir = partition_dir(&config.data_dir, &record.name, index);
+        let opened = (|| {
+            if dir.exists() {
+                // Not ours (it belongs to no topic): keep it, but never adopt it.
+                set_aside(&dir, "stray", "a directory of that name was already there")?;
+            }
+            let (log, _) = PartitionLog::open(&dir, log_config.clone(), now_ms)?;
+            write_partition_metadata(&dir, record.id)?;
+            Ok(log)
+        })();
+        match opened {
+            Ok(log) => partitions.push(Partition::start(record.name.clone(), index, log)),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                remove_partition_dirs(&partitions);
+                return Err(e);
+            }
+        }
+    }
+    Ok(partitions)
+}
+
+/// Removes the directories of partitions that were made but will not be kept.
+fn remove_partition_dirs(partitions: &[Arc<Partition>]) {
+    for p in partitions {
+        let dir = {
+            let mut log = p.log();
+            log.retire("its topic was not created");
+            log.dir().to_path_buf()
+        };
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a partition directory made for a failed change; it is set aside at the next start");
+        }
+    }
+}
+
+/// `<dir>.<id>-<suffix>`: a partition directory set aside under a name no topic can have.
+fn aside_name(dir: &Path, id: Uuid, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!("{name}.{}-{suffix}", id.simple()))
+}
+
+/// Renames a directory aside as `-<suffix>` and says so.
+fn set_aside(dir: &Path, suffix: &str, why: &str) -> io::Result<()> {
+    let aside = aside_name(dir, Uuid::new_v4(), suffix);
+    fs::rename(dir, &aside)?;
+    tracing::warn!(dir = %dir.display(), moved_to = %aside.display(), reason = why, "partition directory set aside, not adopted; remove it when it is no longer needed");
+    Ok(())
+}
+
+fn write_partition_metadata(dir: &Path, topic_id: Uuid) -> io::Result<()> {
+    let path = dir.join(PARTITION_METADATA_FILE);
+    let mut f = fs::File::create(&path)?;
+    write!(f, "version: 0\ntopic_id: {}\n", topic_id.hyphenated())?;
+    f.sync_all()
+}
+
+/// The topic id a partition directory carries, if it has one.
+fn read_partition_metadata(dir: &Path) -> Option<Uuid> {
+    let text = fs::read_to_string(dir.join(PARTITION_METADATA_FILE)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("topic_id:"))
+        .and_then(|id| Uuid::parse_str(id.trim()).ok())
+}
+
+/// Sets aside, before anything opens them, the partition directories that belong to no topic
+/// (a topic whose creation or deletion was cut short by a crash) or to another topic of the
+/// same name (one deleted and recreated), and reports the ones set aside before.
+fn set_aside_strays(data_dir: &Path, topics: &[TopicRecord]) {
+    let Ok(entries) = fs::read_dir(data_dir) else {
+        return;
+    };
+    let mut kept_aside = 0usize;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with("-stray") {
+            kept_aside += 1;
+            continue;
+        }
+        let Some((topic, index)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(index) = index.parse::<i32>() else {
+            continue;
+        };
+        if validate_topic_name(topic).is_err() {
+            continue;
+        }
+        let owner = topics
+            .iter()
+            .find(|t| t.name == topic && (0..t.partitions).contains(&index));
+        let why = match (owner, read_partition_metadata(&path)) {
+            (None, _) => "no topic has this partition",
+            (Some(t), Some(id)) if id != t.id => "it belongs to an earlier topic of the same name",
+            (Some(t), None) => {
+                // Made before partition directories carried their topic's id: adopt it.
+                if let Err(e) = write_partition_metadata(&path, t.id) {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not record the topic id of a partition directory");
+                }
+                continue;
+            }
+            (Some(_), Some(_)) => continue,
+        };
+        match set_aside(&path, "stray", why) {
+            Ok(()) => kept_aside += 1,
+            Err(e) => {
+                tracing::error!(dir = %path.display(), error = %e, "could not set aside a partition directory that belongs to no topic")
+            }
+        }
+    }
+    if kept_aside > 0 {
+        tracing::warn!(
+            dir = %data_dir.display(),
+            directories = kept_aside,
+            "partition directories set aside as -stray are kept, not served; remove them when no longer needed"
+        );
+    }
+}
+
 fn open_topic(config: &BrokerConfig, record: &TopicRecord, now_ms: i64) -> io::Result<Topic> {
     let log_config = config.log_config(&record.configs);
     let mut partitions = Vec::with_capacity(record.partitions.max(0) as usize);
     for index in 0..record.partitions {
         let dir = partition_dir(&config.data_dir, &record.name, index);
         let (log, report) = PartitionLog::open(&dir, log_config.clone(), now_ms)?;
+        if read_partition_metadata(&dir).is_none() {
+            write_partition_metadata(&dir, record.id)?;
+        }
         if report.truncated_bytes > 0 || !report.reasons.is_empty() {
             tracing::warn!(topic = %record.name, partition = index, truncated_bytes = report.truncated_bytes, details = ?report.reasons, "recovered partition log");
         } else if report.recovered_segments > 0 {

@@ -182,6 +182,7 @@ pub fn config_from(m: &ArgMatches) -> anyhow::Result<BrokerConfig> {
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
     let config = config_from(m)?;
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -221,6 +222,34 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
         server.run(shutdown).await;
         Ok(())
     })
+}
+
+/// Every partition keeps three files open (log, offset index, time index), so a broker with a
+/// few hundred partitions passes the usual soft limit of 1024 open files. Raise the soft limit to
+/// the hard one, as Kafka's operators are told to.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads only the struct passed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(open_files = raised.rlim_cur, "raised the open-file limit");
+            return;
+        }
+    }
+    if limit.rlim_cur < 4096 {
+        tracing::warn!(open_files = limit.rlim_cur, "the open-file limit is low: each partition keeps 3 files open; raise it (ulimit -n) for many partitions");
+    }
 }
 
 /// Registers Ctrl-C and SIGTERM now; the returned future resolves when either arrives.

@@ -102,7 +102,7 @@ pub(crate) async fn auto_create_topic(broker: &Broker, name: &str) -> Result<Arc
             .ok_or(E::UnknownTopicOrPartition.code()),
         Err(e) => {
             if !matches!(e, crate::topics::TopicError::InvalidName(..)) {
-                tracing::warn!(topic = name, error = %e, "auto-creating topic failed");
+                tracing::debug!(topic = name, error = %e, "auto-creating topic failed");
             }
             Err(super::topic_error_code(&e))
         }
