@@ -665,6 +665,7 @@ impl<R> Coordinator<R> {
         };
         let mut errors = Vec::with_capacity(leaving.len());
         let mut removed_any = false;
+        let mut removed_pending = false;
         for (member_id, instance) in leaving {
             let target = match instance {
                 Some(i) => match group.static_member(i) {
@@ -675,6 +676,7 @@ impl<R> Coordinator<R> {
                     None => Err(UNKNOWN_MEMBER_ID),
                 },
                 None if group.pending_members.remove(member_id).is_some() => {
+                    removed_pending = true;
                     errors.push(NONE);
                     continue;
                 }
@@ -692,6 +694,11 @@ impl<R> Coordinator<R> {
         }
         if removed_any {
             after_membership_change(group, now, &mut out);
+        } else if removed_pending {
+            // A member id that never joined leaves no member behind, so no rebalance; but
+            // the join phase may have been waiting only for it (Kafka's
+            // removePendingMemberAndUpdateGroup).
+            maybe_complete_join(group, now, &mut out);
         }
         (errors, out)
     }
@@ -705,7 +712,9 @@ impl<R> Coordinator<R> {
         let mut emptied = Vec::new();
         let consumer_groups = &self.consumer_groups;
         for group in self.groups.values_mut() {
+            let pending_before = group.pending_members.len();
             group.pending_members.retain(|_, deadline| *deadline > now);
+            let pending_expired = group.pending_members.len() < pending_before;
             let expired: Vec<String> = group
                 .members
                 .iter()
@@ -721,6 +730,10 @@ impl<R> Coordinator<R> {
             }
             if !expired.is_empty() {
                 after_membership_change(group, now, &mut out);
+            } else if pending_expired {
+                // The members that did rejoin need not wait out the rebalance timeout for a
+                // member id that was never used (Kafka's removePendingMemberAndUpdateGroup).
+                maybe_complete_join(group, now, &mut out);
             }
             if group.state == GroupState::PreparingRebalance
                 && group.join_deadline.is_some_and(|d| d <= now)
