@@ -745,7 +745,8 @@ fn an_abandoned_member_id_in_a_stable_group_starts_no_rebalance() {
     let e = c.join(join_req("", None, &[("range", b"m")]), 12, now);
     let pending = joins(&e)[0].1.member_id.clone();
     let (errors, e) = c.leave("g", &[(pending, None)], now);
-    assert_eq!((errors, e.len()), (vec![NONE], 0));
+    assert_eq!(errors, vec![NONE]);
+    assert!(joins(&e).is_empty() && syncs(&e).is_empty() && writes(&e) == 0);
     assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
     c.join(join_req("", None, &[("range", b"m")]), 13, now);
     for id in &ids {
@@ -784,4 +785,47 @@ fn an_abandoned_member_id_does_not_hold_up_the_first_generation() {
         (1, 1),
         "the initial delay ends the join phase"
     );
+}
+
+fn tick_by(effects: &[Effect<u32>]) -> Vec<Ms> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::TickBy(at) => Some(*at),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn requests_that_set_a_deadline_tell_the_runtime_when_to_tick() {
+    let mut c = C::new(config());
+    let e = c.join(join_req("", None, &[("range", b"m")]), 1, 0);
+    let id = joins(&e)[0].1.member_id.clone();
+    assert_eq!(
+        tick_by(&e),
+        vec![Ms::from(SESSION)],
+        "the handed-out member id lapses after the session timeout"
+    );
+    let e = c.join(join_req(&id, None, &[("range", b"m")]), 1, 10);
+    assert_eq!(tick_by(&e), vec![3_010], "the initial delay ends");
+    assert!(
+        tick_by(&c.tick(3_010)).is_empty(),
+        "tick leaves it to next_deadline"
+    );
+    assert_eq!(
+        c.next_deadline(),
+        Some(3_010 + Ms::from(SESSION)),
+        "answered, the member must sync within its session"
+    );
+    let e = c.sync(sync_req(&id, 1, vec![]), 2, 4_000);
+    assert_eq!(
+        tick_by(&e),
+        vec![4_000 + Ms::from(SESSION)],
+        "synced, the member's session runs again"
+    );
+    assert_eq!(c.heartbeat("g", 1, &id, None, 5_000), NONE);
+    let (_, e) = c.leave("g", &[(id, None)], 6_000);
+    assert!(tick_by(&e).is_empty(), "an empty group has no deadline");
+    assert_eq!(c.next_deadline(), None);
 }
