@@ -1,7 +1,7 @@
 """Hand-rolled Kafka wire-protocol helpers for the raw-socket tests.
 
 Only what the tests need: request framing, a few request/response codecs
-(ApiVersions v0, Produce v3), and a magic-2 RecordBatch builder with its
+(ApiVersions v0, Produce v3, JoinGroup v4), and a magic-2 RecordBatch builder with its
 CRC-32C. Everything here is written from the public protocol description so
 the tests do not depend on any client library's framing.
 """
@@ -23,6 +23,7 @@ UNSUPPORTED_VERSION = 35
 TOPIC_ALREADY_EXISTS = 36
 KAFKA_STORAGE_ERROR = 56
 UNSUPPORTED_COMPRESSION_TYPE = 76
+MEMBER_ID_REQUIRED = 79
 INVALID_RECORD = 87
 
 # API keys.
@@ -30,6 +31,7 @@ PRODUCE = 0
 FETCH = 1
 LIST_OFFSETS = 2
 METADATA = 3
+JOIN_GROUP = 11
 API_VERSIONS = 18
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
@@ -459,3 +461,50 @@ def produce_v3(conn: Connection, topic: str, partition: int, records: bytes,
     r.i32()  # throttle_time_ms
     assert len(results) == 1, f"expected one partition result, got {results}"
     return results[0]
+
+
+# --------------------------------------------------------------------------
+# JoinGroup v4 (the first version with KIP-394's MEMBER_ID_REQUIRED)
+# --------------------------------------------------------------------------
+
+def consumer_subscription_v0(topics: list[str]) -> bytes:
+    """A ConsumerProtocolSubscription v0: the metadata of a "consumer" protocol."""
+    return i16(0) + i32(len(topics)) + b"".join(string(t) for t in topics) + bytes_field(None)
+
+
+@dataclass
+class JoinGroupResponse:
+    error_code: int
+    generation_id: int
+    protocol_name: str | None
+    leader: str | None
+    member_id: str | None
+    members: list[tuple[str | None, bytes]]
+
+
+def join_group_v4(conn: Connection, group: str, member_id: str, topics: list[str],
+                  session_timeout_ms: int, rebalance_timeout_ms: int,
+                  correlation_id: int = 13) -> JoinGroupResponse:
+    """One JoinGroup v4 for the "consumer" protocol type with the range assignor.
+    Blocks until the broker answers (a real join waits for its rebalance)."""
+    body = (
+        string(group)
+        + i32(session_timeout_ms)
+        + i32(rebalance_timeout_ms)
+        + string(member_id)
+        + string("consumer")
+        + i32(1)                  # protocols
+        + string("range")
+        + bytes_field(consumer_subscription_v0(topics))
+    )
+    r = conn.request(JOIN_GROUP, 4, body, correlation_id)
+    r.i32()  # throttle_time_ms
+    error, generation = r.i16(), r.i32()
+    protocol, leader, member = r.string(), r.string(), r.string()
+    members = []
+    for _ in range(max(r.i32(), 0)):
+        mid = r.string()
+        n = r.i32()
+        members.append((mid, r.data[r.pos:r.pos + max(n, 0)]))
+        r.pos += max(n, 0)
+    return JoinGroupResponse(error, generation, protocol, leader, member, members)

@@ -85,6 +85,7 @@ pub const SETTINGS: &[Setting] = &[
     s("offsets.topic.segment.bytes", None, Int, "104857600", 1024, "Segment size of __consumer_offsets, which is compacted segment by segment."),
     s("log.cleaner.backoff.ms", None, Long, "15000", 1, "How often compacted topics (such as __consumer_offsets) are cleaned."),
     s("offsets.retention.minutes", None, Int, "10080", 1, "How long committed offsets are kept after their group becomes empty."),
+    s("offsets.retention.check.interval.ms", None, Long, "600000", 1, "How often committed offsets are checked for expiry."),
     s("offset.metadata.max.bytes", None, Int, "4096", 0, "Largest metadata string an offset commit may carry."),
     s("group.initial.rebalance.delay.ms", None, Int, "3000", 0, "How long a new group waits for more members before its first rebalance."),
     s("group.min.session.timeout.ms", None, Int, "6000", 0, "Smallest session.timeout.ms a consumer may ask for."),
@@ -291,6 +292,9 @@ impl BrokerConfig {
     }
     pub fn retention_check_interval_ms(&self) -> u64 {
         self.number("log.retention.check.interval.ms") as u64
+    }
+    pub fn offsets_retention_check_interval_ms(&self) -> i64 {
+        self.number("offsets.retention.check.interval.ms")
     }
     pub fn offsets_topic_partitions(&self) -> i32 {
         self.number("offsets.topic.num.partitions") as i32

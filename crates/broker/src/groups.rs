@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -13,7 +14,7 @@ use caudal_coordinator::{
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;
@@ -35,6 +36,11 @@ pub enum Answer {
 pub struct Groups {
     coordinator: Mutex<Coordinator<Responder>>,
     offsets_topic: Arc<Topic>,
+    /// When the group clock ticks next, in ms since the epoch. Set by the clock after each
+    /// tick; lowered (under the coordinator's lock) by a request that set an earlier deadline.
+    next_tick: AtomicI64,
+    /// Wakes the group clock after `next_tick` was lowered.
+    clock: Notify,
 }
 
 /// Offsets below `end` in `partition` must be durable before the request is answered.
@@ -85,6 +91,9 @@ impl Groups {
         Ok(Groups {
             coordinator: Mutex::new(coordinator),
             offsets_topic,
+            // Long past: the clock ticks as soon as it starts.
+            next_tick: AtomicI64::new(0),
+            clock: Notify::new(),
         })
     }
 
@@ -105,6 +114,8 @@ impl Groups {
     ) -> (T, Vec<DurableWait>) {
         let mut answers = Vec::new();
         let mut waits = Vec::new();
+        let mut tick_by: Option<Ms> = None;
+        let mut wake_clock = false;
         let result = {
             let mut coordinator = self.coordinator.lock().unwrap_or_else(|p| p.into_inner());
             let (result, effects) = f(&mut coordinator);
@@ -121,6 +132,7 @@ impl Groups {
                         sync_ms = s.sync_ms,
                         "group stabilized"
                     ),
+                    Effect::TickBy(at) => tick_by = Some(tick_by.map_or(at, |t| t.min(at))),
                     Effect::Write(record) => {
                         let group_id = match &record {
                             OffsetsRecord::Offset { group_id, .. }
@@ -145,13 +157,45 @@ impl Groups {
                     }
                 }
             }
+            // Under the lock, so the clock's own store after a tick cannot hide this deadline.
+            if let Some(at) = tick_by {
+                wake_clock = self.next_tick.fetch_min(at, Ordering::SeqCst) > at;
+            }
             result
         };
+        if wake_clock {
+            self.clock.notify_one();
+        }
         for (r, answer) in answers {
             // A client that went away leaves nobody to answer.
             let _ = r.send(answer);
         }
         (result, waits)
+    }
+
+    /// Advances the coordinator's clock to `now`; returns when it must tick next: at its
+    /// earliest deadline, and no later than `no_later_than`.
+    pub fn tick(&self, now: Ms, no_later_than: Ms) -> Ms {
+        let (next, _) = self.run(now, |c| {
+            let effects = c.tick(now);
+            let next = c
+                .next_deadline()
+                .map_or(no_later_than, |d| d.min(no_later_than));
+            self.next_tick.store(next, Ordering::SeqCst);
+            (next, effects)
+        });
+        next
+    }
+
+    /// When the clock must tick next, as last computed or lowered by a request.
+    pub fn next_tick(&self) -> Ms {
+        self.next_tick.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a request has set a deadline earlier than [`next_tick`](Self::next_tick)
+    /// was (at once if that happened since the last call).
+    pub async fn clock_lowered(&self) {
+        self.clock.notified().await
     }
 
     /// Reads the coordinator without changing it.

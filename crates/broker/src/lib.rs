@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use caudal_coordinator::Ms;
 pub use config::{BrokerConfig, ConfigError, Setting, SETTINGS};
 use topics::Topics;
 
@@ -239,16 +240,36 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Advances the group coordinator's clock: session and rebalance timeouts, initial delays.
+/// Ticks the group coordinator's clock (session, join, sync and revocation timeouts, lapsed
+/// member ids, the initial rebalance delay) when its earliest deadline comes, and at least every
+/// `offsets.retention.check.interval.ms` so committed offsets expire with no member deadline
+/// pending. Requests that set an earlier deadline (joins, syncs, leaves, KIP-848 joins and
+/// revocations) lower [`groups::Groups::next_tick`] and wake it; heartbeats and offset commits
+/// only push a deadline later, and an early tick is harmless, so they never wake it.
 async fn group_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(Duration::from_millis(50));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Even if a deadline is always due (a rebalance timeout of 0 makes every join and sync
+    // phase end at once), the clock does not spin: each tick scans every group.
+    const TICK_INTERVAL_MIN_MS: i64 = 10;
+    let check_every = broker.config.offsets_retention_check_interval_ms().max(1);
+    let mut next_offsets_check = now_ms() + check_every;
+    let mut last_tick: Ms = 0;
     loop {
+        let at = broker
+            .groups
+            .next_tick()
+            .max(last_tick + TICK_INTERVAL_MIN_MS);
+        let wait_ms = at.saturating_sub(now_ms()).clamp(0, check_every);
         tokio::select! {
-            _ = every.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            // A request set an earlier deadline: sleep again, until that one.
+            _ = broker.groups.clock_lowered() => continue,
             _ = stop.changed() => return,
         }
         let now = now_ms();
-        broker.groups.run(now, |c| ((), c.tick(now)));
+        if now >= next_offsets_check {
+            next_offsets_check = now + check_every;
+        }
+        broker.groups.tick(now, next_offsets_check);
+        last_tick = now;
     }
 }

@@ -711,7 +711,18 @@ impl<R> Coordinator<R> {
         topics: &TopicsImage,
         now: Ms,
     ) -> (HeartbeatResponse, Vec<Effect<R>>) {
-        (self.heartbeat_inner(req, topics, now), Vec::new())
+        let group_id = req.group_id.clone();
+        let response = self.heartbeat_inner(req, topics, now);
+        // Only this member's deadlines moved (a new member's session, a revocation's rebalance
+        // timeout): tell the runtime about them alone, O(1) rather than a scan of the group.
+        let deadline = response.member_id.as_ref().and_then(|id| {
+            let m = self.consumer_groups.get(&group_id)?.members.get(id)?;
+            Some(
+                m.revocation_deadline
+                    .map_or(m.session_deadline, |r| r.min(m.session_deadline)),
+            )
+        });
+        (response, deadline.map(Effect::TickBy).into_iter().collect())
     }
 
     fn heartbeat_inner(

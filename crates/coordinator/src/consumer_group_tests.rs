@@ -64,7 +64,10 @@ fn beat(member: &str, epoch: i32, owned: &TopicPartitions) -> HeartbeatRequest {
 
 fn hb(c: &mut C, req: HeartbeatRequest, image: &TopicsImage, now: Ms) -> HeartbeatResponse {
     let (r, effects) = c.consumer_group_heartbeat(req, image, now);
-    assert!(effects.is_empty(), "heartbeats write nothing");
+    assert!(
+        effects.iter().all(|e| matches!(e, Effect::TickBy(_))),
+        "heartbeats write nothing"
+    );
     r
 }
 
@@ -554,5 +557,17 @@ fn a_classic_group_in_use_refuses_consumer_members_and_the_reverse() {
     assert_eq!(
         c.consumer_group_describe("classic"),
         DescribedConsumerGroup::NotConsumerGroup
+    );
+}
+
+#[test]
+fn a_joining_member_tells_the_runtime_when_its_session_ends() {
+    let mut c = coordinator();
+    let image = topics(&[("t", T, 4)]);
+    let (r, effects) = c.consumer_group_heartbeat(join("a", &["t"]), &image, 100);
+    assert_eq!(r.error, NONE);
+    assert!(
+        matches!(effects[..], [Effect::TickBy(at)] if at == 100 + Ms::from(SESSION)),
+        "{effects:?}"
     );
 }

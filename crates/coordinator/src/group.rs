@@ -172,6 +172,9 @@ pub enum Effect<R> {
     Write(OffsetsRecord),
     /// A rebalance finished: the group is Stable at a new generation. For the log.
     Stabilized(Stabilized),
+    /// Call [`Coordinator::tick`] by this time: a request set a deadline that may be earlier
+    /// than any the runtime knew of. Ticking earlier does no harm.
+    TickBy(Ms),
 }
 
 /// How a rebalance went, from its start to the leader's assignment reaching the members.
@@ -343,6 +346,25 @@ impl<R> Group<R> {
             .map(|n| (*n).clone())
     }
 
+    /// The earliest time at which `tick` has something to do for this group.
+    fn next_deadline(&self) -> Option<Ms> {
+        // Members waiting on a join or sync are not expired; the phase's deadline covers them.
+        self.members
+            .iter()
+            .filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none())
+            .map(|m| m.heartbeat_deadline)
+            .chain(self.pending_members.values().copied())
+            .chain(
+                self.join_deadline
+                    .filter(|_| self.state == GroupState::PreparingRebalance),
+            )
+            .chain(
+                self.sync_deadline
+                    .filter(|_| self.state == GroupState::CompletingRebalance),
+            )
+            .min()
+    }
+
     fn max_rebalance_timeout(&self) -> Ms {
         self.members
             .iter()
@@ -462,6 +484,13 @@ impl<R> Coordinator<R> {
 
     /// JoinGroup.
     pub fn join(&mut self, req: JoinRequest, responder: R, now: Ms) -> Vec<Effect<R>> {
+        let group_id = req.group_id.clone();
+        let mut out = self.join_group(req, responder, now);
+        self.push_tick_by(&group_id, &mut out);
+        out
+    }
+
+    fn join_group(&mut self, req: JoinRequest, responder: R, now: Ms) -> Vec<Effect<R>> {
         let mut out = Vec::new();
         if req.group_id.is_empty() {
             out.push(Effect::Join(
@@ -520,6 +549,14 @@ impl<R> Coordinator<R> {
 
     /// SyncGroup.
     pub fn sync(&mut self, req: SyncRequest, responder: R, now: Ms) -> Vec<Effect<R>> {
+        let group_id = req.group_id.clone();
+        let mut out = self.sync_group(req, responder, now);
+        // The leader's assignment ends the sync phase: the members' sessions run again.
+        self.push_tick_by(&group_id, &mut out);
+        out
+    }
+
+    fn sync_group(&mut self, req: SyncRequest, responder: R, now: Ms) -> Vec<Effect<R>> {
         let mut out = Vec::new();
         let Some(group) = self.groups.get_mut(&req.group_id) else {
             out.push(Effect::Sync(
@@ -620,7 +657,9 @@ impl<R> Coordinator<R> {
         out
     }
 
-    /// Heartbeat: returns the error code to answer with.
+    /// Heartbeat: returns the error code to answer with. It only moves the member's session
+    /// deadline later (same session timeout, later `now`), so the runtime's clock, already due
+    /// no later than the old deadline, needs no [`Effect::TickBy`]: heartbeats stay O(1).
     pub fn heartbeat(
         &mut self,
         group_id: &str,
@@ -665,6 +704,7 @@ impl<R> Coordinator<R> {
         };
         let mut errors = Vec::with_capacity(leaving.len());
         let mut removed_any = false;
+        let mut removed_pending = false;
         for (member_id, instance) in leaving {
             let target = match instance {
                 Some(i) => match group.static_member(i) {
@@ -675,6 +715,7 @@ impl<R> Coordinator<R> {
                     None => Err(UNKNOWN_MEMBER_ID),
                 },
                 None if group.pending_members.remove(member_id).is_some() => {
+                    removed_pending = true;
                     errors.push(NONE);
                     continue;
                 }
@@ -692,12 +733,19 @@ impl<R> Coordinator<R> {
         }
         if removed_any {
             after_membership_change(group, now, &mut out);
+        } else if removed_pending {
+            // A member id that never joined leaves no member behind, so no rebalance; but
+            // the join phase may have been waiting only for it (Kafka's
+            // removePendingMemberAndUpdateGroup).
+            maybe_complete_join(group, now, &mut out);
         }
+        self.push_tick_by(group_id, &mut out);
         (errors, out)
     }
 
     /// Advances time: expires silent members and lapsed member ids, ends join and sync phases
-    /// whose time is up, and expires old offsets.
+    /// whose time is up, and expires old offsets. Emits no [`Effect::TickBy`]: the runtime
+    /// asks [`next_deadline`](Self::next_deadline) after each tick.
     pub fn tick(&mut self, now: Ms) -> Vec<Effect<R>> {
         let mut out = Vec::new();
         self.consumer_groups_tick(now);
@@ -705,7 +753,9 @@ impl<R> Coordinator<R> {
         let mut emptied = Vec::new();
         let consumer_groups = &self.consumer_groups;
         for group in self.groups.values_mut() {
+            let pending_before = group.pending_members.len();
             group.pending_members.retain(|_, deadline| *deadline > now);
+            let pending_expired = group.pending_members.len() < pending_before;
             let expired: Vec<String> = group
                 .members
                 .iter()
@@ -721,6 +771,10 @@ impl<R> Coordinator<R> {
             }
             if !expired.is_empty() {
                 after_membership_change(group, now, &mut out);
+            } else if pending_expired {
+                // The members that did rejoin need not wait out the rebalance timeout for a
+                // member id that was never used (Kafka's removePendingMemberAndUpdateGroup).
+                maybe_complete_join(group, now, &mut out);
             }
             if group.state == GroupState::PreparingRebalance
                 && group.join_deadline.is_some_and(|d| d <= now)
@@ -792,32 +846,28 @@ impl<R> Coordinator<R> {
         out
     }
 
-    /// The earliest time at which [`tick`](Self::tick) has something to do.
+    /// The earliest time at which [`tick`](Self::tick) has something to do. A scan of every
+    /// member: for the runtime's clock after a tick, not per request.
     pub fn next_deadline(&self) -> Option<Ms> {
-        let consumer = self.consumer_groups_next_deadline();
         self.groups
             .values()
-            .flat_map(|g| {
-                g.members
-                    .iter()
-                    .filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none())
-                    .map(|m| m.heartbeat_deadline)
-                    .chain(g.pending_members.values().copied())
-                    .chain(
-                        g.join_deadline
-                            .filter(|_| g.state == GroupState::PreparingRebalance),
-                    )
-                    .chain(
-                        g.sync_deadline
-                            .filter(|_| g.state == GroupState::CompletingRebalance),
-                    )
-            })
-            .chain(consumer)
+            .filter_map(Group::next_deadline)
+            .chain(self.consumer_groups_next_deadline())
             .min()
     }
 
+    /// Tells the runtime when `group_id` next needs a tick, after a request that may have set
+    /// an earlier deadline in it (a member id handed out, a join or sync phase started or
+    /// ended, a session timeout changed). A scan of that group only.
+    fn push_tick_by(&self, group_id: &str, out: &mut Vec<Effect<R>>) {
+        if let Some(deadline) = self.groups.get(group_id).and_then(Group::next_deadline) {
+            out.push(Effect::TickBy(deadline));
+        }
+    }
+
     /// OffsetCommit: validates membership (unless a standalone commit to an empty group) and
-    /// returns an error per partition plus the records to write.
+    /// returns an error per partition plus the records to write. Like a heartbeat it only
+    /// moves a session deadline later, so it emits no [`Effect::TickBy`].
     pub fn commit_offsets(
         &mut self,
         group_id: &str,

@@ -662,3 +662,170 @@ fn offsets_of_an_empty_group_expire_after_the_retention() {
     assert_eq!(writes(&e), 2, "an offset tombstone and a group tombstone");
     assert!(c.describe("solo").is_none());
 }
+
+/// A stable group of two whose leader rejoins (a new rebalance, not the initial one) while a
+/// third client gets MEMBER_ID_REQUIRED and never comes back; the follower rejoins too.
+/// Returns the ids, the pending id and when it was handed out.
+fn rebalance_held_by_a_pending_member(c: &mut C) -> (Vec<String>, String, Ms) {
+    let (ids, now) = stable_group(c, 2);
+    assert!(joins(&c.join(join_req(&ids[0], None, &[("range", b"m")]), 10, now)).is_empty());
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::PreparingRebalance
+    );
+    let e = c.join(join_req("", None, &[("range", b"m")]), 12, now);
+    let j = joins(&e);
+    assert_eq!(j[0].1.error, MEMBER_ID_REQUIRED);
+    let pending = j[0].1.member_id.clone();
+    assert!(
+        joins(&c.join(join_req(&ids[1], None, &[("range", b"m")]), 11, now)).is_empty(),
+        "the join phase waits for the member id it handed out"
+    );
+    (ids, pending, now)
+}
+
+/// The joins of members 10 and 11 answered at generation 2, the leader seeing both.
+fn assert_rejoined_members_answered(e: &[Effect<u32>], ids: &[String]) {
+    let mut j = joins(e);
+    j.sort_by_key(|(r, _)| *r);
+    assert_eq!(
+        j.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        vec![10, 11],
+        "both rejoined members get their JoinGroup answer"
+    );
+    assert!(j
+        .iter()
+        .all(|(_, r)| r.error == NONE && r.generation_id == 2));
+    assert_eq!(
+        j[0].1
+            .members
+            .iter()
+            .map(|m| m.member_id.clone())
+            .collect::<Vec<_>>(),
+        ids.to_vec(),
+        "the leader sees the members that rejoined, not the abandoned id"
+    );
+}
+
+#[test]
+fn an_abandoned_member_id_expiring_completes_the_join_at_once() {
+    let mut c = C::new(config());
+    let (ids, _pending, now) = rebalance_held_by_a_pending_member(&mut c);
+    assert!(joins(&c.tick(now + Ms::from(SESSION) - 1)).is_empty());
+    let e = c.tick(now + Ms::from(SESSION));
+    assert_rejoined_members_answered(&e, &ids);
+    assert!(
+        Ms::from(SESSION) < Ms::from(REBALANCE),
+        "the session timeout, not the rebalance timeout"
+    );
+    assert_eq!(
+        c.describe("g").unwrap().state,
+        GroupState::CompletingRebalance
+    );
+    assert!(
+        c.next_deadline()
+            .is_some_and(|d| d > now + Ms::from(SESSION)),
+        "nothing is left due after the tick"
+    );
+}
+
+#[test]
+fn an_abandoned_member_id_leaving_completes_the_join_at_once() {
+    let mut c = C::new(config());
+    let (ids, pending, now) = rebalance_held_by_a_pending_member(&mut c);
+    let (errors, e) = c.leave("g", &[(pending, None)], now + 1);
+    assert_eq!(errors, vec![NONE]);
+    assert_rejoined_members_answered(&e, &ids);
+}
+
+#[test]
+fn an_abandoned_member_id_in_a_stable_group_starts_no_rebalance() {
+    let mut c = C::new(config());
+    let (ids, now) = stable_group(&mut c, 2);
+    let e = c.join(join_req("", None, &[("range", b"m")]), 12, now);
+    let pending = joins(&e)[0].1.member_id.clone();
+    let (errors, e) = c.leave("g", &[(pending, None)], now);
+    assert_eq!(errors, vec![NONE]);
+    assert!(joins(&e).is_empty() && syncs(&e).is_empty() && writes(&e) == 0);
+    assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+    c.join(join_req("", None, &[("range", b"m")]), 13, now);
+    for id in &ids {
+        assert_eq!(c.heartbeat("g", 1, id, None, now + 5_000), NONE);
+    }
+    assert!(c.tick(now + Ms::from(SESSION)).is_empty());
+    assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+}
+
+#[test]
+fn a_member_that_does_not_rejoin_completes_the_join_when_it_leaves_or_expires() {
+    for leaves in [true, false] {
+        let mut c = C::new(config());
+        let (ids, now) = stable_group(&mut c, 3);
+        c.join(join_req(&ids[0], None, &[("range", b"m")]), 10, now);
+        c.join(join_req(&ids[1], None, &[("range", b"m")]), 11, now);
+        let e = if leaves {
+            c.leave("g", &[(ids[2].clone(), None)], now + 1).1
+        } else {
+            assert!(joins(&c.tick(now + Ms::from(SESSION) - 1)).is_empty());
+            c.tick(now + Ms::from(SESSION))
+        };
+        assert_rejoined_members_answered(&e, &ids[..2]);
+    }
+}
+
+#[test]
+fn an_abandoned_member_id_does_not_hold_up_the_first_generation() {
+    let mut c = C::new(config());
+    let e = c.join(join_req("", None, &[("range", b"m")]), 12, 0);
+    assert_eq!(joins(&e)[0].1.error, MEMBER_ID_REQUIRED);
+    first_join(&mut c, 1, 0);
+    let j = joins(&c.tick(3_000));
+    assert_eq!(
+        (j.len(), j[0].1.generation_id),
+        (1, 1),
+        "the initial delay ends the join phase"
+    );
+}
+
+fn tick_by(effects: &[Effect<u32>]) -> Vec<Ms> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::TickBy(at) => Some(*at),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn requests_that_set_a_deadline_tell_the_runtime_when_to_tick() {
+    let mut c = C::new(config());
+    let e = c.join(join_req("", None, &[("range", b"m")]), 1, 0);
+    let id = joins(&e)[0].1.member_id.clone();
+    assert_eq!(
+        tick_by(&e),
+        vec![Ms::from(SESSION)],
+        "the handed-out member id lapses after the session timeout"
+    );
+    let e = c.join(join_req(&id, None, &[("range", b"m")]), 1, 10);
+    assert_eq!(tick_by(&e), vec![3_010], "the initial delay ends");
+    assert!(
+        tick_by(&c.tick(3_010)).is_empty(),
+        "tick leaves it to next_deadline"
+    );
+    assert_eq!(
+        c.next_deadline(),
+        Some(3_010 + Ms::from(SESSION)),
+        "answered, the member must sync within its session"
+    );
+    let e = c.sync(sync_req(&id, 1, vec![]), 2, 4_000);
+    assert_eq!(
+        tick_by(&e),
+        vec![4_000 + Ms::from(SESSION)],
+        "synced, the member's session runs again"
+    );
+    assert_eq!(c.heartbeat("g", 1, &id, None, 5_000), NONE);
+    let (_, e) = c.leave("g", &[(id, None)], 6_000);
+    assert!(tick_by(&e).is_empty(), "an empty group has no deadline");
+    assert_eq!(c.next_deadline(), None);
+}
