@@ -859,9 +859,15 @@ fn read_recovery_point(dir: &Path) -> i64 {
 
 fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
     let tmp = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
-    let mut f = File::create(&tmp)?;
-    writeln!(f, "{offset}")?;
-    f.sync_all()?;
+    let written = File::create(&tmp).and_then(|mut f| {
+        writeln!(f, "{offset}")?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // The old checkpoint stays; give back what the new one took (the disk may be full).
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::rename(&tmp, dir.join(RECOVERY_POINT_FILE))?;
     sync_dir(dir)
 }
