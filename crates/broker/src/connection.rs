@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::connection_warnings::{ConnectionWarnings, Reason};
 use crate::handlers::{self, Reply};
 use crate::Broker;
 
@@ -34,6 +35,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: usize,
+    warnings: Arc<ConnectionWarnings>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (rd, mut wr) = stream.into_split();
@@ -80,7 +82,9 @@ pub async fn serve(
                 break;
             }
             Err(FrameError::TooLarge(len)) => {
-                tracing::warn!(%peer, len, max = frames.max, "closing connection: request frame larger than socket.request.max.bytes");
+                if warnings.admit(Reason::FrameTooLarge) {
+                    tracing::warn!(%peer, len, max = frames.max, "closing connection: request frame larger than socket.request.max.bytes");
+                }
                 break;
             }
             Err(FrameError::Io(e)) => {
@@ -101,10 +105,14 @@ pub async fn serve(
                 }
                 match &e {
                     RequestError::UnknownApi { .. } | RequestError::UnsupportedVersion { .. } => {
-                        tracing::warn!(%peer, error = %e, "closing connection: request the broker does not serve")
+                        if warnings.admit(Reason::UnsupportedRequest) {
+                            tracing::warn!(%peer, error = %e, "closing connection: request the broker does not serve");
+                        }
                     }
                     _ => {
-                        tracing::warn!(%peer, error = %e, frame_start = %hex_prefix(&frame), "closing connection: malformed request")
+                        if warnings.admit(Reason::MalformedRequest) {
+                            tracing::warn!(%peer, error = %e, frame_start = %hex_prefix(&frame), "closing connection: malformed request");
+                        }
                     }
                 }
                 break;

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod connection;
+mod connection_warnings;
 pub mod groups;
 pub mod handlers;
 pub mod partition;
@@ -136,6 +137,11 @@ impl Server {
         let mut connections = JoinSet::new();
         let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
         let group_clock = tokio::spawn(group_clock(broker.clone(), stop_rx.clone()));
+        // Connections closed for bad input are logged a few at a time, with a summary of the
+        // rest every interval.
+        let warnings = Arc::new(connection_warnings::ConnectionWarnings::new());
+        let warnings_flush =
+            tokio::spawn(connection_warnings::flush_every_interval(warnings.clone()));
         // One accept loop per listener, all feeding this one.
         let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(64);
         let mut acceptors = JoinSet::new();
@@ -164,7 +170,7 @@ impl Server {
                 _ = &mut shutdown => break,
                 Some((stream, peer, listener)) = accepted.recv() => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(broker.clone(), stream, peer, listener, stop_rx.clone()));
+                    connections.spawn(connection::serve(broker.clone(), stream, peer, listener, warnings.clone(), stop_rx.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -190,6 +196,7 @@ impl Server {
         }
         retention.abort();
         group_clock.abort();
+        warnings_flush.abort();
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || b.topics.close_all()).await;
         tracing::info!("all logs synced; stopped");
