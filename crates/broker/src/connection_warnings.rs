@@ -1,4 +1,4 @@
-//! Rate limit for the log lines about connections the broker closes.
+//! Rate limit for the log lines about connections the broker closes, refuses or makes wait.
 //!
 //! A hostile or broken peer can open thousands of connections, each closed for the same reason;
 //! one line each would flood the log and hide everything else. Within an interval the first
@@ -25,13 +25,19 @@ pub enum Reason {
     FrameTooLarge,
     /// An API or version the broker does not serve.
     UnsupportedRequest,
+    /// More connections from one address than `max.connections.per.ip` allows.
+    PerIpLimit,
+    /// The broker is at `max.connections`: accepting waits for a connection to close.
+    MaxConnections,
 }
 
 impl Reason {
-    const ALL: [Reason; 3] = [
+    const ALL: [Reason; 5] = [
         Reason::MalformedRequest,
         Reason::FrameTooLarge,
         Reason::UnsupportedRequest,
+        Reason::PerIpLimit,
+        Reason::MaxConnections,
     ];
 
     /// The name used in the summary line.
@@ -40,6 +46,8 @@ impl Reason {
             Reason::MalformedRequest => "malformed_request",
             Reason::FrameTooLarge => "frame_too_large",
             Reason::UnsupportedRequest => "unsupported_request",
+            Reason::PerIpLimit => "max_connections_per_ip",
+            Reason::MaxConnections => "max_connections",
         }
     }
 
@@ -157,12 +165,12 @@ mod tests {
     fn a_flush_renews_the_allowance_and_clears_the_counts() {
         let w = ConnectionWarnings::new();
         for _ in 0..20 {
-            w.admit(Reason::UnsupportedRequest);
+            w.admit(Reason::PerIpLimit);
         }
         assert!(w.flush().is_some());
         assert_eq!(w.flush(), None, "counts must start again from zero");
         assert!(
-            w.admit(Reason::UnsupportedRequest),
+            w.admit(Reason::PerIpLimit),
             "a new interval logs in full again"
         );
     }
