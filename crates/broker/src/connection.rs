@@ -5,9 +5,10 @@
 //! concurrently, and a writer sends the answers in the order the requests came.
 //!
 //! Memory: a connection allocates its read and write buffers only when it has bytes to read or
-//! a response to write, grows them to the largest frame it meets (up to a bound), keeps them
-//! while it is busy, and gives them back after [`IDLE_RELEASE`] without traffic. An idle
-//! connection holds its two tasks and its response queue, no buffer (see the README).
+//! a response to write, grows them to the largest request (bounded by socket.request.max.bytes)
+//! or response it meets, keeps them while it is busy, and gives them back after
+//! [`IDLE_RELEASE`] without traffic. An idle connection holds its two tasks and its response
+//! queue, no buffer (see the README).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,10 +51,6 @@ const FIRST_READ_BYTES: usize = 4 * 1024;
 /// and sending nothing makes the buffer grow no further than this.
 const READ_AHEAD_BYTES: usize = 1 << 20;
 
-/// Most buffer a busy connection keeps between two frames (each way); a larger one, left by an
-/// unusually large request or response, is given back at once.
-const KEPT_BUFFER_BYTES: usize = 4 << 20;
-
 pub async fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
@@ -95,11 +92,7 @@ pub async fn serve(
                         tracing::error!(%peer, error = %e, "closing connection: response could not be encoded");
                         return;
                     }
-                    let written = wr.write_all(&out).await;
-                    if out.capacity() > KEPT_BUFFER_BYTES {
-                        out = BytesMut::new();
-                    }
-                    written
+                    wr.write_all(&out).await
                 }
                 InFlight::Encoded(frame) => wr.write_all(&frame).await,
             };
@@ -264,12 +257,10 @@ impl FrameReader {
     }
 
     /// Waits for the next frame's first bytes. The buffer is kept while requests come often
-    /// (reused, not reallocated) and given back when the connection goes idle or when a rare
-    /// large frame left it larger than a busy connection may keep.
+    /// (reused, not reallocated, whatever its size: a consumer's fetches or a producer's large
+    /// batches would otherwise allocate and fault in megabytes per request) and given back
+    /// when the connection goes idle.
     async fn wait_between_frames(&mut self) -> Result<(), FrameError> {
-        if self.held_bytes > KEPT_BUFFER_BYTES {
-            self.release();
-        }
         if self.held_bytes > 0 {
             match tokio::time::timeout(IDLE_RELEASE, self.rd.readable()).await {
                 Ok(ready) => return ready.map_err(FrameError::Io),
