@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import time
@@ -12,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 import wire
 from support import (DeliveryLog, consume, create_topic, flush, produce_and_confirm, producer,
-                     topic_partition_counts, unique_topic, watermarks)
+                     topic_partition_counts, unique_topic, wait_until, watermarks)
 
 CLOSE_TIMEOUT = 10.0
 
@@ -128,6 +129,55 @@ def test_garbage_closes_connection(broker, payload):
         conn.send_raw(payload)
         assert conn.wait_closed(CLOSE_TIMEOUT), \
             f"broker kept the connection open {CLOSE_TIMEOUT}s after garbage {payload[:16]!r}"
+    assert_broker_serves(broker)
+
+
+# A Metadata v0 request header cut short: a frame that does not decode.
+MALFORMED_FRAME = struct.pack(">i", 8) + struct.pack(">hhi", 3, 0, 1)[:8]
+# What connection.rs logs for each such frame, and the summary of those not logged.
+MALFORMED_LINE = "closing connection: malformed request"
+SUMMARY_LINE = re.compile(
+    r"suppressed (\d+) log lines about closed connections in the last (\d+) s: (.*)$")
+
+
+def suppressed_counts(log: str) -> list[dict[str, int]]:
+    """The counts by reason of each summary line in the broker log."""
+    out = []
+    for line in log.splitlines():
+        m = SUMMARY_LINE.search(line)
+        if m:
+            counts = dict((k, int(v)) for k, v in (kv.split("=") for kv in m.group(3).split()))
+            assert sum(counts.values()) == int(m.group(1)), line
+            out.append(counts)
+    return out
+
+
+def test_malformed_frame_warnings_are_rate_limited(broker):
+    frames = 5000
+    t0 = time.monotonic()
+    for _ in range(frames):
+        s = socket.create_connection((broker.host, broker.port), timeout=5)
+        s.sendall(MALFORMED_FRAME)
+        s.close()
+    sent_in = time.monotonic() - t0
+
+    def every_frame_accounted_for():
+        log = broker.log_text()
+        logged = log.count(MALFORMED_LINE)
+        counted = sum(c.get("malformed_request", 0) for c in suppressed_counts(log))
+        assert logged + counted <= frames, f"{logged} logged + {counted} counted > {frames}"
+        return (logged, counted) if logged + counted == frames else None
+
+    # The summary comes with the next periodic flush (every 10 s), with no further bad frame.
+    logged, counted = wait_until(every_frame_accounted_for, timeout=40, interval=0.5,
+                                 message=f"warn lines plus summary counts to add up to {frames}")
+    summaries = suppressed_counts(broker.log_text())
+    # At most 5 full lines per reason per 10 s interval: the sending took `sent_in` seconds,
+    # spread over at most that many intervals plus the two it started and ended in.
+    intervals = int(sent_in // 10) + 2
+    assert logged <= 5 * intervals, f"{logged} warn lines for {frames} malformed frames"
+    assert 1 <= len(summaries) <= intervals, summaries
+    assert counted >= frames - 5 * intervals
     assert_broker_serves(broker)
 
 

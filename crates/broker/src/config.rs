@@ -70,6 +70,9 @@ pub const SETTINGS: &[Setting] = &[
     s("log.dir.min.free.bytes", None, Long, "-1", -1, "Not a Kafka setting: below this much free space on the data directory's filesystem, produce is refused with KAFKA_STORAGE_ERROR (retriable) while consumers, offset commits, topic deletion and retention go on, so the disk never fills. -1: the smaller of 1 GiB and 5% of the filesystem; 0: no guard."),
     s("socket.request.max.bytes", None, Int, "104857600", 8, "Largest request frame accepted; a larger one closes the connection."),
     s("queued.max.requests", None, Int, "500", 1, "Requests a connection may have in flight before the broker stops reading from it."),
+    s("max.connections", None, Int, "2147483647", 0, "Most client connections the broker serves at once; at the limit it accepts the next one only when another closes."),
+    s("max.connections.per.ip", None, Int, "2147483647", 0, "Most connections from one IP address; a further one is closed at once."),
+    s("max.connections.per.ip.overrides", None, Str, "", 0, "Per-address exceptions to max.connections.per.ip, as IP:COUNT,IP:COUNT (e.g. 10.0.0.5:200,::1:50)."),
     s("log.segment.bytes", Some("segment.bytes"), Int, "1073741824", 1024, "Size at which a partition's active segment is rolled."),
     s("log.roll.ms", Some("segment.ms"), Long, "604800000", 1, "Age at which a partition's active segment is rolled."),
     s("log.retention.ms", Some("retention.ms"), Long, "604800000", -1, "How long segments are kept after their newest record; -1 keeps them forever."),
@@ -171,6 +174,10 @@ pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, 
         }
         Str if setting.key == "group.consumer.assignors" => {
             parse_assignors(value).map_err(invalid)?;
+            Ok(value.to_string())
+        }
+        Str if setting.key == "max.connections.per.ip.overrides" => {
+            crate::connection_quotas::parse_overrides(value).map_err(invalid)?;
             Ok(value.to_string())
         }
         Str => {
@@ -283,6 +290,18 @@ impl BrokerConfig {
     }
     pub fn queued_max_requests(&self) -> usize {
         self.number("queued.max.requests") as usize
+    }
+    pub fn max_connections(&self) -> usize {
+        self.number("max.connections").max(0) as usize
+    }
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.number("max.connections.per.ip").max(0) as usize
+    }
+    /// `max.connections.per.ip.overrides`, checked when it was set.
+    pub fn max_connections_per_ip_overrides(&self) -> Vec<(std::net::IpAddr, usize)> {
+        self.get("max.connections.per.ip.overrides")
+            .and_then(|(v, _)| crate::connection_quotas::parse_overrides(v).ok())
+            .unwrap_or_default()
     }
     pub fn cleaner_backoff_ms(&self) -> u64 {
         self.number("log.cleaner.backoff.ms") as u64
@@ -416,5 +435,28 @@ mod tests {
             Some(("-1", 5))
         );
         assert_eq!(c.log_config(&overrides).retention_ms, 10);
+    }
+
+    #[test]
+    fn connection_limits_have_kafkas_defaults_and_overrides_are_checked() {
+        let mut c = BrokerConfig::new("127.0.0.1:9092".parse().unwrap(), "d".into());
+        assert_eq!(c.max_connections(), i32::MAX as usize);
+        assert_eq!(c.max_connections_per_ip(), i32::MAX as usize);
+        assert!(c.max_connections_per_ip_overrides().is_empty());
+        c.set("max.connections.per.ip.overrides", "127.0.0.1:3,::1:4")
+            .unwrap();
+        assert_eq!(
+            c.max_connections_per_ip_overrides(),
+            vec![
+                ("127.0.0.1".parse().unwrap(), 3),
+                ("::1".parse().unwrap(), 4)
+            ]
+        );
+        let e = c
+            .set("max.connections.per.ip.overrides", "broker-a:3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an IP address"), "{e}");
+        assert!(c.set("max.connections", "-1").is_err());
     }
 }

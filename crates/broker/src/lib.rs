@@ -3,6 +3,8 @@
 
 pub mod config;
 mod connection;
+mod connection_quotas;
+mod connection_warnings;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
@@ -147,19 +149,61 @@ impl Server {
         let mut connections = JoinSet::new();
         let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
         let group_clock = tokio::spawn(group_clock(broker.clone(), stop_rx.clone()));
+        // Connections closed for bad input or refused by a limit are logged a few at a time,
+        // with a summary of the rest every interval.
+        let warnings = Arc::new(connection_warnings::ConnectionWarnings::new());
+        let warnings_flush =
+            tokio::spawn(connection_warnings::flush_every_interval(warnings.clone()));
+        let quotas = Arc::new(connection_quotas::ConnectionQuotas::from_config(
+            &broker.config,
+        ));
         // One accept loop per listener, all feeding this one.
         let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(64);
         let mut acceptors = JoinSet::new();
         for (index, listener) in listeners.into_iter().enumerate() {
             let tx = accepted_tx.clone();
+            let quotas = quotas.clone();
+            let warnings = warnings.clone();
+            let max_connections = broker.config.max_connections();
             acceptors.spawn(async move {
                 loop {
-                    match listener.accept().await {
-                        Ok((stream, peer)) => {
-                            if tx.send((stream, peer, index)).await.is_err() {
-                                return;
+                    // At max.connections, wait for a connection to close before taking the next
+                    // one off the listen queue, as Kafka's acceptor does (KIP-402): clients wait
+                    // in the kernel's backlog rather than being refused.
+                    let slot = match quotas.try_broker_slot() {
+                        Some(slot) => slot,
+                        None => {
+                            if warnings.admit(connection_warnings::Reason::MaxConnections) {
+                                tracing::info!(
+                                    max_connections,
+                                    "max.connections reached: accepting again when a connection closes"
+                                );
                             }
+                            let Some(slot) = quotas.broker_slot().await else {
+                                return;
+                            };
+                            slot
                         }
+                    };
+                    match listener.accept().await {
+                        Ok((stream, peer)) => match quotas.admit(slot, peer.ip()) {
+                            Ok(slot) => {
+                                if tx.send((stream, peer, index, slot)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(refused) => {
+                                // Closed at once (dropped), as Kafka does.
+                                if warnings.admit(connection_warnings::Reason::PerIpLimit) {
+                                    tracing::info!(
+                                        %peer,
+                                        "refused connection: {} already has the maximum of {} connections (max.connections.per.ip)",
+                                        refused.ip,
+                                        refused.max
+                                    );
+                                }
+                            }
+                        },
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -173,9 +217,15 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some((stream, peer, listener)) = accepted.recv() => {
+                Some((stream, peer, listener, slot)) = accepted.recv() => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(broker.clone(), stream, peer, listener, stop_rx.clone()));
+                    let (broker, warnings, stop) = (broker.clone(), warnings.clone(), stop_rx.clone());
+                    connections.spawn(async move {
+                        // Held until the connection ends, however it ends (even aborted).
+                        let _slot = slot;
+                        // Made here rather than moved in, so the task holds one copy of it.
+                        connection::serve(broker, stream, peer, listener, warnings, stop).await
+                    });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -201,6 +251,7 @@ impl Server {
         }
         retention.abort();
         group_clock.abort();
+        warnings_flush.abort();
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || b.topics.close_all()).await;
         tracing::info!("all logs synced; stopped");
