@@ -238,11 +238,10 @@ pub fn validate_produced_batch(
         0 => walk_records(body, valid.records_count, base_timestamp)?,
         codec => SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            scratch.clear();
             let walked =
                 crate::compression::decompress(codec, body, max_decompressed_bytes, &mut scratch)
-                    .and_then(|()| walk_records(&scratch, valid.records_count, base_timestamp));
-            if scratch.capacity() > SCRATCH_KEPT_BYTES {
+                    .and_then(|n| walk_records(&scratch[..n], valid.records_count, base_timestamp));
+            if scratch.len() > SCRATCH_KEPT_BYTES {
                 *scratch = Vec::new();
             }
             walked

@@ -19,28 +19,31 @@ pub const ZSTD: i16 = 4;
 const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 const XERIAL_HEADER_LEN: usize = 16;
 
-/// Appends the records of `compressed` (a batch body compressed with `codec`) to `out`, at most
-/// `limit` bytes of them.
+/// Decompresses `compressed`, a batch body compressed with `codec`, into `buf`: returns how
+/// many bytes of records it holds (at most `limit`; more is an error). `buf` is a work buffer
+/// reused from batch to batch: all of it is initialised, it grows (zero-filling only what is
+/// new) when a batch needs more, and it is never cleared, so a warm buffer costs nothing before
+/// the decompressor writes into it.
 pub fn decompress(
     codec: i16,
     compressed: &[u8],
     limit: usize,
-    out: &mut Vec<u8>,
-) -> Result<(), BatchError> {
+    buf: &mut Vec<u8>,
+) -> Result<usize, BatchError> {
     match codec {
-        GZIP => read_bounded(flate2::read::MultiGzDecoder::new(compressed), limit, out),
-        SNAPPY => snappy(compressed, limit, out),
+        GZIP => read_bounded(flate2::read::MultiGzDecoder::new(compressed), limit, buf),
+        SNAPPY => snappy(compressed, limit, buf),
         LZ4 => {
             let mut decoder = lz4::Decoder::new(compressed).map_err(|e| corrupt("lz4", e))?;
-            read_bounded(&mut decoder, limit, out)?;
+            let n = read_bounded(&mut decoder, limit, buf)?;
             // The decoder stops quietly where its input ends: a cut frame shows only here.
             match decoder.finish() {
-                ([], Ok(())) => Ok(()),
+                ([], Ok(())) => Ok(n),
                 (_, Ok(())) => Err(corrupt("lz4", "bytes after the end of the frame")),
                 (_, Err(_)) => Err(corrupt("lz4", "the frame is cut off")),
             }
         }
-        ZSTD => zstd(compressed, limit, out),
+        ZSTD => zstd(compressed, limit, buf),
         other => Err(BatchError::UnknownCodec(other)),
     }
 }
@@ -53,37 +56,58 @@ fn too_large(limit: usize) -> BatchError {
     BatchError::InflatesTooMuch { limit }
 }
 
-/// Reads a decoder to its end, failing once it has given more than `limit` bytes.
-fn read_bounded(decoder: impl Read, limit: usize, out: &mut Vec<u8>) -> Result<(), BatchError> {
-    let start = out.len();
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(out)
-        .map_err(|e| corrupt("decompression", e))?;
-    if out.len() - start > limit {
-        return Err(too_large(limit));
+/// Makes `buf` at least `len` bytes long (never shorter), zero-filling what is new.
+fn ensure_len(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
-    Ok(())
 }
 
-fn snappy(compressed: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), BatchError> {
+/// Reads a decoder to its end into `buf`, failing once it has given more than `limit` bytes.
+fn read_bounded(
+    mut decoder: impl Read,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<usize, BatchError> {
+    let cap = limit.saturating_add(1);
+    let mut filled = 0;
+    loop {
+        let end = buf.len().min(cap);
+        if filled == end {
+            if end == cap {
+                return Err(too_large(limit));
+            }
+            ensure_len(buf, buf.len().saturating_mul(2).max(64 << 10).min(cap));
+            continue;
+        }
+        match decoder.read(&mut buf[filled..end]) {
+            Ok(0) => return Ok(filled),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(corrupt("decompression", e)),
+        }
+    }
+}
+
+fn snappy(compressed: &[u8], limit: usize, buf: &mut Vec<u8>) -> Result<usize, BatchError> {
     let mut decoder = snap::raw::Decoder::new();
-    let mut block = |raw: &[u8], out: &mut Vec<u8>| -> Result<(), BatchError> {
+    let mut filled = 0;
+    let mut block = |raw: &[u8], buf: &mut Vec<u8>| -> Result<(), BatchError> {
+        // Snappy says how long a block inflates to before anything is decompressed.
         let len = snap::raw::decompress_len(raw).map_err(|e| corrupt("snappy", e))?;
-        let start = out.len();
-        if start + len > limit {
+        if filled + len > limit {
             return Err(too_large(limit));
         }
-        out.resize(start + len, 0);
-        let written = decoder
-            .decompress(raw, &mut out[start..])
+        ensure_len(buf, filled + len);
+        filled += decoder
+            .decompress(raw, &mut buf[filled..filled + len])
             .map_err(|e| corrupt("snappy", e))?;
-        out.truncate(start + written);
         Ok(())
     };
     if !compressed.starts_with(XERIAL_MAGIC) {
         // Raw snappy, as librdkafka writes it (snappy-java reads both).
-        return block(compressed, out);
+        block(compressed, buf)?;
+        return Ok(filled);
     }
     let mut rest = compressed
         .get(XERIAL_HEADER_LEN..)
@@ -96,65 +120,51 @@ fn snappy(compressed: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Batc
         let raw = tail
             .get(..len)
             .ok_or_else(|| corrupt("snappy", "xerial block cut off"))?;
-        block(raw, out)?;
+        block(raw, buf)?;
         rest = &tail[len..];
     }
-    Ok(())
+    Ok(filled)
 }
 
 thread_local! {
     /// One zstd decompression context per thread, reused: creating one per batch costs more
     /// than decompressing a small batch.
-    static ZSTD_DECODER: RefCell<Option<zstd::stream::raw::Decoder<'static>>> =
+    static ZSTD_CONTEXT: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
         const { RefCell::new(None) };
 }
 
-fn zstd(compressed: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), BatchError> {
-    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-    ZSTD_DECODER.with(|cell| {
+/// zstd, decompressed in one shot straight into `buf`: faster than streaming, which goes
+/// through the context's window buffer and copies out of it. Kafka clients write no content
+/// size in the frame header, so the room is a guess, grown fourfold (up to the limit) when the
+/// frame does not fit; `buf` keeps its room from batch to batch, so after the first batch the
+/// guess is right.
+fn zstd(compressed: &[u8], limit: usize, buf: &mut Vec<u8>) -> Result<usize, BatchError> {
+    use zstd::zstd_safe::{get_error_name, DCtx};
+    ZSTD_CONTEXT.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let decoder = match &mut *slot {
-            Some(d) => d,
-            None => slot.insert(zstd::stream::raw::Decoder::new().map_err(|e| corrupt("zstd", e))?),
+        let context = match &mut *slot {
+            Some(c) => c,
+            None => slot.insert(
+                DCtx::try_create().ok_or_else(|| corrupt("zstd", "no decompression context"))?,
+            ),
         };
-        decoder.reinit().map_err(|e| corrupt("zstd", e))?;
-        let start = out.len();
-        let mut input = InBuffer::around(compressed);
-        let mut frame_done;
+        let cap = limit.saturating_add(1);
+        let mut room = compressed.len().saturating_mul(16).max(256 << 10);
         loop {
-            let produced = out.len() - start;
-            if produced > limit {
-                return Err(too_large(limit));
-            }
-            if out.len() == out.capacity() {
-                let grow = (compressed.len() * 4).clamp(64 * 1024, 4 << 20);
-                out.reserve(grow.min(limit + 1 - produced));
-            }
-            let (read_before, len_before) = (input.pos(), out.len());
-            let hint = {
-                let pos = out.len();
-                let mut output = OutBuffer::around_pos(out, pos);
-                decoder
-                    .run(&mut input, &mut output)
-                    .map_err(|e| corrupt("zstd", e))?
-            };
-            frame_done = hint == 0;
-            let consumed_all = input.pos() == compressed.len();
-            if frame_done && consumed_all {
-                break;
-            }
-            let stuck = input.pos() == read_before && out.len() == len_before;
-            if stuck && out.len() < out.capacity() {
-                break;
+            ensure_len(buf, room.min(cap));
+            let end = buf.len().min(cap);
+            match context.decompress(&mut buf[..end], compressed) {
+                Ok(n) if n > limit => return Err(too_large(limit)),
+                Ok(n) => return Ok(n),
+                Err(code) if get_error_name(code) == "Destination buffer is too small" => {
+                    if end == cap {
+                        return Err(too_large(limit));
+                    }
+                    room = end.saturating_mul(4);
+                }
+                Err(code) => return Err(corrupt("zstd", get_error_name(code))),
             }
         }
-        if !frame_done {
-            return Err(corrupt("zstd", "the frame is cut off"));
-        }
-        if out.len() - start > limit {
-            return Err(too_large(limit));
-        }
-        Ok(())
     })
 }
 
@@ -196,9 +206,11 @@ pub(crate) mod tests {
         for codec in [GZIP, SNAPPY, LZ4, ZSTD] {
             let compressed = compress(codec, &plain);
             let mut out = Vec::new();
-            decompress(codec, &compressed, plain.len(), &mut out).unwrap();
-            assert_eq!(out, plain, "codec {codec}");
-            out.clear();
+            let n = decompress(codec, &compressed, plain.len(), &mut out).unwrap();
+            assert_eq!(&out[..n], &plain[..], "codec {codec}");
+            // A warm buffer, longer than needed, is reused as it is.
+            let n = decompress(codec, &compressed, plain.len(), &mut out).unwrap();
+            assert_eq!(&out[..n], &plain[..], "codec {codec}, warm");
             assert!(
                 matches!(
                     decompress(codec, &compressed, plain.len() - 1, &mut out),
@@ -220,7 +232,6 @@ pub(crate) mod tests {
                 decompress(codec, cut, 1 << 20, &mut out).is_err(),
                 "codec {codec}: half a stream accepted"
             );
-            out.clear();
             assert!(
                 decompress(codec, b"this is not compressed at all", 1 << 20, &mut out).is_err(),
                 "codec {codec}: garbage accepted"
@@ -240,7 +251,7 @@ pub(crate) mod tests {
                 Err(BatchError::InflatesTooMuch { .. })
             ));
             assert!(
-                out.capacity() <= 8 << 20,
+                out.capacity() <= 2 << 20,
                 "codec {codec}: {} bytes held",
                 out.capacity()
             );
@@ -258,7 +269,7 @@ pub(crate) mod tests {
             framed.extend_from_slice(&block);
         }
         let mut out = Vec::new();
-        decompress(SNAPPY, &framed, 1 << 20, &mut out).unwrap();
-        assert_eq!(out, plain);
+        let n = decompress(SNAPPY, &framed, 1 << 20, &mut out).unwrap();
+        assert_eq!(&out[..n], &plain[..]);
     }
 }

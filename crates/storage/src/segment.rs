@@ -543,7 +543,9 @@ fn first_record_at_or_after(
         0 => body,
         codec => {
             let mut out = Vec::new();
-            crate::compression::decompress(codec, body, max_decompressed_bytes, &mut out).ok()?;
+            let n = crate::compression::decompress(codec, body, max_decompressed_bytes, &mut out)
+                .ok()?;
+            out.truncate(n);
             decompressed = out;
             &decompressed[..]
         }
