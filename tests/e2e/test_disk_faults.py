@@ -65,6 +65,22 @@ def fill(path, chunk: int = 1 << 20) -> int:
     return written
 
 
+def produce_until_refused(b, topic: str, most: int, **conf) -> tuple[DeliveryLog, set[bytes]]:
+    """acks=all records of ~1 KB to partition 0, in rounds, until a delivery fails; returns the
+    delivery reports and every value produced. Fails after `most` records."""
+    p = producer(b.bootstrap, acks="all", **conf)
+    log = DeliveryLog()
+    produced = set()
+    while not log.failed:
+        for _ in range(500):
+            v = value(len(produced))
+            produced.add(v)
+            p.produce(topic, value=v, partition=0, on_delivery=log)
+        p.flush(30)
+        assert len(produced) < most, f"{most} records produced and none was refused"
+    return log, produced
+
+
 def topic_names(bootstrap: str) -> set[str]:
     return set(admin(bootstrap).list_topics(timeout=10).topics)
 
@@ -96,18 +112,10 @@ def test_filling_the_disk_then_freeing_it_loses_no_acknowledged_record(small_fs,
     topic = unique_topic("full")
     create_topic(b.bootstrap, topic, partitions=1)
 
-    p = producer(b.bootstrap, **{"acks": "all", "message.timeout.ms": 3000,
-                                 "retry.backoff.ms": 100, "batch.size": 65536})
-    log = DeliveryLog()
-    produced = set()
-    i = 0
-    while not log.failed:
-        for _ in range(500):
-            produced.add(value(i))
-            p.produce(topic, value=value(i), partition=0, on_delivery=log)
-            i += 1
-        p.flush(30)
-        assert i < 60_000, "60 MB produced to a 24 MB filesystem and no write failed"
+    log, produced = produce_until_refused(
+        b, topic, 60_000, **{"message.timeout.ms": 3000, "retry.backoff.ms": 100,
+                             "batch.size": 65536})
+    i = len(produced)
     assert "append failed" in b.log_text(), "the failures were not the disk filling"
     assert shutil.disk_usage(fs).free < 1 << 20
 
@@ -309,18 +317,8 @@ def test_a_failed_fsync_takes_the_partition_offline_until_a_restart(failing_disk
                        data_dir=disk / "data")
     topic = unique_topic("eio")
     create_topic(b.bootstrap, topic, partitions=1)
-    p = producer(b.bootstrap, **{"acks": "all", "message.timeout.ms": 5000,
-                                 "batch.size": 262144})
-    log = DeliveryLog()
-    produced = set()
-    i = 0
-    while not log.failed:
-        for _ in range(1000):
-            produced.add(value(i))
-            p.produce(topic, value=value(i), partition=0, on_delivery=log)
-            i += 1
-        p.flush(30)
-        assert i < 100_000, "100 MB produced to a 12 MB disk and no fsync failed"
+    log, produced = produce_until_refused(
+        b, topic, 100_000, **{"message.timeout.ms": 5000, "batch.size": 262144})
     text = b.log_text()
     assert "fsync failed" in text and "partition offline until a restart" in text, text[-3000:]
 

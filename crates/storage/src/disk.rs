@@ -39,14 +39,18 @@ pub struct OsDisk;
 
 impl Disk for OsDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
-        Ok(Arc::new(OsFile(file)))
+        Ok(Arc::new(OsFile(open_for_append(path, create)?)))
     }
+}
+
+/// A file for positioned reads and appends, as the log keeps its files.
+fn open_for_append(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
 }
 
 #[derive(Debug)]
@@ -242,14 +246,8 @@ pub mod faults {
     impl Disk for FaultyDisk {
         fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>> {
             self.check(Op::Open)?;
-            let file = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(create)
-                .truncate(false)
-                .open(path)?;
             Ok(Arc::new(FaultyFile {
-                file,
+                file: open_for_append(path, create)?,
                 disk: self.clone(),
             }))
         }

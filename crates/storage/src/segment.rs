@@ -83,29 +83,37 @@ impl Segment {
         index_interval_bytes: u64,
         now_ms: i64,
     ) -> io::Result<Segment> {
+        // An existing file is left as found: the caller recovers it before use.
+        Self::open_files(disk, dir, base_offset, index_interval_bytes, now_ms, true)
+    }
+
+    /// The segment's three files, opened (or created), with nothing yet read from them.
+    fn open_files(
+        disk: &dyn Disk,
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        now_ms: i64,
+        create: bool,
+    ) -> io::Result<Segment> {
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
-        // An existing file is left as found: the caller recovers it before use.
-        let log = disk.open(&log_path, true)?;
-        let seg = Segment {
+        let log = disk.open(&log_path, create)?;
+        let index = |ext: &str, kind| Index::open(disk, &dir.join(format!("{stem}.{ext}")), kind);
+        Ok(Segment {
             base_offset,
             log_path,
             size: 0,
             log,
-            offset_index: Index::open(disk, &dir.join(format!("{stem}.index")), IndexKind::Offset)?,
-            time_index: Index::open(
-                disk,
-                &dir.join(format!("{stem}.timeindex")),
-                IndexKind::Time,
-            )?,
+            offset_index: index("index", IndexKind::Offset)?,
+            time_index: index("timeindex", IndexKind::Time)?,
             index_interval_bytes,
             bytes_since_index: 0,
             next_offset: base_offset,
             max_timestamp: -1,
             offset_of_max_timestamp: -1,
             created_ms: now_ms,
-        };
-        Ok(seg)
+        })
     }
 
     /// Opens a sealed segment that a clean checkpoint vouches for: trusts the log, checks the
@@ -117,28 +125,10 @@ impl Segment {
         index_interval_bytes: u64,
         now_ms: i64,
     ) -> io::Result<(Segment, bool)> {
-        let stem = file_stem(base_offset);
-        let log_path = dir.join(format!("{stem}.log"));
-        let log = disk.open(&log_path, false)?;
-        let size = log.size()?;
-        let mut seg = Segment {
-            base_offset,
-            log_path,
-            size,
-            log,
-            offset_index: Index::open(disk, &dir.join(format!("{stem}.index")), IndexKind::Offset)?,
-            time_index: Index::open(
-                disk,
-                &dir.join(format!("{stem}.timeindex")),
-                IndexKind::Time,
-            )?,
-            index_interval_bytes,
-            bytes_since_index: 0,
-            next_offset: base_offset,
-            max_timestamp: -1,
-            offset_of_max_timestamp: -1,
-            created_ms: now_ms,
-        };
+        let mut seg =
+            Self::open_files(disk, dir, base_offset, index_interval_bytes, now_ms, false)?;
+        let size = seg.log.size()?;
+        seg.size = size;
         let indexes_ok = (size == 0 || !seg.offset_index.is_empty())
             && seg.offset_index.looks_sane(size)?
             && seg.time_index.looks_sane(size)?;
