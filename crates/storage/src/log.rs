@@ -557,29 +557,22 @@ impl PartitionLog {
             .map(|(&base, _)| base);
         while let Some(base) = next {
             next = self.next_segment_after(base);
-            let Some(segment) = self.segments.get(&base) else {
-                break;
-            };
-            if segment.next_offset() <= offset {
-                continue;
+            let plan = self.checked_lookup(base, |segment| {
+                if segment.next_offset() <= offset {
+                    return Ok(None);
+                }
+                Ok(segment.position_of(offset)?.map(|position| ReadPlan {
+                    file: segment.log_file().clone(),
+                    position,
+                    available: segment.size() - position,
+                    max_bytes,
+                    min_one_batch,
+                    max_offset,
+                }))
+            })?;
+            if plan.is_some() {
+                return Ok(plan);
             }
-            let found = segment.position_of(offset);
-            let Some(position) = self.checked_lookup(base, found, |s| s.position_of(offset))?
-            else {
-                continue;
-            };
-            let Some(segment) = self.segments.get(&base) else {
-                break;
-            };
-            let plan = ReadPlan {
-                file: segment.log_file().clone(),
-                position,
-                available: segment.size() - position,
-                max_bytes,
-                min_one_batch,
-                max_offset,
-            };
-            return Ok(Some(plan));
         }
         Ok(None)
     }
@@ -597,13 +590,9 @@ impl PartitionLog {
         let mut next = self.segments.keys().next().copied();
         while let Some(base) = next {
             next = self.next_segment_after(base);
-            let Some(segment) = self.segments.get(&base) else {
-                break;
-            };
             let limit = self.config.max_decompressed_bytes;
-            let found = segment.offset_for_timestamp(timestamp, limit);
             if let Some(found) =
-                self.checked_lookup(base, found, |s| s.offset_for_timestamp(timestamp, limit))?
+                self.checked_lookup(base, |s| s.offset_for_timestamp(timestamp, limit))?
             {
                 return Ok(Some(found));
             }
@@ -611,21 +600,22 @@ impl PartitionLog {
         Ok(None)
     }
 
-    /// The result of a lookup in segment `base`; if the segment's offset index proved wrong,
-    /// rebuilds the index from the log and runs the lookup again.
+    /// Runs `lookup` on segment `base`; if the segment's offset index proves wrong, rebuilds the
+    /// index from the log and runs it again.
     fn checked_lookup<T>(
         &mut self,
         base: i64,
-        found: Result<T, LookupError>,
-        again: impl Fn(&Segment) -> Result<T, LookupError>,
+        lookup: impl Fn(&Segment) -> Result<T, LookupError>,
     ) -> Result<T, ReadError> {
-        let mismatch = match found {
+        let Some(segment) = self.segments.get_mut(&base) else {
+            return Err(ReadError::Io(io::Error::other(format!(
+                "no segment {base}"
+            ))));
+        };
+        let mismatch = match lookup(segment) {
             Ok(t) => return Ok(t),
             Err(LookupError::Io(e)) => return Err(ReadError::Io(e)),
             Err(mismatch) => mismatch,
-        };
-        let Some(segment) = self.segments.get_mut(&base) else {
-            return Err(ReadError::Io(io::Error::other(mismatch.to_string())));
         };
         tracing::warn!(dir = %self.dir.display(), segment = base, problem = %mismatch, "offset index is wrong; rebuilding it from the log");
         if let Err(e) = segment.rebuild_indexes() {
@@ -633,7 +623,7 @@ impl PartitionLog {
             self.mark_offline(reason.clone());
             return Err(ReadError::Offline(reason));
         }
-        match again(segment) {
+        match lookup(segment) {
             Ok(t) => Ok(t),
             Err(LookupError::Io(e)) => Err(ReadError::Io(e)),
             Err(still) => {
