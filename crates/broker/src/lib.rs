@@ -41,8 +41,8 @@ pub struct Broker {
     pub groups: groups::Groups,
     /// Refuses produce while the data directory's filesystem is nearly full.
     pub free_space: disk_space::FreeSpaceGuard,
-    /// Woken on every append, so long-polling fetches can look again.
-    pub appended: Notify,
+    /// Woken when shutdown starts, so long-polling fetches answer at once.
+    pub shutting_down: Notify,
     /// Set when shutdown starts: long-polling fetches answer at once.
     pub stopping: std::sync::atomic::AtomicBool,
 }
@@ -118,7 +118,7 @@ impl Server {
             producer_ids,
             groups,
             free_space,
-            appended: Notify::new(),
+            shutting_down: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Server { broker, listeners })
@@ -240,7 +240,7 @@ impl Server {
         broker
             .stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        broker.appended.notify_waiters();
+        broker.shutting_down.notify_waiters();
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
         })

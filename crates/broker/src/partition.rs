@@ -15,6 +15,8 @@ pub struct Partition {
     /// Offsets below this value are fsync'd.
     durable: watch::Sender<i64>,
     flush_wanted: Arc<Notify>,
+    /// Woken after each append: the fetches waiting for data of this partition look again.
+    appended: Notify,
 }
 
 impl Partition {
@@ -28,6 +30,7 @@ impl Partition {
             log: Mutex::new(log),
             durable,
             flush_wanted: flush_wanted.clone(),
+            appended: Notify::new(),
         });
         tokio::spawn(flusher(Arc::downgrade(&partition), flush_wanted));
         partition
@@ -50,9 +53,21 @@ impl Partition {
         valid: ValidBatch,
         now_ms: i64,
     ) -> Result<(AppendInfo, i64), AppendError> {
-        let mut log = self.log();
-        let info = log.append_validated(batch, valid, now_ms)?;
-        Ok((info, log.log_start_offset()))
+        let appended = {
+            let mut log = self.log();
+            let info = log.append_validated(batch, valid, now_ms)?;
+            (info, log.log_start_offset())
+        };
+        if !appended.0.duplicate {
+            self.appended.notify_waiters();
+        }
+        Ok(appended)
+    }
+
+    /// Resolves at the next append to this partition. Enable it (`Notified::enable`) before
+    /// reading, so an append between the read and the wait is not missed.
+    pub fn next_append(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
     }
 
     /// Waits until every offset below `end_offset` is on disk. Concurrent waiters share fsyncs:
@@ -130,5 +145,77 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
                 wanted.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use caudal_storage::{LogConfig, PartitionLog};
+
+    use super::*;
+
+    fn batch(value: &[u8]) -> bytes::BytesMut {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 0,
+            key: None,
+            value: Some(bytes::Bytes::copy_from_slice(value)),
+            headers: Default::default(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, &[record], &options).unwrap();
+        buf
+    }
+
+    fn partition(dir: &std::path::Path, index: i32) -> Arc<Partition> {
+        let (log, _) =
+            PartitionLog::open(&dir.join(format!("t-{index}")), LogConfig::default(), 0).unwrap();
+        Partition::start("t".into(), index, log)
+    }
+
+    fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {
+        matches!(
+            f.as_mut().poll(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(_)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_waiting_fetch_wakes_for_appends_to_its_partition_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (partition(dir.path(), 0), partition(dir.path(), 1));
+        let waiting = a.next_append();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        let append = |p: &Partition| {
+            let bytes = batch(b"x");
+            let valid = p.log().validate(&bytes).unwrap();
+            p.append(&bytes, valid, 0).unwrap();
+        };
+        append(&b);
+        assert!(!ready(&mut waiting), "woken by another partition's append");
+        append(&a);
+        assert!(
+            ready(&mut waiting),
+            "not woken by its own partition's append"
+        );
     }
 }

@@ -1,7 +1,11 @@
 //! Fetch: serve stored batches as they are on disk. A fetch with `min_bytes` not yet available
-//! waits until enough arrives (woken by each append) or `max_wait_ms` runs out.
+//! waits until enough arrives or `max_wait_ms` runs out, woken only by appends to the partitions
+//! it asked for (Kafka's delayed fetch, keyed by partition).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,22 +16,31 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind, TopicName};
 
 use super::{str_bytes, Reply};
+use crate::partition::Partition;
 use crate::Broker;
 
 /// Fetch v13 and later name topics by id.
 const TOPIC_IDS_SINCE: i16 = 13;
 const READ_COMMITTED: i8 = 1;
 
+/// The partitions of a fetch, resolved once: per topic of the request, per partition, the
+/// partition or the error code to answer for it.
+type Targets = Vec<Vec<Result<Arc<Partition>, i16>>>;
+
 pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
     Box::pin(async move {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+        let targets = resolve(&broker, &request, version);
+        let may_wait = min_bytes > 0 && request.max_wait_ms > 0;
         loop {
-            let appended = broker.appended.notified();
-            tokio::pin!(appended);
-            appended.as_mut().enable();
-            let (response, bytes, any_error) = read_once(&broker, &request, version);
+            let stop = broker.shutting_down.notified();
+            tokio::pin!(stop);
+            stop.as_mut().enable();
+            // Armed before the read, so that an append between the read and the wait wakes it.
+            let mut waits = if may_wait { arm(&targets) } else { Vec::new() };
+            let (response, bytes, any_error) = read_once(&request, version, &targets);
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
             if bytes >= min_bytes
                 || any_error
@@ -37,39 +50,90 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
                 return Some(ResponseKind::Fetch(response));
             }
             tokio::select! {
-                _ = appended => {}
+                _ = AnyOf(&mut waits) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
+                _ = stop => {}
             }
         }
     })
 }
 
+/// Looks up the topics and partitions of a fetch.
+fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
+    request
+        .topics
+        .iter()
+        .map(|fetch_topic| {
+            let topic = if version >= TOPIC_IDS_SINCE {
+                broker
+                    .topics
+                    .get_by_id(fetch_topic.topic_id)
+                    .ok_or(E::UnknownTopicId.code())
+            } else {
+                broker
+                    .topics
+                    .get(fetch_topic.topic.0.as_str())
+                    .ok_or(E::UnknownTopicOrPartition.code())
+            };
+            fetch_topic
+                .partitions
+                .iter()
+                .map(|fp| match &topic {
+                    Ok(t) => usize::try_from(fp.partition)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i).cloned())
+                        .ok_or(E::UnknownTopicOrPartition.code()),
+                    Err(code) => Err(*code),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One waker per partition of the fetch, each resolving at that partition's next append.
+fn arm(targets: &Targets) -> Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> {
+    targets
+        .iter()
+        .flatten()
+        .filter_map(|t| t.as_ref().ok())
+        .map(|p| {
+            let mut next = Box::pin(p.next_append());
+            next.as_mut().enable();
+            next
+        })
+        .collect()
+}
+
+/// Resolves when any of its futures does.
+struct AnyOf<'a, F>(&'a mut [Pin<Box<F>>]);
+
+impl<F: Future> Future for AnyOf<'_, F> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        for f in self.0.iter_mut() {
+            if f.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
 /// One pass over the requested partitions: returns the response, the record bytes in it, and
 /// whether any partition has an error (which answers the fetch at once, as in Kafka).
 fn read_once(
-    broker: &Broker,
     request: &FetchRequest,
     version: i16,
+    targets: &Targets,
 ) -> (FetchResponse, usize, bool) {
     let mut remaining = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut total = 0usize;
     let mut any_error = false;
     let read_committed = request.isolation_level == READ_COMMITTED;
     let mut responses = Vec::with_capacity(request.topics.len());
-    for fetch_topic in &request.topics {
-        let topic = if version >= TOPIC_IDS_SINCE {
-            broker
-                .topics
-                .get_by_id(fetch_topic.topic_id)
-                .ok_or(E::UnknownTopicId.code())
-        } else {
-            broker
-                .topics
-                .get(fetch_topic.topic.0.as_str())
-                .ok_or(E::UnknownTopicOrPartition.code())
-        };
+    for (fetch_topic, topic_targets) in request.topics.iter().zip(targets) {
         let mut partitions = Vec::with_capacity(fetch_topic.partitions.len());
-        for fp in &fetch_topic.partitions {
+        for (fp, target) in fetch_topic.partitions.iter().zip(topic_targets) {
             let base = PartitionData::default()
                 .with_partition_index(fp.partition)
                 .with_high_watermark(-1)
@@ -81,18 +145,11 @@ fn read_once(
                 } else {
                     None
                 });
-            let partition = match &topic {
-                Ok(t) => usize::try_from(fp.partition)
-                    .ok()
-                    .and_then(|i| t.partitions.get(i).cloned())
-                    .ok_or(E::UnknownTopicOrPartition.code()),
-                Err(code) => Err(*code),
-            };
-            let partition = match partition {
+            let partition = match target {
                 Ok(p) => p,
                 Err(code) => {
                     any_error = true;
-                    partitions.push(base.with_error_code(code));
+                    partitions.push(base.with_error_code(*code));
                     continue;
                 }
             };

@@ -33,7 +33,6 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
     let mut responses = Vec::with_capacity(request.topic_data.len());
     // (topic slot, partition slot, partition, end offset) for acks=all
     let mut durable_waits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
-    let mut appended_any = false;
     for topic_data in request.topic_data {
         let name = topic_data.name.0.as_str().to_string();
         let topic = match broker.topics.get(&name) {
@@ -97,7 +96,6 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             };
             match result {
                 Ok((info, log_start_offset)) => {
-                    appended_any |= !info.duplicate;
                     if acks == -1 {
                         durable_waits.push((
                             responses.len(),
@@ -126,9 +124,6 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 .with_name(TopicName(str_bytes(name.clone())))
                 .with_partition_responses(partition_responses),
         );
-    }
-    if appended_any {
-        broker.appended.notify_waiters();
     }
     if acks == 0 {
         return Box::pin(std::future::ready(None));
