@@ -22,6 +22,8 @@ PER_PARTITION = 30
 # Members reconcile at each heartbeat: a short interval keeps rebalances quick.
 SETTINGS = {"group.consumer.heartbeat.interval.ms": 300}
 DEADLINE = 60.0
+STALE_MEMBER_EPOCH = 113
+STALE_EPOCH_RETRIES = 20
 
 
 @pytest.fixture
@@ -61,7 +63,20 @@ class Member:
             self.errors.append(err)
             return
         self.records.append((msg.partition(), msg.offset()))
-        self.consumer.commit(message=msg, asynchronous=False)
+        self.commit(msg)
+
+    def commit(self, msg) -> None:
+        """Commits `msg`'s offset. A commit that crosses an epoch bump gets STALE_MEMBER_EPOCH
+        (as from Kafka's coordinator) and is retried, after a short backoff, once the client's
+        own heartbeat has brought the new epoch."""
+        for attempt in range(STALE_EPOCH_RETRIES + 1):
+            try:
+                self.consumer.commit(message=msg, asynchronous=False)
+                return
+            except KafkaException as e:
+                if e.args[0].code() != STALE_MEMBER_EPOCH or attempt == STALE_EPOCH_RETRIES:
+                    raise
+            time.sleep(0.1)  # a retry backoff: the epoch arrives with the next heartbeat
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment()}
