@@ -24,7 +24,8 @@ def caudal_binary():
 
 @pytest.fixture
 def broker_factory(request, tmp_path, caudal_binary):
-    """Returns start(settings=None, port=None, wait=True, data_dir=None) -> running Broker.
+    """Returns start(settings=None, port=None, wait=True, data_dir=None, open_files=None) ->
+    running Broker.
 
     Each call gets its own data directory (or uses `data_dir`, which must exist) and log file;
     all brokers are stopped at teardown. A broker that died on its own during the test is
@@ -34,7 +35,7 @@ def broker_factory(request, tmp_path, caudal_binary):
     request.node._caudal_brokers = brokers
 
     def start(settings: dict[str, object] | None = None, port: int | None = None,
-              wait: bool = True, data_dir=None) -> Broker:
+              wait: bool = True, data_dir=None, open_files: int | None = None) -> Broker:
         idx = len(brokers)
         if data_dir is None:
             data_dir = tmp_path / f"broker{idx}-data"
@@ -42,7 +43,7 @@ def broker_factory(request, tmp_path, caudal_binary):
         attempts = 1 if port is not None else 3
         for attempt in range(attempts):
             b = Broker(binary, data_dir, tmp_path / f"broker{idx}.log",
-                       port if port is not None else free_port(), settings)
+                       port if port is not None else free_port(), settings, open_files)
             brokers.append(b)
             if not wait:
                 b.spawn()

@@ -65,12 +65,14 @@ class Broker:
     "message.max.bytes") passed as `--<key> <value>` flags."""
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int,
-                 settings: dict[str, object] | None = None):
+                 settings: dict[str, object] | None = None, open_files: int | None = None):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = port
         self.settings = dict(settings or {})
+        # The process's open-file limit (soft and hard), if the test sets one.
+        self.open_files = open_files
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self._expected_exit = True
@@ -105,10 +107,16 @@ class Broker:
             env = dict(os.environ, NO_COLOR="1")  # plain-text log files
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                cwd=str(self.log_path.parent), preexec_fn=_die_with_parent,
+                cwd=str(self.log_path.parent), preexec_fn=self._prepare_child,
             )
         self._expected_exit = False
         return self.proc
+
+    def _prepare_child(self) -> None:
+        _die_with_parent()
+        if self.open_files is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         self.spawn()

@@ -104,10 +104,14 @@ impl Server {
         )
         .map_err(data_err)?;
         let config_for_load = config.clone();
-        let topics = tokio::task::spawn_blocking(move || Topics::load(&config_for_load, now_ms()))
-            .await
-            .map_err(|e| data_err(io::Error::other(e)))?
-            .map_err(data_err)?;
+        let open_files = open_file_budget();
+        tracing::debug!(open_files, "log files kept open at most");
+        let disk = Arc::new(caudal_storage::disk::BoundedDisk::new(open_files));
+        let topics =
+            tokio::task::spawn_blocking(move || Topics::load(&config_for_load, disk, now_ms()))
+                .await
+                .map_err(|e| data_err(io::Error::other(e)))?
+                .map_err(data_err)?;
         let producer_ids = producer_ids::ProducerIds::load(&config.data_dir).map_err(data_err)?;
         let groups = groups::Groups::start(&config, &topics, now_ms())
             .await
@@ -256,6 +260,25 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || b.topics.close_all()).await;
         tracing::info!("all logs synced; stopped");
     }
+}
+
+/// How many log and index files the partitions may keep open at once: half the process's
+/// open-file limit (the rest is for client connections and everything else), so that any number
+/// of partitions fits: files beyond it are closed, least recently used first, and reopened when
+/// needed.
+fn open_file_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let soft = if known && limit.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1 << 20
+    };
+    (soft / 2).max(64)
 }
 
 /// Cleans compacted topics every `log.cleaner.backoff.ms` and applies retention every

@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use caudal_storage::PartitionLog;
+use caudal_storage::{Disk, PartitionLog};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -118,6 +118,8 @@ impl TopicMap {
 #[derive(Debug)]
 pub struct Topics {
     data_dir: PathBuf,
+    /// Where the partition logs keep their files (with the broker's budget of open files).
+    disk: Arc<dyn Disk>,
     cluster_id: String,
     by_name: RwLock<TopicMap>,
     /// Serialises changes so the file always matches the map.
@@ -126,7 +128,7 @@ pub struct Topics {
 
 impl Topics {
     /// Loads the topic list and opens (recovering as needed) every partition's log.
-    pub fn load(config: &BrokerConfig, now_ms: i64) -> io::Result<Topics> {
+    pub fn load(config: &BrokerConfig, disk: Arc<dyn Disk>, now_ms: i64) -> io::Result<Topics> {
         let data_dir = config.data_dir.clone();
         let path = data_dir.join(METADATA_FILE);
         let existed = path.exists();
@@ -151,11 +153,12 @@ impl Topics {
         set_aside_strays(&data_dir, &file.topics);
         let mut by_name = TopicMap::default();
         for record in &file.topics {
-            let topic = open_topic(config, record, now_ms)?;
+            let topic = open_topic(config, &disk, record, now_ms)?;
             by_name.insert(Arc::new(topic));
         }
         let topics = Topics {
             data_dir,
+            disk,
             cluster_id: file.cluster_id,
             by_name: RwLock::new(by_name),
             change: tokio::sync::Mutex::new(()),
@@ -231,7 +234,7 @@ impl Topics {
             partitions,
             configs,
         };
-        let opened = open_new_partitions(config, &record, 0, now_ms);
+        let opened = open_new_partitions(config, &self.disk, &record, 0, now_ms);
         let partitions_opened = match opened {
             Ok(p) => p,
             Err(e) => {
@@ -331,7 +334,7 @@ impl Topics {
             partitions: count,
             configs: topic.configs.clone(),
         };
-        let added = match open_new_partitions(config, &record, current, now_ms) {
+        let added = match open_new_partitions(config, &self.disk, &record, current, now_ms) {
             Ok(added) => added,
             Err(e) => {
                 tracing::warn!(topic = name, partitions = count, error = %e, "adding partitions failed; nothing of them was kept");
@@ -465,6 +468,7 @@ fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
 /// carries the topic's id. On any failure, every directory made here is removed again.
 fn open_new_partitions(
     config: &BrokerConfig,
+    disk: &Arc<dyn Disk>,
     record: &TopicRecord,
     first: i32,
     now_ms: i64,
@@ -478,7 +482,7 @@ fn open_new_partitions(
                 // Not ours (it belongs to no topic): keep it, but never adopt it.
                 set_aside(&dir, "stray", "a directory of that name was already there")?;
             }
-            let (log, _) = PartitionLog::open(&dir, log_config.clone(), now_ms)?;
+            let (log, _) = PartitionLog::open_on(disk.clone(), &dir, log_config.clone(), now_ms)?;
             write_partition_metadata(&dir, record.id)?;
             Ok(log)
         })();
@@ -525,11 +529,13 @@ fn set_aside(dir: &Path, suffix: &str, why: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Not fsync'd: losing it in a crash is harmless. A directory without it is adopted by the
+/// topic the (fsync'd) topic list gives it to, or set aside if the list has no such partition;
+/// and ten thousand fsyncs would make a large topic slow to create.
 fn write_partition_metadata(dir: &Path, topic_id: Uuid) -> io::Result<()> {
     let path = dir.join(PARTITION_METADATA_FILE);
     let mut f = fs::File::create(&path)?;
-    write!(f, "version: 0\ntopic_id: {}\n", topic_id.hyphenated())?;
-    f.sync_all()
+    write!(f, "version: 0\ntopic_id: {}\n", topic_id.hyphenated())
 }
 
 /// The topic id a partition directory carries, if it has one.
@@ -598,12 +604,17 @@ fn set_aside_strays(data_dir: &Path, topics: &[TopicRecord]) {
     }
 }
 
-fn open_topic(config: &BrokerConfig, record: &TopicRecord, now_ms: i64) -> io::Result<Topic> {
+fn open_topic(
+    config: &BrokerConfig,
+    disk: &Arc<dyn Disk>,
+    record: &TopicRecord,
+    now_ms: i64,
+) -> io::Result<Topic> {
     let log_config = config.log_config(&record.configs);
     let mut partitions = Vec::with_capacity(record.partitions.max(0) as usize);
     for index in 0..record.partitions {
         let dir = partition_dir(&config.data_dir, &record.name, index);
-        let (log, report) = PartitionLog::open(&dir, log_config.clone(), now_ms)?;
+        let (log, report) = PartitionLog::open_on(disk.clone(), &dir, log_config.clone(), now_ms)?;
         if read_partition_metadata(&dir).is_none() {
             write_partition_metadata(&dir, record.id)?;
         }

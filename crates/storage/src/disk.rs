@@ -1,6 +1,7 @@
 //! The file operations of the partition log, behind two small traits so that tests can put a
 //! faulty disk under the real log: ENOSPC after any byte, EIO on a read, a write or an fsync,
-//! torn writes. [`OsDisk`] is the real one; [`faults::FaultyDisk`] the one tests use.
+//! torn writes. [`OsDisk`] is the real one; [`BoundedDisk`] the real one with a budget of open
+//! files; [`faults::FaultyDisk`] the one tests use.
 //!
 //! Only the operations on segment and index files go through here: they are where a failure can
 //! leave the log behind its files. Directory operations (listing, renaming, removing) use
@@ -10,8 +11,9 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Opens the files of a log.
 pub trait Disk: Send + Sync + fmt::Debug {
@@ -43,6 +45,188 @@ impl Disk for OsDisk {
     }
 }
 
+/// Appends `parts` to `file` in order, finishing a short vectored write part by part.
+fn append_all(mut file: &File, parts: &[&[u8]]) -> io::Result<()> {
+    let slices: Vec<io::IoSlice<'_>>;
+    let written = match parts {
+        [one] => return file.write_all(one),
+        [a, b] => file.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])?,
+        _ => {
+            slices = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            file.write_vectored(&slices)?
+        }
+    };
+    let mut skip = written;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        file.write_all(&part[skip..])?;
+        skip = 0;
+    }
+    Ok(())
+}
+
+/// The operating system's files, with at most `max_open` of them open at a time: a broker with
+/// 10,000 partitions keeps three files per segment, far more than an ordinary open-file limit
+/// allows. Files are opened when used and closed again, least recently used first, when more
+/// than `max_open` are open; a closed file reopens transparently at its next use. Recency is a
+/// clock (second chance): using an open file only sets a flag, so the hot path takes no shared
+/// lock.
+#[derive(Debug, Clone)]
+pub struct BoundedDisk {
+    cache: Arc<FileCache>,
+}
+
+#[derive(Debug)]
+struct FileCache {
+    max_open: usize,
+    /// The files open now, in clock order.
+    open: Mutex<ClockRing>,
+    reopened: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct ClockRing {
+    files: Vec<Weak<CachedFile>>,
+    hand: usize,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    path: PathBuf,
+    file: Mutex<Option<Arc<File>>>,
+    used: AtomicBool,
+    cache: Arc<FileCache>,
+    /// Itself, for the cache's ring.
+    me: Weak<CachedFile>,
+}
+
+impl BoundedDisk {
+    /// A disk keeping at most `max_open` (at least 2) files open.
+    pub fn new(max_open: usize) -> Self {
+        BoundedDisk {
+            cache: Arc::new(FileCache {
+                max_open: max_open.max(2),
+                open: Mutex::new(ClockRing::default()),
+                reopened: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// How many files are open now.
+    pub fn open_files(&self) -> usize {
+        self.cache.ring().files.len()
+    }
+
+    /// How many times a closed file was opened again.
+    pub fn reopened(&self) -> u64 {
+        self.cache.reopened.load(Ordering::Relaxed)
+    }
+}
+
+impl Disk for BoundedDisk {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>> {
+        let opened = Arc::new(open_for_append(path, create)?);
+        let file = Arc::new_cyclic(|me| CachedFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(Some(opened)),
+            used: AtomicBool::new(true),
+            cache: self.cache.clone(),
+            me: me.clone(),
+        });
+        self.cache.admit(&file.me);
+        Ok(file)
+    }
+}
+
+impl FileCache {
+    fn ring(&self) -> std::sync::MutexGuard<'_, ClockRing> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `file` as open, closing others while more than `max_open` are.
+    fn admit(&self, file: &Weak<CachedFile>) {
+        let mut ring = self.ring();
+        ring.files.push(file.clone());
+        // Two turns of the clock clear every flag, so this ends; files in use (their lock
+        // held) are skipped, so it may end with a few more than max_open open.
+        let mut budget = 2 * ring.files.len();
+        while ring.files.len() > self.max_open && budget > 0 {
+            budget -= 1;
+            if ring.hand >= ring.files.len() {
+                ring.hand = 0;
+            }
+            let hand = ring.hand;
+            let Some(candidate) = ring.files[hand].upgrade() else {
+                ring.files.swap_remove(hand);
+                continue;
+            };
+            if Weak::ptr_eq(&ring.files[hand], file)
+                || candidate.used.swap(false, Ordering::Relaxed)
+            {
+                ring.hand += 1;
+                continue;
+            }
+            let Ok(mut open) = candidate.file.try_lock() else {
+                ring.hand += 1;
+                continue;
+            };
+            // Reads and fsyncs in flight keep their own handle; the descriptor closes when the
+            // last of them ends.
+            *open = None;
+            drop(open);
+            ring.files.swap_remove(hand);
+        }
+    }
+}
+
+impl CachedFile {
+    /// Runs `op` on the open file, opening it again first if it was closed.
+    fn with<T>(&self, op: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
+        let (file, reopened) = {
+            let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            match &*open {
+                Some(f) => {
+                    self.used.store(true, Ordering::Relaxed);
+                    (f.clone(), false)
+                }
+                None => {
+                    // Never created again: a file deleted meanwhile stays deleted.
+                    let f = Arc::new(open_for_append(&self.path, false)?);
+                    *open = Some(f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if reopened {
+            self.cache.reopened.fetch_add(1, Ordering::Relaxed);
+            self.used.store(true, Ordering::Relaxed);
+            self.cache.admit(&self.me);
+        }
+        op(&file)
+    }
+}
+
+impl LogFile for CachedFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        self.with(|f| f.read_exact_at(buf, position))
+    }
+    fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
+        self.with(|f| append_all(f, parts))
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.with(|f| Ok(f.metadata()?.len()))
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|f| f.set_len(len))
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|f| f.sync_data())
+    }
+}
+
 /// A file for positioned reads and appends, as the log keeps its files.
 fn open_for_append(path: &Path, create: bool) -> io::Result<File> {
     OpenOptions::new()
@@ -62,27 +246,7 @@ impl LogFile for OsFile {
     }
 
     fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
-        let mut file = &self.0;
-        let slices: Vec<io::IoSlice<'_>>;
-        let written = match parts {
-            [one] => return file.write_all(one),
-            [a, b] => file.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])?,
-            _ => {
-                slices = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-                file.write_vectored(&slices)?
-            }
-        };
-        // A short vectored write: finish part by part.
-        let mut skip = written;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            file.write_all(&part[skip..])?;
-            skip = 0;
-        }
-        Ok(())
+        append_all(&self.0, parts)
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -95,6 +259,68 @@ impl LogFile for OsFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_disk_keeps_its_budget_and_reopens_files_transparently() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = BoundedDisk::new(3);
+        let files: Vec<Arc<dyn LogFile>> = (0..10)
+            .map(|i| {
+                disk.open(&dir.path().join(format!("{i}.log")), true)
+                    .unwrap()
+            })
+            .collect();
+        assert!(disk.open_files() <= 3, "{} open", disk.open_files());
+        for round in 0..3u8 {
+            for (i, f) in files.iter().enumerate() {
+                f.append(&[&[round, i as u8], b"-"]).unwrap();
+                assert!(disk.open_files() <= 3, "{} open", disk.open_files());
+            }
+        }
+        for (i, f) in files.iter().enumerate() {
+            let mut buf = [0u8; 9];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            assert_eq!(buf, [0, i as u8, b'-', 1, i as u8, b'-', 2, i as u8, b'-']);
+            assert_eq!(f.size().unwrap(), 9);
+            f.set_len(3).unwrap();
+            f.sync_data().unwrap();
+            assert_eq!(
+                std::fs::metadata(dir.path().join(format!("{i}.log")))
+                    .unwrap()
+                    .len(),
+                3
+            );
+        }
+        assert!(disk.reopened() > 0, "the budget never closed a file");
+        drop(files);
+        let f = disk.open(&dir.path().join("fresh.log"), true).unwrap();
+        f.append(&[b"x"]).unwrap();
+        assert!(disk.open_files() <= 3);
+    }
+
+    #[test]
+    fn a_closed_file_deleted_meanwhile_is_not_created_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = BoundedDisk::new(2);
+        let path = dir.path().join("gone.log");
+        let gone = disk.open(&path, true).unwrap();
+        // Two more files push it out of the budget.
+        let _a = disk.open(&dir.path().join("a.log"), true).unwrap();
+        let _b = disk.open(&dir.path().join("b.log"), true).unwrap();
+        let _c = disk.open(&dir.path().join("c.log"), true).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        if gone.append(&[b"late"]).is_ok() {
+            // Still open (the clock spared it): the write went to the unlinked inode.
+            assert!(!path.exists());
+        } else {
+            assert!(!path.exists(), "a deleted file came back");
+        }
     }
 }
 

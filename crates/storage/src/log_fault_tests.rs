@@ -285,6 +285,39 @@ fn an_index_pointing_between_batches_is_rebuilt_at_the_first_lookup() {
     assert_eq!(records(&mut log), all);
 }
 
+#[test]
+fn a_log_under_a_tight_file_budget_reads_back_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = crate::disk::BoundedDisk::new(2);
+    let open = |disk: &crate::disk::BoundedDisk| {
+        PartitionLog::open_on(Arc::new(disk.clone()), dir.path(), config(600), 0)
+            .unwrap()
+            .0
+    };
+    let mut log = open(&disk);
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let v = value(i, i % 90);
+        let info = log.append(&batch(&[&v], i as i64), 0).unwrap().unwrap();
+        acked.push((info.base_offset, v));
+        if i % 7 == 0 {
+            flush(&mut log);
+        }
+    }
+    assert!(log.segment_count() > 10, "{} segments", log.segment_count());
+    assert!(disk.reopened() > 0, "the budget never closed a file");
+    assert!(disk.open_files() <= 4, "{} files open", disk.open_files());
+    assert_eq!(records(&mut log), acked);
+    assert_eq!(
+        log.offset_for_timestamp(150).unwrap().map(|(o, _)| o),
+        Some(150)
+    );
+    log.close().unwrap();
+    drop(log);
+    let mut log = open(&disk);
+    assert_eq!(records(&mut log), acked);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
