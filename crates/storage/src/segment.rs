@@ -360,37 +360,41 @@ impl Segment {
     pub fn position_of(&self, offset: i64) -> Result<Option<u64>, LookupError> {
         let entry = self.offset_index.floor(offset - self.base_offset)?;
         let mut position = entry.map(|e| u64::from(e.value)).unwrap_or(0);
-        let mut header = [0u8; BATCH_HEADER_LEN];
-        if let Some(e) = entry {
-            let expected = self.base_offset + e.key;
-            let mismatch = |found: String| LookupError::IndexMismatch {
-                offset: expected,
-                position,
-                found,
-            };
+        // The entry's batch, checked at the first header the walk reads anyway.
+        let mut expected = entry.map(|e| self.base_offset + e.key);
+        let mismatch = |expected: i64, position: u64, found: String| LookupError::IndexMismatch {
+            offset: expected,
+            position,
+            found,
+        };
+        if let Some(expected) = expected {
             if position + BATCH_HEADER_LEN as u64 > self.size {
-                return Err(mismatch(format!("is past the end ({})", self.size)));
-            }
-            self.log.read_exact_at(&mut header, position)?;
-            let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
-            let fits = h
-                .total_len()
-                .is_ok_and(|len| position + len as u64 <= self.size);
-            if h.base_offset() != expected || h.magic() != 2 || !fits {
-                return Err(mismatch(format!(
-                    "holds no batch of that offset (base offset {}, magic {})",
-                    h.base_offset(),
-                    h.magic()
-                )));
+                let found = format!("is past the end ({})", self.size);
+                return Err(mismatch(expected, position, found));
             }
         }
+        let mut header = [0u8; BATCH_HEADER_LEN];
         while position < self.size {
             self.log.read_exact_at(&mut header, position)?;
             let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
+            let len = h.total_len();
+            if let Some(expected) = expected.take() {
+                let fits = len
+                    .as_ref()
+                    .is_ok_and(|&len| position + len as u64 <= self.size);
+                if h.base_offset() != expected || h.magic() != 2 || !fits {
+                    let found = format!(
+                        "holds no batch of that offset (base offset {}, magic {})",
+                        h.base_offset(),
+                        h.magic()
+                    );
+                    return Err(mismatch(expected, position, found));
+                }
+            }
             if h.last_offset() >= offset {
                 return Ok(Some(position));
             }
-            position += h.total_len().map_err(io::Error::other)? as u64;
+            position += len.map_err(io::Error::other)? as u64;
         }
         Ok(None)
     }
