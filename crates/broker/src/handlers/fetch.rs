@@ -33,13 +33,15 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
         let targets = resolve(&broker, &request, version);
-        let may_wait = min_bytes > 0 && request.max_wait_ms > 0;
+        // Wakers, armed only once a read came up short: a fetch that finds its data at once
+        // (the busy consumer's) allocates none. Armed before the next read, so that an append
+        // between that read and the wait still wakes it.
+        let mut waits = Vec::new();
+        let mut armed = false;
         loop {
             let stop = broker.shutting_down.notified();
             tokio::pin!(stop);
             stop.as_mut().enable();
-            // Armed before the read, so that an append between the read and the wait wakes it.
-            let mut waits = if may_wait { arm(&targets) } else { Vec::new() };
             let (response, bytes, any_error) = read_once(&request, version, &targets);
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
             if bytes >= min_bytes
@@ -49,11 +51,19 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             {
                 return Some(ResponseKind::Fetch(response));
             }
+            if !armed {
+                waits = arm(&targets);
+                armed = true;
+                continue;
+            }
+            // With no partition to wait on (an empty fetch), only the deadline or shutdown end it.
             tokio::select! {
                 _ = AnyOf(&mut waits) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = stop => {}
             }
+            waits.clear();
+            armed = false;
         }
     })
 }
