@@ -223,6 +223,14 @@ fn append_records(
     records: &[(Bytes, Option<Bytes>)],
     now: Ms,
 ) -> io::Result<i64> {
+    let batch = encode_batch(records, now)?;
+    let mut log = partition.log();
+    log.append(&batch, now).map_err(io::Error::other)?;
+    Ok(log.log_end_offset())
+}
+
+/// `(key, value)` records as one uncompressed batch, as the broker writes its own records.
+pub(crate) fn encode_batch(records: &[(Bytes, Option<Bytes>)], now: Ms) -> io::Result<BytesMut> {
     let records: Vec<Record> = records
         .iter()
         .enumerate()
@@ -253,9 +261,7 @@ fn append_records(
         },
     )
     .map_err(io::Error::other)?;
-    let mut log = partition.log();
-    log.append(&buf, now).map_err(io::Error::other)?;
-    Ok(log.log_end_offset())
+    Ok(buf)
 }
 
 /// Replays one `__consumer_offsets` partition into the coordinator; returns the record count.

@@ -153,36 +153,17 @@ mod tests {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
 
+    use bytes::Bytes;
     use caudal_storage::{LogConfig, PartitionLog};
 
     use super::*;
 
     fn batch(value: &[u8]) -> bytes::BytesMut {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 0,
-            key: None,
-            value: Some(bytes::Bytes::copy_from_slice(value)),
-            headers: Default::default(),
-        };
-        let mut buf = bytes::BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut buf, &[record], &options).unwrap();
-        buf
+        let record = (
+            Bytes::from_static(b"k"),
+            Some(Bytes::copy_from_slice(value)),
+        );
+        crate::groups::encode_batch(&[record], 0).unwrap()
     }
 
     fn partition(dir: &std::path::Path, index: i32) -> Arc<Partition> {

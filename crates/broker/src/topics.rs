@@ -553,6 +553,8 @@ fn set_aside_strays(data_dir: &Path, topics: &[TopicRecord]) {
     let Ok(entries) = fs::read_dir(data_dir) else {
         return;
     };
+    let by_name: HashMap<&str, &TopicRecord> =
+        topics.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut kept_aside = 0usize;
     for entry in entries.flatten() {
         let path = entry.path();
@@ -573,9 +575,9 @@ fn set_aside_strays(data_dir: &Path, topics: &[TopicRecord]) {
         if validate_topic_name(topic).is_err() {
             continue;
         }
-        let owner = topics
-            .iter()
-            .find(|t| t.name == topic && (0..t.partitions).contains(&index));
+        let owner = by_name
+            .get(topic)
+            .filter(|t| (0..t.partitions).contains(&index));
         let why = match (owner, read_partition_metadata(&path)) {
             (None, _) => "no topic has this partition",
             (Some(t), Some(id)) if id != t.id => "it belongs to an earlier topic of the same name",
