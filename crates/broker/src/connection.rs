@@ -6,9 +6,10 @@
 //!
 //! Memory: a connection allocates its read and write buffers only when it has bytes to read or
 //! a response to write, grows them to the largest request (bounded by socket.request.max.bytes)
-//! or response it meets, keeps them while it is busy, and gives them back after
-//! [`IDLE_RELEASE`] without traffic. An idle connection holds its two tasks and its response
-//! queue, no buffer (see the README).
+//! or response it meets, keeps them while it is busy (up to [`KEPT_BUFFER_BYTES`] each; a larger
+//! one goes back once its frame is done), and gives them back after [`IDLE_RELEASE`] without
+//! traffic. An idle connection holds its two tasks and its response queue, no buffer (see the
+//! README).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,12 @@ enum InFlight {
 /// connections (a request or response at least this often) keep theirs and allocate nothing
 /// per request.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+/// The largest buffer a busy connection keeps between requests. Without a cap, one large request
+/// or response would pin its buffer (up to socket.request.max.bytes) for as long as the
+/// connection stays busy; the allocator keeps freed blocks warm, so a rare large frame costs
+/// little to allocate again.
+const KEPT_BUFFER_BYTES: usize = 16 << 20;
 
 /// The first read of a request: enough for the header and a small request whole, or several
 /// small pipelined ones. Larger frames grow the buffer once their length is known.
@@ -96,6 +103,9 @@ pub async fn serve(
                 }
                 InFlight::Encoded(frame) => wr.write_all(&frame).await,
             };
+            if out.capacity() > KEPT_BUFFER_BYTES {
+                out = BytesMut::new();
+            }
             if let Err(e) = written {
                 tracing::debug!(%peer, error = %e, "client went away");
                 return;
@@ -257,10 +267,13 @@ impl FrameReader {
     }
 
     /// Waits for the next frame's first bytes. The buffer is kept while requests come often
-    /// (reused, not reallocated, whatever its size: a consumer's fetches or a producer's large
-    /// batches would otherwise allocate and fault in megabytes per request) and given back
-    /// when the connection goes idle.
+    /// (reused, not reallocated: a producer's large batches would otherwise allocate and fault
+    /// in megabytes per request) and given back when the connection goes idle, or at once if it
+    /// grew past [`KEPT_BUFFER_BYTES`].
     async fn wait_between_frames(&mut self) -> Result<(), FrameError> {
+        if self.held_bytes > KEPT_BUFFER_BYTES {
+            self.release();
+        }
         if self.held_bytes > 0 {
             match tokio::time::timeout(IDLE_RELEASE, self.rd.readable()).await {
                 Ok(ready) => return ready.map_err(FrameError::Io),
@@ -413,6 +426,30 @@ mod tests {
         // It reads again as before.
         client.write_all(&framed(b"again")).await.unwrap();
         assert_eq!(frames.next().await.unwrap().unwrap(), &b"again"[..]);
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_does_not_keep_a_buffer_past_the_cap() {
+        let (mut frames, mut client) = pair(64 << 20).await;
+        let big = framed(&vec![3u8; KEPT_BUFFER_BYTES + 1]);
+        let writer = tokio::spawn(async move {
+            client.write_all(&big).await.unwrap();
+            client
+        });
+        assert_eq!(
+            frames.next().await.unwrap().unwrap().len(),
+            KEPT_BUFFER_BYTES + 1
+        );
+        let mut client = writer.await.unwrap();
+        assert!(frames.held_bytes > KEPT_BUFFER_BYTES);
+        // The next request comes at once (a busy connection): the big buffer goes anyway.
+        client.write_all(&framed(b"small")).await.unwrap();
+        assert_eq!(frames.next().await.unwrap().unwrap(), &b"small"[..]);
+        assert!(
+            frames.held_bytes <= FIRST_READ_BYTES,
+            "kept {} bytes after a large frame",
+            frames.held_bytes
+        );
     }
 
     #[tokio::test]

@@ -173,18 +173,15 @@ impl Groups {
         (result, waits)
     }
 
-    /// Advances the coordinator's clock to `now`; returns when it must tick next: at its
-    /// earliest deadline, and no later than `no_later_than`.
-    pub fn tick(&self, now: Ms, no_later_than: Ms) -> Ms {
-        let (next, _) = self.run(now, |c| {
+    /// Advances the coordinator's clock to `now`, and notes when it must tick next: at its
+    /// earliest deadline (the clock also ticks at least every offsets check interval).
+    pub fn tick(&self, now: Ms) {
+        self.run(now, |c| {
             let effects = c.tick(now);
-            let next = c
-                .next_deadline()
-                .map_or(no_later_than, |d| d.min(no_later_than));
+            let next = c.next_deadline().unwrap_or(Ms::MAX);
             self.next_tick.store(next, Ordering::SeqCst);
-            (next, effects)
+            ((), effects)
         });
-        next
     }
 
     /// When the clock must tick next, as last computed or lowered by a request.

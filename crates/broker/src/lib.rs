@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use caudal_coordinator::Ms;
 pub use config::{BrokerConfig, ConfigError, Setting, SETTINGS};
 use topics::Topics;
 
@@ -171,16 +170,26 @@ impl Server {
             let max_connections = broker.config.max_connections();
             acceptors.spawn(async move {
                 loop {
-                    // At max.connections, wait for a connection to close before taking the next
-                    // one off the listen queue, as Kafka's acceptor does (KIP-402): clients wait
-                    // in the kernel's backlog rather than being refused.
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // At max.connections the accepted connection waits for another to close,
+                    // and this listener takes no more off its queue meanwhile: clients wait
+                    // rather than being refused, as with Kafka's ConnectionQuotas (KIP-402).
+                    // A slot is taken only for a connection in hand, so an idle listener never
+                    // holds one another listener's client needs.
                     let slot = match quotas.try_broker_slot() {
                         Some(slot) => slot,
                         None => {
                             if warnings.admit(connection_warnings::Reason::MaxConnections) {
                                 tracing::info!(
                                     max_connections,
-                                    "max.connections reached: accepting again when a connection closes"
+                                    "max.connections reached: serving the next connection when one closes"
                                 );
                             }
                             let Some(slot) = quotas.broker_slot().await else {
@@ -189,28 +198,22 @@ impl Server {
                             slot
                         }
                     };
-                    match listener.accept().await {
-                        Ok((stream, peer)) => match quotas.admit(slot, peer.ip()) {
-                            Ok(slot) => {
-                                if tx.send((stream, peer, index, slot)).await.is_err() {
-                                    return;
-                                }
+                    match quotas.admit(slot, peer.ip()) {
+                        Ok(slot) => {
+                            if tx.send((stream, peer, index, slot)).await.is_err() {
+                                return;
                             }
-                            Err(refused) => {
-                                // Closed at once (dropped), as Kafka does.
-                                if warnings.admit(connection_warnings::Reason::PerIpLimit) {
-                                    tracing::info!(
-                                        %peer,
-                                        "refused connection: {} already has the maximum of {} connections (max.connections.per.ip)",
-                                        refused.ip,
-                                        refused.max
-                                    );
-                                }
+                        }
+                        Err(refused) => {
+                            // Closed at once (dropped), as Kafka does.
+                            if warnings.admit(connection_warnings::Reason::PerIpLimit) {
+                                tracing::info!(
+                                    %peer,
+                                    "refused connection: {} already has the maximum of {} connections (max.connections.per.ip)",
+                                    refused.ip,
+                                    refused.max
+                                );
                             }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
                 }
@@ -321,29 +324,33 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
 /// revocations) lower [`groups::Groups::next_tick`] and wake it; heartbeats and offset commits
 /// only push a deadline later, and an early tick is harmless, so they never wake it.
 async fn group_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    use tokio::time::Instant;
     // Even if a deadline is always due (a rebalance timeout of 0 makes every join and sync
-    // phase end at once), the clock does not spin: each tick scans every group.
-    const TICK_INTERVAL_MIN_MS: i64 = 10;
-    let check_every = broker.config.offsets_retention_check_interval_ms().max(1);
-    let mut next_offsets_check = now_ms() + check_every;
-    let mut last_tick: Ms = 0;
+    // phase end at once), the clock does not spin: each tick scans every group. Kept on the
+    // monotonic clock, so a step of the wall clock cannot stall the ticks.
+    const TICK_INTERVAL_MIN: Duration = Duration::from_millis(10);
+    // Bounded so that adding it to the time cannot overflow, whatever the setting says.
+    const CHECK_EVERY_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+    let check_every = Duration::from_millis(
+        u64::try_from(broker.config.offsets_retention_check_interval_ms()).unwrap_or(1),
+    )
+    .clamp(Duration::from_millis(1), CHECK_EVERY_MAX);
+    let mut last_tick: Option<Instant> = None;
     loop {
-        let at = broker
-            .groups
-            .next_tick()
-            .max(last_tick + TICK_INTERVAL_MIN_MS);
-        let wait_ms = at.saturating_sub(now_ms()).clamp(0, check_every);
+        // Deadlines are wall-clock milliseconds, as the coordinator keeps them.
+        let until_deadline = broker.groups.next_tick().saturating_sub(now_ms()).max(0);
+        let wait = Duration::from_millis(until_deadline as u64).min(check_every);
+        let mut at = Instant::now() + wait;
+        if let Some(last) = last_tick {
+            at = at.max(last + TICK_INTERVAL_MIN);
+        }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = tokio::time::sleep_until(at) => {}
             // A request set an earlier deadline: sleep again, until that one.
             _ = broker.groups.clock_lowered() => continue,
             _ = stop.changed() => return,
         }
-        let now = now_ms();
-        if now >= next_offsets_check {
-            next_offsets_check = now + check_every;
-        }
-        broker.groups.tick(now, next_offsets_check);
-        last_tick = now;
+        broker.groups.tick(now_ms());
+        last_tick = Some(Instant::now());
     }
 }

@@ -5,7 +5,7 @@
 /// an explicit `malloc_trim`), and the next storm touched fresh pages. jemalloc, with the
 /// settings below, gives pages unused for a second back to the system.
 #[global_allocator]
-static GLOBAL: Allocator = Allocator;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options, read before the first allocation:
 /// - a background thread purges unused pages, even while the broker is otherwise idle;
@@ -27,33 +27,6 @@ static MALLOC_CONF: MallocConf = MallocConf(
 struct MallocConf(*const std::ffi::c_char);
 // SAFETY: it points at a constant string, never written.
 unsafe impl Sync for MallocConf {}
-
-/// jemalloc, but zeroed memory is zeroed with a memset: jemalloc's calloc zeroes a recycled
-/// large block by purging it (`MADV_DONTNEED`), so every page of it faults back in at the next
-/// write. The log reads each Fetch into a zeroed buffer, and that fault storm cut fetch
-/// throughput by a third; writing zeros over memory already resident costs far less.
-struct Allocator;
-
-// SAFETY: every call goes to jemalloc with the same arguments; `alloc_zeroed` zeroes the
-// `layout.size()` bytes it was just given before handing them out.
-unsafe impl std::alloc::GlobalAlloc for Allocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        tikv_jemallocator::Jemalloc.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let ptr = tikv_jemallocator::Jemalloc.alloc(layout);
-        if !ptr.is_null() {
-            std::ptr::write_bytes(ptr, 0, layout.size());
-        }
-        ptr
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        tikv_jemallocator::Jemalloc.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        tikv_jemallocator::Jemalloc.realloc(ptr, layout, new_size)
-    }
-}
 
 mod client;
 mod group;

@@ -126,7 +126,7 @@ impl ReadPlan {
     /// `min_one_batch`), none at or past `max_offset`.
     pub fn read(&self) -> io::Result<Bytes> {
         let want = (self.available as usize).min(self.max_bytes);
-        let mut buf = BytesMut::zeroed(want.max(BATCH_HEADER_LEN.min(self.available as usize)));
+        let mut buf = filled_buffer(want.max(BATCH_HEADER_LEN.min(self.available as usize)));
         self.file.read_exact_at(&mut buf, self.position)?;
         let mut iter = BatchIter::new(&buf);
         let mut end = 0;
@@ -145,7 +145,7 @@ impl ReadPlan {
             {
                 if let Ok(len) = h.total_len() {
                     if len as u64 <= self.available {
-                        let mut whole = BytesMut::zeroed(len);
+                        let mut whole = filled_buffer(len);
                         self.file.read_exact_at(&mut whole, self.position)?;
                         return Ok(whole.freeze());
                     }
@@ -155,6 +155,15 @@ impl ReadPlan {
         buf.truncate(end);
         Ok(buf.freeze())
     }
+}
+
+/// A buffer of `len` bytes for a read to overwrite. Allocated then filled, not allocated zeroed:
+/// an allocator may zero a recycled large block by handing its pages back to the kernel, so that
+/// every page of a multi-megabyte fetch buffer faults in again at the read.
+fn filled_buffer(len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(len);
+    buf.resize(len, 0);
+    buf
 }
 
 /// Files to fsync so that every offset below `up_to` is durable; run it without the lock.
