@@ -45,6 +45,15 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1,
         time.sleep(interval)
 
 
+def proc_status_kib(pid: int, field: str) -> int:
+    """A memory figure of a process from /proc/<pid>/status, e.g. VmRSS or VmHWM, in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
 @dataclass
 class Rec:
     topic: str

@@ -11,20 +11,11 @@ import pytest
 from confluent_kafka import TopicPartition
 
 import wire
-from support import consume, consumer, create_topic, unique_topic, watermarks
+from support import consume, consumer, create_topic, proc_status_kib, unique_topic, watermarks
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]
 # A batch may inflate to at most message.max.bytes (1 MiB by default) times this.
 FACTOR = 4
-
-
-def vm_hwm_kib(pid: int) -> int:
-    """The process's peak resident memory."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc status")
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -59,7 +50,7 @@ def test_corrupt_compressed_batches_are_refused_and_nothing_is_stored(broker_fac
     assert [r.value for r in stored] == [b"first", b"last"]
     # Inflated whole, the bomb alone would have taken 64 MiB (16 for snappy, which is refused
     # from its length header before anything is allocated).
-    peak_mib = vm_hwm_kib(b.proc.pid) / 1024
+    peak_mib = proc_status_kib(b.proc.pid, "VmHWM") / 1024
     assert peak_mib < 40, f"peak RSS {peak_mib:.0f} MiB: the bomb inflated"
     assert b.is_running()
 

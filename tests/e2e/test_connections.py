@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import time
 
 import pytest
 
 import wire
-from support import produce_and_confirm, producer, flush, DeliveryLog, unique_topic, wait_until
+from support import proc_status_kib, produce_and_confirm, unique_topic, wait_until
 
 STORM_CONNECTIONS = 5000
 STORM_ROUNDS = 2
@@ -27,11 +26,7 @@ CLOSE_TIMEOUT = 10.0
 
 
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+    return proc_status_kib(pid, "VmRSS") * 1024
 
 
 def open_connections(pid: int) -> int:
@@ -152,17 +147,7 @@ def test_connection_over_max_connections_per_ip_is_closed(broker_factory):
     b = broker_factory({"max.connections.per.ip": limit})
     pid = b.proc.pid
     wait_for_no_connections(b)
-    topic = unique_topic("per-ip")
-    # A real client first: it keeps its connections open, and they count.
-    p = producer(b.bootstrap)
-    log = DeliveryLog()
-    p.produce(topic, value=b"first", on_delivery=log)
-    flush(p, timeout=30)
-    assert len(log.ok) == 1, log.failed
-    used_by_client = open_connections(pid)
-    assert 1 <= used_by_client < limit, \
-        f"the producer holds {used_by_client} connections; the test needs it below {limit}"
-    held = [served(b, correlation_id=10 + i) for i in range(limit - used_by_client)]
+    held = [served(b, correlation_id=10 + i) for i in range(limit)]
     try:
         # The connection over the limit is closed at once, without an answer.
         with wire.Connection(b.host, b.port) as extra:
@@ -170,19 +155,16 @@ def test_connection_over_max_connections_per_ip_is_closed(broker_factory):
             assert extra.wait_closed(CLOSE_TIMEOUT), \
                 f"connection {limit + 1} from one address was served with " \
                 f"max.connections.per.ip={limit}"
-        # The first ones still work: the raw connections and the real client's.
+        # The first ones still work.
         for i, c in enumerate(held):
             c.send_raw(api_versions_frame(20 + i))
             assert_answered(c, 20 + i)
-        p.produce(topic, value=b"second", on_delivery=log)
-        flush(p, timeout=30)
-        assert [r.value for r in log.ok] == [b"first", b"second"], log.failed
         assert "max.connections.per.ip" in b.log_text() and "refused connection" in b.log_text()
-        # A closed connection gives its slot back: a new one is served again.
+        # A closed connection gives its slot back: a real client uses it.
         held.pop().close()
         wait_until(lambda: open_connections(pid) == limit - 1,
                    timeout=CLOSE_TIMEOUT, message="the broker to see the connection closed")
-        served(b, correlation_id=30).close()
+        produce_and_confirm(b.bootstrap, unique_topic("per-ip"), [(None, b"in the freed slot")])
     finally:
         for c in held:
             c.close()
@@ -220,11 +202,9 @@ def test_connection_over_max_connections_waits_for_a_slot(broker_factory):
         with pytest.raises(socket.timeout):
             waiting.sock.recv(1)
         waiting.sock.settimeout(CLOSE_TIMEOUT)
-        # Once a connection closes, the waiting one is served.
-        t0 = time.monotonic()
+        # Once a connection closes, the waiting one is served (within the socket's timeout).
         held.pop().close()
         assert_answered(waiting, 77)
-        assert time.monotonic() - t0 < CLOSE_TIMEOUT
         assert "max.connections reached" in b.log_text()
         # The others were served all along.
         for i, c in enumerate(held):
