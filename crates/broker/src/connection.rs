@@ -211,8 +211,8 @@ struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     max: usize,
-    /// Most bytes the buffer was asked to hold since it was taken; 0 when none is held. (After
-    /// a frame is split off, `buf.capacity()` only shows what is left past it.)
+    /// Largest capacity the buffer had since it was taken; 0 when none is held. (After a frame
+    /// is split off, `buf.capacity()` only shows what is left past it.)
     held_bytes: usize,
 }
 
@@ -249,7 +249,9 @@ impl FrameReader {
                 self.rd.readable().await.map_err(FrameError::Io)?;
             }
             self.buf.reserve(want);
-            self.held_bytes = self.held_bytes.max(self.buf.len() + want);
+            // What the allocator gave, not what was asked: growth may round up (or double), and
+            // one read may then fill more than `want`.
+            self.held_bytes = self.held_bytes.max(self.buf.capacity());
             match self.rd.try_read_buf(&mut self.buf) {
                 Ok(0) => {
                     return if self.buf.is_empty() {
