@@ -91,6 +91,10 @@ impl<'a> BatchHeader<'a> {
             _ => Err(BatchError::BadLength { batch_length }),
         }
     }
+    /// The epoch of the leader that appended the batch (-1 as producers send it).
+    pub fn partition_leader_epoch(&self) -> i32 {
+        i32_at(self.0, 12)
+    }
     pub fn magic(&self) -> i8 {
         self.0[16] as i8
     }

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod compact;
 pub mod compression;
 pub mod disk;
+pub mod epochs;
 pub mod index;
 pub mod log;
 pub mod producers;
@@ -15,6 +16,7 @@ pub mod segment;
 
 pub use batch::{validate_batch, validate_produced_batch, BatchError, BatchHeader, ValidBatch};
 pub use disk::{Disk, LogFile, OsDisk};
+pub use epochs::{EpochEntry, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 pub use log::{
     validate_for_append, AppendError, AppendInfo, AppendLimits, FlushJob, LogConfig, PartitionLog,
     ReadError, ReadPlan, RecoveryReport,

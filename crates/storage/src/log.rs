@@ -10,10 +10,14 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::{assign_offset, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN};
 use crate::disk::{Disk, LogFile, OsDisk};
+use crate::epochs::LeaderEpochCache;
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{LookupError, Segment, SegmentRecovery};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
+/// The log start offset, once it has been moved inside a segment (DeleteRecords, a Raft purge).
+/// Without the file the log starts at its first segment.
+const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 
 /// Per-partition log settings, named after the Kafka topic configs they come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +200,10 @@ pub struct PartitionLog {
     flushed_offset: i64,
     recovery_point: i64,
     producers: ProducerStates,
+    /// Where each leader epoch began (see [`crate::epochs`]).
+    epochs: LeaderEpochCache,
+    /// The epoch stamped on the batches this log appends as leader.
+    leader_epoch: i32,
     /// Sealed segments below this were compacted by the last pass.
     compacted_through: i64,
     last_compaction_ms: i64,
@@ -324,8 +332,49 @@ impl PartitionLog {
                 Segment::create(&*disk, dir, 0, config.index_interval_bytes, now_ms)?,
             );
         }
+        // Segments wholly below a checkpointed log start offset are what a move of the log start
+        // left behind when it stopped before deleting them.
+        let checkpointed_start = read_offset_file(dir, LOG_START_OFFSET_FILE);
+        let below: Vec<i64> = segments
+            .iter()
+            .filter(|(_, seg)| seg.next_offset() <= checkpointed_start)
+            .map(|(&base, _)| base)
+            .collect();
+        for base in below {
+            if segments.len() > 1 {
+                if let Some(seg) = segments.remove(&base) {
+                    seg.delete()?;
+                }
+            }
+        }
         report.segments = segments.len();
-        let log_start_offset = segments.keys().next().copied().unwrap_or(0);
+        let first_base = segments.keys().next().copied().unwrap_or(0);
+        let end = segments
+            .values()
+            .next_back()
+            .map_or(0, Segment::next_offset);
+        let log_start_offset = first_base.max(checkpointed_start.min(end));
+        // The recovered segments' batches name their epochs: entries the checkpoint has for them
+        // (or lacks) are taken from the batches. Without a readable checkpoint, every segment.
+        let scanned_from = bases.get(first_scanned).copied().unwrap_or(0);
+        let (mut epochs, walk_from) = match LeaderEpochCache::load(dir) {
+            Ok(Some(mut cache)) => {
+                cache.truncate_from_end(scanned_from);
+                (cache, scanned_from)
+            }
+            Ok(None) => (LeaderEpochCache::default(), i64::MIN),
+            Err(e) => {
+                report
+                    .reasons
+                    .push(format!("leader-epoch checkpoint unreadable ({e}), rebuilt"));
+                (LeaderEpochCache::default(), i64::MIN)
+            }
+        };
+        for seg in segments.values().filter(|s| s.base_offset() >= walk_from) {
+            seg.for_each_header(|h| epochs.assign(h.partition_leader_epoch(), h.base_offset()))?;
+        }
+        epochs.truncate_from_start(log_start_offset);
+        let leader_epoch = epochs.latest().map_or(0, |e| e.epoch);
         let mut log = PartitionLog {
             dir: dir.to_path_buf(),
             disk,
@@ -336,22 +385,51 @@ impl PartitionLog {
             flushed_offset: 0,
             recovery_point,
             producers: ProducerStates::default(),
+            epochs,
+            leader_epoch,
             compacted_through: 0,
             last_compaction_ms: now_ms,
         };
-        // Idempotent producers' recent batches come back from the active segment's headers, so
-        // a retry that arrives after a restart is still recognised.
-        let mut producers = ProducerStates::default();
-        log.active()
-            .for_each_header(|h| producers.record(h, h.base_offset(), now_ms))?;
-        log.producers = producers;
+        log.reload_producers(now_ms)?;
         // What is on disk now survived a restart; count it as flushed.
         log.flushed_offset = log.log_end_offset();
         Ok((log, report))
     }
 
+    /// Idempotent producers' recent batches come back from the active segment's headers, so
+    /// a retry that arrives after a restart (or a truncation) is still recognised.
+    fn reload_producers(&mut self, now_ms: i64) -> io::Result<()> {
+        let mut producers = ProducerStates::default();
+        self.active()
+            .for_each_header(|h| producers.record(h, h.base_offset(), now_ms))?;
+        self.producers = producers;
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The epoch stamped on appended batches.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch
+    }
+
+    /// Sets the epoch stamped on the batches appended from now on (this replica became leader
+    /// in `epoch`). The epoch cache records it with the first batch appended in it.
+    pub fn set_leader_epoch(&mut self, epoch: i32) {
+        self.leader_epoch = epoch;
+    }
+
+    /// The leader-epoch cache: where each epoch began.
+    pub fn epochs(&self) -> &LeaderEpochCache {
+        &self.epochs
+    }
+
+    /// Where epoch `requested` ended in this log, as OffsetForLeaderEpoch answers:
+    /// `(epoch, end offset)`, or `(-1, -1)` if unknown.
+    pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(requested, self.log_end_offset())
     }
     pub fn config(&self) -> &LogConfig {
         &self.config
@@ -460,7 +538,7 @@ impl PartitionLog {
         }
         let mut header = [0u8; BATCH_HEADER_LEN];
         header.copy_from_slice(&batch[..BATCH_HEADER_LEN]);
-        assign_offset(&mut header, base_offset, 0);
+        assign_offset(&mut header, base_offset, self.leader_epoch);
         let body = &batch[BATCH_HEADER_LEN..valid.total_len];
         if valid.rewrite_max_timestamp {
             crate::batch::rewrite_max_timestamp(&mut header, body, valid.max_timestamp);
@@ -478,6 +556,7 @@ impl PartitionLog {
             return Err(AppendError::Io(failure.error));
         }
         self.producers.record(&producer_header, base_offset, now_ms);
+        self.epochs.assign(self.leader_epoch, base_offset);
         Ok(AppendInfo {
             base_offset,
             last_offset,
@@ -682,6 +761,9 @@ impl PartitionLog {
                 self.mark_offline(format!("fsync of a sealed segment failed: {e}"));
                 return Err(e);
             }
+            // Segments below the recovery point are not walked at start: the epochs they began
+            // must be in the checkpoint first.
+            self.write_epochs_if_dirty()?;
             write_recovery_point(&self.dir, active_base)?;
             self.recovery_point = active_base;
         }
@@ -706,6 +788,7 @@ impl PartitionLog {
         for s in self.segments.values() {
             s.sync_all()?;
         }
+        self.write_epochs_if_dirty()?;
         let end = self.log_end_offset();
         write_recovery_point(&self.dir, end)?;
         self.recovery_point = end;
@@ -813,7 +896,114 @@ impl PartitionLog {
         if let Some(&first) = self.segments.keys().next() {
             self.log_start_offset = self.log_start_offset.max(first);
         }
+        self.epochs.truncate_from_start(self.log_start_offset);
         Ok(deleted)
+    }
+
+    /// Writes the epoch checkpoint (file synced; the caller syncs the directory) if it changed.
+    fn write_epochs_if_dirty(&mut self) -> io::Result<()> {
+        if self.epochs.is_dirty() {
+            self.epochs.write(&self.dir, true)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything at and after `offset`, durably: the log then ends at `offset` (or
+    /// earlier, at the start of the batch that holds it). A follower does this where its log
+    /// diverged from the leader's; Raft where a new leader overwrites an uncommitted tail. At or
+    /// below the log start, the whole log goes and it starts again at `offset`.
+    ///
+    /// A failure part-way takes the log offline: its files then hold the old log, the truncated
+    /// one, or something between that only the recovery of the next start can sort out.
+    pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> io::Result<()> {
+        self.check_online().map_err(io::Error::other)?;
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        self.truncate_files(offset, now_ms).inspect_err(|e| {
+            self.mark_offline(format!("truncation to offset {offset} failed: {e}"));
+        })
+    }
+
+    fn truncate_files(&mut self, offset: i64, now_ms: i64) -> io::Result<()> {
+        let whole = offset <= self.log_start_offset;
+        let doomed: Vec<i64> = if whole {
+            self.segments.keys().copied().collect()
+        } else {
+            self.segments.range(offset..).map(|(&b, _)| b).collect()
+        };
+        // Newest first, so that a crash part-way leaves a log that is a prefix of the old one.
+        for &base in doomed.iter().rev() {
+            if let Some(seg) = self.segments.remove(&base) {
+                seg.delete()?;
+            }
+        }
+        if whole {
+            let fresh = Segment::create(
+                &*self.disk,
+                &self.dir,
+                offset,
+                self.config.index_interval_bytes,
+                now_ms,
+            )?;
+            self.segments.insert(offset, fresh);
+            self.log_start_offset = offset;
+            write_offset_file(&self.dir, LOG_START_OFFSET_FILE, offset)?;
+        } else if let Some(last) = self.segments.values_mut().next_back() {
+            last.truncate_to(offset)?;
+            last.sync_all()?;
+        }
+        let end = self.log_end_offset();
+        self.epochs.truncate_from_end(end);
+        if whole {
+            self.epochs.truncate_from_start(offset);
+        }
+        self.flushed_offset = self.flushed_offset.min(end);
+        self.compacted_through = self.compacted_through.min(end);
+        self.reload_producers(now_ms)?;
+        self.write_epochs_if_dirty()?;
+        // The recovery point must not vouch for a segment that is active again: later appends
+        // to it are not synced before the next roll.
+        let recovery_point = self.recovery_point.min(self.active().base_offset());
+        write_recovery_point(&self.dir, recovery_point)?;
+        self.recovery_point = recovery_point;
+        Ok(())
+    }
+
+    /// Moves the log start offset forward to `offset` (DeleteRecords, a Raft purge): reads below
+    /// it are out of range from now on, the new start is checkpointed, and segments wholly below
+    /// it are deleted. An offset past the log end is refused.
+    pub fn advance_log_start(&mut self, offset: i64, now_ms: i64) -> io::Result<()> {
+        self.check_online().map_err(io::Error::other)?;
+        let end = self.log_end_offset();
+        if offset > end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("log start offset {offset} is past the log end {end}"),
+            ));
+        }
+        if offset <= self.log_start_offset {
+            return Ok(());
+        }
+        write_offset_file(&self.dir, LOG_START_OFFSET_FILE, offset)?;
+        self.log_start_offset = offset;
+        self.epochs.truncate_from_start(offset);
+        if !self.active().is_empty() && self.active().next_offset() <= offset {
+            self.roll(now_ms)?;
+        }
+        let active_base = self.active().base_offset();
+        let below: Vec<i64> = self
+            .segments
+            .range(..active_base)
+            .filter(|(_, seg)| seg.next_offset() <= offset)
+            .map(|(&b, _)| b)
+            .collect();
+        for base in below {
+            if let Some(seg) = self.segments.remove(&base) {
+                seg.delete()?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes the whole log from disk.
@@ -850,14 +1040,24 @@ fn remove_segment_files(dir: &Path, base: i64) {
 }
 
 fn read_recovery_point(dir: &Path) -> i64 {
-    fs::read_to_string(dir.join(RECOVERY_POINT_FILE))
+    read_offset_file(dir, RECOVERY_POINT_FILE)
+}
+
+fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
+    write_offset_file(dir, RECOVERY_POINT_FILE, offset)
+}
+
+/// An offset kept in a file of its own; 0 if the file is missing or unreadable.
+fn read_offset_file(dir: &Path, name: &str) -> i64 {
+    fs::read_to_string(dir.join(name))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
 }
 
-fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
-    let tmp = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
+/// Writes an offset file durably: a synced temporary file renamed over the old one.
+fn write_offset_file(dir: &Path, name: &str, offset: i64) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let written = File::create(&tmp).and_then(|mut f| {
         writeln!(f, "{offset}")?;
         f.sync_all()
@@ -867,7 +1067,7 @@ fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fs::rename(&tmp, dir.join(RECOVERY_POINT_FILE))?;
+    fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
 }
 

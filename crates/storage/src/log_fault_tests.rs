@@ -370,3 +370,44 @@ proptest! {
         prop_assert!(acked.last().is_none_or(|(o, _)| next.base_offset > *o));
     }
 }
+
+/// A truncation that fails part-way (the cut of the segment, or the fsync that makes it
+/// durable) takes the log offline; the restart recovers a log that is a prefix of the old one and
+/// holds at least what the truncation was to keep.
+#[test]
+fn a_failed_truncation_takes_the_log_offline_and_a_restart_recovers_a_prefix() {
+    for op in [Op::SetLen, Op::Sync, Op::Write] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = FaultyDisk::new();
+        let mut log = open_faulty(dir.path(), &disk, 1 << 20);
+        let mut acked = Vec::new();
+        for i in 0..10 {
+            let v = value(i, 20);
+            let info = log.append(&batch(&[&v], 0), 0).unwrap().unwrap();
+            acked.push((info.base_offset, v));
+        }
+        flush(&mut log);
+        disk.arm(Fault::Eio {
+            op,
+            nth: 0,
+            torn: 0,
+        });
+        match log.truncate_to(4, 0) {
+            Err(e) => {
+                assert!(
+                    log.offline_reason()
+                        .is_some_and(|r| r.contains("truncation")),
+                    "{op:?}: {e}"
+                );
+                assert!(log.truncate_to(2, 0).is_err(), "{op:?}: offline");
+            }
+            // Op::Write hits the index entries the truncation rewrites for the batches kept.
+            Ok(()) => panic!("{op:?} did not fail the truncation"),
+        }
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        let got = records(&mut log);
+        assert!(got.len() >= 4, "{op:?}: kept {}", got.len());
+        assert_eq!(got[..], acked[..got.len()], "{op:?}: not a prefix");
+    }
+}

@@ -487,3 +487,176 @@ mod compaction {
         assert_eq!(contents(&log).len(), 6);
     }
 }
+
+mod truncation_and_epochs {
+    use super::*;
+    use crate::epochs::LEADER_EPOCH_CHECKPOINT_FILE;
+
+    fn epochs(log: &PartitionLog) -> Vec<(i32, i64)> {
+        log.epochs()
+            .entries()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect()
+    }
+
+    /// The leader epochs written in the batch headers from `offset` on.
+    fn stamped(log: &mut PartitionLog, offset: i64) -> Vec<i32> {
+        let mut out = Vec::new();
+        let mut at = offset;
+        while let Some(plan) = log.read(at, 1 << 20, i64::MAX, true).unwrap() {
+            let bytes = plan.read().unwrap();
+            for (_, h) in BatchIter::new(&bytes) {
+                out.push(h.partition_leader_epoch());
+                at = h.last_offset() + 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn appends_are_stamped_with_the_leader_epoch_and_the_cache_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        append_n(&mut log, 2, 2, 0);
+        log.set_leader_epoch(3);
+        append_n(&mut log, 2, 2, 0);
+        log.set_leader_epoch(7);
+        append_n(&mut log, 1, 2, 0);
+        assert_eq!(stamped(&mut log, 0), [0, 0, 3, 3, 7]);
+        assert_eq!(epochs(&log), [(0, 0), (3, 4), (7, 8)]);
+        assert_eq!(log.end_offset_for_epoch(3), (3, 8));
+        assert_eq!(log.end_offset_for_epoch(5), (3, 8));
+        assert_eq!(log.end_offset_for_epoch(7), (7, 10));
+        // A clean close writes the checkpoint; the next start reads it and keeps stamping the
+        // latest epoch.
+        log.close().unwrap();
+        drop(log);
+        let text = fs::read_to_string(dir.path().join(LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
+        assert_eq!(text, "0\n3\n0 0\n3 4\n7 8\n");
+        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        assert_eq!(epochs(&log), [(0, 0), (3, 4), (7, 8)]);
+        assert_eq!(log.leader_epoch(), 7);
+    }
+
+    #[test]
+    fn the_cache_is_rebuilt_from_the_batches_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(600), 0).unwrap();
+        append_n(&mut log, 6, 3, 0);
+        log.set_leader_epoch(2);
+        append_n(&mut log, 6, 3, 0);
+        // A roll made the first segments durable with their epochs; the rest only in memory.
+        if let Some(job) = log.flush_job() {
+            job.run().unwrap();
+            log.flush_done(job.up_to).unwrap();
+        }
+        log.set_leader_epoch(4);
+        append_n(&mut log, 6, 3, 0);
+        let before = epochs(&log);
+        assert_eq!(before.len(), 3, "{before:?}");
+        assert!(log.segment_count() > 2);
+        drop(log); // no close: a crash
+        let (log, _) = PartitionLog::open(dir.path(), config(600), 0).unwrap();
+        assert_eq!(epochs(&log), before);
+        // A lost or garbled checkpoint is rebuilt from every segment.
+        drop(log);
+        fs::write(dir.path().join(LEADER_EPOCH_CHECKPOINT_FILE), "garbage").unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), config(600), 0).unwrap();
+        assert_eq!(epochs(&log), before);
+        assert!(
+            report.reasons.iter().any(|r| r.contains("leader-epoch")),
+            "{:?}",
+            report.reasons
+        );
+    }
+
+    #[test]
+    fn truncation_removes_the_tail_across_segments_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        append_n(&mut log, 10, 2, 0);
+        log.set_leader_epoch(1);
+        append_n(&mut log, 10, 2, 0);
+        log.close().unwrap();
+        let segments = log.segment_count();
+        assert!(segments > 3, "{segments} segments");
+        log.truncate_to(13, 0).unwrap();
+        // Batches of two: offset 13 is inside the batch 12..=13, which goes whole.
+        assert_eq!(log.log_end_offset(), 12);
+        assert!(log.segment_count() < segments);
+        assert_eq!(read_all(&mut log, 0).last(), Some(&(10, 11)));
+        assert_eq!(epochs(&log), [(0, 0)]);
+        // Appends go on from the new end, in the current epoch.
+        append_n(&mut log, 1, 2, 0);
+        assert_eq!(read_all(&mut log, 0).last(), Some(&(12, 13)));
+        assert_eq!(epochs(&log), [(0, 0), (1, 12)]);
+        // Without a close: what the truncation removed stays removed, what came after is there.
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert_eq!(log.log_end_offset(), 14);
+        assert_eq!(
+            read_all(&mut log, 0),
+            (0..7).map(|i| (2 * i, 2 * i + 1)).collect::<Vec<_>>()
+        );
+        assert_eq!(epochs(&log), [(0, 0), (1, 12)]);
+        // A truncation at or past the end changes nothing.
+        log.truncate_to(14, 0).unwrap();
+        log.truncate_to(99, 0).unwrap();
+        assert_eq!(log.log_end_offset(), 14);
+    }
+
+    #[test]
+    fn truncation_below_the_log_start_empties_the_log_at_that_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        append_n(&mut log, 10, 2, 0);
+        log.advance_log_start(6, 0).unwrap();
+        log.truncate_to(4, 0).unwrap();
+        assert_eq!(log.log_start_offset(), 4);
+        assert_eq!(log.log_end_offset(), 4);
+        assert_eq!(log.segment_count(), 1);
+        assert!(epochs(&log).is_empty());
+        append_n(&mut log, 1, 2, 0);
+        assert_eq!(read_all(&mut log, 4), [(4, 5)]);
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (4, 6));
+    }
+
+    #[test]
+    fn the_log_start_moves_inside_a_segment_and_is_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        append_n(&mut log, 4, 2, 0);
+        log.set_leader_epoch(5);
+        append_n(&mut log, 16, 2, 0);
+        let segments = log.segment_count();
+        log.advance_log_start(11, 0).unwrap();
+        assert_eq!(log.log_start_offset(), 11);
+        assert!(
+            log.segment_count() < segments,
+            "segments below the start go"
+        );
+        assert!(matches!(
+            log.read(10, 1 << 20, i64::MAX, true),
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&mut log, 11)[0], (10, 11));
+        assert_eq!(epochs(&log), [(5, 11)]);
+        // Never backwards; never past the end.
+        log.advance_log_start(3, 0).unwrap();
+        assert_eq!(log.log_start_offset(), 11);
+        assert!(log.advance_log_start(41, 0).is_err());
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert_eq!(log.log_start_offset(), 11);
+        assert_eq!(epochs(&log), [(5, 11)]);
+        // Up to the end: the log is empty but keeps its end offset and takes appends.
+        log.advance_log_start(40, 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (40, 40));
+        assert_eq!(log.segment_count(), 1);
+        append_n(&mut log, 1, 2, 0);
+        assert_eq!(read_all(&mut log, 40), [(40, 41)]);
+    }
+}

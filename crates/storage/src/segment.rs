@@ -354,6 +354,28 @@ impl Segment {
         Ok(())
     }
 
+    /// Cuts the segment before the first batch that holds `offset` or a later one and rebuilds
+    /// its indexes from what is left. Returns how many bytes went.
+    pub fn truncate_to(&mut self, offset: i64) -> io::Result<u64> {
+        let position = match self.position_of(offset) {
+            Ok(position) => position,
+            Err(LookupError::Io(e)) => return Err(e),
+            Err(LookupError::IndexMismatch { .. }) => {
+                self.rebuild_indexes()?;
+                self.position_of(offset)
+                    .map_err(|e| io::Error::other(e.to_string()))?
+            }
+        };
+        let Some(position) = position else {
+            return Ok(0);
+        };
+        let removed = self.size - position;
+        self.log.set_len(position)?;
+        self.size = position;
+        self.rebuild_indexes()?;
+        Ok(removed)
+    }
+
     /// The file position of the first batch that holds `offset` or a later one. The offset index
     /// is checked where it is used: the entry must land on the start of a batch with the offset
     /// it names, or the lookup fails with [`LookupError::IndexMismatch`].
