@@ -1,12 +1,19 @@
-//! Caudal's cluster metadata: the typed records of the metadata log and their JSON form.
+//! Caudal's cluster metadata: the typed records of the metadata log, the image they build, and
+//! what a batch of them changes for one broker.
 //!
-//! Nothing here does I/O; the Raft quorum that replicates the records lives elsewhere.
+//! Nothing here does I/O or reads a clock: records and log ids go in, images come out, so every
+//! rule is tested deterministically. The Raft quorum that replicates the records lives elsewhere.
 
+pub mod image;
 pub mod records;
 
 #[cfg(test)]
 mod testing;
 
+pub use image::{
+    BrokerRegistration, ConfigResource, LocalReplicaChanges, MetadataDelta, MetadataImage,
+    PartitionRegistration, Provenance, ReplayError, TopicIdPartition, TopicImage,
+};
 pub use records::{
     CodecError, Endpoint, EntryRecords, FeatureRange, LeaderChange, MetadataRecord,
     METADATA_VERSION_FEATURE, RECORD_VERSION,

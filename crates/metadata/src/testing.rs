@@ -2,6 +2,8 @@
 //! often refer to each other (a change to a topic that exists, a name already taken), which is
 //! where replay has its rules.
 
+use std::collections::HashMap;
+
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -51,8 +53,8 @@ fn leader_change() -> impl Strategy<Value = LeaderChange> {
 /// Any record, with fields drawn from small pools and free text where JSON escaping matters.
 pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
     prop_oneof![
-        "[A-Za-z0-9_-]{1,22}".prop_map(|cluster_id| MetadataRecord::ClusterId { v: 0, cluster_id }),
-        (
+        1 => "[A-Za-z0-9_-]{1,22}".prop_map(|cluster_id| MetadataRecord::ClusterId { v: 0, cluster_id }),
+        1 => (
             prop::sample::select(vec!["caudal.metadata.version", "group.version"]),
             any::<i16>()
         )
@@ -61,7 +63,7 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                 name: name.into(),
                 level
             }),
-        (
+        2 => (
             broker_id(),
             0u128..3,
             vec(endpoint(), 0..3),
@@ -89,7 +91,7 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                     }
                 }
             ),
-        (
+        4 => (
             broker_id(),
             0..40i64,
             option::of(any::<bool>()),
@@ -106,19 +108,19 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                     }
                 }
             ),
-        (broker_id(), 0..40i64).prop_map(|(broker_id, broker_epoch)| {
+        1 => (broker_id(), 0..40i64).prop_map(|(broker_id, broker_epoch)| {
             MetadataRecord::UnregisterBroker {
                 v: 0,
                 broker_id,
                 broker_epoch,
             }
         }),
-        (name(), topic_id()).prop_map(|(name, topic_id)| MetadataRecord::Topic {
+        2 => (name(), topic_id()).prop_map(|(name, topic_id)| MetadataRecord::Topic {
             v: 0,
             name,
             topic_id
         }),
-        (
+        5 => (
             topic_id(),
             -1..4i32,
             broker_list(),
@@ -141,7 +143,7 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                     }
                 }
             ),
-        (
+        5 => (
             topic_id(),
             -1..4i32,
             leader_change(),
@@ -158,8 +160,8 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                     replicas,
                 }
             }),
-        topic_id().prop_map(|topic_id| MetadataRecord::RemoveTopic { v: 0, topic_id }),
-        (
+        1 => topic_id().prop_map(|topic_id| MetadataRecord::RemoveTopic { v: 0, topic_id }),
+        2 => (
             prop::sample::select(vec![2i8, 4]),
             name(),
             prop::sample::select(vec!["retention.ms", "cleanup.policy"]),
@@ -174,7 +176,7 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                     value,
                 }
             }),
-        (broker_id(), 0..40i64, -5..5000i64).prop_map(
+        1 => (broker_id(), 0..40i64, -5..5000i64).prop_map(
             |(broker_id, broker_epoch, next_producer_id)| {
                 MetadataRecord::ProducerIds {
                     v: 0,
@@ -185,4 +187,75 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
             }
         ),
     ]
+}
+
+/// A record sequence meant to be replayed with the record at position `i` in the entry of index
+/// `i + 1`. Records the strategy flags are aimed at what exists by then: broker changes name the
+/// epoch of the broker's latest registration, partitions are added next in line and changes
+/// name an existing partition, so that enough of them are valid to build real images.
+pub(crate) fn record_sequence(max: usize) -> impl Strategy<Value = Vec<MetadataRecord>> {
+    vec((record(), any::<bool>()), 0..max).prop_map(|records| {
+        let mut epochs = HashMap::new();
+        let mut names = HashMap::new();
+        let mut partitions: HashMap<Uuid, i32> = HashMap::new();
+        let mut out = Vec::with_capacity(records.len());
+        for (i, (mut record, aimed)) in records.into_iter().enumerate() {
+            match &mut record {
+                MetadataRecord::RegisterBroker {
+                    broker_id,
+                    broker_epoch,
+                    ..
+                } => {
+                    epochs.insert(*broker_id, broker_epoch.unwrap_or(i as i64 + 1));
+                }
+                MetadataRecord::BrokerRegistrationChange {
+                    broker_id,
+                    broker_epoch,
+                    ..
+                }
+                | MetadataRecord::UnregisterBroker {
+                    broker_id,
+                    broker_epoch,
+                    ..
+                } => {
+                    if let (true, Some(epoch)) = (aimed, epochs.get(broker_id)) {
+                        *broker_epoch = *epoch;
+                    }
+                }
+                MetadataRecord::Topic { name, topic_id, .. }
+                    if !partitions.contains_key(topic_id) && !names.contains_key(name) =>
+                {
+                    names.insert(name.clone(), *topic_id);
+                    partitions.insert(*topic_id, 0);
+                }
+                MetadataRecord::RemoveTopic { topic_id, .. }
+                    if partitions.remove(topic_id).is_some() =>
+                {
+                    names.retain(|_, id| id != topic_id);
+                }
+                MetadataRecord::Partition {
+                    topic_id,
+                    partition,
+                    ..
+                } => {
+                    if let (true, Some(count)) = (aimed, partitions.get_mut(topic_id)) {
+                        *partition = *count;
+                        *count += 1;
+                    }
+                }
+                MetadataRecord::PartitionChange {
+                    topic_id,
+                    partition,
+                    ..
+                } => {
+                    if let (true, Some(count)) = (aimed, partitions.get(topic_id)) {
+                        *partition = partition.rem_euclid((*count).max(1));
+                    }
+                }
+                _ => {}
+            }
+            out.push(record);
+        }
+        out
+    })
 }
