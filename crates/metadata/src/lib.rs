@@ -1,0 +1,22 @@
+//! Caudal's cluster metadata: the typed records of the metadata log, the image they build, what
+//! a batch of them changes for one broker, and where new partitions' replicas go.
+//!
+//! Nothing here does I/O or reads a clock: records and log ids go in, images come out, so every
+//! rule is tested deterministically. The Raft quorum that replicates the records lives elsewhere.
+
+pub mod image;
+pub mod placement;
+pub mod records;
+
+#[cfg(test)]
+mod testing;
+
+pub use image::{
+    BrokerRegistration, ConfigResource, LocalReplicaChanges, MetadataDelta, MetadataImage,
+    PartitionRegistration, Provenance, ReplayError, TopicIdPartition, TopicImage,
+};
+pub use placement::{continuation, place, PlacementBroker, PlacementError, Start};
+pub use records::{
+    CodecError, Endpoint, EntryRecords, FeatureRange, LeaderChange, MetadataRecord,
+    METADATA_VERSION_FEATURE, RECORD_VERSION,
+};
