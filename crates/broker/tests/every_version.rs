@@ -25,6 +25,9 @@ use kafka_protocol::messages::offset_delete_request::{
 use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
@@ -264,6 +267,45 @@ async fn every_api_answers_at_every_advertised_version() {
                     let p = &r.topics[0].partitions[0];
                     assert_eq!(p.error_code, 0, "{what}");
                     assert!(p.offset >= 2, "{what}");
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    // Epoch 0 is the only one a single node has written: it ends at the log end.
+                    // A caller that believes in a later epoch is told this replica is behind.
+                    let part = |current: i32| {
+                        OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(current)
+                            .with_leader_epoch(0)
+                    };
+                    let req = OffsetForLeaderEpochRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![
+                            OffsetForLeaderTopic::default()
+                                .with_topic(topic("t"))
+                                .with_partitions(vec![part(-1), part(0), part(1)]),
+                            OffsetForLeaderTopic::default()
+                                .with_topic(topic("nope"))
+                                .with_partitions(vec![part(-1)]),
+                        ]);
+                    let ResponseKind::OffsetForLeaderEpoch(r) = c
+                        .send(api, v, &RequestKind::OffsetForLeaderEpoch(req))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    let got: Vec<(i16, i32, i64)> = r.topics[0]
+                        .partitions
+                        .iter()
+                        .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+                        .collect();
+                    let end = got[0].2;
+                    assert!(end >= 2, "{what}: {got:?}");
+                    assert_eq!(
+                        got,
+                        [(0, 0, end), (0, 0, end), (75, -1, -1)],
+                        "{what}: UNKNOWN_LEADER_EPOCH for a newer epoch"
+                    );
+                    assert_eq!(r.topics[1].partitions[0].error_code, 3, "{what}");
                 }
                 ApiKey::CreateTopics => {
                     let name = format!("created-v{v}");

@@ -23,6 +23,7 @@ mod metadata;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
+mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 
@@ -90,6 +91,7 @@ pub async fn handle(broker: &Arc<Broker>, request: Request, conn: Connection) ->
         RequestKind::LeaveGroup(r) => ready(leave_group::handle(broker, r, version)),
         RequestKind::OffsetCommit(r) => offset_commit::handle(broker, r),
         RequestKind::OffsetFetch(r) => ready(offset_fetch::handle(broker, r, version)),
+        RequestKind::OffsetForLeaderEpoch(r) => ready(offset_for_leader_epoch::handle(broker, r)),
         RequestKind::OffsetDelete(r) => ready(offset_delete::handle(broker, r).await),
         RequestKind::ListGroups(r) => ready(list_groups::handle(broker, r)),
         RequestKind::DescribeGroups(r) => ready(describe_groups::handle(broker, r, version)),

@@ -1,0 +1,63 @@
+//! OffsetForLeaderEpoch: where a leader epoch ended in a partition's log (KIP-101, KIP-320).
+//! Consumers ask it to check their position after a leader change; followers (from the next
+//! release on) to find where their log diverged from the leader's.
+
+use std::sync::Arc;
+
+use caudal_storage::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ResponseKind,
+};
+
+use crate::Broker;
+
+/// The request's "no current epoch to check" value.
+const NO_EPOCH_CHECK: i32 = -1;
+
+pub fn handle(broker: &Arc<Broker>, request: OffsetForLeaderEpochRequest) -> ResponseKind {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let answer = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(UNDEFINED_EPOCH)
+                        .with_end_offset(UNDEFINED_OFFSET);
+                    let Some(partition) = broker.topics.partition(t.topic.0.as_str(), p.partition)
+                    else {
+                        return answer.with_error_code(E::UnknownTopicOrPartition.code());
+                    };
+                    let log = partition.log();
+                    if log.offline_reason().is_some() {
+                        return answer.with_error_code(E::KafkaStorageError.code());
+                    }
+                    // The asker's idea of the current leader epoch, when it gives one, must be
+                    // this replica's: older is a stale asker, newer a stale replica.
+                    let current = log.leader_epoch();
+                    if p.current_leader_epoch != NO_EPOCH_CHECK {
+                        if p.current_leader_epoch < current {
+                            return answer.with_error_code(E::FencedLeaderEpoch.code());
+                        }
+                        if p.current_leader_epoch > current {
+                            return answer.with_error_code(E::UnknownLeaderEpoch.code());
+                        }
+                    }
+                    let (epoch, end_offset) = log.end_offset_for_epoch(p.leader_epoch);
+                    answer.with_leader_epoch(epoch).with_end_offset(end_offset)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ResponseKind::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse::default().with_topics(topics))
+}
