@@ -1,8 +1,12 @@
-//! A partition as the broker serves it: the log behind a lock, and the group commit that makes
-//! appends durable for `acks=all`.
+//! A partition as the broker serves it: the log behind a lock, the group commit that makes
+//! appends durable for `acks=all`, and the replica state read without the lock (leader epoch,
+//! high watermark).
 
 use std::io;
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use kafka_protocol::error::ResponseError as E;
 
 use caudal_storage::{AppendError, AppendInfo, PartitionLog, ValidBatch};
 use tokio::sync::{watch, Notify};
@@ -17,6 +21,12 @@ pub struct Partition {
     flush_wanted: Arc<Notify>,
     /// Woken after each append: the fetches waiting for data of this partition look again.
     appended: Notify,
+    /// The epoch of this replica's leadership, as clients see it in Metadata and check in
+    /// Fetch, ListOffsets and OffsetForLeaderEpoch.
+    leader_epoch: AtomicI32,
+    /// What consumers may read up to. Kept apart from the log end: on one replica it follows
+    /// each append; with followers it moves only when every in-sync replica has the data.
+    high_watermark: AtomicI64,
 }
 
 impl Partition {
@@ -27,6 +37,8 @@ impl Partition {
         let partition = Arc::new(Partition {
             topic,
             index,
+            leader_epoch: AtomicI32::new(log.leader_epoch()),
+            high_watermark: AtomicI64::new(log.log_end_offset()),
             log: Mutex::new(log),
             durable,
             flush_wanted: flush_wanted.clone(),
@@ -56,12 +68,36 @@ impl Partition {
         let appended = {
             let mut log = self.log();
             let info = log.append_validated(batch, valid, now_ms)?;
+            // The only replica has it: it is committed (the next release moves this by ISR).
+            self.high_watermark
+                .fetch_max(log.log_end_offset(), Ordering::AcqRel);
             (info, log.log_start_offset())
         };
         if !appended.0.duplicate {
             self.appended.notify_waiters();
         }
         Ok(appended)
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Checks a client's idea of the current leader epoch (-1: none given) against this
+    /// replica's: an older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer
+    /// one UNKNOWN_LEADER_EPOCH (this replica has not heard of that leadership yet).
+    pub fn check_leader_epoch(&self, current: i32) -> Result<(), i16> {
+        let epoch = self.leader_epoch();
+        match current {
+            -1 => Ok(()),
+            c if c < epoch => Err(E::FencedLeaderEpoch.code()),
+            c if c > epoch => Err(E::UnknownLeaderEpoch.code()),
+            _ => Ok(()),
+        }
     }
 
     /// Resolves at the next append to this partition. Enable it (`Notified::enable`) before

@@ -239,7 +239,8 @@ async fn every_api_answers_at_every_advertised_version() {
                         .with_max_bytes(1 << 20)
                         .with_session_epoch(-1)
                         .with_topics(vec![ft]);
-                    let ResponseKind::Fetch(r) = c.send(api, v, &RequestKind::Fetch(req)).await
+                    let ResponseKind::Fetch(r) =
+                        c.send(api, v, &RequestKind::Fetch(req.clone())).await
                     else {
                         panic!()
                     };
@@ -250,6 +251,18 @@ async fn every_api_answers_at_every_advertised_version() {
                         "{what}: no records"
                     );
                     assert!(p.high_watermark >= 2, "{what}");
+                    if v >= 9 {
+                        // A fetch from a client that believes in a newer leader epoch than this
+                        // replica's is refused, as Kafka does (KIP-320).
+                        let mut req = req;
+                        req.topics[0].partitions[0].current_leader_epoch = 1;
+                        let ResponseKind::Fetch(r) = c.send(api, v, &RequestKind::Fetch(req)).await
+                        else {
+                            panic!()
+                        };
+                        let p = &r.responses[0].partitions[0];
+                        assert_eq!(p.error_code, 75, "{what}: UNKNOWN_LEADER_EPOCH");
+                    }
                 }
                 ApiKey::ListOffsets => {
                     let req = ListOffsetsRequest::default()
@@ -260,13 +273,25 @@ async fn every_api_answers_at_every_advertised_version() {
                                 .with_partition_index(0)
                                 .with_timestamp(-1)])]);
                     let ResponseKind::ListOffsets(r) =
-                        c.send(api, v, &RequestKind::ListOffsets(req)).await
+                        c.send(api, v, &RequestKind::ListOffsets(req.clone())).await
                     else {
                         panic!()
                     };
                     let p = &r.topics[0].partitions[0];
                     assert_eq!(p.error_code, 0, "{what}");
                     assert!(p.offset >= 2, "{what}");
+                    if v >= 4 {
+                        assert_eq!(p.leader_epoch, 0, "{what}");
+                        let mut req = req;
+                        req.topics[0].partitions[0].current_leader_epoch = 1;
+                        let ResponseKind::ListOffsets(r) =
+                            c.send(api, v, &RequestKind::ListOffsets(req)).await
+                        else {
+                            panic!()
+                        };
+                        let p = &r.topics[0].partitions[0];
+                        assert_eq!(p.error_code, 75, "{what}: UNKNOWN_LEADER_EPOCH");
+                    }
                 }
                 ApiKey::OffsetForLeaderEpoch => {
                     // Epoch 0 is the only one a single node has written: it ends at the log end.

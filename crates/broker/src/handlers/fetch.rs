@@ -92,7 +92,11 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
                     Ok(t) => usize::try_from(fp.partition)
                         .ok()
                         .and_then(|i| t.partitions.get(i).cloned())
-                        .ok_or(E::UnknownTopicOrPartition.code()),
+                        .ok_or(E::UnknownTopicOrPartition.code())
+                        .and_then(|p| {
+                            p.check_leader_epoch(fp.current_leader_epoch)?;
+                            Ok(p)
+                        }),
                     Err(code) => Err(*code),
                 })
                 .collect()
@@ -170,8 +174,8 @@ fn read_once(
             // limits, so a consumer can always make progress.
             let min_one = total == 0;
             let (plan, high_watermark, log_start_offset) = {
+                let hw = partition.high_watermark();
                 let mut log = partition.log();
-                let hw = log.log_end_offset();
                 (
                     log.read(fp.fetch_offset, limit, hw, min_one),
                     hw,

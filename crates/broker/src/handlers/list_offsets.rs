@@ -22,7 +22,6 @@ const EARLIEST_LOCAL: i64 = -4;
 const LEADER_EPOCH_SINCE: i16 = 4;
 
 pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -> ResponseKind {
-    let leader_epoch = if version >= LEADER_EPOCH_SINCE { 0 } else { -1 };
     let topics = request
         .topics
         .into_iter()
@@ -32,16 +31,25 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                 .partitions
                 .iter()
                 .map(|p| {
-                    let answer = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(leader_epoch);
+                    let answer = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(-1);
                     let Some(partition) = topic.as_ref().and_then(|t| usize::try_from(p.partition_index).ok().and_then(|i| t.partitions.get(i))) else {
                         return answer.with_error_code(E::UnknownTopicOrPartition.code()).with_timestamp(-1).with_offset(-1);
                     };
+                    if let Err(code) = partition.check_leader_epoch(p.current_leader_epoch) {
+                        return answer.with_error_code(code).with_timestamp(-1).with_offset(-1);
+                    }
+                    let answer = if version >= LEADER_EPOCH_SINCE {
+                        answer.with_leader_epoch(partition.leader_epoch())
+                    } else {
+                        answer
+                    };
+                    let high_watermark = partition.high_watermark();
                     let mut log = partition.log();
                     if log.offline_reason().is_some() {
                         return answer.with_error_code(E::KafkaStorageError.code()).with_timestamp(-1).with_offset(-1);
                     }
                     let (offset, timestamp) = match p.timestamp {
-                        LATEST => (log.log_end_offset(), -1),
+                        LATEST => (high_watermark, -1),
                         EARLIEST | EARLIEST_LOCAL | -5 => (log.log_start_offset(), -1),
                         MAX_TIMESTAMP => log.max_timestamp().unwrap_or((-1, -1)),
                         ts if ts >= 0 => match log.offset_for_timestamp(ts) {

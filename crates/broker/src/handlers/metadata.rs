@@ -116,7 +116,7 @@ fn describe(topic: &Topic, node: i32) -> MetadataResponseTopic {
         .map(|p| {
             let partition = MetadataResponsePartition::default()
                 .with_partition_index(p.index)
-                .with_leader_epoch(0)
+                .with_leader_epoch(p.leader_epoch())
                 .with_replica_nodes(vec![BrokerId(node)]);
             if p.log().offline_reason().is_some() {
                 // Its only replica's log is offline: no leader until a restart recovers it.
