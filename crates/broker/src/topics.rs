@@ -403,14 +403,36 @@ impl Topics {
         fs::File::open(&self.data_dir)?.sync_all()
     }
 
-    /// Syncs and checkpoints every partition (clean shutdown).
+    /// Syncs and checkpoints every partition (clean shutdown). Two syncs of the whole
+    /// filesystem cover every log, instead of several fsyncs per partition: with thousands of
+    /// partitions that is the difference between a stop in a second and one in a minute.
     pub fn close_all(&self) {
-        for topic in self.all() {
-            for p in &topic.partitions {
-                if let Err(e) = p.close() {
-                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing the log failed");
+        let partitions: Vec<Arc<Partition>> = self
+            .all()
+            .iter()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect();
+        let mut prepared = Vec::with_capacity(partitions.len());
+        for p in &partitions {
+            match p.log().prepare_close() {
+                Ok(up_to) => prepared.push((p, up_to)),
+                Err(e) => {
+                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing the log failed")
                 }
             }
+        }
+        if let Err(e) = sync_filesystem(&self.data_dir) {
+            // Nothing is checkpointed: the next start recovers every log from its files.
+            tracing::error!(dir = %self.data_dir.display(), error = %e, "syncing the data directory failed; logs are not checkpointed");
+            return;
+        }
+        for (p, up_to) in prepared {
+            if let Err(e) = p.log().checkpoint_synced(up_to) {
+                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "checkpointing the log failed");
+            }
+        }
+        if let Err(e) = sync_filesystem(&self.data_dir) {
+            tracing::error!(dir = %self.data_dir.display(), error = %e, "syncing the recovery checkpoints failed");
         }
     }
 
@@ -633,6 +655,20 @@ fn open_topic(
         partitions,
         configs: record.configs.clone(),
     })
+}
+
+/// Flushes everything written to the filesystem holding `dir` (Linux `syncfs`, which reports
+/// write-back errors since 5.8).
+fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = fs::File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
+    let rc = unsafe { libc::syncfs(handle.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn new_cluster_id() -> String {

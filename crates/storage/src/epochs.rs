@@ -113,7 +113,8 @@ impl LeaderEpochCache {
     }
 
     /// Writes the checkpoint to `dir` (a temporary file renamed over the old one), with an fsync
-    /// of the file and the directory if `durable`.
+    /// of the file and the directory if `durable`. Without, the cache stays dirty until
+    /// [`mark_durable`](Self::mark_durable) says a sync of the whole filesystem covered it.
     pub fn write(&mut self, dir: &Path, durable: bool) -> io::Result<()> {
         let path = dir.join(LEADER_EPOCH_CHECKPOINT_FILE);
         let tmp = dir.join(format!("{LEADER_EPOCH_CHECKPOINT_FILE}.tmp"));
@@ -138,6 +139,11 @@ impl LeaderEpochCache {
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// Records that the last unsynced [`write`](Self::write) was made durable by the caller.
+    pub fn mark_durable(&mut self) {
+        self.dirty = false;
     }
 
     /// Whether there are changes the file does not hold durably.

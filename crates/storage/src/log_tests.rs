@@ -216,6 +216,41 @@ fn a_clean_close_needs_no_scan() {
 }
 
 #[test]
+fn a_close_in_two_halves_checkpoints_what_the_first_half_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
+    append_n(&mut log, 30, 2, 0);
+    log.set_leader_epoch(2);
+    append_n(&mut log, 5, 2, 0);
+    let up_to = log.prepare_close().unwrap();
+    assert_eq!(up_to, 70);
+    // (The broker syncs the filesystem here.) An append between the halves is not vouched for.
+    append_n(&mut log, 1, 2, 0);
+    log.checkpoint_synced(up_to).unwrap();
+    assert!(!log.epochs().is_dirty());
+    drop(log);
+    let point: i64 = fs::read_to_string(dir.path().join("recovery-point"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(point, 70);
+    let (log, report) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
+    assert_eq!(
+        report.recovered_segments, 1,
+        "only the active segment is rescanned"
+    );
+    assert_eq!(log.log_end_offset(), 72);
+    let epochs: Vec<(i32, i64)> = log
+        .epochs()
+        .entries()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect();
+    assert_eq!(epochs, [(0, 0), (2, 60)]);
+}
+
+#[test]
 fn timestamps_find_the_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = PartitionLog::open(dir.path(), config(1000), 0).unwrap();
