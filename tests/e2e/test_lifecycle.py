@@ -6,7 +6,8 @@ import socket
 import subprocess
 
 from harness import port_accepts
-from support import consume, create_topic, produce_and_confirm, unique_topic, wait_until
+from support import (admin, consume, create_topic, produce_and_confirm, unique_topic,
+                     wait_until)
 
 
 def test_sigterm_exits_zero(broker):
@@ -85,3 +86,31 @@ def test_unknown_flag_is_rejected(caudal_binary, tmp_path):
                          capture_output=True, timeout=10)
     assert out.returncode != 0
     assert out.stderr.strip(), "expected an explanation on stderr"
+
+
+def test_a_data_directory_belongs_to_one_node(broker_factory):
+    b = broker_factory()
+    topic = unique_topic("identity")
+    create_topic(b.bootstrap, topic)
+    produce_and_confirm(b.bootstrap, topic, [(None, b"kept")])
+    a = admin(b.bootstrap)
+    cluster_id = a.describe_cluster(request_timeout=10).result(timeout=15).cluster_id
+    props = dict(line.split("=", 1) for line in
+                 (b.data_dir / "meta.properties").read_text().splitlines()
+                 if "=" in line and not line.startswith("#"))
+    assert (props["version"], props["node.id"], props["cluster.id"]) == ("1", "1", cluster_id)
+    assert b.stop() == 0
+
+    # Started as another node, it refuses before touching the data, and says how to fix it.
+    other = broker_factory({"node-id": 2}, data_dir=b.data_dir, wait=False)
+    try:
+        code = other.wait_exit(timeout=15)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("broker served another node's data directory")
+    assert code != 0
+    log = other.log_text()
+    assert "belongs to node 1" in log and "--node-id 1" in log, log
+    assert log.count("belongs to node 1") == 1, log
+
+    b.start()
+    assert [r.value for r in consume(b.bootstrap, topic, [0])] == [b"kept"]

@@ -8,6 +8,7 @@ mod connection_warnings;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
+pub mod meta_properties;
 pub mod partition;
 pub mod producer_ids;
 pub mod topics;
@@ -52,6 +53,8 @@ pub enum StartError {
     DataDir { dir: String, source: io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: io::Error },
+    #[error(transparent)]
+    Identity(#[from] meta_properties::MetaPropertiesError),
 }
 
 /// A broker bound to its port, ready to [`run`](Server::run).
@@ -74,6 +77,8 @@ impl Server {
         std::fs::write(&probe, b"")
             .and_then(|_| std::fs::remove_file(&probe))
             .map_err(data_err)?;
+        // Before anything in the directory is opened (recovery writes to it).
+        meta_properties::check_node(&config.data_dir, config.node_id)?;
         if config.listeners.is_empty() {
             return Err(StartError::Listen {
                 addr: "(none)".into(),
@@ -111,6 +116,7 @@ impl Server {
                 .await
                 .map_err(|e| data_err(io::Error::other(e)))?
                 .map_err(data_err)?;
+        meta_properties::ensure(&config.data_dir, topics.cluster_id(), config.node_id)?;
         let producer_ids = producer_ids::ProducerIds::load(&config.data_dir).map_err(data_err)?;
         let groups = groups::Groups::start(&config, &topics, now_ms())
             .await
