@@ -605,6 +605,56 @@ fn fencing_two_brokers_in_one_tick_keeps_the_isr_from_emptying() {
     }
 }
 
+#[test]
+fn a_broker_asking_to_be_fenced_is_fenced_and_hands_over() {
+    let mut cluster = Cluster::new();
+    let epoch = cluster.live_broker(1, None);
+    assert_eq!(cluster.create_one(topic("t", 2, 1)).error_code, 0);
+    let offset = cluster.index();
+    let (response, records) = cluster.heartbeat_with(beat(1, epoch, offset).with_want_fence(true));
+    assert!(response.is_fenced);
+    assert_eq!(
+        records.len(),
+        3,
+        "the fence and two leader changes: {records:?}"
+    );
+    assert_eq!(cluster.leaders("t"), vec![-1, -1]);
+}
+
+#[test]
+fn a_tick_stops_at_the_bound_and_the_rest_stay_due() {
+    let mut cluster = Cluster::with_config(|c| c.max_records_per_decision = 4);
+    for id in 1..=3 {
+        cluster.live_broker(id, None);
+    }
+    assert_eq!(cluster.create_one(topic("t", 3, 1)).error_code, 0);
+    cluster.now_ms += TIMEOUT_MS;
+    let mut fenced_per_tick = Vec::new();
+    for _ in 0..5 {
+        if cluster
+            .controller
+            .next_deadline()
+            .is_none_or(|d| d > cluster.now_ms)
+        {
+            break;
+        }
+        let records = cluster.tick();
+        assert!(records.len() <= 4 + 1 + 3, "bounded: {records:?}");
+        fenced_per_tick.push(
+            records
+                .iter()
+                .filter(|r| matches!(r, MetadataRecord::BrokerRegistrationChange { .. }))
+                .count(),
+        );
+    }
+    assert!(
+        fenced_per_tick.len() > 1,
+        "more than one tick: {fenced_per_tick:?}"
+    );
+    assert_eq!(fenced_per_tick.iter().sum::<usize>(), 3);
+    assert_eq!(cluster.image.live_brokers().count(), 0);
+}
+
 // ---- controlled shutdown ----
 
 #[test]
@@ -1262,4 +1312,158 @@ fn replayed_leader_changes_bump_epochs_once_per_move() {
     }));
     let p = &cluster.topic("t").partitions[0];
     assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (2, 1, 1));
+}
+
+// ---- any history ----
+
+mod histories {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register(i32),
+        Heartbeat {
+            broker: i32,
+            caught_up: bool,
+        },
+        WantShutDown(i32),
+        WantFence(i32),
+        Unregister(i32),
+        Advance(i64),
+        CreateTopic {
+            partitions: i32,
+            replication_factor: i16,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let broker = 1..=4i32;
+        prop_oneof![
+            2 => broker.clone().prop_map(Op::Register),
+            6 => (broker.clone(), any::<bool>())
+                .prop_map(|(broker, caught_up)| Op::Heartbeat { broker, caught_up }),
+            1 => broker.clone().prop_map(Op::WantShutDown),
+            1 => broker.clone().prop_map(Op::WantFence),
+            1 => broker.prop_map(Op::Unregister),
+            2 => (1..=TIMEOUT_MS).prop_map(Op::Advance),
+            2 => (1..=4i32, 1..=3i16).prop_map(|(partitions, replication_factor)| Op::CreateTopic {
+                partitions,
+                replication_factor
+            }),
+        ]
+    }
+
+    /// What must hold of every image the controller's records build.
+    fn check_invariants(image: &MetadataImage) -> Result<(), TestCaseError> {
+        let alive = |b: i32| {
+            image
+                .broker(b)
+                .is_some_and(|r| !r.fenced && !r.in_controlled_shutdown)
+        };
+        for topic in image.topics() {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                let at = format!("{}-{index}: {p:?}", topic.name);
+                prop_assert!(!p.isr.is_empty(), "the ISR never empties: {}", at);
+                prop_assert!(
+                    p.isr.iter().all(|b| p.replicas.contains(b)),
+                    "the ISR is made of replicas: {}",
+                    at
+                );
+                if p.leader >= 0 {
+                    prop_assert!(
+                        p.isr.contains(&p.leader),
+                        "the leader is in the ISR: {}",
+                        at
+                    );
+                    prop_assert!(alive(p.leader), "the leader is alive: {}", at);
+                } else {
+                    prop_assert!(
+                        !p.isr.iter().any(|b| alive(*b)),
+                        "a leaderless partition has no alive ISR member: {}",
+                        at
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut cluster = replicated();
+        let mut topics = 0;
+        for op in ops {
+            let epoch = |cluster: &Cluster, b: i32| cluster.image.broker(b).map_or(1, |r| r.epoch);
+            match op {
+                Op::Register(b) => {
+                    let request = cluster.registration(b, None);
+                    cluster.register_with(request);
+                }
+                Op::Heartbeat { broker, caught_up } => {
+                    let offset = if caught_up { cluster.index() } else { 0 };
+                    let e = epoch(&cluster, broker);
+                    cluster.heartbeat_with(beat(broker, e, offset));
+                }
+                Op::WantShutDown(b) => {
+                    let e = epoch(&cluster, b);
+                    let offset = cluster.index();
+                    cluster.heartbeat_with(beat(b, e, offset).with_want_shut_down(true));
+                }
+                Op::WantFence(b) => {
+                    let e = epoch(&cluster, b);
+                    let offset = cluster.index();
+                    cluster.heartbeat_with(beat(b, e, offset).with_want_fence(true));
+                }
+                Op::Unregister(b) => {
+                    let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(b));
+                    cluster.handle(ControllerRequest::UnregisterBroker(request, 0));
+                }
+                Op::Advance(ms) => cluster.now_ms += ms,
+                Op::CreateTopic {
+                    partitions,
+                    replication_factor,
+                } => {
+                    topics += 1;
+                    cluster.create_one(topic(
+                        &format!("t{topics}"),
+                        partitions,
+                        replication_factor,
+                    ));
+                }
+            }
+            // The runtime ticks whenever a deadline has passed.
+            for _ in 0..8 {
+                match cluster.controller.next_deadline() {
+                    Some(deadline) if deadline <= cluster.now_ms => {
+                        cluster.tick();
+                    }
+                    _ => break,
+                }
+            }
+            prop_assert!(
+                cluster
+                    .controller
+                    .next_deadline()
+                    .is_none_or(|d| d > cluster.now_ms),
+                "a due deadline is dealt with"
+            );
+            check_invariants(&cluster.image)?;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any history of registrations, heartbeats, shutdowns, silences and creations leaves
+        /// every partition with a non-empty ISR of its replicas and a live leader from it, or
+        /// no leader only when no ISR member is alive. (Replay panics if the controller ever
+        /// writes a record it would skip.)
+        #[test]
+        fn leadership_invariants_hold_under_any_broker_history(ops in vec(op(), 1..60)) {
+            run(ops)?;
+        }
+    }
 }
