@@ -120,6 +120,16 @@ pub(super) fn register(
     if broker_id < 0 {
         return registration_reply(E::InvalidRequest, "a broker id is never negative");
     }
+    if controller
+        .config
+        .controller_only_node_ids
+        .contains(&broker_id)
+    {
+        return registration_reply(
+            E::InvalidRegistration,
+            "the id belongs to a controller-only voter",
+        );
+    }
     let cluster_id = request.cluster_id.as_str();
     // An empty id is a broker that has never joined: it adopts the cluster's.
     if !cluster_id.is_empty() && image.cluster_id().is_some_and(|c| c != cluster_id) {

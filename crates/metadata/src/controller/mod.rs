@@ -13,6 +13,8 @@ pub mod partition_change;
 mod producer_ids;
 mod topics;
 
+use std::collections::BTreeSet;
+
 use kafka_protocol::messages::{
     AllocateProducerIdsRequest, BrokerHeartbeatRequest, BrokerRegistrationRequest,
     BrokerRegistrationResponse, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
@@ -45,6 +47,8 @@ pub struct ControllerConfig {
     /// The most records one decision may write; a request needing more is refused, so one
     /// entry stays small enough to replicate and apply in one go.
     pub max_records_per_decision: usize,
+    /// The most bytes of encoded records one decision may write, for the same reason.
+    pub max_bytes_per_decision: usize,
     /// Partitions of a topic created with `num_partitions: -1` (Kafka's `num.partitions`).
     pub default_num_partitions: i32,
     /// Replicas of a topic created with `replication_factor: -1`.
@@ -54,6 +58,9 @@ pub struct ControllerConfig {
     pub max_replication_factor: i16,
     /// The broker's topic config rules; `None` accepts any non-empty key with a value.
     pub topic_config_check: Option<TopicConfigCheck>,
+    /// Ids of voters that run only the controller role: no broker may register with one, as
+    /// the two would share a node id on the wire.
+    pub controller_only_node_ids: BTreeSet<i32>,
 }
 
 impl ControllerConfig {
@@ -61,16 +68,20 @@ impl ControllerConfig {
     pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: i64 = 9_000;
     /// At most this many records in one decision.
     pub const DEFAULT_MAX_RECORDS_PER_DECISION: usize = 100_000;
+    /// At most this many bytes of encoded records in one decision.
+    pub const DEFAULT_MAX_BYTES_PER_DECISION: usize = 16 << 20;
 
     pub fn new(node_id: i32) -> ControllerConfig {
         ControllerConfig {
             node_id,
             broker_session_timeout_ms: Self::DEFAULT_BROKER_SESSION_TIMEOUT_MS,
             max_records_per_decision: Self::DEFAULT_MAX_RECORDS_PER_DECISION,
+            max_bytes_per_decision: Self::DEFAULT_MAX_BYTES_PER_DECISION,
             default_num_partitions: 1,
             default_replication_factor: 1,
             max_replication_factor: 1,
             topic_config_check: None,
+            controller_only_node_ids: BTreeSet::new(),
         }
     }
 }

@@ -330,6 +330,18 @@ fn the_cluster_id_must_match_but_an_empty_one_is_adopted() {
 }
 
 #[test]
+fn a_controller_only_voters_id_is_not_a_brokers() {
+    let mut cluster = Cluster::with_config(|c| {
+        c.controller_only_node_ids.insert(5);
+    });
+    let request = cluster.registration(5, None);
+    let (response, records) = cluster.register_with(request);
+    assert_eq!(response.error_code, E::InvalidRegistration.code());
+    assert!(records.is_empty());
+    assert_eq!(cluster.register(6, None), cluster.index());
+}
+
+#[test]
 fn a_broker_must_support_the_current_metadata_version() {
     let mut cluster = Cluster::new();
     for (features, accepted) in [
@@ -1064,6 +1076,18 @@ fn a_decision_is_bounded() {
     );
     assert_eq!(records.len(), 6);
     assert_eq!(cluster.create_one(topic("nine", 9, 1)).error_code, 0);
+    // Bytes are bounded too: a config value can be large.
+    let mut small = Cluster::with_config(|c| c.max_bytes_per_decision = 2_000);
+    small.live_broker(1, None);
+    let big = "x".repeat(3_000);
+    let result = small.create_one(topic("t", 1, 1).with_configs(vec![config("k", Some(&big))]));
+    assert_eq!(result.error_code, E::InvalidRequest.code());
+    assert!(
+        message(&result).contains("2000 bytes"),
+        "{}",
+        message(&result)
+    );
+    assert_eq!(small.create_one(topic("t", 1, 1)).error_code, 0);
     // A huge count is refused before anything is placed.
     assert_eq!(
         cluster.create_one(topic("huge", i32::MAX, 1)).error_code,

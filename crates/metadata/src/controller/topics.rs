@@ -198,19 +198,69 @@ fn check_assignment(
     Ok(replicas)
 }
 
-fn budget_refusal(max: usize) -> Refusal {
-    refuse(
-        E::InvalidPartitions,
-        format!("this request would write more than {max} metadata records at once; create fewer partitions per request"),
-    )
+/// What one decision may still write: records and their encoded bytes, so that one Raft entry
+/// stays small enough to replicate and apply in one go. The count is checked before anything is
+/// placed (a request for two billion partitions allocates nothing), the bytes once the records
+/// exist.
+struct Budget {
+    records: usize,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Budget {
+    fn new(config: &super::ControllerConfig) -> Budget {
+        Budget {
+            records: 0,
+            bytes: 0,
+            max_records: config.max_records_per_decision,
+            max_bytes: config.max_bytes_per_decision,
+        }
+    }
+
+    fn check_count(&self, records: usize) -> Result<(), Refusal> {
+        if records > self.max_records.saturating_sub(self.records) {
+            return Err(refuse(
+                E::InvalidPartitions,
+                format!(
+                    "this request would write more than {} metadata records at once; create fewer partitions per request",
+                    self.max_records
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes `records` from the budget, or refuses them whole.
+    fn take(&mut self, records: &[MetadataRecord]) -> Result<(), Refusal> {
+        self.check_count(records.len())?;
+        let bytes: usize = records
+            .iter()
+            .map(|r| serde_json::to_vec(r).map_or(usize::MAX, |b| b.len()))
+            .fold(0, usize::saturating_add);
+        if bytes > self.max_bytes.saturating_sub(self.bytes) {
+            return Err(refuse(
+                E::InvalidRequest,
+                format!(
+                    "this request would write more than {} bytes of metadata at once; create fewer partitions or smaller configs per request",
+                    self.max_bytes
+                ),
+            ));
+        }
+        self.records += records.len();
+        self.bytes = self.bytes.saturating_add(bytes);
+        Ok(())
+    }
 }
 
 /// What an accepted CreateTopics topic becomes.
 struct TopicPlan {
     topic_id: Uuid,
     replication_factor: i16,
-    assignments: Vec<Vec<i32>>,
+    partitions: i32,
     configs: BTreeMap<String, String>,
+    records: Vec<MetadataRecord>,
 }
 
 pub(super) fn create_topics(
@@ -230,7 +280,7 @@ pub(super) fn create_topics(
         .collect();
     let mut new_topic_ids = HashSet::new();
     let mut records = Vec::new();
-    let mut used = 0usize;
+    let mut budget = Budget::new(&controller.config);
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = topic.name.0.as_str();
@@ -250,7 +300,7 @@ pub(super) fn create_topics(
                 topic,
                 &collision_keys,
                 &new_topic_ids,
-                &mut used,
+                &mut budget,
             )
         };
         match planned {
@@ -264,7 +314,7 @@ pub(super) fn create_topics(
                     collision_keys.insert(key, name.to_string());
                 }
                 new_topic_ids.insert(plan.topic_id);
-                let partitions = i32::try_from(plan.assignments.len()).unwrap_or(i32::MAX);
+                let partitions = plan.partitions;
                 let mut ok = result
                     .with_num_partitions(partitions)
                     .with_replication_factor(plan.replication_factor);
@@ -283,24 +333,7 @@ pub(super) fn create_topics(
                 }
                 if !request.validate_only {
                     ok = ok.with_topic_id(plan.topic_id);
-                    records.push(MetadataRecord::Topic {
-                        v: RECORD_VERSION,
-                        name: name.to_string(),
-                        topic_id: plan.topic_id,
-                    });
-                    for (index, replicas) in plan.assignments.into_iter().enumerate() {
-                        let index = i32::try_from(index).unwrap_or(i32::MAX);
-                        records.push(partition_record(image, plan.topic_id, index, replicas));
-                    }
-                    for (key, value) in plan.configs {
-                        records.push(MetadataRecord::Config {
-                            v: RECORD_VERSION,
-                            resource_type: ConfigResource::TOPIC,
-                            resource_name: name.to_string(),
-                            name: key,
-                            value: Some(value),
-                        });
-                    }
+                    records.extend(plan.records);
                     tracing::info!(topic = name, partitions, "creating topic");
                 }
                 results.push(ok);
@@ -313,15 +346,16 @@ pub(super) fn create_topics(
     )
 }
 
-/// Judges one topic of a CreateTopics request; `used` counts the records the request's
-/// accepted topics need so far, against the decision's bound.
+/// Judges one topic of a CreateTopics request and builds its records; `budget` holds what the
+/// request's accepted topics took so far (validate-only requests count too, so they answer as
+/// the real request would).
 fn plan_topic(
     controller: &mut Controller,
     image: &MetadataImage,
     topic: &CreatableTopic,
     collision_keys: &HashMap<String, String>,
     new_topic_ids: &HashSet<Uuid>,
-    used: &mut usize,
+    budget: &mut Budget,
 ) -> Result<TopicPlan, Refusal> {
     let config = &controller.config;
     let name = topic.name.0.as_str();
@@ -369,10 +403,7 @@ fn plan_topic(
                 )
             })?
     };
-    let needed = 1 + partitions + configs.len();
-    if *used + needed > config.max_records_per_decision {
-        return Err(budget_refusal(config.max_records_per_decision));
-    }
+    budget.check_count(partitions.saturating_add(1 + configs.len()))?;
 
     let assignments: Vec<Vec<i32>> = if explicit {
         let mut by_index = BTreeMap::new();
@@ -448,12 +479,32 @@ fn plan_topic(
     while image.topic(topic_id).is_some() || new_topic_ids.contains(&topic_id) {
         topic_id = controller.ids.topic_id();
     }
-    *used += needed;
+    let mut records = Vec::with_capacity(1 + assignments.len() + configs.len());
+    records.push(MetadataRecord::Topic {
+        v: RECORD_VERSION,
+        name: name.to_string(),
+        topic_id,
+    });
+    let partitions = i32::try_from(assignments.len()).unwrap_or(i32::MAX);
+    for (index, replicas) in (0..).zip(assignments) {
+        records.push(partition_record(image, topic_id, index, replicas));
+    }
+    for (key, value) in &configs {
+        records.push(MetadataRecord::Config {
+            v: RECORD_VERSION,
+            resource_type: ConfigResource::TOPIC,
+            resource_name: name.to_string(),
+            name: key.clone(),
+            value: Some(value.clone()),
+        });
+    }
+    budget.take(&records)?;
     Ok(TopicPlan {
         topic_id,
         replication_factor,
-        assignments,
+        partitions,
         configs,
+        records,
     })
 }
 
@@ -592,7 +643,7 @@ pub(super) fn create_partitions(
     }
     let brokers = placement_brokers(image);
     let mut records = Vec::new();
-    let mut used = 0usize;
+    let mut budget = Budget::new(&controller.config);
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = topic.name.0.as_str();
@@ -603,7 +654,7 @@ pub(super) fn create_partitions(
                 format!("topic '{name}' appears more than once in the request"),
             ))
         } else {
-            plan_partitions(controller, image, &brokers, topic, &mut used)
+            plan_partitions(controller, image, &brokers, topic, &mut budget)
         };
         match planned {
             Err(refusal) => results.push(
@@ -611,13 +662,10 @@ pub(super) fn create_partitions(
                     .with_error_code(refusal.code)
                     .with_error_message(Some(str_bytes(refusal.message))),
             ),
-            Ok((topic_id, first, assignments)) => {
+            Ok(added) => {
                 if !request.validate_only {
-                    tracing::info!(topic = name, added = assignments.len(), "adding partitions");
-                    for (i, replicas) in assignments.into_iter().enumerate() {
-                        let index = first.saturating_add(i32::try_from(i).unwrap_or(i32::MAX));
-                        records.push(partition_record(image, topic_id, index, replicas));
-                    }
+                    tracing::info!(topic = name, added = added.len(), "adding partitions");
+                    records.extend(added);
                 }
                 results.push(result);
             }
@@ -629,15 +677,14 @@ pub(super) fn create_partitions(
     )
 }
 
-/// Judges one topic of CreatePartitions: its id, its first new partition and the new
-/// partitions' replicas.
+/// Judges one topic of CreatePartitions and builds the new partitions' records.
 fn plan_partitions(
     controller: &mut Controller,
     image: &MetadataImage,
     brokers: &[PlacementBroker],
     topic: &kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic,
-    used: &mut usize,
-) -> Result<(Uuid, i32, Vec<Vec<i32>>), Refusal> {
+    budget: &mut Budget,
+) -> Result<Vec<MetadataRecord>, Refusal> {
     let name = topic.name.0.as_str();
     let existing = image.topic_by_name(name).ok_or_else(|| {
         refuse(
@@ -663,10 +710,7 @@ fn plan_partitions(
         ));
     }
     let added = usize::try_from(topic.count - current_i32).unwrap_or(usize::MAX);
-    let max = controller.config.max_records_per_decision;
-    if added > max.saturating_sub(*used) {
-        return Err(budget_refusal(max));
-    }
+    budget.check_count(added)?;
     let replication_factor = existing
         .partitions
         .first()
@@ -705,6 +749,10 @@ fn plan_partitions(
             place(brokers, added, replication_factor, start).map_err(placement_refusal)?
         }
     };
-    *used += added;
-    Ok((existing.id, current_i32, assignments))
+    let records: Vec<MetadataRecord> = (current_i32..)
+        .zip(assignments)
+        .map(|(index, replicas)| partition_record(image, existing.id, index, replicas))
+        .collect();
+    budget.take(&records)?;
+    Ok(records)
 }
