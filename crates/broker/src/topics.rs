@@ -26,8 +26,6 @@ use crate::partition::Partition;
 const METADATA_FILE: &str = "caudal-metadata.toml";
 /// Beside each partition's segments: the id of the topic it belongs to.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
-/// Kafka's limit on topic name length.
-pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
 #[derive(Debug)]
 pub struct Topic {
@@ -56,7 +54,7 @@ struct TopicRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     #[error("topic name {0:?} is invalid: {1}")]
-    InvalidName(String, &'static str),
+    InvalidName(String, caudal_metadata::controller::InvalidTopicName),
     #[error("topic '{0}' already exists")]
     AlreadyExists(String),
     #[error("topic '{0}' does not exist")]
@@ -69,25 +67,11 @@ pub enum TopicError {
     Io(#[from] io::Error),
 }
 
-/// Kafka's topic name rules: 1 to 249 characters of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+/// Kafka's topic name rules, as the controller applies them: one copy of the rules, in
+/// `caudal-metadata`, so a name this broker accepts is one the cluster accepts.
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
-    let bad = |why| Err(TopicError::InvalidName(name.to_string(), why));
-    if name.is_empty() {
-        return bad("the name is empty");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' and '..' are not allowed");
-    }
-    if name.len() > MAX_TOPIC_NAME_LEN {
-        return bad("longer than 249 characters");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
-    }
-    Ok(())
+    caudal_metadata::controller::validate_topic_name(name)
+        .map_err(|why| TopicError::InvalidName(name.to_string(), why))
 }
 
 /// Topics by name and by id (Fetch v13+ and Metadata v10+ name topics by id), kept together.
@@ -705,6 +689,7 @@ mod tests {
             "bad name",
             "emoji😀",
             "slash/x",
+            "__cluster_metadata",
             &"x".repeat(250),
         ] {
             assert!(validate_topic_name(bad).is_err(), "{bad}");

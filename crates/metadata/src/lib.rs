@@ -1,9 +1,11 @@
 //! Caudal's cluster metadata: the typed records of the metadata log, the image they build, what
-//! a batch of them changes for one broker, and where new partitions' replicas go.
+//! a batch of them changes for one broker, where new partitions' replicas go, and the controller
+//! that decides which records to write.
 //!
 //! Nothing here does I/O or reads a clock: records and log ids go in, images come out, so every
 //! rule is tested deterministically. The Raft quorum that replicates the records lives elsewhere.
 
+pub mod controller;
 pub mod image;
 pub mod placement;
 pub mod records;
@@ -11,6 +13,9 @@ pub mod records;
 #[cfg(test)]
 mod testing;
 
+pub use controller::{
+    CommitReply, Controller, ControllerConfig, ControllerRequest, Decision, IdSource, Reply,
+};
 pub use image::{
     BrokerRegistration, ConfigResource, LocalReplicaChanges, MetadataDelta, MetadataImage,
     PartitionRegistration, Provenance, ReplayError, TopicIdPartition, TopicImage,
