@@ -1,11 +1,13 @@
 //! Caudal's cluster metadata: the typed records of the metadata log, the image they build, what
 //! a batch of them changes for one broker, and where new partitions' replicas go.
 //!
-//! Nothing here does I/O or reads a clock: records and log ids go in, images come out, so every
-//! rule is tested deterministically. The Raft quorum that replicates the records lives elsewhere.
+//! Nothing outside [`quorum`] does I/O or reads a clock: records and log ids go in, images come
+//! out, so every rule is tested deterministically. [`quorum`] replicates the records with Raft
+//! and stores them.
 
 pub mod image;
 pub mod placement;
+pub mod quorum;
 pub mod records;
 
 #[cfg(test)]
