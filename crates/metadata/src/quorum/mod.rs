@@ -12,10 +12,13 @@
 
 mod entry;
 mod files;
+mod handle;
 mod log_store;
 mod snapshot;
 mod state_machine;
 
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::records::{CodecError, EntryRecords};
 
+pub use handle::{Quorum, QuorumConfig, QuorumError, QuorumStatus};
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
 pub use state_machine::{CheckpointBuilder, StateMachine};
 
