@@ -102,6 +102,65 @@ pub struct Quorum {
     raft: Raft<QuorumTypes>,
     images: watch::Receiver<Arc<MetadataImage>>,
     store: LogStore,
+    tie_breaker: tokio::task::JoinHandle<()>,
+}
+
+/// Failed election rounds in a row after which [`break_election_ties`] steps in.
+const TIED_ROUNDS: u64 = 2;
+
+/// Starts an election at a random moment when elections keep failing.
+///
+/// openraft 0.9 draws a node's election timeout once, when the node starts, and checks it on a
+/// tick of 1.5 heartbeat intervals. Two candidates whose timeouts round up to the same tick and
+/// whose elections began within a message's latency of each other (two followers that lost
+/// the same leader) each vote for themselves, time out on the same tick, and do it again, every
+/// round, for ever. A random delay before an extra election breaks the symmetry: the first
+/// candidate of the next term asks a node still in the old one, which grants its vote.
+async fn break_election_ties(raft: Raft<QuorumTypes>, election_timeout_ms: u64) {
+    let mut metrics = raft.metrics();
+    let mut first_failed_term: Option<u64> = None;
+    loop {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+        let (term, state, leader, running) = {
+            let m = metrics.borrow();
+            (
+                m.current_term,
+                m.state,
+                m.current_leader,
+                m.running_state.is_ok(),
+            )
+        };
+        if !running {
+            return;
+        }
+        if state != ServerState::Candidate || leader.is_some() {
+            first_failed_term = None;
+            continue;
+        }
+        let first = *first_failed_term.get_or_insert(term);
+        if term < first + TIED_ROUNDS {
+            continue;
+        }
+        first_failed_term = None;
+        let jitter_ms =
+            (uuid::Uuid::new_v4().as_u128() % u128::from(election_timeout_ms.max(1))) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(jitter_ms)).await;
+        let still_tied = {
+            let m = metrics.borrow_and_update();
+            m.state == ServerState::Candidate && m.current_leader.is_none()
+        };
+        if still_tied {
+            tracing::info!(
+                term,
+                "metadata quorum elections keep tying; starting one at a random moment"
+            );
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Quorum {
@@ -128,11 +187,16 @@ impl Quorum {
         let raft = Raft::new(config.node_id, raft_config, network, store.clone(), machine)
             .await
             .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        let tie_breaker = tokio::spawn(break_election_ties(
+            raft.clone(),
+            config.election_timeout_ms,
+        ));
         Ok(Quorum {
             node_id: config.node_id,
             raft,
             images,
             store,
+            tie_breaker,
         })
     }
 
@@ -203,6 +267,7 @@ impl Quorum {
 
     /// Stops Raft and checkpoints the log so the next start need not scan it.
     pub async fn shutdown(self) -> Result<(), QuorumError> {
+        self.tie_breaker.abort();
         self.raft
             .shutdown()
             .await

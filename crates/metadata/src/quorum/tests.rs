@@ -53,10 +53,20 @@ fn topic(name: &str) -> EntryRecords {
     }])
 }
 
+/// Logs for a failing test: `RUST_LOG=openraft=info,caudal_metadata=debug cargo test ...`.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Short timeouts for quick tests, yet several times a vote's round trip (two fsyncs of
+/// `quorum-state` on each side) on a busy machine.
 fn config(node_id: u64) -> QuorumConfig {
     QuorumConfig {
-        election_timeout_ms: 150,
-        heartbeat_interval_ms: 50,
+        election_timeout_ms: 400,
+        heartbeat_interval_ms: 100,
         snapshot_after_entries: None,
         entries_kept_below_snapshot: 0,
         log: MetadataLogConfig {
@@ -76,6 +86,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: u64) -> Cluster {
+        init_logs();
         let mut cluster = Cluster {
             router: Router::default(),
             dirs: BTreeMap::new(),
@@ -130,9 +141,13 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::time::timeout(WAIT, agreed)
-            .await
-            .unwrap_or_else(|_| panic!("no leader agreed among {among:?} within {WAIT:?}"))
+        match tokio::time::timeout(WAIT, agreed).await {
+            Ok(leader) => leader,
+            Err(_) => {
+                let statuses: Vec<_> = among.iter().map(|id| self.node(*id).status()).collect();
+                panic!("no leader agreed among {among:?} within {WAIT:?}: {statuses:#?}")
+            }
+        }
     }
 
     /// Waits until node `id`'s image satisfies `check`.
@@ -197,6 +212,10 @@ async fn three_nodes_elect_a_leader_and_apply_a_write_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_leader_elects_another_and_keeps_everything_committed() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut cluster = Cluster::start(3).await;
     let old = cluster.leader(&[1, 2, 3]).await;
     cluster
