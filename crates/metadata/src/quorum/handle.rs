@@ -24,6 +24,8 @@ pub struct QuorumConfig {
     /// `controller.quorum.election.timeout.ms`: the shortest election timeout; the longest is
     /// twice that.
     pub election_timeout_ms: u64,
+    /// The longest election timeout; `None` is twice the shortest, as Kafka randomises it.
+    pub election_timeout_max_ms: Option<u64>,
     /// How often the leader heartbeats its followers.
     pub heartbeat_interval_ms: u64,
     /// Entries applied since the last checkpoint that trigger the next; `None` checkpoints only
@@ -40,6 +42,7 @@ impl QuorumConfig {
         QuorumConfig {
             node_id,
             election_timeout_ms: 1000,
+            election_timeout_max_ms: None,
             heartbeat_interval_ms: 250,
             snapshot_after_entries: Some(10_000),
             entries_kept_below_snapshot: 1000,
@@ -51,7 +54,9 @@ impl QuorumConfig {
         Config {
             cluster_name: "caudal-metadata".to_string(),
             election_timeout_min: self.election_timeout_ms,
-            election_timeout_max: self.election_timeout_ms.saturating_mul(2),
+            election_timeout_max: self
+                .election_timeout_max_ms
+                .unwrap_or(self.election_timeout_ms.saturating_mul(2)),
             heartbeat_interval: self.heartbeat_interval_ms,
             snapshot_policy: match self.snapshot_after_entries {
                 Some(n) => SnapshotPolicy::LogsSinceLast(n),
