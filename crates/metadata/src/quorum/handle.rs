@@ -192,6 +192,19 @@ impl Quorum {
         let raft = Raft::new(config.node_id, raft_config, network, store.clone(), machine)
             .await
             .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        // A lone voter need not wait out an election timeout to lead again: a single node
+        // restarts as fast as it did before it had a quorum.
+        let lone_voter = {
+            let m = raft.metrics().borrow().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            voters == [config.node_id]
+        };
+        if lone_voter {
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        }
         let tie_breaker = tokio::spawn(break_election_ties(
             raft.clone(),
             config.election_timeout_ms,

@@ -442,3 +442,49 @@ async fn candidates_with_the_same_election_timeout_still_elect_a_leader() {
         .expect("the new leader takes a proposal");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_voter_restarts_with_its_image_and_leads_at_once() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    // A long election timeout: leading again quickly must not depend on it.
+    let lone = || QuorumConfig {
+        election_timeout_ms: 5_000,
+        ..config(1)
+    };
+    let quorum = Quorum::start(&lone(), dir.path(), Router::default().network(1))
+        .await
+        .unwrap();
+    assert!(quorum.initialize(&BTreeSet::from([1])).await.unwrap());
+    quorum
+        .raft()
+        .wait(Some(WAIT))
+        .state(ServerState::Leader, "the lone voter leads")
+        .await
+        .unwrap();
+    let applied = quorum.propose(topic("kept")).await.unwrap();
+    quorum.shutdown().await.unwrap();
+
+    let started = std::time::Instant::now();
+    let quorum = Quorum::start(&lone(), dir.path(), Router::default().network(1))
+        .await
+        .unwrap();
+    // Its image comes back from the log up to the saved committed id, before any election.
+    let image = quorum.image();
+    assert!(image.topic_by_name("kept").is_some(), "{image:?}");
+    assert_eq!(image.provenance().index, applied.index);
+    assert!(!quorum.initialize(&BTreeSet::from([1])).await.unwrap());
+    quorum
+        .raft()
+        .wait(Some(WAIT))
+        .state(ServerState::Leader, "the lone voter leads again")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "leading again took {:?}",
+        started.elapsed()
+    );
+    quorum.propose(topic("after-restart")).await.unwrap();
+    quorum.shutdown().await.unwrap();
+}
