@@ -5,7 +5,9 @@
 //! leader epoch is its term (see `entry.rs`), so the log's offsets are Raft's indexes and its
 //! epoch cache is Raft's term history. File work runs on tokio's blocking threads; the log sits
 //! behind one mutex shared by the store and its readers (replication tasks read while the core
-//! appends), held for the short in-memory and file operations and released for reads.
+//! appends), held for each whole operation, reads and fsyncs included. Metadata entries are
+//! small and few, so one writer at a time costs little; `get_log_state` and `read_vote` only
+//! read memory but may wait on that lock, on an async worker.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
