@@ -641,4 +641,36 @@ mod tests {
         let store = LogStore::open(dir.path(), &config).unwrap();
         assert_eq!(lock(&store.shared).log.log_start_offset(), 3);
     }
+
+    #[tokio::test]
+    async fn a_torn_last_entry_is_dropped_at_open_and_the_log_goes_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MetadataLogConfig::default();
+        {
+            let store = LogStore::open(dir.path(), &config).unwrap();
+            lock(&store.shared)
+                .append((0..4).map(|i| blank(1, i)).collect())
+                .unwrap();
+        }
+        // A crash tore the last batch: only part of it reached the disk.
+        let segment = dir.path().join(format!("{:020}.log", 0));
+        let len = std::fs::metadata(&segment).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.set_len(len - 7).unwrap();
+        drop(file);
+        let mut store = LogStore::open(dir.path(), &config).unwrap();
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, id(1, 2));
+        lock(&store.shared).append(vec![blank(2, 3)]).unwrap();
+        let terms: Vec<u64> = store
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.leader_id.term)
+            .collect();
+        assert_eq!(terms, [1, 1, 1, 2]);
+    }
 }
