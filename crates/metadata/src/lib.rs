@@ -2,12 +2,14 @@
 //! a batch of them changes for one broker, where new partitions' replicas go, and the controller
 //! that decides which records to write.
 //!
-//! Nothing here does I/O or reads a clock: records and log ids go in, images come out, so every
-//! rule is tested deterministically. The Raft quorum that replicates the records lives elsewhere.
+//! Nothing outside [`quorum`] does I/O or reads a clock: records and log ids go in, images come
+//! out, so every rule is tested deterministically. [`quorum`] replicates the records with Raft
+//! and stores them.
 
 pub mod controller;
 pub mod image;
 pub mod placement;
+pub mod quorum;
 pub mod records;
 
 #[cfg(test)]

@@ -946,13 +946,24 @@ impl PartitionLog {
         if offset >= self.log_end_offset() {
             return Ok(());
         }
-        self.truncate_files(offset, now_ms).inspect_err(|e| {
+        let whole = offset <= self.log_start_offset;
+        self.truncate_files(offset, whole, now_ms).inspect_err(|e| {
             self.mark_offline(format!("truncation to offset {offset} failed: {e}"));
         })
     }
 
-    fn truncate_files(&mut self, offset: i64, now_ms: i64) -> io::Result<()> {
-        let whole = offset <= self.log_start_offset;
+    /// Empties the log and starts it again at `offset`, durably, wherever `offset` lies; after a
+    /// restart the log is empty at `offset` too. Kafka's `truncateFullyAndStartAt`: a Raft
+    /// follower does this when a snapshot replaces its log, whose end may then lie far behind.
+    /// A failure part-way takes the log offline, as with [`truncate_to`](Self::truncate_to).
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64, now_ms: i64) -> io::Result<()> {
+        self.check_online().map_err(io::Error::other)?;
+        self.truncate_files(offset, true, now_ms).inspect_err(|e| {
+            self.mark_offline(format!("emptying the log to start at {offset} failed: {e}"));
+        })
+    }
+
+    fn truncate_files(&mut self, offset: i64, whole: bool, now_ms: i64) -> io::Result<()> {
         let doomed: Vec<i64> = if whole {
             self.segments.keys().copied().collect()
         } else {
@@ -982,7 +993,8 @@ impl PartitionLog {
         let end = self.log_end_offset();
         self.epochs.truncate_from_end(end);
         if whole {
-            self.epochs.truncate_from_start(offset);
+            // An empty log has no epochs, wherever it starts.
+            self.epochs.truncate_from_end(i64::MIN);
         }
         self.flushed_offset = self.flushed_offset.min(end);
         self.compacted_through = self.compacted_through.min(end);

@@ -694,4 +694,29 @@ mod truncation_and_epochs {
         append_n(&mut log, 1, 2, 0);
         assert_eq!(read_all(&mut log, 40), [(40, 41)]);
     }
+
+    #[test]
+    fn a_log_emptied_to_start_past_its_end_stays_there_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        append_n(&mut log, 10, 2, 0);
+        log.truncate_fully_and_start_at(100, 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
+        assert_eq!(log.segment_count(), 1);
+        assert!(epochs(&log).is_empty());
+        log.set_leader_epoch(3);
+        append_n(&mut log, 1, 2, 0);
+        assert_eq!(read_all(&mut log, 100), [(100, 101)]);
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 102));
+        assert_eq!(epochs(&log), [(3, 100)]);
+        // Inside the log it empties it too, and an empty log can move back.
+        log.truncate_fully_and_start_at(101, 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (101, 101));
+        log.truncate_fully_and_start_at(7, 0).unwrap();
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (7, 7));
+    }
 }

@@ -1,0 +1,302 @@
+//! [`Quorum`]: one node's Raft instance over its metadata log, with the image it applies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::network::RaftNetworkFactory;
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use super::{
+    blocking, metadata_log_dir, Applied, LogStore, MetadataLogConfig, QuorumNode, QuorumStoreError,
+    QuorumTypes, StateMachine,
+};
+use crate::records::EntryRecords;
+use crate::MetadataImage;
+
+/// Settings of one node's quorum, named after Kafka's where Kafka has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumConfig {
+    /// `node.id`.
+    pub node_id: u64,
+    /// `controller.quorum.election.timeout.ms`: the shortest election timeout; the longest is
+    /// twice that.
+    pub election_timeout_ms: u64,
+    /// The longest election timeout; `None` is twice the shortest, as Kafka randomises it.
+    pub election_timeout_max_ms: Option<u64>,
+    /// How often the leader heartbeats its followers.
+    pub heartbeat_interval_ms: u64,
+    /// Entries applied since the last checkpoint that trigger the next; `None` checkpoints only
+    /// when asked.
+    pub snapshot_after_entries: Option<u64>,
+    /// Entries kept in the log below a checkpoint, so a follower slightly behind catches up from
+    /// the log rather than by a whole checkpoint.
+    pub entries_kept_below_snapshot: u64,
+    pub log: MetadataLogConfig,
+}
+
+impl QuorumConfig {
+    pub fn new(node_id: u64) -> QuorumConfig {
+        QuorumConfig {
+            node_id,
+            election_timeout_ms: 1000,
+            election_timeout_max_ms: None,
+            heartbeat_interval_ms: 250,
+            snapshot_after_entries: Some(10_000),
+            entries_kept_below_snapshot: 1000,
+            log: MetadataLogConfig::default(),
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, QuorumError> {
+        Config {
+            cluster_name: "caudal-metadata".to_string(),
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self
+                .election_timeout_max_ms
+                .unwrap_or(self.election_timeout_ms.saturating_mul(2)),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            snapshot_policy: match self.snapshot_after_entries {
+                Some(n) => SnapshotPolicy::LogsSinceLast(n),
+                None => SnapshotPolicy::Never,
+            },
+            max_in_snapshot_log_to_keep: self.entries_kept_below_snapshot,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| QuorumError::Config(e.to_string()))
+    }
+}
+
+/// Why a quorum operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    #[error(transparent)]
+    Store(#[from] QuorumStoreError),
+    #[error("invalid quorum settings: {0}")]
+    Config(String),
+    /// Only the leader takes proposals; `leader` is the one this node knows of, if any.
+    #[error("node is not the quorum leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("the quorum has stopped: {0}")]
+    Stopped(String),
+    #[error("{0}")]
+    Raft(String),
+}
+
+/// Where this node stands in the quorum, from openraft's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumStatus {
+    pub node_id: u64,
+    /// The leader epoch.
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry applied to the image.
+    pub last_applied_index: Option<u64>,
+    pub voters: BTreeSet<u64>,
+}
+
+/// One node of the metadata quorum.
+pub struct Quorum {
+    node_id: u64,
+    raft: Raft<QuorumTypes>,
+    images: watch::Receiver<Arc<MetadataImage>>,
+    store: LogStore,
+    tie_breaker: tokio::task::JoinHandle<()>,
+}
+
+/// Failed election rounds in a row after which [`break_election_ties`] steps in.
+const TIED_ROUNDS: u64 = 2;
+
+/// Starts an election at a random moment when elections keep failing.
+///
+/// openraft 0.9 draws a node's election timeout once, when the node starts, and checks it on a
+/// tick of 1.5 heartbeat intervals. Two candidates whose timeouts round up to the same tick and
+/// whose elections began within a message's latency of each other (two followers that lost
+/// the same leader) each vote for themselves, time out on the same tick, and do it again, every
+/// round, for ever. A random delay before an extra election breaks the symmetry: the first
+/// candidate of the next term asks a node still in the old one, which grants its vote.
+async fn break_election_ties(raft: Raft<QuorumTypes>, election_timeout_ms: u64) {
+    let mut metrics = raft.metrics();
+    let mut first_failed_term: Option<u64> = None;
+    loop {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+        let (term, state, leader, running) = {
+            let m = metrics.borrow();
+            (
+                m.current_term,
+                m.state,
+                m.current_leader,
+                m.running_state.is_ok(),
+            )
+        };
+        if !running {
+            return;
+        }
+        if state != ServerState::Candidate || leader.is_some() {
+            first_failed_term = None;
+            continue;
+        }
+        let first = *first_failed_term.get_or_insert(term);
+        if term < first + TIED_ROUNDS {
+            continue;
+        }
+        first_failed_term = None;
+        let jitter_ms =
+            (uuid::Uuid::new_v4().as_u128() % u128::from(election_timeout_ms.max(1))) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(jitter_ms)).await;
+        let still_tied = {
+            let m = metrics.borrow_and_update();
+            m.state == ServerState::Candidate && m.current_leader.is_none()
+        };
+        if still_tied {
+            tracing::info!(
+                term,
+                "metadata quorum elections keep tying; starting one at a random moment"
+            );
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Quorum {
+    /// Opens the metadata log and checkpoints under `data_dir` and starts Raft on them. The
+    /// node rejoins its quorum if it had one; a fresh directory waits for
+    /// [`initialize`](Self::initialize) here or for a leader to reach it.
+    pub async fn start<N>(
+        config: &QuorumConfig,
+        data_dir: &Path,
+        network: N,
+    ) -> Result<Quorum, QuorumError>
+    where
+        N: RaftNetworkFactory<QuorumTypes>,
+    {
+        let raft_config = Arc::new(config.raft_config()?);
+        let dir = metadata_log_dir(data_dir);
+        let log_config = config.log.clone();
+        let (store, machine, images) = blocking(move || {
+            let store = LogStore::open(&dir, &log_config)?;
+            let (machine, images) = StateMachine::open(&dir)?;
+            Ok((store, machine, images))
+        })
+        .await?;
+        let raft = Raft::new(config.node_id, raft_config, network, store.clone(), machine)
+            .await
+            .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        // A lone voter need not wait out an election timeout to lead again: a single node
+        // restarts as fast as it did before it had a quorum.
+        let lone_voter = {
+            let m = raft.metrics().borrow().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            voters == [config.node_id]
+        };
+        if lone_voter {
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        }
+        let tie_breaker = tokio::spawn(break_election_ties(
+            raft.clone(),
+            config.election_timeout_ms,
+        ));
+        Ok(Quorum {
+            node_id: config.node_id,
+            raft,
+            images,
+            store,
+            tie_breaker,
+        })
+    }
+
+    /// Makes a pristine node the first member of a quorum of `voters` (which must include it).
+    /// Returns false, doing nothing, when this node already has a log or a vote.
+    pub async fn initialize(&self, voters: &BTreeSet<u64>) -> Result<bool, QuorumError> {
+        let members: BTreeMap<u64, QuorumNode> = voters
+            .iter()
+            .map(|&id| (id, QuorumNode::default()))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(RaftError::APIError(e)) => Err(QuorumError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(QuorumError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Proposes one entry; returns once it is committed and applied here (the leader).
+    pub async fn propose(&self, records: EntryRecords) -> Result<Applied, QuorumError> {
+        match self.raft.client_write(records).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(QuorumError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(QuorumError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(QuorumError::Stopped(e.to_string())),
+        }
+    }
+
+    /// The images applied on this node, newest first seen.
+    pub fn images(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.images.clone()
+    }
+
+    /// The latest image applied on this node.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.images.borrow().clone()
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn status(&self) -> QuorumStatus {
+        let m = self.raft.metrics().borrow().clone();
+        QuorumStatus {
+            node_id: self.node_id,
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|id| id.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    /// Asks for a checkpoint of the current image now.
+    pub async fn snapshot(&self) -> Result<(), QuorumError> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| QuorumError::Stopped(e.to_string()))
+    }
+
+    /// Stops Raft and checkpoints the log so the next start need not scan it.
+    pub async fn shutdown(self) -> Result<(), QuorumError> {
+        self.tie_breaker.abort();
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        let store = self.store;
+        blocking(move || store.close()).await?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raft(&self) -> &Raft<QuorumTypes> {
+        &self.raft
+    }
+}
