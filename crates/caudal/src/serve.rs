@@ -248,7 +248,7 @@ fn raise_open_file_limit() {
         }
     }
     if limit.rlim_cur < 4096 {
-        tracing::warn!(open_files = limit.rlim_cur, "the open-file limit is low: each partition keeps 3 files open; raise it (ulimit -n) for many partitions");
+        tracing::warn!(open_files = limit.rlim_cur, "the open-file limit is low: the broker keeps at most half of it in log files open and reopens the rest as they are used, which costs time with many busy partitions; raise it (ulimit -n)");
     }
 }
 
