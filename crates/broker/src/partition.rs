@@ -124,11 +124,6 @@ impl Partition {
             }
         }
     }
-
-    /// Syncs and checkpoints the log for a clean shutdown.
-    pub fn close(&self) -> io::Result<()> {
-        self.log().close()
-    }
 }
 
 impl Drop for Partition {

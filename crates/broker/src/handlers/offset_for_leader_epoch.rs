@@ -15,9 +15,6 @@ use kafka_protocol::messages::{
 
 use crate::Broker;
 
-/// The request's "no current epoch to check" value.
-const NO_EPOCH_CHECK: i32 = -1;
-
 pub fn handle(broker: &Arc<Broker>, request: OffsetForLeaderEpochRequest) -> ResponseKind {
     let topics = request
         .topics
@@ -35,20 +32,12 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetForLeaderEpochRequest) -> Res
                     else {
                         return answer.with_error_code(E::UnknownTopicOrPartition.code());
                     };
+                    if let Err(code) = partition.check_leader_epoch(p.current_leader_epoch) {
+                        return answer.with_error_code(code);
+                    }
                     let log = partition.log();
                     if log.offline_reason().is_some() {
                         return answer.with_error_code(E::KafkaStorageError.code());
-                    }
-                    // The asker's idea of the current leader epoch, when it gives one, must be
-                    // this replica's: older is a stale asker, newer a stale replica.
-                    let current = log.leader_epoch();
-                    if p.current_leader_epoch != NO_EPOCH_CHECK {
-                        if p.current_leader_epoch < current {
-                            return answer.with_error_code(E::FencedLeaderEpoch.code());
-                        }
-                        if p.current_leader_epoch > current {
-                            return answer.with_error_code(E::UnknownLeaderEpoch.code());
-                        }
                     }
                     let (epoch, end_offset) = log.end_offset_for_epoch(p.leader_epoch);
                     answer.with_leader_epoch(epoch).with_end_offset(end_offset)
