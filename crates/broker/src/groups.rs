@@ -18,7 +18,8 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;
-use crate::topics::{Topic, Topics};
+use crate::replica_manager::{tp, ReplicaManager};
+use crate::topics::Topics;
 
 /// Kafka's name for the topic holding groups and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -35,7 +36,8 @@ pub enum Answer {
 #[derive(Debug)]
 pub struct Groups {
     coordinator: Mutex<Coordinator<Responder>>,
-    offsets_topic: Arc<Topic>,
+    /// The partitions of `__consumer_offsets`, by index.
+    offsets: Vec<Arc<Partition>>,
     /// When the group clock ticks next, in ms since the epoch. Set by the clock after each
     /// tick; lowered (under the coordinator's lock) by a request that set an earlier deadline.
     next_tick: AtomicI64,
@@ -48,7 +50,12 @@ pub type DurableWait = (Arc<Partition>, i64);
 
 impl Groups {
     /// Creates `__consumer_offsets` if needed and replays it into a fresh coordinator.
-    pub async fn start(config: &BrokerConfig, topics: &Topics, now: Ms) -> io::Result<Groups> {
+    pub async fn start(
+        config: &BrokerConfig,
+        topics: &Topics,
+        replicas: &ReplicaManager,
+        now: Ms,
+    ) -> io::Result<Groups> {
         let offsets_topic = match topics.get(OFFSETS_TOPIC) {
             Some(t) => t,
             None => {
@@ -76,9 +83,16 @@ impl Groups {
                     })?
             }
         };
+        let offsets = (0..offsets_topic.partition_count)
+            .map(|i| {
+                replicas.get(tp(offsets_topic.id, i)).ok_or_else(|| {
+                    io::Error::other(format!("__consumer_offsets-{i} has no local replica"))
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let mut coordinator = Coordinator::new(config.group_config());
         let mut records = 0usize;
-        for partition in &offsets_topic.partitions {
+        for partition in &offsets {
             records += replay_partition(partition, &mut coordinator, now)?;
         }
         if records > 0 {
@@ -90,7 +104,7 @@ impl Groups {
         }
         Ok(Groups {
             coordinator: Mutex::new(coordinator),
-            offsets_topic,
+            offsets,
             // Long past: the clock ticks as soon as it starts.
             next_tick: AtomicI64::new(0),
             clock: Notify::new(),
@@ -98,10 +112,8 @@ impl Groups {
     }
 
     fn partition_of(&self, group_id: &str) -> Option<&Arc<Partition>> {
-        let n = self.offsets_topic.partitions.len() as i32;
-        self.offsets_topic
-            .partitions
-            .get(partition_for(group_id, n) as usize)
+        let n = self.offsets.len() as i32;
+        self.offsets.get(partition_for(group_id, n) as usize)
     }
 
     /// Runs `f` on the coordinator and performs the effects it returns. Records are appended
@@ -138,7 +150,7 @@ impl Groups {
                             OffsetsRecord::Offset { group_id, .. }
                             | OffsetsRecord::Group { group_id, .. } => group_id.clone(),
                         };
-                        let n = self.offsets_topic.partitions.len() as i32;
+                        let n = self.offsets.len() as i32;
                         writes
                             .entry(partition_for(&group_id, n))
                             .or_default()
@@ -147,7 +159,7 @@ impl Groups {
                 }
             }
             for (index, records) in writes {
-                let Some(partition) = self.offsets_topic.partitions.get(index as usize) else {
+                let Some(partition) = self.offsets.get(index as usize) else {
                     continue;
                 };
                 match append_records(partition, &records, now) {

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod meta_properties;
 pub mod partition;
 pub mod producer_ids;
+pub mod replica_manager;
 pub mod topics;
 
 use std::io;
@@ -22,7 +23,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use config::{BrokerConfig, ConfigError, Setting, SETTINGS};
-use topics::Topics;
+use partition::Partition;
+use replica_manager::ReplicaManager;
+use topics::{Topic, Topics};
 
 /// Wall-clock milliseconds since the epoch, as Kafka timestamps are.
 pub fn now_ms() -> i64 {
@@ -37,6 +40,8 @@ pub fn now_ms() -> i64 {
 pub struct Broker {
     pub config: BrokerConfig,
     pub topics: Topics,
+    /// The partitions this broker keeps a replica of.
+    pub replicas: Arc<ReplicaManager>,
     pub producer_ids: producer_ids::ProducerIds,
     pub groups: groups::Groups,
     /// Refuses produce while the data directory's filesystem is nearly full.
@@ -45,6 +50,18 @@ pub struct Broker {
     pub shutting_down: Notify,
     /// Set when shutdown starts: long-polling fetches answer at once.
     pub stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Broker {
+    /// The partition `index` of `topic` as this broker serves clients:
+    /// UNKNOWN_TOPIC_OR_PARTITION for an index the topic does not have, NOT_LEADER_OR_FOLLOWER
+    /// where this broker keeps no leading replica of it.
+    pub fn leader_partition(&self, topic: &Topic, index: i32) -> Result<Arc<Partition>, i16> {
+        if !topic.has_partition(index) {
+            return Err(kafka_protocol::error::ResponseError::UnknownTopicOrPartition.code());
+        }
+        self.replicas.leader(replica_manager::tp(topic.id, index))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,19 +128,23 @@ impl Server {
         let open_files = open_file_budget();
         tracing::debug!(open_files, "log files kept open at most");
         let disk = Arc::new(caudal_storage::disk::BoundedDisk::new(open_files));
-        let topics =
-            tokio::task::spawn_blocking(move || Topics::load(&config_for_load, disk, now_ms()))
-                .await
-                .map_err(|e| data_err(io::Error::other(e)))?
-                .map_err(data_err)?;
+        let replicas = Arc::new(ReplicaManager::new());
+        let load_into = replicas.clone();
+        let topics = tokio::task::spawn_blocking(move || {
+            Topics::load(&config_for_load, disk, load_into, now_ms())
+        })
+        .await
+        .map_err(|e| data_err(io::Error::other(e)))?
+        .map_err(data_err)?;
         meta_properties::ensure(&config.data_dir, topics.cluster_id(), config.node_id)?;
         let producer_ids = producer_ids::ProducerIds::load(&config.data_dir).map_err(data_err)?;
-        let groups = groups::Groups::start(&config, &topics, now_ms())
+        let groups = groups::Groups::start(&config, &topics, &replicas, now_ms())
             .await
             .map_err(data_err)?;
         let broker = Arc::new(Broker {
             config,
             topics,
+            replicas,
             producer_ids,
             groups,
             free_space,
@@ -266,7 +287,7 @@ impl Server {
         group_clock.abort();
         warnings_flush.abort();
         let b = broker.clone();
-        let _ = tokio::task::spawn_blocking(move || b.topics.close_all()).await;
+        let _ = tokio::task::spawn_blocking(move || b.replicas.close_all(&b.config.data_dir)).await;
         tracing::info!("all logs synced; stopped");
     }
 }
@@ -313,10 +334,10 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if clean {
-                b.topics.compact(now_ms());
+                b.replicas.compact(now_ms());
             }
             if retain {
-                b.topics.apply_retention(now_ms());
+                b.replicas.apply_retention(now_ms());
             }
         })
         .await;

@@ -3,17 +3,19 @@
 //! high watermark).
 
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError as E;
 
 use caudal_storage::{AppendError, AppendInfo, PartitionLog, ValidBatch};
 use tokio::sync::{watch, Notify};
+use uuid::Uuid;
 
 #[derive(Debug)]
 pub struct Partition {
     pub topic: String,
+    pub topic_id: Uuid,
     pub index: i32,
     log: Mutex<PartitionLog>,
     /// Offsets below this value are fsync'd.
@@ -27,16 +29,22 @@ pub struct Partition {
     /// What consumers may read up to. Kept apart from the log end: on one replica it follows
     /// each append; with followers it moves only when every in-sync replica has the data.
     high_watermark: AtomicI64,
+    /// Whether this replica leads the partition: only a leader takes produce and serves
+    /// consumers.
+    leader: AtomicBool,
 }
 
 impl Partition {
     /// Wraps an opened log and starts its flusher on the current tokio runtime.
-    pub fn start(topic: String, index: i32, log: PartitionLog) -> Arc<Partition> {
+    /// The replica starts as the leader, at the epoch its log last recorded.
+    pub fn start(topic: String, topic_id: Uuid, index: i32, log: PartitionLog) -> Arc<Partition> {
         let (durable, _) = watch::channel(log.flushed_offset());
         let flush_wanted = Arc::new(Notify::new());
         let partition = Arc::new(Partition {
             topic,
+            topic_id,
             index,
+            leader: AtomicBool::new(true),
             leader_epoch: AtomicI32::new(log.leader_epoch()),
             high_watermark: AtomicI64::new(log.log_end_offset()),
             log: Mutex::new(log),
@@ -85,6 +93,15 @@ impl Partition {
 
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    /// Stops leading: produce and fetch from clients get NOT_LEADER_OR_FOLLOWER.
+    pub fn become_follower(&self) {
+        self.leader.store(false, Ordering::Release);
     }
 
     /// Checks a client's idea of the current leader epoch (-1: none given) against this
@@ -200,7 +217,7 @@ mod tests {
     fn partition(dir: &std::path::Path, index: i32) -> Arc<Partition> {
         let (log, _) =
             PartitionLog::open(&dir.join(format!("t-{index}")), LogConfig::default(), 0).unwrap();
-        Partition::start("t".into(), index, log)
+        Partition::start("t".into(), Uuid::nil(), index, log)
     }
 
     fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {

@@ -22,17 +22,26 @@ use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;
+use crate::replica_manager::ReplicaManager;
 
 const METADATA_FILE: &str = "caudal-metadata.toml";
 /// Beside each partition's segments: the id of the topic it belongs to.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
+/// A topic as the cluster knows it. Its partitions' logs are the replica manager's.
 #[derive(Debug)]
 pub struct Topic {
     pub name: String,
     pub id: Uuid,
-    pub partitions: Vec<Arc<Partition>>,
+    pub partition_count: i32,
     pub configs: BTreeMap<String, String>,
+}
+
+impl Topic {
+    /// Whether the topic has a partition of this index.
+    pub fn has_partition(&self, index: i32) -> bool {
+        (0..self.partition_count).contains(&index)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -104,6 +113,8 @@ pub struct Topics {
     data_dir: PathBuf,
     /// Where the partition logs keep their files (with the broker's budget of open files).
     disk: Arc<dyn Disk>,
+    /// Where the opened partitions go.
+    replicas: Arc<ReplicaManager>,
     cluster_id: String,
     by_name: RwLock<TopicMap>,
     /// Serialises changes so the file always matches the map.
@@ -111,8 +122,14 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// Loads the topic list and opens (recovering as needed) every partition's log.
-    pub fn load(config: &BrokerConfig, disk: Arc<dyn Disk>, now_ms: i64) -> io::Result<Topics> {
+    /// Loads the topic list and opens (recovering as needed) every partition's log, handing
+    /// the partitions to `replicas`.
+    pub fn load(
+        config: &BrokerConfig,
+        disk: Arc<dyn Disk>,
+        replicas: Arc<ReplicaManager>,
+        now_ms: i64,
+    ) -> io::Result<Topics> {
         let data_dir = config.data_dir.clone();
         let path = data_dir.join(METADATA_FILE);
         let existed = path.exists();
@@ -137,12 +154,18 @@ impl Topics {
         set_aside_strays(&data_dir, &file.topics);
         let mut by_name = TopicMap::default();
         for record in &file.topics {
-            let topic = open_topic(config, &disk, record, now_ms)?;
-            by_name.insert(Arc::new(topic));
+            replicas.add(open_topic(config, &disk, record, now_ms)?);
+            by_name.insert(Arc::new(Topic {
+                name: record.name.clone(),
+                id: record.id,
+                partition_count: record.partitions,
+                configs: record.configs.clone(),
+            }));
         }
         let topics = Topics {
             data_dir,
             disk,
+            replicas,
             cluster_id: file.cluster_id,
             by_name: RwLock::new(by_name),
             change: tokio::sync::Mutex::new(()),
@@ -165,13 +188,6 @@ impl Topics {
 
     pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
         self.read().by_id.get(&id).cloned()
-    }
-
-    pub fn partition(&self, name: &str, index: i32) -> Option<Arc<Partition>> {
-        let topic = self.get(name)?;
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| topic.partitions.get(i).cloned())
     }
 
     /// All topics, sorted by name.
@@ -236,9 +252,11 @@ impl Topics {
         let topic = Arc::new(Topic {
             name: record.name,
             id: record.id,
-            partitions: partitions_opened,
+            partition_count: record.partitions,
             configs: record.configs,
         });
+        // Replicas first, so that a request finding the topic finds its partitions.
+        self.replicas.add(partitions_opened);
         self.write().insert(topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(Some(topic))
@@ -264,8 +282,9 @@ impl Topics {
         }
         self.write().remove(name);
         // The topic is gone; its files go in the background.
-        let mut doomed = Vec::with_capacity(topic.partitions.len());
-        for p in &topic.partitions {
+        let retired = self.replicas.remove_topic(topic.id, topic.partition_count);
+        let mut doomed = Vec::with_capacity(retired.len());
+        for p in &retired {
             let dir = {
                 let mut log = p.log();
                 log.retire("the topic was deleted");
@@ -303,7 +322,7 @@ impl Topics {
         let topic = self
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        let current = topic.partitions.len() as i32;
+        let current = topic.partition_count;
         if count <= current {
             return Err(TopicError::InvalidPartitions(format!(
                 "topic currently has {current} partitions, {count} would not be an increase"
@@ -335,12 +354,11 @@ impl Topics {
             tracing::warn!(topic = name, partitions = count, error = %e, "adding partitions failed: the topic list could not be written; nothing of them was kept");
             return Err(e.into());
         }
-        let mut partitions = topic.partitions.clone();
-        partitions.extend(added);
+        self.replicas.add(added);
         self.write().insert(Arc::new(Topic {
             name: record.name,
             id: record.id,
-            partitions,
+            partition_count: record.partitions,
             configs: record.configs,
         }));
         tracing::info!(topic = name, partitions = count, "added partitions");
@@ -355,7 +373,7 @@ impl Topics {
             .map(|t| TopicRecord {
                 name: t.name.clone(),
                 id: t.id,
-                partitions: t.partitions.len() as i32,
+                partitions: t.partition_count,
                 configs: t.configs.clone(),
             })
             .collect()
@@ -386,84 +404,6 @@ impl Topics {
         fs::rename(&tmp, self.data_dir.join(METADATA_FILE))?;
         fs::File::open(&self.data_dir)?.sync_all()
     }
-
-    /// Syncs and checkpoints every partition (clean shutdown). Two syncs of the whole
-    /// filesystem cover every log, instead of several fsyncs per partition: with thousands of
-    /// partitions that is the difference between a stop in a second and one in a minute.
-    pub fn close_all(&self) {
-        let partitions: Vec<Arc<Partition>> = self
-            .all()
-            .iter()
-            .flat_map(|t| t.partitions.iter().cloned())
-            .collect();
-        let mut prepared = Vec::with_capacity(partitions.len());
-        for p in &partitions {
-            match p.log().prepare_close() {
-                Ok(up_to) => prepared.push((p, up_to)),
-                Err(e) => {
-                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing the log failed")
-                }
-            }
-        }
-        if let Err(e) = sync_filesystem(&self.data_dir) {
-            // Nothing is checkpointed: the next start recovers every log from its files.
-            tracing::error!(dir = %self.data_dir.display(), error = %e, "syncing the data directory failed; logs are not checkpointed");
-            return;
-        }
-        for (p, up_to) in prepared {
-            if let Err(e) = p.log().checkpoint_synced(up_to) {
-                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "checkpointing the log failed");
-            }
-        }
-        if let Err(e) = sync_filesystem(&self.data_dir) {
-            tracing::error!(dir = %self.data_dir.display(), error = %e, "syncing the recovery checkpoints failed");
-        }
-    }
-
-    /// Compacts every partition of compacted topics that needs it.
-    pub fn compact(&self, now_ms: i64) {
-        for topic in self.all() {
-            for p in &topic.partitions {
-                match p.log().compact(now_ms) {
-                    Ok(Some(r)) => tracing::info!(
-                        topic = %p.topic,
-                        partition = p.index,
-                        records_removed = r.records_removed,
-                        segments = format!("{} -> {}", r.segments_before, r.segments_after),
-                        bytes = format!("{} -> {}", r.bytes_before, r.bytes_after),
-                        "compacted"
-                    ),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed; retrying later")
-                    }
-                }
-            }
-        }
-    }
-
-    /// Applies retention to every partition of topics that delete old segments, and forgets
-    /// idempotent producers silent for a day (Kafka's `producer.id.expiration.ms`).
-    pub fn apply_retention(&self, now_ms: i64) {
-        const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
-        for topic in self.all() {
-            for p in &topic.partitions {
-                p.log().expire_producers(now_ms, PRODUCER_ID_EXPIRATION_MS);
-                if p.log().config().compact {
-                    continue;
-                }
-                match p.log().apply_retention(now_ms) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted old segments")
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
-                    }
-                }
-            }
-        }
-    }
 }
 
 fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
@@ -493,7 +433,9 @@ fn open_new_partitions(
             Ok(log)
         })();
         match opened {
-            Ok(log) => partitions.push(Partition::start(record.name.clone(), index, log)),
+            Ok(log) => {
+                partitions.push(Partition::start(record.name.clone(), record.id, index, log))
+            }
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
                 remove_partition_dirs(&partitions);
@@ -612,12 +554,13 @@ fn set_aside_strays(data_dir: &Path, topics: &[TopicRecord]) {
     }
 }
 
+/// Opens the partitions of a topic of the list, recovering their logs.
 fn open_topic(
     config: &BrokerConfig,
     disk: &Arc<dyn Disk>,
     record: &TopicRecord,
     now_ms: i64,
-) -> io::Result<Topic> {
+) -> io::Result<Vec<Arc<Partition>>> {
     let log_config = config.log_config(&record.configs);
     let mut partitions = Vec::with_capacity(record.partitions.max(0) as usize);
     for index in 0..record.partitions {
@@ -631,28 +574,9 @@ fn open_topic(
         } else if report.recovered_segments > 0 {
             tracing::debug!(topic = %record.name, partition = index, segments = report.recovered_segments, "scanned segments after the recovery point");
         }
-        partitions.push(Partition::start(record.name.clone(), index, log));
+        partitions.push(Partition::start(record.name.clone(), record.id, index, log));
     }
-    Ok(Topic {
-        name: record.name.clone(),
-        id: record.id,
-        partitions,
-        configs: record.configs.clone(),
-    })
-}
-
-/// Flushes everything written to the filesystem holding `dir` (Linux `syncfs`, which reports
-/// write-back errors since 5.8).
-fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let handle = fs::File::open(dir)?;
-    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
-    let rc = unsafe { libc::syncfs(handle.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(partitions)
 }
 
 fn new_cluster_id() -> String {

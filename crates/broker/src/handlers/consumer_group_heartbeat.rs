@@ -30,7 +30,7 @@ pub(crate) fn topics_image(broker: &Broker) -> TopicsImage {
                 t.name.clone(),
                 TopicMetadata {
                     id: t.id,
-                    partitions: i32::try_from(t.partitions.len()).unwrap_or(i32::MAX),
+                    partitions: t.partition_count,
                 },
             )
         })

@@ -89,14 +89,10 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
                 .partitions
                 .iter()
                 .map(|fp| match &topic {
-                    Ok(t) => usize::try_from(fp.partition)
-                        .ok()
-                        .and_then(|i| t.partitions.get(i).cloned())
-                        .ok_or(E::UnknownTopicOrPartition.code())
-                        .and_then(|p| {
-                            p.check_leader_epoch(fp.current_leader_epoch)?;
-                            Ok(p)
-                        }),
+                    Ok(t) => broker.leader_partition(t, fp.partition).and_then(|p| {
+                        p.check_leader_epoch(fp.current_leader_epoch)?;
+                        Ok(p)
+                    }),
                     Err(code) => Err(*code),
                 })
                 .collect()

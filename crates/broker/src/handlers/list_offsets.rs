@@ -32,8 +32,13 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                 .iter()
                 .map(|p| {
                     let answer = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_leader_epoch(-1);
-                    let Some(partition) = topic.as_ref().and_then(|t| usize::try_from(p.partition_index).ok().and_then(|i| t.partitions.get(i))) else {
-                        return answer.with_error_code(E::UnknownTopicOrPartition.code()).with_timestamp(-1).with_offset(-1);
+                    let partition = match &topic {
+                        Some(t) => broker.leader_partition(t, p.partition_index),
+                        None => Err(E::UnknownTopicOrPartition.code()),
+                    };
+                    let partition = match partition {
+                        Ok(partition) => partition,
+                        Err(code) => return answer.with_error_code(code).with_timestamp(-1).with_offset(-1),
                     };
                     if let Err(code) = partition.check_leader_epoch(p.current_leader_epoch) {
                         return answer.with_error_code(code).with_timestamp(-1).with_offset(-1);

@@ -10,6 +10,7 @@ use kafka_protocol::messages::{
 };
 
 use super::str_bytes;
+use crate::replica_manager::tp;
 use crate::topics::Topic;
 use crate::{now_ms, Broker};
 
@@ -35,7 +36,7 @@ pub async fn handle(
     match wanted {
         None => {
             for topic in broker.topics.all() {
-                topics.push(describe(&topic, node));
+                topics.push(describe(broker, &topic, node));
             }
         }
         Some(requested) => {
@@ -55,7 +56,7 @@ pub async fn handle(
                         .ok_or(E::UnknownTopicId.code()),
                 };
                 topics.push(match found {
-                    Ok(topic) => describe(&topic, node),
+                    Ok(topic) => describe(broker, &topic, node),
                     Err(code) => MetadataResponseTopic::default()
                         .with_error_code(code)
                         .with_name(t.name.clone())
@@ -109,15 +110,21 @@ pub(crate) async fn auto_create_topic(broker: &Broker, name: &str) -> Result<Arc
     }
 }
 
-fn describe(topic: &Topic, node: i32) -> MetadataResponseTopic {
-    let partitions = topic
-        .partitions
-        .iter()
-        .map(|p| {
+fn describe(broker: &Broker, topic: &Topic, node: i32) -> MetadataResponseTopic {
+    let partitions = (0..topic.partition_count)
+        .map(|index| {
             let partition = MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_epoch(p.leader_epoch())
+                .with_partition_index(index)
                 .with_replica_nodes(vec![BrokerId(node)]);
+            let Some(p) = broker.replicas.get(tp(topic.id, index)) else {
+                // Its only replica is not here: no leader.
+                return partition
+                    .with_error_code(E::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_leader_epoch(-1)
+                    .with_offline_replicas(vec![BrokerId(node)]);
+            };
+            let partition = partition.with_leader_epoch(p.leader_epoch());
             if p.log().offline_reason().is_some() {
                 // Its only replica's log is offline: no leader until a restart recovers it.
                 partition

@@ -25,9 +25,9 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
         let name = topic.name.0.as_str();
         let known = broker.topics.get(name).filter(|_| name != OFFSETS_TOPIC);
         for (p, partition) in topic.partitions.iter().enumerate() {
-            let exists = known.as_ref().is_some_and(|k| {
-                usize::try_from(partition.partition_index).is_ok_and(|i| i < k.partitions.len())
-            });
+            let exists = known
+                .as_ref()
+                .is_some_and(|k| k.has_partition(partition.partition_index));
             if exists {
                 shape.push((t, p, None));
                 commits.push(OffsetCommit {

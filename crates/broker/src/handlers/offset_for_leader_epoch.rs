@@ -20,6 +20,7 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetForLeaderEpochRequest) -> Res
         .topics
         .into_iter()
         .map(|t| {
+            let topic = broker.topics.get(t.topic.0.as_str());
             let partitions = t
                 .partitions
                 .iter()
@@ -28,9 +29,13 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetForLeaderEpochRequest) -> Res
                         .with_partition(p.partition)
                         .with_leader_epoch(UNDEFINED_EPOCH)
                         .with_end_offset(UNDEFINED_OFFSET);
-                    let Some(partition) = broker.topics.partition(t.topic.0.as_str(), p.partition)
-                    else {
-                        return answer.with_error_code(E::UnknownTopicOrPartition.code());
+                    let partition = match &topic {
+                        Some(topic) => broker.leader_partition(topic, p.partition),
+                        None => Err(E::UnknownTopicOrPartition.code()),
+                    };
+                    let partition = match partition {
+                        Ok(partition) => partition,
+                        Err(code) => return answer.with_error_code(code),
                     };
                     if let Err(code) = partition.check_leader_epoch(p.current_leader_epoch) {
                         return answer.with_error_code(code);

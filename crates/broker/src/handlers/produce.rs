@@ -50,17 +50,15 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 continue;
             }
             let partition = match &topic {
-                Ok(t) => usize::try_from(index)
-                    .ok()
-                    .and_then(|i| t.partitions.get(i).cloned()),
+                Ok(t) => broker.leader_partition(t, index),
+                Err(code) => Err(*code),
+            };
+            let partition = match partition {
+                Ok(p) => p,
                 Err(code) => {
-                    partition_responses.push(failed(index, *code, None));
+                    partition_responses.push(failed(index, code, None));
                     continue;
                 }
-            };
-            let Some(partition) = partition else {
-                partition_responses.push(failed(index, E::UnknownTopicOrPartition.code(), None));
-                continue;
             };
             let records = data.records.unwrap_or_default();
             if version < ZSTD_SINCE
