@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod image;
+pub mod meta_properties;
 pub mod placement;
 pub mod quorum;
 pub mod records;
