@@ -2,8 +2,11 @@
 //! leads the metadata quorum.
 //!
 //! It follows the quorum's status. When this node becomes leader it waits until the image holds
-//! an entry of its own term (the leader's blank entry, so everything committed before is in the
-//! image), then activates the [`Controller`] on that image. Requests come through a bounded
+//! every entry its log had at that moment, then activates the [`Controller`] on that image: it
+//! then holds everything committed before the term. For a new leader that wait ends with its
+//! blank entry applied; a lone voter restarting on its own committed vote leads again in the same
+//! term without a blank entry (openraft restores it as leader), and the wait covers the tail of
+//! its log that commits then. Requests come through a bounded
 //! queue, one reply each; they are decided one at a time against the latest image, their records
 //! proposed as one entry, and answered once it is applied. A timer runs [`Controller::tick`] at
 //! [`Controller::next_deadline`] and proposes the fencing it decides.
@@ -52,7 +55,7 @@ impl ControllerCallError {
 pub enum ControllerState {
     /// This node does not lead the quorum; requests are answered NOT_CONTROLLER.
     Inactive,
-    /// This node leads at `term` and waits for its first entry of the term to be applied;
+    /// This node leads at `term` and waits for the entries its log had then to be applied;
     /// requests wait.
     Activating { term: u64 },
     /// This node is the active controller for `term`.
@@ -220,6 +223,7 @@ impl ControllerService {
             state,
             requests,
             leader_hint: None,
+            activation_index: 0,
         };
         let task = tokio::spawn(runtime.run(stopped));
         ControllerService {
@@ -273,12 +277,15 @@ struct Runtime {
     requests: mpsc::Receiver<Call>,
     /// The leader this node last knew of, for NOT_CONTROLLER answers.
     leader_hint: Option<u64>,
+    /// While activating: the last entry in this node's log when it became leader. Once it is
+    /// applied, the image holds everything committed before this term.
+    activation_index: u64,
 }
 
-/// Returns once `images` holds an entry of `term` or later.
-async fn image_of_term(images: &mut watch::Receiver<Arc<MetadataImage>>, term: u64) {
+/// Returns once `images` holds the entry at `index`.
+async fn image_at(images: &mut watch::Receiver<Arc<MetadataImage>>, index: u64) {
     if images
-        .wait_for(|image| image.provenance().term >= term)
+        .wait_for(|image| image.provenance().index >= index)
         .await
         .is_err()
     {
@@ -310,7 +317,7 @@ impl Runtime {
                     }
                     self.follow();
                 }
-                _ = image_of_term(&mut self.images, activating.unwrap_or(0)),
+                _ = image_at(&mut self.images, self.activation_index),
                     if activating.is_some() => self.activate(),
                 _ = self.clock.sleep_until(deadline.unwrap_or(i64::MAX)), if deadline.is_some() => {
                     if self.tick(&mut stop).await {
@@ -342,7 +349,10 @@ impl Runtime {
                 {
                     current
                 }
-                _ => ControllerState::Activating { term: status.term },
+                _ => {
+                    self.activation_index = status.last_log_index.unwrap_or(0);
+                    ControllerState::Activating { term: status.term }
+                }
             }
         } else {
             ControllerState::Inactive
@@ -360,13 +370,14 @@ impl Runtime {
         }
     }
 
-    /// The image holds this term's first entry: everything committed before is in it.
+    /// The image holds every entry this node's log had when it became leader: everything
+    /// committed before its term is in it.
     fn activate(&mut self) {
         let ControllerState::Activating { term } = *self.state.borrow() else {
             return;
         };
         let image = self.quorum.image();
-        if image.provenance().term < term {
+        if image.provenance().index < self.activation_index {
             return;
         }
         self.controller.activate(&image, self.clock.now_ms());
@@ -502,4 +513,4 @@ impl Runtime {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -79,10 +79,10 @@ pub(crate) async fn image_where(
     image
 }
 
-pub(crate) fn registration(broker_id: i32) -> BrokerRegistrationRequest {
+pub(crate) fn registration(cluster_id: &str, broker_id: i32) -> BrokerRegistrationRequest {
     BrokerRegistrationRequest::default()
         .with_broker_id(BrokerId(broker_id))
-        .with_cluster_id(str_bytes(CLUSTER_ID))
+        .with_cluster_id(str_bytes(cluster_id))
         .with_incarnation_id(Uuid::from_u128(0xB0 + broker_id as u128))
         .with_features(vec![Feature::default()
             .with_name(str_bytes(METADATA_VERSION_FEATURE))
@@ -105,10 +105,15 @@ pub(crate) fn create_topic(name: &str, partitions: i32) -> ControllerRequest {
     ControllerRequest::CreateTopics(CreateTopicsRequest::default().with_topics(vec![topic]), 7)
 }
 
-/// Registers `broker_id` and heartbeats it until unfenced; returns its epoch.
+/// Registers `broker_id` in the image's cluster and heartbeats it until unfenced; returns its
+/// epoch.
 pub(crate) async fn live_broker(handle: &ControllerHandle, quorum: &QuorumClient, id: i32) -> i64 {
+    let cluster_id = quorum.image().cluster_id().unwrap_or_default().to_string();
     let epoch = match handle
-        .call(ControllerRequest::RegisterBroker(registration(id), 4))
+        .call(ControllerRequest::RegisterBroker(
+            registration(&cluster_id, id),
+            4,
+        ))
         .await
     {
         Ok(ResponseKind::BrokerRegistration(r)) => {
