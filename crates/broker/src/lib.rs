@@ -8,7 +8,7 @@ mod connection_warnings;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
-pub mod meta_properties;
+pub use caudal_metadata::meta_properties;
 pub mod partition;
 pub mod producer_ids;
 pub mod replica_manager;

@@ -6,8 +6,10 @@
 //! out, so every rule is tested deterministically. [`quorum`] replicates the records with Raft
 //! and stores them.
 
+pub mod bootstrap;
 pub mod controller;
 pub mod image;
+pub mod meta_properties;
 pub mod placement;
 pub mod quorum;
 pub mod records;
@@ -15,6 +17,7 @@ pub mod records;
 #[cfg(test)]
 mod testing;
 
+pub use bootstrap::{Bootstrap, BootstrapError, BootstrapSettings};
 pub use controller::{
     CommitReply, Controller, ControllerConfig, ControllerRequest, Decision, IdSource, Reply,
 };
@@ -25,5 +28,5 @@ pub use image::{
 pub use placement::{continuation, place, PlacementBroker, PlacementError, Start};
 pub use records::{
     CodecError, Endpoint, EntryRecords, FeatureRange, LeaderChange, MetadataRecord,
-    METADATA_VERSION_FEATURE, RECORD_VERSION,
+    METADATA_VERSION_FEATURE, METADATA_VERSION_LEVEL, RECORD_VERSION,
 };

@@ -24,6 +24,9 @@ pub const RECORD_VERSION: u16 = 0;
 /// The feature whose level gates new record kinds and meanings.
 pub const METADATA_VERSION_FEATURE: &str = "caudal.metadata.version";
 
+/// The level of [`METADATA_VERSION_FEATURE`] a new cluster starts at.
+pub const METADATA_VERSION_LEVEL: i16 = 1;
+
 /// One metadata record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]

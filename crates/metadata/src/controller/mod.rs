@@ -2,7 +2,7 @@
 //! propose and the answer come out. Time is an argument and randomness an injected [`IdSource`],
 //! so every rule is tested by replaying the controller's own records into the next image.
 //!
-//! A runtime (the Raft leader's controller task, later) feeds requests one at a time: it calls
+//! The runtime ([`service`], the Raft leader's controller task) feeds requests one at a time: it calls
 //! [`Controller::handle`], proposes the records as one entry, waits for the commit, and only then
 //! answers. Serial proposals mean each decision sees every earlier one applied, so two
 //! CreateTopics of one name cannot both pass. Broker sessions live in this memory only; a new
@@ -11,6 +11,7 @@
 mod brokers;
 pub mod partition_change;
 mod producer_ids;
+pub mod service;
 mod topics;
 
 use std::collections::BTreeSet;
@@ -30,6 +31,10 @@ use crate::records::MetadataRecord;
 pub use brokers::BrokerSessions;
 pub use partition_change::{partition_change, BrokerEvent, PartitionChange};
 pub use producer_ids::PRODUCER_ID_BLOCK_SIZE;
+pub use service::{
+    ControllerCallError, ControllerClock, ControllerHandle, ControllerService,
+    ControllerServiceConfig, ControllerState,
+};
 pub use topics::{validate_topic_name, InvalidTopicName, MAX_TOPIC_NAME_LEN, METADATA_TOPIC};
 
 /// Checks one topic config override and returns the value to store (normalised), or why it is

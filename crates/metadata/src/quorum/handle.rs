@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::network::RaftNetworkFactory;
-use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 use super::{
@@ -101,13 +101,112 @@ pub struct QuorumStatus {
     pub voters: BTreeSet<u64>,
 }
 
+impl QuorumStatus {
+    fn of(node_id: u64, m: &RaftMetrics<u64, QuorumNode>) -> QuorumStatus {
+        QuorumStatus {
+            node_id,
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|id| id.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+}
+
 /// One node of the metadata quorum.
 pub struct Quorum {
+    raft: Raft<QuorumTypes>,
+    client: QuorumClient,
+    store: LogStore,
+    tie_breaker: tokio::task::JoinHandle<()>,
+}
+
+/// What the tasks around a running quorum use (the controller runtime, later the broker):
+/// proposals, images and status. Cloneable; it does not keep the quorum running, and once the
+/// quorum has shut down its proposals fail with [`QuorumError::Stopped`].
+#[derive(Clone)]
+pub struct QuorumClient {
     node_id: u64,
     raft: Raft<QuorumTypes>,
     images: watch::Receiver<Arc<MetadataImage>>,
-    store: LogStore,
-    tie_breaker: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for QuorumClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuorumClient")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Follows this node's [`QuorumStatus`] as it changes (leadership, term, applied index).
+pub struct StatusWatch {
+    node_id: u64,
+    metrics: watch::Receiver<RaftMetrics<u64, QuorumNode>>,
+}
+
+impl StatusWatch {
+    /// The status now; later [`changed`](Self::changed) calls wait for a newer one.
+    pub fn current(&mut self) -> QuorumStatus {
+        QuorumStatus::of(self.node_id, &self.metrics.borrow_and_update())
+    }
+
+    /// Waits until the status may have changed since [`current`](Self::current) was last read.
+    /// Fails once the quorum has stopped.
+    pub async fn changed(&mut self) -> Result<(), QuorumError> {
+        self.metrics
+            .changed()
+            .await
+            .map_err(|_| QuorumError::Stopped("the quorum has shut down".to_string()))?;
+        match &self.metrics.borrow().running_state {
+            Ok(()) => Ok(()),
+            Err(fatal) => Err(QuorumError::Stopped(fatal.to_string())),
+        }
+    }
+}
+
+impl QuorumClient {
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Proposes one entry; returns once it is committed and applied here (the leader).
+    pub async fn propose(&self, records: EntryRecords) -> Result<Applied, QuorumError> {
+        match self.raft.client_write(records).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(QuorumError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(QuorumError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(QuorumError::Stopped(e.to_string())),
+        }
+    }
+
+    /// The images applied on this node, newest first seen.
+    pub fn images(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.images.clone()
+    }
+
+    /// The latest image applied on this node.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.images.borrow().clone()
+    }
+
+    pub fn status(&self) -> QuorumStatus {
+        QuorumStatus::of(self.node_id, &self.raft.metrics().borrow())
+    }
+
+    /// A watch of this node's status, for tasks that act on leadership.
+    pub fn statuses(&self) -> StatusWatch {
+        StatusWatch {
+            node_id: self.node_id,
+            metrics: self.raft.metrics(),
+        }
+    }
 }
 
 /// Failed election rounds in a row after which [`break_election_ties`] steps in.
@@ -210,9 +309,12 @@ impl Quorum {
             config.election_timeout_ms,
         ));
         Ok(Quorum {
-            node_id: config.node_id,
+            client: QuorumClient {
+                node_id: config.node_id,
+                raft: raft.clone(),
+                images,
+            },
             raft,
-            images,
             store,
             tie_breaker,
         })
@@ -235,43 +337,30 @@ impl Quorum {
 
     /// Proposes one entry; returns once it is committed and applied here (the leader).
     pub async fn propose(&self, records: EntryRecords) -> Result<Applied, QuorumError> {
-        match self.raft.client_write(records).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(QuorumError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(QuorumError::Raft(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(QuorumError::Stopped(e.to_string())),
-        }
+        self.client.propose(records).await
     }
 
     /// The images applied on this node, newest first seen.
     pub fn images(&self) -> watch::Receiver<Arc<MetadataImage>> {
-        self.images.clone()
+        self.client.images()
     }
 
     /// The latest image applied on this node.
     pub fn image(&self) -> Arc<MetadataImage> {
-        self.images.borrow().clone()
+        self.client.image()
     }
 
     pub fn node_id(&self) -> u64 {
-        self.node_id
+        self.client.node_id()
     }
 
     pub fn status(&self) -> QuorumStatus {
-        let m = self.raft.metrics().borrow().clone();
-        QuorumStatus {
-            node_id: self.node_id,
-            term: m.current_term,
-            leader: m.current_leader,
-            is_leader: m.state == ServerState::Leader,
-            last_log_index: m.last_log_index,
-            last_applied_index: m.last_applied.map(|id| id.index),
-            voters: m.membership_config.membership().voter_ids().collect(),
-        }
+        self.client.status()
+    }
+
+    /// A cloneable handle for the tasks that propose and watch while this node runs.
+    pub fn client(&self) -> QuorumClient {
+        self.client.clone()
     }
 
     /// Asks for a checkpoint of the current image now.

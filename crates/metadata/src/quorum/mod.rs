@@ -18,7 +18,7 @@ mod snapshot;
 mod state_machine;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::records::{CodecError, EntryRecords};
 
-pub use handle::{Quorum, QuorumConfig, QuorumError, QuorumStatus};
+pub use handle::{Quorum, QuorumClient, QuorumConfig, QuorumError, QuorumStatus, StatusWatch};
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
 pub use state_machine::{CheckpointBuilder, StateMachine};
 
