@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod meta_properties;
 pub mod partition;
 pub mod producer_ids;
+pub mod routes;
 pub mod topics;
 
 use std::io;
@@ -22,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use config::{BrokerConfig, ConfigError, Setting, SETTINGS};
+pub use routes::ListenerKind;
 use topics::Topics;
 
 /// Wall-clock milliseconds since the epoch, as Kafka timestamps are.
