@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::routes::ListenerKind;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingType {
     Boolean,
@@ -199,6 +201,8 @@ pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
     pub advertise: (String, u16),
+    /// Which APIs the listener serves: the client APIs, or (once nodes talk) the controller's.
+    pub kind: ListenerKind,
 }
 
 /// The broker's configuration: where it listens and stores, and the Kafka-named settings that
@@ -222,6 +226,7 @@ impl BrokerConfig {
                 name: "PLAINTEXT".to_string(),
                 listen,
                 advertise: (listen.ip().to_string(), listen.port()),
+                kind: ListenerKind::Client,
             }],
             data_dir,
             node_id: 1,

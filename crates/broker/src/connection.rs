@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection_warnings::{ConnectionWarnings, Reason};
-use crate::handlers::{self, Reply};
+use crate::handlers::{Connection, Reply};
+use crate::routes::{self, ListenerKind};
 use crate::Broker;
 
 /// A request whose answer is on its way.
@@ -66,6 +67,12 @@ pub async fn serve(
     warnings: Arc<ConnectionWarnings>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // What this listener serves, looked up once per connection.
+    let (listener_name, kind) = broker
+        .config
+        .listeners
+        .get(listener)
+        .map_or(("?", ListenerKind::Client), |l| (l.name.as_str(), l.kind));
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<InFlight>(broker.config.queued_max_requests());
     let writer = tokio::spawn(async move {
@@ -141,7 +148,7 @@ pub async fn serve(
         let request = match decode_request(frame.clone()) {
             Ok(r) => r,
             Err(e) => {
-                if let Some(answer) = e.answer() {
+                if let Some(answer) = e.answer_listing(|| routes::api_versions(kind)) {
                     tracing::debug!(%peer, error = %e, "answering with the versions the broker serves");
                     if tx.send(InFlight::Encoded(answer.freeze())).await.is_err() {
                         break;
@@ -168,12 +175,26 @@ pub async fn serve(
         let correlation_id = request.header.correlation_id;
         // Boxed: the handler's future is large, and held inline it would make every
         // connection, idle ones included, that much larger for its whole life.
-        let reply = Box::pin(handlers::handle(
+        let reply = match Box::pin(routes::dispatch(
             &broker,
             request,
-            handlers::Connection { peer, listener },
+            Connection {
+                peer,
+                listener,
+                kind,
+            },
         ))
-        .await;
+        .await
+        {
+            Ok(reply) => reply,
+            Err(refused) => {
+                // As Kafka does with an API its listener does not serve: close, no answer.
+                if warnings.admit(Reason::UnsupportedRequest) {
+                    tracing::warn!(%peer, listener = listener_name, version, error = %refused, "closing connection: request the listener does not serve");
+                }
+                break;
+            }
+        };
         if tx
             .send(InFlight::Reply {
                 api_key,

@@ -12,6 +12,7 @@ pub use caudal_metadata::meta_properties;
 pub mod partition;
 pub mod producer_ids;
 pub mod replica_manager;
+pub mod routes;
 pub mod topics;
 
 use std::io;
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 pub use config::{BrokerConfig, ConfigError, Setting, SETTINGS};
 use partition::Partition;
 use replica_manager::ReplicaManager;
+pub use routes::ListenerKind;
 use topics::{Topic, Topics};
 
 /// Wall-clock milliseconds since the epoch, as Kafka timestamps are.

@@ -3,6 +3,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 use caudal_broker::config::Listener;
+use caudal_broker::ListenerKind;
 use caudal_broker::{BrokerConfig, Server};
 use caudal_protocol::kafka_protocol::messages::{
     ApiKey, MetadataRequest, MetadataResponse, RequestHeader,
@@ -48,11 +49,13 @@ async fn each_listener_advertises_its_own_address() {
             name: "EXTERNAL".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: ("localhost".into(), 0),
+            kind: ListenerKind::Client,
         },
         Listener {
             name: "INTERNAL".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise: ("caudal".into(), 29092),
+            kind: ListenerKind::Client,
         },
     ];
     let server = Server::bind(config).await.unwrap();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use caudal_broker::config::Listener;
+use caudal_broker::ListenerKind;
 use caudal_broker::{BrokerConfig, Server, SETTINGS};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
@@ -107,6 +108,7 @@ fn listeners(listen: &str, advertise: Option<&str>) -> anyhow::Result<Vec<Listen
             name,
             listen,
             advertise: (host, listen.port()),
+            kind: ListenerKind::Client,
         });
     }
     if out.is_empty() {

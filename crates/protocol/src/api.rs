@@ -1,5 +1,7 @@
-//! The APIs Caudal serves and the versions of each. ApiVersions answers from this table, and the
-//! broker dispatches exactly these keys, so nothing is advertised that is not served.
+//! The APIs Caudal serves and the versions of each: the one place a version range is written.
+//! The decoder accepts exactly these (API, version) pairs; the broker's route table takes each
+//! route's range from here and adds the listener kinds it is served on, and ApiVersions answers
+//! from that table (a test in the broker checks that every API here has exactly one route).
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::VersionRange;
@@ -36,17 +38,36 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
-/// The version range served for `api`, or `None` if the API is not served at all.
-pub fn supported_range(api: ApiKey) -> Option<VersionRange> {
-    SUPPORTED_APIS
-        .iter()
-        .find(|(key, _, _)| *key == api)
-        .map(|&(_, min, max)| VersionRange { min, max })
+/// The version range served for `api`, or `None` if the API is not served at all. A `const fn`,
+/// so the broker's route table is built from it at compile time.
+pub const fn supported_range(api: ApiKey) -> Option<VersionRange> {
+    let mut i = 0;
+    while i < SUPPORTED_APIS.len() {
+        let (key, min, max) = SUPPORTED_APIS[i];
+        if key as i16 == api as i16 {
+            return Some(VersionRange { min, max });
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supported_range_finds_each_entry_and_nothing_else() {
+        for &(api, min, max) in SUPPORTED_APIS {
+            assert_eq!(
+                supported_range(api),
+                Some(VersionRange { min, max }),
+                "{api:?}"
+            );
+        }
+        assert_eq!(supported_range(ApiKey::SaslHandshake), None);
+        assert_eq!(supported_range(ApiKey::BrokerRegistration), None);
+    }
 
     #[test]
     fn every_served_range_is_one_the_message_schemas_define() {

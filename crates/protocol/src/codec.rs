@@ -2,6 +2,7 @@
 //! header and body out; a response body in, a length-prefixed frame out.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
 };
@@ -53,12 +54,18 @@ impl RequestError {
     /// an ApiVersions request of a version we do not know gets a v0 response carrying
     /// UNSUPPORTED_VERSION and our ranges, so the client can retry at a version we serve.
     pub fn answer(&self) -> Option<BytesMut> {
+        self.answer_listing(api_versions_keys)
+    }
+
+    /// [`answer`](Self::answer), listing the APIs `keys` gives rather than every API decoded:
+    /// a broker answers with the APIs of the listener the request came in on.
+    pub fn answer_listing(&self, keys: impl FnOnce() -> Vec<ApiVersion>) -> Option<BytesMut> {
         match *self {
             RequestError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
                 correlation_id,
                 ..
-            } => Some(unsupported_api_versions_response(correlation_id)),
+            } => Some(api_versions_fallback(correlation_id, keys())),
             _ => None,
         }
     }
@@ -147,12 +154,12 @@ pub fn encode_response(
     Ok(())
 }
 
-/// The ApiVersions table as the response lists it.
-pub fn api_versions_keys() -> Vec<kafka_protocol::messages::api_versions_response::ApiVersion> {
+/// Every API decoded, as an ApiVersions response lists them.
+pub fn api_versions_keys() -> Vec<ApiVersion> {
     SUPPORTED_APIS
         .iter()
         .map(|&(api, min, max)| {
-            kafka_protocol::messages::api_versions_response::ApiVersion::default()
+            ApiVersion::default()
                 .with_api_key(api as i16)
                 .with_min_version(min)
                 .with_max_version(max)
@@ -163,9 +170,14 @@ pub fn api_versions_keys() -> Vec<kafka_protocol::messages::api_versions_respons
 /// The v0 ApiVersions response with UNSUPPORTED_VERSION that Kafka sends when a client asks for an
 /// ApiVersions version the broker does not know (KIP-511).
 pub fn unsupported_api_versions_response(correlation_id: i32) -> BytesMut {
+    api_versions_fallback(correlation_id, api_versions_keys())
+}
+
+/// The v0 ApiVersions response with UNSUPPORTED_VERSION, listing `keys`.
+fn api_versions_fallback(correlation_id: i32, keys: Vec<ApiVersion>) -> BytesMut {
     let body = ApiVersionsResponse::default()
         .with_error_code(UNSUPPORTED_VERSION)
-        .with_api_keys(api_versions_keys());
+        .with_api_keys(keys);
     let mut out = BytesMut::with_capacity(256);
     // Version 0 of the response can carry everything set above, so encoding cannot fail.
     if encode_response(
