@@ -1,6 +1,10 @@
 //! Fetch: serve stored batches as they are on disk. A fetch with `min_bytes` not yet available
 //! waits until enough arrives or `max_wait_ms` runs out, woken only by appends to the partitions
 //! it asked for (Kafka's delayed fetch, keyed by partition).
+//!
+//! The reads run on blocking threads, never on the async workers: a read that misses the page
+//! cache would otherwise stall every connection sharing the worker. A fetch that is waiting at
+//! the end of its partitions does not read at all until an append wakes it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +36,8 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-        let targets = resolve(&broker, &request, version);
+        let targets = Arc::new(resolve(&broker, &request, version));
+        let request = Arc::new(request);
         // Wakers, armed only once a read came up short: a fetch that finds its data at once
         // (the busy consumer's) allocates none. Armed before the next read, so that an append
         // between that read and the wait still wakes it.
@@ -42,14 +47,14 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             let stop = broker.shutting_down.notified();
             tokio::pin!(stop);
             stop.as_mut().enable();
-            let (response, bytes, any_error) = read_once(&request, version, &targets);
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
-            if bytes >= min_bytes
-                || any_error
-                || stopping
-                || tokio::time::Instant::now() >= deadline
-            {
-                return Some(ResponseKind::Fetch(response));
+            let last = stopping || tokio::time::Instant::now() >= deadline;
+            if last || !at_end(&request, &targets) {
+                let (response, bytes, any_error) =
+                    read_off_workers(request.clone(), version, targets.clone()).await;
+                if bytes >= min_bytes || any_error || last {
+                    return Some(ResponseKind::Fetch(response));
+                }
             }
             if !armed {
                 waits = arm(&targets);
@@ -98,6 +103,38 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
                 .collect()
         })
         .collect()
+}
+
+/// Whether every partition of the fetch is known, online and asked for at its high watermark:
+/// nothing to read, and nothing wrong to report.
+fn at_end(request: &FetchRequest, targets: &Targets) -> bool {
+    request
+        .topics
+        .iter()
+        .zip(targets.iter())
+        .all(|(topic, targets)| {
+            topic.partitions.iter().zip(targets).all(|(fp, target)| {
+                target.as_ref().is_ok_and(|p| {
+                    fp.fetch_offset == p.high_watermark() && p.log().offline_reason().is_none()
+                })
+            })
+        })
+}
+
+/// [`read_once`] on a blocking thread.
+async fn read_off_workers(
+    request: Arc<FetchRequest>,
+    version: i16,
+    targets: Arc<Targets>,
+) -> (FetchResponse, usize, bool) {
+    match tokio::task::spawn_blocking(move || read_once(&request, version, &targets)).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::error!(error = %e, "a fetch's read did not complete");
+            let response = FetchResponse::default().with_error_code(E::UnknownServerError.code());
+            (response, 0, true)
+        }
+    }
 }
 
 /// One waker per partition of the fetch, each resolving at that partition's next append.
