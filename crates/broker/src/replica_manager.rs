@@ -113,10 +113,17 @@ impl ReplicaManager {
         }
     }
 
-    /// Compacts every replica of a compacted topic that needs it.
+    /// Compacts every replica of a compacted topic that needs it. Each pass is planned and
+    /// swapped in under the log's lock, but built without it, so producers and consumers of
+    /// the partition carry on while its segments are rewritten.
     pub fn compact(&self, now_ms: i64) {
         for p in self.all() {
-            match p.log().compact(now_ms) {
+            let plan = p.log().compaction_plan(now_ms);
+            let Some(plan) = plan else { continue };
+            let pass = plan
+                .build()
+                .and_then(|cleaned| p.log().finish_compaction(cleaned, now_ms));
+            match pass {
                 Ok(Some(r)) => tracing::info!(
                     topic = %p.topic,
                     partition = p.index,
@@ -125,7 +132,9 @@ impl ReplicaManager {
                     bytes = format!("{} -> {}", r.bytes_before, r.bytes_after),
                     "compacted"
                 ),
-                Ok(None) => {}
+                Ok(None) => {
+                    tracing::debug!(topic = %p.topic, partition = p.index, "segments changed during compaction; compacting again at the next pass")
+                }
                 Err(e) => {
                     tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed; retrying later")
                 }

@@ -8,13 +8,22 @@
 //! run is deleted. A crash in between leaves segments overlapping the renamed one, and opening the
 //! log drops those (see `PartitionLog::open`). Batches are decoded record by record here; this is
 //! one of the few places the broker must understand records. Compressed batches are kept whole.
+//!
+//! A pass has three parts, so that the partition stays available while it runs: a
+//! [`CompactionPlan`] taken under the log's lock (which segments, and a view of their files),
+//! the rewrite built from that view without the lock ([`CompactionPlan::build`]), and the swap,
+//! under the lock again, of the runs whose segments are still as planned
+//! (`PartitionLog::finish_compaction`). Appends meanwhile go to the active segment, which is
+//! never rewritten; a run whose segments changed meanwhile (retention, truncation) is dropped.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::batch::{read_varint, read_varlong, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD};
+use crate::disk::LogFile;
 use crate::segment::{file_stem, Segment};
 
 /// What one compaction pass did.
@@ -88,16 +97,102 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
     out.push(z as u8);
 }
 
+/// A segment's file as it was when a pass was planned: its first `size` bytes are whole batches
+/// that do not change while the file exists.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentView {
+    pub base: i64,
+    pub file: Arc<dyn LogFile>,
+    pub size: u64,
+}
+
+impl SegmentView {
+    pub fn of(segment: &Segment) -> SegmentView {
+        SegmentView {
+            base: segment.base_offset(),
+            file: segment.log_file().clone(),
+            size: segment.size(),
+        }
+    }
+
+    /// Whether `segment` is still the one seen, unchanged.
+    pub fn matches(&self, segment: &Segment) -> bool {
+        Arc::ptr_eq(&self.file, segment.log_file()) && self.size == segment.size()
+    }
+}
+
+/// What a compaction pass will rewrite, taken under the log's lock.
+#[derive(Debug)]
+pub struct CompactionPlan {
+    pub(crate) dir: PathBuf,
+    /// Every segment, the active one included (its newer keys supersede older records).
+    pub(crate) segments: Vec<SegmentView>,
+    /// Runs of sealed segments that fit together in one segment, as indexes into `segments`.
+    pub(crate) runs: Vec<Vec<usize>>,
+    pub(crate) tombstones_before_ms: i64,
+    /// The active segment's base: everything below was sealed when planned.
+    pub(crate) active_base: i64,
+    pub(crate) segments_before: usize,
+    pub(crate) bytes_before: u64,
+}
+
+/// The rewritten runs, each in its `.cleaned` file (synced), ready to swap in.
+#[derive(Debug)]
+pub struct CleanedRuns {
+    pub(crate) plan: CompactionPlan,
+    pub(crate) records_removed: u64,
+}
+
+impl CompactionPlan {
+    /// Reads the planned segments and writes each run's survivors to its `.cleaned` file. Holds
+    /// no lock: run it off the async workers, with the log free for appends and reads.
+    pub fn build(self) -> io::Result<CleanedRuns> {
+        let built = (|| {
+            let latest = latest_offsets(&self.segments)?;
+            let mut removed = 0;
+            for run in &self.runs {
+                let members: Vec<&SegmentView> =
+                    run.iter().filter_map(|&i| self.segments.get(i)).collect();
+                removed += rewrite_run(&self.dir, &members, &latest, self.tombstones_before_ms)?;
+            }
+            Ok(removed)
+        })();
+        match built {
+            Ok(records_removed) => Ok(CleanedRuns {
+                plan: self,
+                records_removed,
+            }),
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes whatever `.cleaned` files this pass left.
+    pub(crate) fn discard(&self) {
+        for run in &self.runs {
+            if let Some(first) = run.first().and_then(|&i| self.segments.get(i)) {
+                let _ = fs::remove_file(cleaned_path(&self.dir, first.base));
+            }
+        }
+    }
+}
+
+fn cleaned_path(dir: &Path, first_base: i64) -> PathBuf {
+    dir.join(format!("{}.log.cleaned", file_stem(first_base)))
+}
+
 /// Calls `f(header, whole batch)` for every batch of a segment file.
 fn for_each_batch(
-    segment: &Segment,
+    segment: &SegmentView,
     mut f: impl FnMut(&BatchHeader<'_>, &[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let file = segment.log_file();
+    let file = &segment.file;
     let mut buf = Vec::new();
     let mut header = [0u8; BATCH_HEADER_LEN];
     let mut position = 0u64;
-    while position < segment.size() {
+    while position < segment.size {
         file.read_exact_at(&mut header, position)?;
         let len = BatchHeader::parse(&header)
             .and_then(|h| h.total_len())
@@ -112,9 +207,7 @@ fn for_each_batch(
 }
 
 /// The offset of the latest record of every key, over the given segments.
-pub(crate) fn latest_offsets<'a>(
-    segments: impl Iterator<Item = &'a Segment>,
-) -> io::Result<HashMap<Vec<u8>, i64>> {
+fn latest_offsets(segments: &[SegmentView]) -> io::Result<HashMap<Vec<u8>, i64>> {
     let mut latest = HashMap::new();
     for segment in segments {
         for_each_batch(segment, |h, batch| {
@@ -133,14 +226,14 @@ pub(crate) fn latest_offsets<'a>(
 }
 
 /// Rewrites the segments of one run into `<first base>.log.cleaned`; returns the records dropped.
-pub(crate) fn rewrite_run(
+fn rewrite_run(
     dir: &Path,
-    run: &[&Segment],
+    run: &[&SegmentView],
     latest: &HashMap<Vec<u8>, i64>,
     tombstones_before_ms: i64,
 ) -> io::Result<u64> {
-    let first = run.first().map(|s| s.base_offset()).unwrap_or(0);
-    let path = dir.join(format!("{}.log.cleaned", file_stem(first)));
+    let first = run.first().map(|s| s.base).unwrap_or(0);
+    let path = cleaned_path(dir, first);
     let mut out = io::BufWriter::new(File::create(&path)?);
     let mut removed = 0u64;
     let mut scratch = Vec::new();
@@ -203,10 +296,9 @@ pub(crate) fn rewrite_run(
 
 /// Replaces the run's first segment with its cleaned file and removes the rest of the run.
 pub(crate) fn swap_in(dir: &Path, first_base: i64) -> io::Result<()> {
-    let stem = file_stem(first_base);
     fs::rename(
-        dir.join(format!("{stem}.log.cleaned")),
-        dir.join(format!("{stem}.log")),
+        cleaned_path(dir, first_base),
+        dir.join(format!("{}.log", file_stem(first_base))),
     )?;
     File::open(dir)?.sync_all()
 }

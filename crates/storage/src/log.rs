@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{assign_offset, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN};
+use crate::compact::{CleanedRuns, CompactionPlan, CompactionReport, SegmentView};
 use crate::disk::{Disk, LogFile, OsDisk};
 use crate::epochs::LeaderEpochCache;
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
@@ -823,45 +824,110 @@ impl PartitionLog {
     }
 
     /// Compacts the sealed segments if the log is compacted and something changed since the last
-    /// pass (or tombstones may have expired). Holds the log for the duration.
-    pub fn compact(&mut self, now_ms: i64) -> io::Result<Option<crate::compact::CompactionReport>> {
-        if !self.config.compact || self.segments.len() < 2 || self.offline.is_some() {
+    /// pass (or tombstones may have expired), all at once. The broker splits the pass instead
+    /// ([`compaction_plan`](Self::compaction_plan), [`CompactionPlan::build`],
+    /// [`finish_compaction`](Self::finish_compaction)) so that the log is locked only at its
+    /// ends.
+    pub fn compact(&mut self, now_ms: i64) -> io::Result<Option<CompactionReport>> {
+        let Some(plan) = self.compaction_plan(now_ms) else {
             return Ok(None);
+        };
+        let cleaned = plan.build()?;
+        self.finish_compaction(cleaned, now_ms)
+    }
+
+    /// What a compaction pass would rewrite now, if anything: runs of sealed segments that fit
+    /// together in one segment. Cheap: no file is read.
+    pub fn compaction_plan(&mut self, now_ms: i64) -> Option<CompactionPlan> {
+        if !self.config.compact || self.segments.len() < 2 || self.offline.is_some() {
+            return None;
         }
         let active_base = self.active().base_offset();
         let tombstones_due = now_ms - self.last_compaction_ms > self.config.delete_retention_ms;
         if active_base <= self.compacted_through && !tombstones_due {
-            return Ok(None);
+            return None;
         }
-        let mut report = crate::compact::CompactionReport {
-            segments_before: self.segments.len(),
-            bytes_before: self.size_bytes(),
-            ..Default::default()
-        };
-        let latest = crate::compact::latest_offsets(self.segments.values())?;
-        let tombstones_before = now_ms - self.config.delete_retention_ms;
-        // Runs of sealed segments that fit together in one segment.
-        let mut runs: Vec<Vec<i64>> = Vec::new();
+        let segments: Vec<SegmentView> = self.segments.values().map(SegmentView::of).collect();
+        let mut runs: Vec<Vec<usize>> = Vec::new();
         let mut run_bytes = 0u64;
-        for (&base, seg) in self.segments.range(..active_base) {
+        for (i, seg) in segments.iter().enumerate() {
+            if seg.base >= active_base {
+                break;
+            }
             match runs.last_mut() {
-                Some(run) if run_bytes + seg.size() <= self.config.segment_bytes => {
-                    run.push(base);
-                    run_bytes += seg.size();
+                Some(run) if run_bytes + seg.size <= self.config.segment_bytes => {
+                    run.push(i);
+                    run_bytes += seg.size;
                 }
                 _ => {
-                    runs.push(vec![base]);
-                    run_bytes = seg.size();
+                    runs.push(vec![i]);
+                    run_bytes = seg.size;
                 }
             }
         }
-        for run in runs {
-            let members: Vec<&Segment> = run.iter().filter_map(|b| self.segments.get(b)).collect();
-            report.records_removed +=
-                crate::compact::rewrite_run(&self.dir, &members, &latest, tombstones_before)?;
-            let first = run[0];
+        Some(CompactionPlan {
+            dir: self.dir.clone(),
+            segments,
+            runs,
+            tombstones_before_ms: now_ms - self.config.delete_retention_ms,
+            active_base,
+            segments_before: self.segments.len(),
+            bytes_before: self.size_bytes(),
+        })
+    }
+
+    /// Swaps in the runs a pass rewrote, if their segments are still as planned. If any changed
+    /// meanwhile (retention removed one, a truncation cut it) the pass is dropped (`None`) and
+    /// the next one starts afresh.
+    pub fn finish_compaction(
+        &mut self,
+        cleaned: CleanedRuns,
+        now_ms: i64,
+    ) -> io::Result<Option<CompactionReport>> {
+        let CleanedRuns {
+            plan,
+            records_removed,
+        } = cleaned;
+        let unchanged = |log: &PartitionLog, run: &[usize]| {
+            log.offline.is_none()
+                && run.iter().all(|&i| {
+                    plan.segments.get(i).is_some_and(|view| {
+                        log.segments
+                            .get(&view.base)
+                            .is_some_and(|seg| view.matches(seg))
+                    })
+                })
+        };
+        if !plan.runs.iter().all(|run| unchanged(self, run)) {
+            plan.discard();
+            return Ok(None);
+        }
+        if let Err(e) = self.swap_in_runs(&plan, now_ms) {
+            plan.discard();
+            return Err(e);
+        }
+        self.compacted_through = plan.active_base;
+        self.last_compaction_ms = now_ms;
+        Ok(Some(CompactionReport {
+            segments_before: plan.segments_before,
+            segments_after: self.segments.len(),
+            records_removed,
+            bytes_before: plan.bytes_before,
+            bytes_after: self.size_bytes(),
+        }))
+    }
+
+    fn swap_in_runs(&mut self, plan: &CompactionPlan, now_ms: i64) -> io::Result<()> {
+        for run in &plan.runs {
+            let bases: Vec<i64> = run
+                .iter()
+                .filter_map(|&i| plan.segments.get(i).map(|v| v.base))
+                .collect();
+            let Some(&first) = bases.first() else {
+                continue;
+            };
             crate::compact::swap_in(&self.dir, first)?;
-            for base in &run {
+            for base in &bases {
                 if let Some(seg) = self.segments.remove(base) {
                     if *base == first {
                         drop(seg); // its .log was replaced; its indexes are rebuilt below
@@ -882,11 +948,7 @@ impl PartitionLog {
             cleaned.sync_all()?;
             self.segments.insert(first, cleaned);
         }
-        self.compacted_through = active_base;
-        self.last_compaction_ms = now_ms;
-        report.segments_after = self.segments.len();
-        report.bytes_after = self.size_bytes();
-        Ok(Some(report))
+        Ok(())
     }
 
     /// Forgets idempotent producers silent for longer than `expiration_ms`.

@@ -433,6 +433,74 @@ mod compaction {
     }
 
     #[test]
+    fn appends_during_a_pass_are_kept_and_the_pass_still_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        for i in 0..9 {
+            put(&mut log, &format!("k{}", i % 3), Some(&i.to_string()), 10);
+        }
+        let plan = log.compaction_plan(20).expect("something to compact");
+        // Built without the log: meanwhile producers append, and segments roll.
+        let cleaned = plan.build().unwrap();
+        for i in 9..15 {
+            put(&mut log, &format!("k{}", i % 3), Some(&i.to_string()), 30);
+        }
+        let report = log
+            .finish_compaction(cleaned, 40)
+            .unwrap()
+            .expect("swapped in");
+        assert!(report.records_removed > 0, "{report:?}");
+        let got = contents(&log);
+        assert!(
+            (9..15).all(|o| got.iter().any(|(offset, _, _)| *offset == o)),
+            "a record appended during the pass was lost: {got:?}"
+        );
+        assert!(
+            got.windows(2).all(|w| w[0].0 < w[1].0),
+            "offsets still increase: {got:?}"
+        );
+        assert_eq!(log.log_end_offset(), 15);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cleaned"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_pass_over_segments_that_changed_meanwhile_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_ms: 100,
+            ..compact_config(150)
+        };
+        let (mut log, _) = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
+        for i in 0..9 {
+            put(&mut log, &format!("k{}", i % 3), Some(&i.to_string()), 10);
+        }
+        let plan = log.compaction_plan(20).expect("something to compact");
+        let cleaned = plan.build().unwrap();
+        // Retention deletes the oldest planned segment before the pass is swapped in.
+        log.set_config(LogConfig {
+            compact: false,
+            ..config.clone()
+        });
+        assert!(log.apply_retention(1_000).unwrap() > 0);
+        log.set_config(config);
+        let before = contents(&log);
+        let report = log.finish_compaction(cleaned, 1_000).unwrap();
+        assert_eq!(report, None, "a stale pass was swapped in");
+        assert_eq!(contents(&log), before, "a stale pass changed the log");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cleaned"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
     fn tombstones_last_delete_retention_then_go() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
