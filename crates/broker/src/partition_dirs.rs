@@ -24,6 +24,9 @@ const PARTITION_METADATA_FILE: &str = "partition.metadata";
 /// The suffix of a directory set aside after its topic was deleted.
 pub(crate) const DELETED_SUFFIX: &str = "delete";
 
+/// The suffix of a partition directory being made; one a crash left is removed at start.
+pub(crate) const UNFINISHED_SUFFIX: &str = "new";
+
 pub(crate) fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
@@ -61,6 +64,20 @@ pub(crate) fn write_partition_metadata(dir: &Path, topic_id: Uuid) -> io::Result
     let path = dir.join(PARTITION_METADATA_FILE);
     let mut f = fs::File::create(&path)?;
     write!(f, "version: 0\ntopic_id: {}\n", topic_id.hyphenated())
+}
+
+/// Makes the directory `dir` of a new partition of topic `topic_id`, carrying its id, in one
+/// step: made under a temporary name, then renamed into place, so that a failure or a crash
+/// never leaves a partition directory without its topic's id. On failure nothing is left.
+pub(crate) fn create_partition_dir(dir: &Path, topic_id: Uuid) -> io::Result<()> {
+    let unfinished = aside_name(dir, Uuid::new_v4(), UNFINISHED_SUFFIX);
+    let made = fs::create_dir(&unfinished)
+        .and_then(|()| write_partition_metadata(&unfinished, topic_id))
+        .and_then(|()| fs::rename(&unfinished, dir));
+    if made.is_err() {
+        let _ = fs::remove_dir_all(&unfinished);
+    }
+    made
 }
 
 /// The topic id a partition directory carries, if it has one.
