@@ -220,7 +220,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
 
@@ -243,7 +243,8 @@ mod tests {
         Partition::start("t".into(), Uuid::nil(), index, log)
     }
 
-    fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {
+    /// Whether a future is done, polled once.
+    pub(crate) fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {
         matches!(
             f.as_mut().poll(&mut Context::from_waker(Waker::noop())),
             Poll::Ready(_)

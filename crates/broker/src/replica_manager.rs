@@ -414,15 +414,13 @@ fn sync_filesystem(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-
     use bytes::Bytes;
     use caudal_metadata::records::{LeaderChange, MetadataRecord};
     use caudal_metadata::{MetadataDelta, Provenance};
     use caudal_storage::{BatchHeader, LogConfig, LogFile, OsDisk, PartitionLog};
 
     use super::*;
+    use crate::partition::tests::ready;
 
     fn replica(dir: &Path, topic_id: Uuid, index: i32) -> Arc<Partition> {
         let (log, _) =
@@ -564,19 +562,17 @@ mod tests {
         names
     }
 
-    fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {
-        matches!(
-            f.as_mut().poll(&mut Context::from_waker(Waker::noop())),
-            Poll::Ready(_)
-        )
+    /// A data directory, its metadata log, and a replica manager that has applied nothing.
+    fn setup() -> (tempfile::TempDir, BrokerConfig, Metadata, ReplicaManager) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        (dir, config, Metadata::new(), ReplicaManager::new())
     }
 
     #[tokio::test]
     async fn a_created_topic_is_made_and_led_at_epoch_0() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let (mut metadata, id) = (Metadata::new(), Uuid::new_v4());
-        let replicas = ReplicaManager::new();
+        let (dir, config, mut metadata, replicas) = setup();
+        let id = Uuid::new_v4();
 
         let changes = metadata.step(&topic("orders", id, 2, &[ME, 2]));
         let report = replicas.apply_changes(&metadata.image, &changes, &ctx(&config));
@@ -594,10 +590,8 @@ mod tests {
 
     #[tokio::test]
     async fn leadership_and_epoch_follow_the_image() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let (mut metadata, id) = (Metadata::new(), Uuid::new_v4());
-        let replicas = ReplicaManager::new();
+        let (_dir, config, mut metadata, replicas) = setup();
+        let id = Uuid::new_v4();
         let changes = metadata.step(&topic("orders", id, 1, &[ME, 2]));
         replicas.apply_changes(&metadata.image, &changes, &ctx(&config));
         let p = replicas.leader(tp(id, 0)).unwrap();
@@ -642,10 +636,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_topic_is_set_aside_and_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let (mut metadata, id, kept) = (Metadata::new(), Uuid::new_v4(), Uuid::new_v4());
-        let replicas = ReplicaManager::new();
+        let (dir, config, mut metadata, replicas) = setup();
+        let (id, kept) = (Uuid::new_v4(), Uuid::new_v4());
         let mut records = topic("orders", id, 1, &[ME]);
         records.extend(topic("kept", kept, 1, &[ME]));
         let changes = metadata.step(&records);
@@ -682,13 +674,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_restart_opens_the_same_replicas_with_their_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let (mut metadata, id, other) = (Metadata::new(), Uuid::new_v4(), Uuid::new_v4());
+        let (dir, config, mut metadata, replicas) = setup();
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
         let mut records = topic("orders", id, 2, &[ME, 2]);
         records.extend(topic("elsewhere", other, 1, &[2, 3]));
         records.push(move_leader(id, 1, 2));
-        let replicas = ReplicaManager::new();
         let changes = metadata.step(&records);
         replicas.apply_changes(&metadata.image, &changes, &ctx(&config));
         append(&replicas.leader(tp(id, 0)).unwrap());
@@ -722,9 +712,8 @@ mod tests {
 
     #[tokio::test]
     async fn strays_are_set_aside_only_when_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let (mut metadata, id, theirs) = (Metadata::new(), Uuid::new_v4(), Uuid::new_v4());
+        let (dir, config, mut metadata, replicas) = setup();
+        let (id, theirs) = (Uuid::new_v4(), Uuid::new_v4());
         let mut records = topic("orders", id, 1, &[ME]);
         records.extend(topic("theirs", theirs, 1, &[2]));
         metadata.step(&records);
@@ -736,7 +725,6 @@ mod tests {
         }
         fs::create_dir(dir.path().join("__cluster_metadata-0")).unwrap();
 
-        let replicas = ReplicaManager::new();
         let report = replicas.load_from_image(&metadata.image, &ctx(&config));
         // The earlier topic's directory makes way for the image's partition, kept aside.
         assert_eq!(report.created, [tp(id, 0)]);
@@ -774,10 +762,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_creation_leaves_nothing_and_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
-        let (mut metadata, id) = (Metadata::new(), Uuid::new_v4());
-        let replicas = ReplicaManager::new();
+        let (dir, config, mut metadata, replicas) = setup();
+        let id = Uuid::new_v4();
         // Partition 0: a file is where its directory should go.
         fs::write(dir.path().join("orders-0"), b"not a directory").unwrap();
         let changes = metadata.step(&topic("orders", id, 1, &[ME]));
