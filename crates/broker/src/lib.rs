@@ -10,6 +10,7 @@ pub mod groups;
 pub mod handlers;
 pub use caudal_metadata::meta_properties;
 pub mod partition;
+mod partition_dirs;
 pub mod producer_ids;
 pub mod replica_manager;
 pub mod routes;

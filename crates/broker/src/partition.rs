@@ -99,9 +99,32 @@ impl Partition {
         self.leader.load(Ordering::Acquire)
     }
 
-    /// Stops leading: produce and fetch from clients get NOT_LEADER_OR_FOLLOWER.
+    /// Stops leading: produce and fetch from clients get NOT_LEADER_OR_FOLLOWER. Fetches
+    /// waiting on this partition wake to answer.
     pub fn become_follower(&self) {
-        self.leader.store(false, Ordering::Release);
+        let epoch = self.leader_epoch();
+        self.set_leadership(false, epoch);
+    }
+
+    /// Leads (or follows) the partition at `epoch`, as the metadata image says. A replica that
+    /// becomes leader at a new epoch stamps it on the batches it appends from now on, and its
+    /// log's epoch cache records where the epoch began with the first of them. Fetches waiting
+    /// on this partition wake when leadership or epoch change, so that they answer (a former
+    /// leader must not keep a consumer waiting for data it will not get).
+    pub fn set_leadership(&self, leader: bool, epoch: i32) {
+        let changed = {
+            // Under the log lock, so no append stamps the old epoch after the new one is set.
+            let mut log = self.log();
+            if leader && log.leader_epoch() != epoch {
+                log.set_leader_epoch(epoch);
+            }
+            let was_leader = self.leader.swap(leader, Ordering::AcqRel);
+            let old_epoch = self.leader_epoch.swap(epoch, Ordering::AcqRel);
+            was_leader != leader || old_epoch != epoch
+        };
+        if changed {
+            self.appended.notify_waiters();
+        }
     }
 
     /// Checks a client's idea of the current leader epoch (-1: none given) against this
@@ -197,7 +220,7 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
 
@@ -220,7 +243,8 @@ mod tests {
         Partition::start("t".into(), Uuid::nil(), index, log)
     }
 
-    fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {
+    /// Whether a future is done, polled once.
+    pub(crate) fn ready(f: &mut std::pin::Pin<&mut impl Future>) -> bool {
         matches!(
             f.as_mut().poll(&mut Context::from_waker(Waker::noop())),
             Poll::Ready(_)

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use caudal_storage::{Disk, PartitionLog};
@@ -22,11 +22,13 @@ use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;
+use crate::partition_dirs::{
+    self, open_existing_log, partition_dir, read_partition_metadata, set_aside,
+    write_partition_metadata,
+};
 use crate::replica_manager::ReplicaManager;
 
 const METADATA_FILE: &str = "caudal-metadata.toml";
-/// Beside each partition's segments: the id of the topic it belongs to.
-const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
 /// A topic as the cluster knows it. Its partitions' logs are the replica manager's.
 #[derive(Debug)]
@@ -150,8 +152,17 @@ impl Topics {
             },
             Err(e) => return Err(e),
         };
-        remove_deleted_dirs(&data_dir);
-        set_aside_strays(&data_dir, &file.topics);
+        partition_dirs::remove_leftover_dirs(&data_dir, &[partition_dirs::DELETED_SUFFIX]);
+        // Before anything opens them: directories of a topic whose creation or deletion a
+        // crash cut short, or of an earlier topic of the same name.
+        let owners: HashMap<&str, &TopicRecord> =
+            file.topics.iter().map(|t| (t.name.as_str(), t)).collect();
+        partition_dirs::set_aside_strays(&data_dir, |topic, index| {
+            owners
+                .get(topic)
+                .filter(|t| (0..t.partitions).contains(&index))
+                .map(|t| t.id)
+        });
         let mut by_name = TopicMap::default();
         for record in &file.topics {
             replicas.add(open_topic(config, &disk, record, now_ms)?);
@@ -283,28 +294,7 @@ impl Topics {
         self.write().remove(name);
         // The topic is gone; its files go in the background.
         let retired = self.replicas.remove_topic(topic.id, topic.partition_count);
-        let mut doomed = Vec::with_capacity(retired.len());
-        for p in &retired {
-            let dir = {
-                let mut log = p.log();
-                log.retire("the topic was deleted");
-                log.dir().to_path_buf()
-            };
-            let aside = aside_name(&dir, topic.id, "delete");
-            match fs::rename(&dir, &aside) {
-                Ok(()) => doomed.push(aside),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "could not rename a deleted partition's directory aside; it is set aside at the next start")
-                }
-            }
-        }
-        tokio::task::spawn_blocking(move || {
-            for dir in doomed {
-                if let Err(e) = fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted partition's files; removed at the next start");
-                }
-            }
-        });
+        partition_dirs::delete_partitions(&retired, "the topic was deleted");
         tracing::info!(topic = name, "deleted topic");
         Ok(topic)
     }
@@ -406,10 +396,6 @@ impl Topics {
     }
 }
 
-fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
-    data_dir.join(format!("{topic}-{index}"))
-}
-
 /// Makes the partitions `first..record.partitions` of a topic, each in a new directory that
 /// carries the topic's id. On any failure, every directory made here is removed again.
 fn open_new_partitions(
@@ -460,100 +446,6 @@ fn remove_partition_dirs(partitions: &[Arc<Partition>]) {
     }
 }
 
-/// `<dir>.<id>-<suffix>`: a partition directory set aside under a name no topic can have.
-fn aside_name(dir: &Path, id: Uuid, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!("{name}.{}-{suffix}", id.simple()))
-}
-
-/// Renames a directory aside as `-<suffix>` and says so.
-fn set_aside(dir: &Path, suffix: &str, why: &str) -> io::Result<()> {
-    let aside = aside_name(dir, Uuid::new_v4(), suffix);
-    fs::rename(dir, &aside)?;
-    tracing::warn!(dir = %dir.display(), moved_to = %aside.display(), reason = why, "partition directory set aside, not adopted; remove it when it is no longer needed");
-    Ok(())
-}
-
-/// Not fsync'd: losing it in a crash is harmless. A directory without it is adopted by the
-/// topic the (fsync'd) topic list gives it to, or set aside if the list has no such partition;
-/// and ten thousand fsyncs would make a large topic slow to create.
-fn write_partition_metadata(dir: &Path, topic_id: Uuid) -> io::Result<()> {
-    let path = dir.join(PARTITION_METADATA_FILE);
-    let mut f = fs::File::create(&path)?;
-    write!(f, "version: 0\ntopic_id: {}\n", topic_id.hyphenated())
-}
-
-/// The topic id a partition directory carries, if it has one.
-fn read_partition_metadata(dir: &Path) -> Option<Uuid> {
-    let text = fs::read_to_string(dir.join(PARTITION_METADATA_FILE)).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("topic_id:"))
-        .and_then(|id| Uuid::parse_str(id.trim()).ok())
-}
-
-/// Sets aside, before anything opens them, the partition directories that belong to no topic
-/// (a topic whose creation or deletion was cut short by a crash) or to another topic of the
-/// same name (one deleted and recreated), and reports the ones set aside before.
-fn set_aside_strays(data_dir: &Path, topics: &[TopicRecord]) {
-    let Ok(entries) = fs::read_dir(data_dir) else {
-        return;
-    };
-    let by_name: HashMap<&str, &TopicRecord> =
-        topics.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut kept_aside = 0usize;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with("-stray") {
-            kept_aside += 1;
-            continue;
-        }
-        let Some((topic, index)) = name.rsplit_once('-') else {
-            continue;
-        };
-        let Ok(index) = index.parse::<i32>() else {
-            continue;
-        };
-        if validate_topic_name(topic).is_err() {
-            continue;
-        }
-        let owner = by_name
-            .get(topic)
-            .filter(|t| (0..t.partitions).contains(&index));
-        let why = match (owner, read_partition_metadata(&path)) {
-            (None, _) => "no topic has this partition",
-            (Some(t), Some(id)) if id != t.id => "it belongs to an earlier topic of the same name",
-            (Some(t), None) => {
-                // Made before partition directories carried their topic's id: adopt it.
-                if let Err(e) = write_partition_metadata(&path, t.id) {
-                    tracing::warn!(dir = %path.display(), error = %e, "could not record the topic id of a partition directory");
-                }
-                continue;
-            }
-            (Some(_), Some(_)) => continue,
-        };
-        match set_aside(&path, "stray", why) {
-            Ok(()) => kept_aside += 1,
-            Err(e) => {
-                tracing::error!(dir = %path.display(), error = %e, "could not set aside a partition directory that belongs to no topic")
-            }
-        }
-    }
-    if kept_aside > 0 {
-        tracing::warn!(
-            dir = %data_dir.display(),
-            directories = kept_aside,
-            "partition directories set aside as -stray are kept, not served; remove them when no longer needed"
-        );
-    }
-}
-
 /// Opens the partitions of a topic of the list, recovering their logs.
 fn open_topic(
     config: &BrokerConfig,
@@ -565,14 +457,9 @@ fn open_topic(
     let mut partitions = Vec::with_capacity(record.partitions.max(0) as usize);
     for index in 0..record.partitions {
         let dir = partition_dir(&config.data_dir, &record.name, index);
-        let (log, report) = PartitionLog::open_on(disk.clone(), &dir, log_config.clone(), now_ms)?;
+        let log = open_existing_log(disk, &dir, log_config.clone(), now_ms, &record.name, index)?;
         if read_partition_metadata(&dir).is_none() {
             write_partition_metadata(&dir, record.id)?;
-        }
-        if report.truncated_bytes > 0 || !report.reasons.is_empty() {
-            tracing::warn!(topic = %record.name, partition = index, truncated_bytes = report.truncated_bytes, details = ?report.reasons, "recovered partition log");
-        } else if report.recovered_segments > 0 {
-            tracing::debug!(topic = %record.name, partition = index, segments = report.recovered_segments, "scanned segments after the recovery point");
         }
         partitions.push(Partition::start(record.name.clone(), record.id, index, log));
     }
@@ -582,19 +469,6 @@ fn open_topic(
 fn new_cluster_id() -> String {
     // Kafka cluster ids are 22 characters of URL-safe base64 of a UUID; a simple hex UUID serves.
     Uuid::new_v4().simple().to_string()
-}
-
-fn remove_deleted_dirs(data_dir: &Path) {
-    let Ok(entries) = fs::read_dir(data_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with("-delete") {
-            if let Err(e) = fs::remove_dir_all(entry.path()) {
-                tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove a deleted partition's files");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

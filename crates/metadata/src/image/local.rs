@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use super::delta::MetadataDelta;
-use super::PartitionRegistration;
+use super::{MetadataImage, PartitionRegistration};
 
 /// A partition named the way the replica manager keys them: a name can be reused by a new topic,
 /// an id cannot.
@@ -28,6 +28,12 @@ pub struct LocalReplicaChanges {
 }
 
 impl LocalReplicaChanges {
+    fn sort(&mut self) {
+        for list in [&mut self.deleted, &mut self.leaders, &mut self.followers] {
+            list.sort_by_key(|(id, _)| *id);
+        }
+    }
+
     fn classify(
         &mut self,
         broker_id: i32,
@@ -94,13 +100,22 @@ impl MetadataDelta {
                 }
             }
         }
-        for list in [
-            &mut changes.deleted,
-            &mut changes.leaders,
-            &mut changes.followers,
-        ] {
-            list.sort_by_key(|(id, _)| *id);
+        changes.sort();
+        changes
+    }
+}
+
+impl MetadataImage {
+    /// Every replica `broker_id` hosts in this image, as the changes from an empty image: what a
+    /// broker opens at start.
+    pub fn local_replicas(&self, broker_id: i32) -> LocalReplicaChanges {
+        let mut changes = LocalReplicaChanges::default();
+        for topic in self.topics() {
+            for (index, registration) in topic.partitions.iter().enumerate() {
+                changes.classify(broker_id, tp(topic.id, index), None, Some(registration));
+            }
         }
+        changes.sort();
         changes
     }
 }
@@ -172,7 +187,12 @@ mod tests {
             before in crate::testing::record_sequence(30),
             records in crate::testing::record_sequence(30),
         ) {
-            let base = Arc::new(replay_all(Arc::new(MetadataImage::empty()), &before, 1).apply());
+            let from_empty = replay_all(Arc::new(MetadataImage::empty()), &before, 1);
+            let at_start: Vec<_> = (0..5).map(|b| from_empty.local_changes(b)).collect();
+            let base = Arc::new(from_empty.apply());
+            for (broker_id, changes) in at_start.into_iter().enumerate() {
+                prop_assert_eq!(base.local_replicas(broker_id as i32), changes, "broker {} at start", broker_id);
+            }
             let delta = replay_all(Arc::clone(&base), &records, 100);
             let per_broker: Vec<_> = (0..5).map(|b| delta.local_changes(b)).collect();
             let image = delta.apply();
