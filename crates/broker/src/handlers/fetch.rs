@@ -94,10 +94,7 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
                 .partitions
                 .iter()
                 .map(|fp| match &topic {
-                    Ok(t) => broker.leader_partition(t, fp.partition).and_then(|p| {
-                        p.check_leader_epoch(fp.current_leader_epoch)?;
-                        Ok(p)
-                    }),
+                    Ok(t) => broker.leader_partition(t, fp.partition),
                     Err(code) => Err(*code),
                 })
                 .collect()
@@ -105,8 +102,8 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
         .collect()
 }
 
-/// Whether every partition of the fetch is known, online and asked for at its high watermark:
-/// nothing to read, and nothing wrong to report.
+/// Whether every partition of the fetch is known, led here at the epoch the client knows, online
+/// and asked for at its high watermark: nothing to read, and nothing wrong to report.
 fn at_end(request: &FetchRequest, targets: &Targets) -> bool {
     request
         .topics
@@ -115,7 +112,10 @@ fn at_end(request: &FetchRequest, targets: &Targets) -> bool {
         .all(|(topic, targets)| {
             topic.partitions.iter().zip(targets).all(|(fp, target)| {
                 target.as_ref().is_ok_and(|p| {
-                    fp.fetch_offset == p.high_watermark() && p.log().offline_reason().is_none()
+                    fp.fetch_offset == p.high_watermark()
+                        && p.is_leader()
+                        && p.check_leader_epoch(fp.current_leader_epoch).is_ok()
+                        && p.log().offline_reason().is_none()
                 })
             })
         })
@@ -192,11 +192,18 @@ fn read_once(
                 } else {
                     None
                 });
-            let partition = match target {
+            // Checked at every pass: leadership can move while a fetch waits.
+            let partition = match target.as_ref().map_err(|code| *code).and_then(|p| {
+                if !p.is_leader() {
+                    return Err(E::NotLeaderOrFollower.code());
+                }
+                p.check_leader_epoch(fp.current_leader_epoch)?;
+                Ok(p)
+            }) {
                 Ok(p) => p,
                 Err(code) => {
                     any_error = true;
-                    partitions.push(base.with_error_code(*code));
+                    partitions.push(base.with_error_code(code));
                     continue;
                 }
             };
@@ -269,5 +276,57 @@ fn topic_response(
         r.with_topic_id(request.topic_id)
     } else {
         r.with_topic(TopicName(str_bytes(request.topic.0.as_str())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kafka_protocol::messages::fetch_request::FetchPartition;
+
+    use super::*;
+    use crate::replica_manager::tp;
+    use crate::{now_ms, BrokerConfig, Server};
+
+    #[tokio::test]
+    async fn a_waiting_fetch_answers_as_soon_as_its_partition_stops_leading() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let server = Server::bind(config.clone()).await.unwrap();
+        let broker = server.broker().clone();
+        let topic = broker
+            .topics
+            .create(&config, "moves", 1, BTreeMap::new(), false, now_ms())
+            .await
+            .unwrap()
+            .unwrap();
+        let request = FetchRequest::default()
+            .with_max_wait_ms(60_000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(str_bytes("moves")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_current_leader_epoch(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let waiting = tokio::spawn(handle(broker.clone(), request, 12));
+        // Let the fetch find nothing and wait.
+        tokio::task::yield_now().await;
+        let partition = broker.replicas.get(tp(topic.id, 0)).unwrap();
+        partition.set_leadership(false, 1);
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the fetch kept waiting after its partition moved")
+            .unwrap();
+        let Some(ResponseKind::Fetch(response)) = answer else {
+            panic!("not a fetch response: {answer:?}");
+        };
+        assert_eq!(
+            response.responses[0].partitions[0].error_code,
+            E::NotLeaderOrFollower.code()
+        );
     }
 }
