@@ -25,6 +25,12 @@ pub trait Disk: Send + Sync + fmt::Debug {
 pub trait LogFile: Send + Sync + fmt::Debug {
     /// Fills `buf` from `position`; an error if the file ends first.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Fills `buf` from `position` only if that takes no waiting for the device (the bytes are
+    /// in the page cache): `Ok(false)` when the read would block, or when the file cannot tell.
+    /// Callers on async workers try this first and read on a blocking thread otherwise.
+    fn read_cached_at(&self, _buf: &mut [u8], _position: u64) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Appends `parts`, in order, at the end of the file. On an error any prefix of them may
     /// have been written: the caller puts the file back to its previous length.
     fn append(&self, parts: &[&[u8]]) -> io::Result<()>;
@@ -213,6 +219,18 @@ impl LogFile for CachedFile {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         self.with(|f| f.read_exact_at(buf, position))
     }
+    fn read_cached_at(&self, buf: &mut [u8], position: u64) -> io::Result<bool> {
+        let file = {
+            let open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            match &*open {
+                Some(f) => f.clone(),
+                // Opening it again is file-system work: leave that to a blocking thread.
+                None => return Ok(false),
+            }
+        };
+        self.used.store(true, Ordering::Relaxed);
+        read_cached(&file, buf, position)
+    }
     fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
         self.with(|f| append_all(f, parts))
     }
@@ -225,6 +243,39 @@ impl LogFile for CachedFile {
     fn sync_data(&self) -> io::Result<()> {
         self.with(|f| f.sync_data())
     }
+}
+
+/// `read_exact_at` from the page cache only (Linux `preadv2` with `RWF_NOWAIT`): `Ok(false)` as
+/// soon as a part is not cached, or if the file system does not support it.
+fn read_cached(file: &File, buf: &mut [u8], position: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        let Ok(offset) = libc::off_t::try_from(position + done as u64) else {
+            return Ok(false);
+        };
+        // SAFETY: the iovec points into `rest`, which outlives the call and is `iov_len` bytes
+        // long; `file` keeps the descriptor open for the call.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        done += n as usize;
+    }
+    Ok(true)
 }
 
 /// A file for positioned reads and appends, as the log keeps its files.
@@ -243,6 +294,10 @@ struct OsFile(File);
 impl LogFile for OsFile {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         self.0.read_exact_at(buf, position)
+    }
+
+    fn read_cached_at(&self, buf: &mut [u8], position: u64) -> io::Result<bool> {
+        read_cached(&self.0, buf, position)
     }
 
     fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
@@ -302,6 +357,34 @@ mod tests {
         let f = disk.open(&dir.path().join("fresh.log"), true).unwrap();
         f.append(&[b"x"]).unwrap();
         assert!(disk.open_files() <= 3);
+    }
+
+    #[test]
+    fn cached_reads_come_from_open_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = BoundedDisk::new(3);
+        let files: Vec<Arc<dyn LogFile>> = (0..10u8)
+            .map(|i| {
+                let f = disk
+                    .open(&dir.path().join(format!("{i}.log")), true)
+                    .unwrap();
+                f.append(&[&[i; 4]]).unwrap();
+                f
+            })
+            .collect();
+        let mut closed = 0;
+        for (i, f) in files.iter().enumerate() {
+            let mut buf = [0u8; 4];
+            if f.read_cached_at(&mut buf, 0).unwrap() {
+                assert_eq!(buf, [i as u8; 4]);
+            } else {
+                // Closed by the budget: reopening it is left to a blocking read.
+                closed += 1;
+                f.read_exact_at(&mut buf, 0).unwrap();
+                assert_eq!(buf, [i as u8; 4]);
+            }
+        }
+        assert!(closed >= 7, "{closed} of 10 files reported closed");
     }
 
     #[test]

@@ -130,9 +130,27 @@ impl ReadPlan {
     /// Reads whole batches, at most `max_bytes` of them (or the first batch whatever its size if
     /// `min_one_batch`), none at or past `max_offset`.
     pub fn read(&self) -> io::Result<Bytes> {
+        let read =
+            self.read_with(|buf, position| self.file.read_exact_at(buf, position).map(|()| true))?;
+        Ok(read.unwrap_or_default())
+    }
+
+    /// [`read`](Self::read) if the bytes are in the page cache, so that it never waits for the
+    /// device; `None` when some are not (read them on a blocking thread instead).
+    pub fn read_cached(&self) -> io::Result<Option<Bytes>> {
+        self.read_with(|buf, position| self.file.read_cached_at(buf, position))
+    }
+
+    /// The read, with `read_at` filling a buffer from a position, or saying it would block.
+    fn read_with(
+        &self,
+        read_at: impl Fn(&mut [u8], u64) -> io::Result<bool>,
+    ) -> io::Result<Option<Bytes>> {
         let want = (self.available as usize).min(self.max_bytes);
         let mut buf = filled_buffer(want.max(BATCH_HEADER_LEN.min(self.available as usize)));
-        self.file.read_exact_at(&mut buf, self.position)?;
+        if !read_at(&mut buf, self.position)? {
+            return Ok(None);
+        }
         let mut iter = BatchIter::new(&buf);
         let mut end = 0;
         for (at, h) in iter.by_ref() {
@@ -151,14 +169,16 @@ impl ReadPlan {
                 if let Ok(len) = h.total_len() {
                     if len as u64 <= self.available {
                         let mut whole = filled_buffer(len);
-                        self.file.read_exact_at(&mut whole, self.position)?;
-                        return Ok(whole.freeze());
+                        if !read_at(&mut whole, self.position)? {
+                            return Ok(None);
+                        }
+                        return Ok(Some(whole.freeze()));
                     }
                 }
             }
         }
         buf.truncate(end);
-        Ok(buf.freeze())
+        Ok(Some(buf.freeze()))
     }
 }
 

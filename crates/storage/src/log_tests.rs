@@ -59,6 +59,36 @@ fn appends_get_consecutive_offsets_and_read_back_from_any_offset() {
 }
 
 #[test]
+fn a_cached_read_returns_what_a_disk_read_does_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    append_n(&mut log, 20, 5, 0);
+    for (offset, max_bytes) in [(0, 1 << 20), (37, 200), (99, 10)] {
+        let plan = log.read(offset, max_bytes, i64::MAX, true).unwrap().unwrap();
+        // Just written, so in the page cache (the test directory is on a file system that
+        // supports RWF_NOWAIT, as ext4, xfs and btrfs do).
+        assert_eq!(
+            plan.read_cached().unwrap(),
+            Some(plan.read().unwrap()),
+            "at {offset}"
+        );
+    }
+    // A file that cannot tell what is cached never claims a cached read.
+    let disk = crate::disk::faults::FaultyDisk::new();
+    let (mut faulty, _) = PartitionLog::open_on(
+        std::sync::Arc::new(disk),
+        &dir.path().join("faulty"),
+        config(1 << 20),
+        0,
+    )
+    .unwrap();
+    append_n(&mut faulty, 2, 5, 0);
+    let plan = faulty.read(0, 1 << 20, i64::MAX, true).unwrap().unwrap();
+    assert_eq!(plan.read_cached().unwrap(), None);
+    assert!(!plan.read().unwrap().is_empty());
+}
+
+#[test]
 fn reads_stop_at_max_bytes_on_a_batch_boundary_but_return_one_oversized_batch() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();

@@ -2,9 +2,11 @@
 //! waits until enough arrives or `max_wait_ms` runs out, woken only by appends to the partitions
 //! it asked for (Kafka's delayed fetch, keyed by partition).
 //!
-//! The reads run on blocking threads, never on the async workers: a read that misses the page
-//! cache would otherwise stall every connection sharing the worker. A fetch that is waiting at
-//! the end of its partitions does not read at all until an append wakes it.
+//! A read never waits for the disk on an async worker, where it would stall every connection
+//! sharing the worker: a pass first reads only what the page cache holds (`RWF_NOWAIT`), the
+//! common case of consumers near the end of the log, and if anything is missing the whole pass
+//! runs again on a blocking thread. A fetch that is waiting at the end of its partitions does
+//! not read at all until an append wakes it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,8 +52,11 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
             let last = stopping || tokio::time::Instant::now() >= deadline;
             if last || !at_end(&request, &targets) {
-                let (response, bytes, any_error) =
-                    read_off_workers(request.clone(), version, targets.clone()).await;
+                let read = match read_once(&request, version, &targets, Reads::CachedOnly) {
+                    Some(read) => read,
+                    None => read_off_workers(request.clone(), version, targets.clone()).await,
+                };
+                let (response, bytes, any_error) = read;
                 if bytes >= min_bytes || any_error || last {
                     return Some(ResponseKind::Fetch(response));
                 }
@@ -121,14 +126,21 @@ fn at_end(request: &FetchRequest, targets: &Targets) -> bool {
         })
 }
 
-/// [`read_once`] on a blocking thread.
+/// [`read_once`] on a blocking thread, reading whatever the page cache lacks from the disk.
 async fn read_off_workers(
     request: Arc<FetchRequest>,
     version: i16,
     targets: Arc<Targets>,
 ) -> (FetchResponse, usize, bool) {
-    match tokio::task::spawn_blocking(move || read_once(&request, version, &targets)).await {
-        Ok(read) => read,
+    let read =
+        tokio::task::spawn_blocking(move || read_once(&request, version, &targets, Reads::Disk));
+    match read.await {
+        Ok(Some(read)) => read,
+        Ok(None) => {
+            tracing::error!("a fetch's read from disk gave up");
+            let response = FetchResponse::default().with_error_code(E::UnknownServerError.code());
+            (response, 0, true)
+        }
         Err(e) => {
             tracing::error!(error = %e, "a fetch's read did not complete");
             let response = FetchResponse::default().with_error_code(E::UnknownServerError.code());
@@ -166,13 +178,33 @@ impl<F: Future> Future for AnyOf<'_, F> {
     }
 }
 
+/// Where a pass may read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// Only the page cache: the pass gives up (`None`) rather than wait for the disk.
+    CachedOnly,
+    /// The disk too: on a blocking thread only.
+    Disk,
+}
+
+impl Reads {
+    fn read(self, plan: &caudal_storage::ReadPlan) -> std::io::Result<Option<Bytes>> {
+        match self {
+            Reads::CachedOnly => plan.read_cached(),
+            Reads::Disk => plan.read().map(Some),
+        }
+    }
+}
+
 /// One pass over the requested partitions: returns the response, the record bytes in it, and
-/// whether any partition has an error (which answers the fetch at once, as in Kafka).
+/// whether any partition has an error (which answers the fetch at once, as in Kafka). `None`
+/// when `reads` is [`Reads::CachedOnly`] and some bytes are not cached.
 fn read_once(
     request: &FetchRequest,
     version: i16,
     targets: &Targets,
-) -> (FetchResponse, usize, bool) {
+    reads: Reads,
+) -> Option<(FetchResponse, usize, bool)> {
     let mut remaining = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut total = 0usize;
     let mut any_error = false;
@@ -227,8 +259,9 @@ fn read_once(
                 .with_last_stable_offset(high_watermark)
                 .with_log_start_offset(log_start_offset);
             let records = match plan {
-                Ok(Some(plan)) => match plan.read() {
-                    Ok(bytes) => bytes,
+                Ok(Some(plan)) => match reads.read(&plan) {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => return None,
                     Err(e) => {
                         tracing::error!(topic = %partition.topic, partition = fp.partition, error = %e, "reading the log failed");
                         any_error = true;
@@ -263,7 +296,7 @@ fn read_once(
     let response = FetchResponse::default()
         .with_session_id(0)
         .with_responses(responses);
-    (response, total, any_error)
+    Some((response, total, any_error))
 }
 
 fn topic_response(
