@@ -5,6 +5,9 @@ pub mod config;
 mod connection;
 mod connection_quotas;
 mod connection_warnings;
+pub mod controller_channel;
+#[cfg(test)]
+mod controller_testing;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
