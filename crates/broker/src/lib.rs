@@ -11,6 +11,7 @@ mod controller_testing;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
+pub mod lifecycle;
 pub use caudal_metadata::meta_properties;
 pub mod partition;
 pub mod producer_ids;
