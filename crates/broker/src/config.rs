@@ -99,6 +99,9 @@ pub const SETTINGS: &[Setting] = &[
     s("group.consumer.heartbeat.interval.ms", None, Int, "5000", 1, "How often members of consumer-protocol groups (KIP-848, group.protocol=consumer) heartbeat."),
     s("group.consumer.session.timeout.ms", None, Int, "45000", 1, "How long a consumer-protocol member may stay silent before it is removed from its group."),
     s("group.consumer.assignors", None, Str, "uniform,range", 0, "Server-side assignors of consumer-protocol groups, the default first: uniform, range (or Kafka's class names)."),
+    s("broker.heartbeat.interval.ms", None, Int, "2000", 1, "How often the broker heartbeats to the controller (once the broker runs on the metadata quorum)."),
+    s("broker.session.timeout.ms", None, Int, "9000", 1, "How long the controller waits without a heartbeat before it fences a broker and moves its partition leaderships."),
+    s("broker.rack", None, Str, "", 0, "The broker's rack, given to the controller at registration so replicas spread over racks; empty for none."),
 ];
 
 /// `group.consumer.assignors`: a comma-separated list of assignor names or Kafka's class names.
@@ -348,6 +351,21 @@ impl BrokerConfig {
         }
     }
 
+    /// `broker.heartbeat.interval.ms`.
+    pub fn broker_heartbeat_interval_ms(&self) -> u64 {
+        self.number("broker.heartbeat.interval.ms").max(1) as u64
+    }
+    /// `broker.session.timeout.ms`.
+    pub fn broker_session_timeout_ms(&self) -> i64 {
+        self.number("broker.session.timeout.ms").max(1)
+    }
+    /// `broker.rack`, if set.
+    pub fn broker_rack(&self) -> Option<&str> {
+        self.get("broker.rack")
+            .map(|(v, _)| v)
+            .filter(|v| !v.is_empty())
+    }
+
     pub fn default_replication_factor(&self) -> i16 {
         self.number("default.replication.factor") as i16
     }
@@ -463,5 +481,18 @@ mod tests {
             .to_string();
         assert!(e.contains("not an IP address"), "{e}");
         assert!(c.set("max.connections", "-1").is_err());
+    }
+
+    #[test]
+    fn lifecycle_settings_have_kafkas_defaults() {
+        let mut c = BrokerConfig::new("127.0.0.1:9092".parse().unwrap(), "d".into());
+        assert_eq!(c.broker_heartbeat_interval_ms(), 2000);
+        assert_eq!(c.broker_session_timeout_ms(), 9000);
+        assert_eq!(c.broker_rack(), None);
+        c.set("broker.rack", "eu-west-1a").unwrap();
+        c.set("broker.heartbeat.interval.ms", "500").unwrap();
+        assert_eq!(c.broker_rack(), Some("eu-west-1a"));
+        assert_eq!(c.broker_heartbeat_interval_ms(), 500);
+        assert!(c.set("broker.session.timeout.ms", "0").is_err());
     }
 }

@@ -5,9 +5,13 @@ pub mod config;
 mod connection;
 mod connection_quotas;
 mod connection_warnings;
+pub mod controller_channel;
+#[cfg(test)]
+mod controller_testing;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
+pub mod lifecycle;
 pub use caudal_metadata::meta_properties;
 pub mod partition;
 mod partition_dirs;

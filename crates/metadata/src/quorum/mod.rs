@@ -14,6 +14,7 @@ mod entry;
 mod files;
 mod handle;
 mod log_store;
+mod no_peers;
 mod snapshot;
 mod state_machine;
 
@@ -32,6 +33,7 @@ use crate::records::{CodecError, EntryRecords};
 
 pub use handle::{Quorum, QuorumClient, QuorumConfig, QuorumError, QuorumStatus, StatusWatch};
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
+pub use no_peers::{NoPeerClient, NoPeers};
 pub use state_machine::{CheckpointBuilder, StateMachine};
 
 /// The name of the metadata log's directory under a node's data directory.
