@@ -64,7 +64,10 @@ fn a_cached_read_returns_what_a_disk_read_does_or_nothing() {
     let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
     append_n(&mut log, 20, 5, 0);
     for (offset, max_bytes) in [(0, 1 << 20), (37, 200), (99, 10)] {
-        let plan = log.read(offset, max_bytes, i64::MAX, true).unwrap().unwrap();
+        let plan = log
+            .read(offset, max_bytes, i64::MAX, true)
+            .unwrap()
+            .unwrap();
         // Just written, so in the page cache (the test directory is on a file system that
         // supports RWF_NOWAIT, as ext4, xfs and btrfs do).
         assert_eq!(
@@ -404,6 +407,16 @@ mod compaction {
         out
     }
 
+    /// A pass leaves no `.cleaned` file behind, swapped in or dropped.
+    fn assert_no_cleaned_files(dir: &std::path::Path) {
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cleaned"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
     fn put(log: &mut PartitionLog, key: &str, value: Option<&str>, now: i64) {
         let b = keyed_batch(&[(Some(key.as_bytes()), value.map(str::as_bytes))], now);
         log.append(&b, now).unwrap();
@@ -490,12 +503,7 @@ mod compaction {
             "offsets still increase: {got:?}"
         );
         assert_eq!(log.log_end_offset(), 15);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cleaned"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_no_cleaned_files(dir.path());
     }
 
     #[test]
@@ -522,12 +530,7 @@ mod compaction {
         let report = log.finish_compaction(cleaned, 1_000).unwrap();
         assert_eq!(report, None, "a stale pass was swapped in");
         assert_eq!(contents(&log), before, "a stale pass changed the log");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cleaned"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_no_cleaned_files(dir.path());
     }
 
     #[test]

@@ -197,19 +197,30 @@ async fn lone_voter() -> (TempDir, Quorum) {
     (dir, quorum)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_are_answered_after_their_records_commit() {
-    let (_dir, quorum) = lone_voter().await;
-    let client = quorum.client();
+/// A lone voter whose controller is active, on a clock the test moves.
+async fn active_lone_controller() -> (
+    tempfile::TempDir,
+    Quorum,
+    ControllerService,
+    ControllerClock,
+) {
+    let (dir, quorum) = lone_voter().await;
     let clock = ControllerClock::manual(1_000);
     let service = ControllerService::start(
         controller(1),
-        client.clone(),
+        quorum.client(),
         clock.clone(),
         ControllerServiceConfig::default(),
     );
+    until_active(&service.handle()).await;
+    (dir, quorum, service, clock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_after_their_records_commit() {
+    let (_dir, quorum, service, _clock) = active_lone_controller().await;
+    let client = quorum.client();
     let handle = service.handle();
-    until_active(&handle).await;
 
     live_broker(&handle, &client, 1).await;
     let result = create(&handle, "orders", 3).await.unwrap();
@@ -233,17 +244,9 @@ async fn requests_are_answered_after_their_records_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_broker_is_fenced_by_the_clock_and_not_a_millisecond_before() {
-    let (_dir, quorum) = lone_voter().await;
+    let (_dir, quorum, service, clock) = active_lone_controller().await;
     let client = quorum.client();
-    let clock = ControllerClock::manual(1_000);
-    let service = ControllerService::start(
-        controller(1),
-        client.clone(),
-        clock.clone(),
-        ControllerServiceConfig::default(),
-    );
     let handle = service.handle();
-    until_active(&handle).await;
     let epoch = live_broker(&handle, &client, 1).await;
     let last_beat = clock.now_ms();
     live_broker(&handle, &client, 2).await;
