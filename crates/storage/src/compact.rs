@@ -12,9 +12,10 @@
 //! A pass has three parts, so that the partition stays available while it runs: a
 //! [`CompactionPlan`] taken under the log's lock (which segments, and a view of their files),
 //! the rewrite built from that view without the lock ([`CompactionPlan::build`]), and the swap,
-//! under the lock again, of the runs whose segments are still as planned
-//! (`PartitionLog::finish_compaction`). Appends meanwhile go to the active segment, which is
-//! never rewritten; a run whose segments changed meanwhile (retention, truncation) is dropped.
+//! under the lock again, if the segments are still as planned (`PartitionLog::finish_compaction`).
+//! Appends meanwhile go to the active segment, which is never rewritten. If a planned segment
+//! changed meanwhile (retention) or the log was truncated (which may have cut the newer records
+//! that made older ones obsolete), the whole pass is dropped.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -132,6 +133,8 @@ pub struct CompactionPlan {
     pub(crate) tombstones_before_ms: i64,
     /// The active segment's base: everything below was sealed when planned.
     pub(crate) active_base: i64,
+    /// The log's count of truncations when planned.
+    pub(crate) truncations: u64,
     pub(crate) segments_before: usize,
     pub(crate) bytes_before: u64,
 }

@@ -245,10 +245,18 @@ impl LogFile for CachedFile {
     }
 }
 
+/// Set once the kernel or file system says it cannot read with `RWF_NOWAIT`: every read then goes
+/// to a blocking thread without asking again.
+static NOWAIT_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
 /// `read_exact_at` from the page cache only (Linux `preadv2` with `RWF_NOWAIT`): `Ok(false)` as
-/// soon as a part is not cached, or if the file system does not support it.
+/// soon as a part is not cached, or if the file system does not support it. A failure the
+/// blocking read would also meet is left for it to report.
 fn read_cached(file: &File, buf: &mut [u8], position: u64) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
+    if NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
     let mut done = 0usize;
     while done < buf.len() {
         let rest = &mut buf[done..];
@@ -266,7 +274,13 @@ fn read_cached(file: &File, buf: &mut [u8], position: u64) -> io::Result<bool> {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(false),
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+                    if !NOWAIT_UNSUPPORTED.swap(true, Ordering::Relaxed) {
+                        tracing::info!(error = %e, "reads cannot be limited to the page cache here; fetches read on blocking threads");
+                    }
+                    Ok(false)
+                }
+                Some(libc::EAGAIN | libc::EINVAL) => Ok(false),
                 _ => Err(e),
             };
         }
@@ -380,11 +394,18 @@ mod tests {
             } else {
                 // Closed by the budget: reopening it is left to a blocking read.
                 closed += 1;
-                f.read_exact_at(&mut buf, 0).unwrap();
-                assert_eq!(buf, [i as u8; 4]);
             }
         }
-        assert!(closed >= 7, "{closed} of 10 files reported closed");
+        // The budget keeps about three open, and those are read from the page cache.
+        assert!(
+            (7..10).contains(&closed),
+            "{closed} of 10 files read as not cached"
+        );
+        for (i, f) in files.iter().enumerate() {
+            let mut buf = [0u8; 4];
+            f.read_exact_at(&mut buf, 0).unwrap();
+            assert_eq!(buf, [i as u8; 4]);
+        }
     }
 
     #[test]

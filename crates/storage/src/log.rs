@@ -227,6 +227,8 @@ pub struct PartitionLog {
     leader_epoch: i32,
     /// Sealed segments below this were compacted by the last pass.
     compacted_through: i64,
+    /// Counts truncations, so a compaction pass built from records since cut away is dropped.
+    truncations: u64,
     last_compaction_ms: i64,
 }
 
@@ -409,6 +411,7 @@ impl PartitionLog {
             epochs,
             leader_epoch,
             compacted_through: 0,
+            truncations: 0,
             last_compaction_ms: now_ms,
         };
         log.reload_producers(now_ms)?;
@@ -891,6 +894,7 @@ impl PartitionLog {
             runs,
             tombstones_before_ms: now_ms - self.config.delete_retention_ms,
             active_base,
+            truncations: self.truncations,
             segments_before: self.segments.len(),
             bytes_before: self.size_bytes(),
         })
@@ -908,8 +912,11 @@ impl PartitionLog {
             plan,
             records_removed,
         } = cleaned;
+        // A truncation may have cut the newer records (in the active segment, say) that made
+        // older ones obsolete: then nothing of the pass may be kept.
         let unchanged = |log: &PartitionLog, run: &[usize]| {
             log.offline.is_none()
+                && log.truncations == plan.truncations
                 && run.iter().all(|&i| {
                     plan.segments.get(i).is_some_and(|view| {
                         log.segments
@@ -1046,6 +1053,7 @@ impl PartitionLog {
     }
 
     fn truncate_files(&mut self, offset: i64, whole: bool, now_ms: i64) -> io::Result<()> {
+        self.truncations += 1;
         let doomed: Vec<i64> = if whole {
             self.segments.keys().copied().collect()
         } else {

@@ -507,6 +507,30 @@ mod compaction {
     }
 
     #[test]
+    fn a_pass_built_before_a_truncation_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        // "k" is rewritten last in the active segment: the pass will drop every older "k".
+        for i in 0..8 {
+            put(&mut log, &format!("k{}", i % 2), Some(&i.to_string()), 10);
+        }
+        put(&mut log, "k0", Some("newest"), 10);
+        let plan = log.compaction_plan(20).expect("something to compact");
+        let cleaned = plan.build().unwrap();
+        // The newest "k0" is cut away (a follower truncating to its leader's log, say).
+        log.truncate_to(log.log_end_offset() - 1, 30).unwrap();
+        let before = contents(&log);
+        assert_eq!(log.finish_compaction(cleaned, 30).unwrap(), None);
+        assert_eq!(
+            contents(&log),
+            before,
+            "the pass dropped records still current"
+        );
+        assert!(before.iter().any(|(_, k, _)| k == "k0"));
+        assert_no_cleaned_files(dir.path());
+    }
+
+    #[test]
     fn a_pass_over_segments_that_changed_meanwhile_is_dropped_whole() {
         let dir = tempfile::tempdir().unwrap();
         let config = LogConfig {
