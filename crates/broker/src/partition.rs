@@ -118,8 +118,16 @@ impl Partition {
             if leader && log.leader_epoch() != epoch {
                 log.set_leader_epoch(epoch);
             }
-            let was_leader = self.leader.swap(leader, Ordering::AcqRel);
-            let old_epoch = self.leader_epoch.swap(epoch, Ordering::AcqRel);
+            // Readers check the flag, then the epoch: a leader gets its epoch before it is
+            // seen leading, and stops leading before its epoch moves on, so no reader sees it
+            // leading at an epoch it does not lead at.
+            let (was_leader, old_epoch) = if leader {
+                let old_epoch = self.leader_epoch.swap(epoch, Ordering::AcqRel);
+                (self.leader.swap(true, Ordering::AcqRel), old_epoch)
+            } else {
+                let was_leader = self.leader.swap(false, Ordering::AcqRel);
+                (was_leader, self.leader_epoch.swap(epoch, Ordering::AcqRel))
+            };
             was_leader != leader || old_epoch != epoch
         };
         if changed {

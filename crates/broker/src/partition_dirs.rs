@@ -193,6 +193,8 @@ pub(crate) fn open_existing_log(
 pub(crate) fn delete_partitions(partitions: &[Arc<Partition>], reason: &str) {
     let mut doomed = Vec::with_capacity(partitions.len());
     for p in partitions {
+        // Requests waiting on it answer now, and new ones are turned away before the log goes.
+        p.become_follower();
         let dir = {
             let mut log = p.log();
             log.retire(reason);

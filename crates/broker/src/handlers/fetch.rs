@@ -51,7 +51,8 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             stop.as_mut().enable();
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
             let last = stopping || tokio::time::Instant::now() >= deadline;
-            if last || !at_end(&request, &targets) {
+            // Nothing to wait for with min_bytes 0: answer at once, as Kafka does.
+            if last || min_bytes == 0 || !at_end(&request, &targets) {
                 let read = match read_once(&request, version, &targets, Reads::CachedOnly) {
                     Some(read) => read,
                     None => read_off_workers(request.clone(), version, targets.clone()).await,
@@ -322,10 +323,12 @@ mod tests {
     use crate::replica_manager::tp;
     use crate::{now_ms, BrokerConfig, Server};
 
-    #[tokio::test]
-    async fn a_waiting_fetch_answers_as_soon_as_its_partition_stops_leading() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    /// A broker on a temp dir with one topic of one partition, and a fetch of it at offset 0.
+    async fn broker_with_topic(
+        dir: &std::path::Path,
+        min_bytes: i32,
+    ) -> (Arc<Broker>, Arc<Partition>, FetchRequest) {
+        let config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.into());
         let server = Server::bind(config.clone()).await.unwrap();
         let broker = server.broker().clone();
         let topic = broker
@@ -334,9 +337,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        let partition = broker.replicas.get(tp(topic.id, 0)).unwrap();
         let request = FetchRequest::default()
             .with_max_wait_ms(60_000)
-            .with_min_bytes(1)
+            .with_min_bytes(min_bytes)
             .with_max_bytes(1 << 20)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(TopicName(str_bytes("moves")))
@@ -345,21 +349,60 @@ mod tests {
                     .with_fetch_offset(0)
                     .with_current_leader_epoch(0)
                     .with_partition_max_bytes(1 << 20)])]);
-        let waiting = tokio::spawn(handle(broker.clone(), request, 12));
-        // Let the fetch find nothing and wait.
-        tokio::task::yield_now().await;
-        let partition = broker.replicas.get(tp(topic.id, 0)).unwrap();
-        partition.set_leadership(false, 1);
-        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .expect("the fetch kept waiting after its partition moved")
-            .unwrap();
+        (broker, partition, request)
+    }
+
+    fn error_code(answer: Option<ResponseKind>) -> i16 {
         let Some(ResponseKind::Fetch(response)) = answer else {
             panic!("not a fetch response: {answer:?}");
         };
-        assert_eq!(
-            response.responses[0].partitions[0].error_code,
-            E::NotLeaderOrFollower.code()
-        );
+        response.responses[0].partitions[0].error_code
+    }
+
+    fn poll(f: &mut Pin<&mut Reply>) -> Poll<Option<ResponseKind>> {
+        f.as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_waiting_fetch_answers_as_soon_as_its_partition_stops_leading() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, partition, request) = broker_with_topic(dir.path(), 1).await;
+        let fetch = handle(broker, request, 12);
+        tokio::pin!(fetch);
+        // Nothing to read: the fetch waits (its first pass arms the wakers, the second parks).
+        assert!(poll(&mut fetch).is_pending());
+        assert!(poll(&mut fetch).is_pending());
+        partition.set_leadership(false, 0);
+        let Poll::Ready(answer) = poll(&mut fetch) else {
+            panic!("the fetch kept waiting after its partition stopped leading here");
+        };
+        assert_eq!(error_code(answer), E::NotLeaderOrFollower.code());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_fetch_answers_as_soon_as_its_topic_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, _partition, request) = broker_with_topic(dir.path(), 1).await;
+        let fetch = handle(broker.clone(), request, 12);
+        tokio::pin!(fetch);
+        assert!(poll(&mut fetch).is_pending());
+        broker.topics.delete("moves").await.unwrap();
+        let Poll::Ready(answer) = poll(&mut fetch) else {
+            panic!("the fetch kept waiting after its topic was deleted");
+        };
+        assert_eq!(error_code(answer), E::NotLeaderOrFollower.code());
+    }
+
+    #[tokio::test]
+    async fn a_fetch_with_min_bytes_zero_answers_at_once_with_nothing_to_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, _partition, request) = broker_with_topic(dir.path(), 0).await;
+        let fetch = handle(broker, request, 12);
+        tokio::pin!(fetch);
+        let Poll::Ready(answer) = poll(&mut fetch) else {
+            panic!("a fetch with min_bytes 0 waited for data");
+        };
+        assert_eq!(error_code(answer), 0);
     }
 }
