@@ -102,6 +102,9 @@ struct ClockRing {
 #[derive(Debug)]
 struct CachedFile {
     path: PathBuf,
+    /// The file's (device, inode): a reopen that finds another file at the path (a compacted
+    /// segment renamed over it) fails rather than read the new file at the old one's positions.
+    identity: (u64, u64),
     file: Mutex<Option<Arc<File>>>,
     used: AtomicBool,
     cache: Arc<FileCache>,
@@ -135,8 +138,10 @@ impl BoundedDisk {
 impl Disk for BoundedDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn LogFile>> {
         let opened = Arc::new(open_for_append(path, create)?);
+        let identity = identity(&opened)?;
         let file = Arc::new_cyclic(|me| CachedFile {
             path: path.to_path_buf(),
+            identity,
             file: Mutex::new(Some(opened)),
             used: AtomicBool::new(true),
             cache: self.cache.clone(),
@@ -201,6 +206,12 @@ impl CachedFile {
                 None => {
                     // Never created again: a file deleted meanwhile stays deleted.
                     let f = Arc::new(open_for_append(&self.path, false)?);
+                    if identity(&f)? != self.identity {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("{} was replaced since it was opened", self.path.display()),
+                        ));
+                    }
                     *open = Some(f.clone());
                     (f, true)
                 }
@@ -290,6 +301,13 @@ fn read_cached(file: &File, buf: &mut [u8], position: u64) -> io::Result<bool> {
         done += n as usize;
     }
     Ok(true)
+}
+
+/// The (device, inode) of an open file.
+fn identity(file: &File) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// A file for positioned reads and appends, as the log keeps its files.
@@ -406,6 +424,28 @@ mod tests {
             f.read_exact_at(&mut buf, 0).unwrap();
             assert_eq!(buf, [i as u8; 4]);
         }
+    }
+
+    #[test]
+    fn a_closed_file_replaced_meanwhile_is_not_read_in_place_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = BoundedDisk::new(2);
+        let path = dir.path().join("0.log");
+        let old = disk.open(&path, true).unwrap();
+        old.append(&[b"old bytes"]).unwrap();
+        // Closed by the budget, then a new file is renamed over its path (a compaction swap).
+        let others: Vec<_> = (1..4)
+            .map(|i| {
+                disk.open(&dir.path().join(format!("{i}.log")), true)
+                    .unwrap()
+            })
+            .collect();
+        std::fs::write(dir.path().join("new"), b"new bytes").unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        let mut buf = [0u8; 9];
+        let read = old.read_exact_at(&mut buf, 0);
+        assert!(read.is_err(), "read {:?} from the replacement", buf);
+        drop(others);
     }
 
     #[test]
