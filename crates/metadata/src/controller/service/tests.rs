@@ -197,6 +197,19 @@ async fn lone_voter() -> (TempDir, Quorum) {
     (dir, quorum)
 }
 
+/// The id of the node whose controller is active, once one is.
+async fn active_one(services: &std::collections::BTreeMap<u64, ControllerService>) -> u64 {
+    loop {
+        if let Some((id, _)) = services
+            .iter()
+            .find(|(_, s)| matches!(s.handle().state(), ControllerState::Active { .. }))
+        {
+            return *id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A lone voter whose controller is active, on a clock the test moves.
 async fn active_lone_controller() -> (
     tempfile::TempDir,
@@ -347,18 +360,7 @@ async fn a_new_leader_takes_over_with_everything_committed() {
         .await
         .unwrap());
     // Whoever leads becomes the active controller; the others refuse and name it.
-    let leader = bounded("one active controller", async {
-        loop {
-            if let Some((id, _)) = services
-                .iter()
-                .find(|(_, s)| matches!(s.handle().state(), ControllerState::Active { .. }))
-            {
-                return *id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let leader = bounded("one active controller", active_one(&services)).await;
     let active = services[&leader].handle();
     quorums[&leader].propose(bootstrap_records()).await.unwrap();
     live_broker(&active, &quorums[&leader].client(), 1).await;
@@ -387,18 +389,7 @@ async fn a_new_leader_takes_over_with_everything_committed() {
         ControllerCallError::Stopped
     );
 
-    let next = bounded("a new active controller", async {
-        loop {
-            if let Some((id, _)) = services
-                .iter()
-                .find(|(_, s)| matches!(s.handle().state(), ControllerState::Active { .. }))
-            {
-                return *id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let next = bounded("a new active controller", active_one(&services)).await;
     let handle = services[&next].handle();
     // Activated on an image with everything committed before: the old topic is there.
     let again = create(&handle, "before", 1).await.unwrap();
