@@ -108,14 +108,15 @@ impl Partition {
 
     /// Leads (or follows) the partition at `epoch`, as the metadata image says. A replica that
     /// becomes leader at a new epoch stamps it on the batches it appends from now on, and its
-    /// log's epoch cache records where the epoch began with the first of them. Fetches waiting
+    /// log's epoch cache records at once that the epoch began at the log end (Kafka's
+    /// `makeLeader`), even the first epoch of a fresh log. Fetches waiting
     /// on this partition wake when leadership or epoch change, so that they answer (a former
     /// leader must not keep a consumer waiting for data it will not get).
     pub fn set_leadership(&self, leader: bool, epoch: i32) {
         let changed = {
             // Under the log lock, so no append stamps the old epoch after the new one is set.
             let mut log = self.log();
-            if leader && log.leader_epoch() != epoch {
+            if leader {
                 log.set_leader_epoch(epoch);
             }
             // Readers check the flag, then the epoch: a leader gets its epoch before it is

@@ -604,6 +604,11 @@ mod tests {
         let changes = metadata.step(&topic("orders", id, 1, &[ME, 2]));
         replicas.apply_changes(&metadata.image, &changes, &ctx(&config));
         let p = replicas.leader(tp(id, 0)).unwrap();
+        assert_eq!(
+            p.log().end_offset_for_epoch(0),
+            (0, 0),
+            "a fresh leader knows its epoch before it appends"
+        );
         assert_eq!(append(&p), 0);
 
         // The leader moves to broker 2 (epoch 1): a waiting fetch wakes, clients are sent away.
@@ -630,6 +635,12 @@ mod tests {
         replicas.apply_changes(&metadata.image, &changes, &ctx(&config));
         let p = replicas.leader(tp(id, 0)).unwrap();
         assert_eq!(p.leader_epoch(), 2);
+        assert_eq!(
+            p.log().end_offset_for_epoch(2),
+            (2, 1),
+            "epoch 2 began at the log end when leadership did"
+        );
+        assert_eq!(p.log().end_offset_for_epoch(1), (0, 1));
         assert_eq!(append(&p), 1);
         assert_eq!(stamped_epoch(&p, 0), 0);
         assert_eq!(stamped_epoch(&p, 1), 2);

@@ -380,8 +380,10 @@ impl PartitionLog {
         // The recovered segments' batches name their epochs: entries the checkpoint has for them
         // (or lacks) are taken from the batches. Without a readable checkpoint, every segment.
         let scanned_from = bases.get(first_scanned).copied().unwrap_or(0);
+        let mut checkpointed_latest = None;
         let (mut epochs, walk_from) = match LeaderEpochCache::load(dir) {
             Ok(Some(mut cache)) => {
+                checkpointed_latest = cache.latest();
                 cache.truncate_from_end(scanned_from);
                 (cache, scanned_from)
             }
@@ -395,6 +397,16 @@ impl PartitionLog {
         };
         for seg in segments.values().filter(|s| s.base_offset() >= walk_from) {
             seg.for_each_header(|h| epochs.assign(h.partition_leader_epoch(), h.base_offset()))?;
+        }
+        // An epoch that began at the log end (leadership taken, nothing appended in it yet) is
+        // in no batch: the checkpoint is its only record, and it still holds for this log.
+        if let Some(entry) = checkpointed_latest.filter(|e| e.start_offset == end) {
+            if epochs
+                .latest()
+                .is_none_or(|latest| entry.epoch > latest.epoch)
+            {
+                epochs.assign(entry.epoch, entry.start_offset);
+            }
         }
         epochs.truncate_from_start(log_start_offset);
         let leader_epoch = epochs.latest().map_or(0, |e| e.epoch);
@@ -440,9 +452,19 @@ impl PartitionLog {
     }
 
     /// Sets the epoch stamped on the batches appended from now on (this replica became leader
-    /// in `epoch`). The epoch cache records it with the first batch appended in it.
+    /// in `epoch`). An epoch newer than any the cache knows begins here, at the log end offset,
+    /// as Kafka's `Partition.makeLeader` records it: OffsetForLeaderEpoch then answers for a
+    /// leader that has appended nothing yet, and the entry is checkpointed like any other
+    /// change of the cache. An older or known epoch only changes what is stamped.
     pub fn set_leader_epoch(&mut self, epoch: i32) {
         self.leader_epoch = epoch;
+        if self
+            .epochs
+            .latest()
+            .is_none_or(|latest| epoch > latest.epoch)
+        {
+            self.epochs.assign(epoch, self.log_end_offset());
+        }
     }
 
     /// The leader-epoch cache: where each epoch began.

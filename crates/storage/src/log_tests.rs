@@ -700,6 +700,76 @@ mod truncation_and_epochs {
     }
 
     #[test]
+    fn a_new_leader_epoch_begins_at_the_log_end_before_anything_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        // An empty log leading for the first time knows its epoch at once.
+        log.set_leader_epoch(0);
+        assert_eq!(epochs(&log), [(0, 0)]);
+        assert_eq!(log.end_offset_for_epoch(0), (0, 0));
+        append_n(&mut log, 2, 2, 0);
+        assert!(log.close().is_ok());
+        assert!(!log.epochs().is_dirty());
+
+        log.set_leader_epoch(5);
+        assert_eq!(epochs(&log), [(0, 0), (5, 4)]);
+        assert!(
+            log.epochs().is_dirty(),
+            "the new entry is not checkpointed yet"
+        );
+        assert_eq!(log.end_offset_for_epoch(5), (5, 4));
+        assert_eq!(
+            log.end_offset_for_epoch(4),
+            (0, 4),
+            "an epoch between ends where the new one began"
+        );
+        assert_eq!(log.end_offset_for_epoch(0), (0, 4));
+        // The same epoch again, or an older one, records nothing.
+        log.set_leader_epoch(5);
+        log.set_leader_epoch(2);
+        assert_eq!(epochs(&log), [(0, 0), (5, 4)]);
+        log.set_leader_epoch(5);
+
+        // A clean close checkpoints it, and the next start keeps it and stamps it.
+        log.close().unwrap();
+        drop(log);
+        let text = fs::read_to_string(dir.path().join(LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
+        assert_eq!(text, "0\n2\n0 0\n5 4\n");
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        assert_eq!(epochs(&log), [(0, 0), (5, 4)]);
+        assert_eq!(log.leader_epoch(), 5);
+        assert_eq!(log.end_offset_for_epoch(4), (0, 4));
+        append_n(&mut log, 1, 2, 0);
+        assert_eq!(stamped(&mut log, 4), [5]);
+        assert_eq!(epochs(&log), [(0, 0), (5, 4)]);
+    }
+
+    #[test]
+    fn a_checkpointed_epoch_past_the_recovered_log_end_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        append_n(&mut log, 2, 2, 0);
+        log.close().unwrap();
+        drop(log);
+        let path = dir.path().join(LEADER_EPOCH_CHECKPOINT_FILE);
+        // The epoch began at offset 9, but the log holds only 4 records: what was written in
+        // it is gone, and so is the epoch.
+        fs::write(&path, "0\n2\n0 0\n5 9\n").unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        assert_eq!(epochs(&log), [(0, 0)]);
+        assert_eq!(log.leader_epoch(), 0);
+        drop(log);
+        // At the log end it is kept; an epoch no newer than the batches' is not.
+        fs::write(&path, "0\n2\n0 0\n5 4\n").unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        assert_eq!(epochs(&log), [(0, 0), (5, 4)]);
+        drop(log);
+        fs::write(&path, "0\n1\n0 4\n").unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        assert_eq!(epochs(&log), [(0, 0)]);
+    }
+
+    #[test]
     fn the_cache_is_rebuilt_from_the_batches_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = PartitionLog::open(dir.path(), config(600), 0).unwrap();
