@@ -227,6 +227,49 @@ impl ReplicaManager {
         })
     }
 
+    /// Recomputes the log settings of every local replica of `topics` (`(topic id, name)`, as
+    /// `MetadataImage::topic_config_changes_since` lists them) from `image`'s overrides and
+    /// `config`'s defaults, and sets them on the open logs: a topic config altered after its
+    /// logs were opened takes effect without a restart. Returns how many logs changed.
+    pub fn apply_topic_configs(
+        &self,
+        image: &MetadataImage,
+        topics: &[(Uuid, String)],
+        config: &BrokerConfig,
+    ) -> usize {
+        let no_overrides = BTreeMap::new();
+        let wanted: HashMap<Uuid, caudal_storage::LogConfig> = topics
+            .iter()
+            .map(|(topic_id, name)| {
+                // The image's name for the id, should the caller's be stale.
+                let name = image.topic(*topic_id).map_or(name.as_str(), |t| &t.name);
+                let overrides = image
+                    .config(&ConfigResource::topic(name))
+                    .unwrap_or(&no_overrides);
+                (*topic_id, config.log_config(overrides))
+            })
+            .collect();
+        let affected: Vec<Arc<Partition>> = self
+            .read()
+            .values()
+            .filter(|p| wanted.contains_key(&p.topic_id))
+            .cloned()
+            .collect();
+        let mut changed = 0;
+        for p in affected {
+            let Some(log_config) = wanted.get(&p.topic_id) else {
+                continue;
+            };
+            let mut log = p.log();
+            if log.config() != log_config {
+                tracing::info!(topic = %p.topic, partition = p.index, config = ?log_config, "topic config changed; applied to the open log");
+                log.set_config(log_config.clone());
+                changed += 1;
+            }
+        }
+        changed
+    }
+
     /// Opens the existing directory of a replica, or makes a new one; `true` if made.
     fn open_replica(
         &self,
@@ -576,6 +619,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         (dir, config, Metadata::new(), ReplicaManager::new())
+    }
+
+    fn set_topic_config(topic: &str, name: &str, value: Option<&str>) -> MetadataRecord {
+        MetadataRecord::Config {
+            v: 0,
+            resource_type: ConfigResource::TOPIC,
+            resource_name: topic.into(),
+            name: name.into(),
+            value: value.map(String::from),
+        }
+    }
+
+    #[tokio::test]
+    async fn altered_topic_configs_reach_the_open_logs_of_that_topic_only() {
+        let (_dir, config, mut metadata, replicas) = setup();
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut records = topic("orders", id, 2, &[ME, 2]);
+        records.extend(topic("other", other, 1, &[2, ME]));
+        let changes = metadata.step(&records);
+        replicas.apply_changes(&metadata.image, &changes, &ctx(&config));
+        let defaults = config.log_config(&BTreeMap::new());
+        let log_config =
+            |t: Uuid, index: i32| replicas.get(tp(t, index)).unwrap().log().config().clone();
+        assert_eq!(log_config(id, 0), defaults);
+        assert!(!defaults.compact && defaults.segment_bytes > 4096);
+
+        let before = Arc::clone(&metadata.image);
+        metadata.step(&[
+            set_topic_config("orders", "cleanup.policy", Some("compact")),
+            set_topic_config("orders", "segment.bytes", Some("4096")),
+        ]);
+        let topics = metadata.image.topic_config_changes_since(&before);
+        assert_eq!(topics, [(id, "orders".to_string())]);
+        assert_eq!(
+            replicas.apply_topic_configs(&metadata.image, &topics, &config),
+            2
+        );
+        for index in 0..2 {
+            let got = log_config(id, index);
+            assert!(got.compact, "partition {index}: {got:?}");
+            assert_eq!(got.segment_bytes, 4096);
+            assert_eq!(got.retention_ms, defaults.retention_ms, "not overridden");
+        }
+        assert_eq!(
+            log_config(other, 0),
+            defaults,
+            "another topic's log changed"
+        );
+        // Applying the same image again changes nothing.
+        assert_eq!(
+            replicas.apply_topic_configs(&metadata.image, &topics, &config),
+            0
+        );
+
+        // An override removed falls back to the broker's default.
+        let before = Arc::clone(&metadata.image);
+        metadata.step(&[set_topic_config("orders", "segment.bytes", None)]);
+        let topics = metadata.image.topic_config_changes_since(&before);
+        replicas.apply_topic_configs(&metadata.image, &topics, &config);
+        let got = log_config(id, 1);
+        assert_eq!(
+            (got.compact, got.segment_bytes),
+            (true, defaults.segment_bytes)
+        );
     }
 
     #[tokio::test]

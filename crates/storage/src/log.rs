@@ -480,6 +480,9 @@ impl PartitionLog {
     pub fn config(&self) -> &LogConfig {
         &self.config
     }
+    /// Replaces the log's settings (a topic config was altered). They take effect from the next
+    /// append (size limits, rolls), retention or compaction pass; `index.interval.bytes`
+    /// applies from the next segment, existing files are not rewritten.
     pub fn set_config(&mut self, config: LogConfig) {
         self.config = config;
     }
