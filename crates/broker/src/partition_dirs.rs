@@ -46,8 +46,18 @@ pub(crate) fn aside_name(dir: &Path, id: Uuid, suffix: &str) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dir.with_file_name(format!("{name}.{}-{suffix}", id.simple()))
+    let tail = format!(".{}-{suffix}", id.simple());
+    // A file name has at most 255 bytes: cut a long name (as Kafka does for its `-delete`
+    // directories) rather than fail to make or rename the directory.
+    let mut keep = name.len().min(MAX_FILE_NAME.saturating_sub(tail.len()));
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    dir.with_file_name(format!("{}{tail}", &name[..keep]))
 }
+
+/// The longest file name Linux file systems take, in bytes.
+const MAX_FILE_NAME: usize = 255;
 
 /// Renames a directory aside as `-<suffix>` and says so.
 pub(crate) fn set_aside(dir: &Path, suffix: &str, why: &str) -> io::Result<()> {
@@ -107,6 +117,9 @@ pub(crate) fn set_aside_strays(
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
+        if name == caudal_metadata::quorum::METADATA_LOG_DIR {
+            continue; // the metadata log, not a partition of a topic
+        }
         if name.ends_with("-stray") {
             kept_aside += 1;
             continue;
@@ -218,4 +231,22 @@ pub(crate) fn delete_partitions(partitions: &[Arc<Partition>], reason: &str) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_of_the_longest_topic_name_can_be_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition_dir(dir.path(), &"y".repeat(249), 0);
+        let aside = aside_name(&partition, Uuid::new_v4(), UNFINISHED_SUFFIX);
+        let name = aside.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.len() <= MAX_FILE_NAME, "{} bytes", name.len());
+        assert!(name.ends_with("-new") && name.starts_with("yyy"), "{name}");
+        assert_eq!(parse_partition_dir(&name), None);
+        create_partition_dir(&partition, Uuid::new_v4()).unwrap();
+        assert!(partition.is_dir());
+    }
 }
