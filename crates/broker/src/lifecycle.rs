@@ -10,6 +10,7 @@
 //! `should_shut_down` (its leaderships have moved and it has seen the moves) or a bounded wait
 //! runs out: a controller that cannot be reached must not hold a shutdown forever.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::controller_channel::{Backoff, ControllerChannel};
+use crate::controller_channel::{Backoff, ChannelError, ControllerChannel};
 use crate::routes::ListenerKind;
 
 /// API versions of the requests the broker sends its controller.
@@ -39,6 +40,9 @@ const PLAINTEXT: i16 = 0;
 /// After the first answer in controlled shutdown, the next heartbeat goes this soon (as
 /// Kafka's broker does): the controller usually lets the broker go at the second one.
 const FIRST_SHUTDOWN_FOLLOW_UP: Duration = Duration::from_millis(10);
+/// While the controller keeps it fenced (it has not caught up with the metadata log yet), the
+/// broker heartbeats this often, as Kafka's does, so a start is not held a whole interval.
+const CATCH_UP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The metadata offset this broker has applied (its image's last entry).
 pub type MetadataOffset = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -83,6 +87,8 @@ pub enum ShutdownOutcome {
     Completed,
     /// The bounded wait ran out first.
     TimedOut,
+    /// The controller stopped before it confirmed: the broker stops unconfirmed.
+    ControllerStopped,
 }
 
 /// What the broker tells the controller about itself.
@@ -172,6 +178,8 @@ impl LifecycleConfig {
 /// The running registration and heartbeat task.
 pub struct BrokerLifecycle {
     incarnation_id: Uuid,
+    /// Set by the task when its heartbeats ended because the controller had stopped.
+    controller_stopped: Arc<AtomicBool>,
     status: Arc<watch::Sender<LifecycleStatus>>,
     want_shut_down: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -187,8 +195,10 @@ impl BrokerLifecycle {
         let incarnation_id = Uuid::new_v4();
         let status = Arc::new(watch::Sender::new(LifecycleStatus::REGISTERING));
         let (want_shut_down, shutdown_requested) = watch::channel(false);
+        let controller_stopped = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(
             Task {
+                controller_stopped: controller_stopped.clone(),
                 config,
                 channel,
                 metadata_offset,
@@ -200,6 +210,7 @@ impl BrokerLifecycle {
         );
         BrokerLifecycle {
             incarnation_id,
+            controller_stopped,
             status,
             want_shut_down,
             task,
@@ -232,7 +243,9 @@ impl BrokerLifecycle {
         )
         .await
         .is_ok_and(|waited| waited.is_ok());
-        let outcome = if stopped {
+        let outcome = if stopped && self.controller_stopped.load(Ordering::Acquire) {
+            ShutdownOutcome::ControllerStopped
+        } else if stopped {
             ShutdownOutcome::Completed
         } else {
             ShutdownOutcome::TimedOut
@@ -263,9 +276,13 @@ enum Beat {
     RegisterAgain,
     /// No usable answer; try again at the next interval.
     Failed,
+    /// The controller this broker reaches has stopped for good (in-process: the node is
+    /// stopping, or its metadata quorum failed). Heartbeats end.
+    ControllerStopped,
 }
 
 struct Task {
+    controller_stopped: Arc<AtomicBool>,
     config: LifecycleConfig,
     channel: ControllerChannel,
     metadata_offset: MetadataOffset,
@@ -336,6 +353,14 @@ impl Task {
                     response = ?other,
                     "the controller answered a registration with another response"
                 ),
+                Err(ChannelError::Stopped) => {
+                    self.controller_stopped.store(true, Ordering::Release);
+                    tracing::warn!(
+                        node_id = self.config.node_id,
+                        "the controller has stopped; not registering"
+                    );
+                    return None;
+                }
                 Err(e) => tracing::warn!(
                     node_id = self.config.node_id,
                     error = %e,
@@ -354,6 +379,7 @@ impl Task {
     /// register again.
     async fn heartbeat_loop(&mut self, epoch: i64) -> bool {
         let mut shutdown_answers = 0u32;
+        let mut fenced = true;
         loop {
             let want_shut_down = self.shutdown_requested();
             if want_shut_down {
@@ -362,6 +388,14 @@ impl Task {
             }
             match self.heartbeat(epoch, want_shut_down).await {
                 Beat::RegisterAgain => return false,
+                Beat::ControllerStopped => {
+                    self.controller_stopped.store(true, Ordering::Release);
+                    tracing::warn!(
+                        node_id = self.config.node_id,
+                        "the controller has stopped; heartbeats end"
+                    );
+                    return true;
+                }
                 Beat::Failed => {}
                 Beat::Answered(r) if want_shut_down && r.should_shut_down => {
                     tracing::info!(
@@ -375,8 +409,10 @@ impl Task {
                         shutdown_answers += 1;
                         BrokerState::ShuttingDown
                     } else if r.is_fenced {
+                        fenced = true;
                         BrokerState::Fenced
                     } else {
+                        fenced = false;
                         BrokerState::Running
                     };
                     self.status.send_replace(LifecycleStatus {
@@ -388,6 +424,8 @@ impl Task {
             }
             let delay = if want_shut_down && shutdown_answers == 1 {
                 FIRST_SHUTDOWN_FOLLOW_UP
+            } else if fenced && !want_shut_down {
+                CATCH_UP_INTERVAL
             } else {
                 self.config.heartbeat_interval
             };
@@ -437,6 +475,7 @@ impl Task {
                 tracing::error!(response = ?other, "the controller answered a heartbeat with another response");
                 Beat::Failed
             }
+            Err(ChannelError::Stopped) => Beat::ControllerStopped,
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat to the controller failed");
                 Beat::Failed
@@ -609,16 +648,17 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shutdown_stops_waiting_for_an_unreachable_controller() {
+    async fn shutdown_does_not_wait_for_a_stopped_controller() {
         let dir = tempfile::tempdir().unwrap();
         let node = TestController::start(dir.path(), true).await;
         let lifecycle = running(&node, 1).await;
         node.stop().await;
+        // Far longer than the test's bound: only noticing the stopped controller ends it.
         let outcome = bounded(
-            "the bounded shutdown",
-            lifecycle.shutdown(Duration::from_millis(300)),
+            "the shutdown with a stopped controller",
+            lifecycle.shutdown(WAIT * 4),
         )
         .await;
-        assert_eq!(outcome, ShutdownOutcome::TimedOut);
+        assert_eq!(outcome, ShutdownOutcome::ControllerStopped);
     }
 }
