@@ -62,6 +62,13 @@ fn main() -> std::process::ExitCode {
         .get_one::<String>("log")
         .cloned()
         .unwrap_or_else(|| "info".to_string());
+    // The Raft library narrates every election and vote at info; its warnings are what an
+    // operator needs. Asking for `openraft=...` by name gets the rest.
+    let filter = if filter.contains("openraft") {
+        filter
+    } else {
+        format!("{filter},openraft=warn")
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&filter)
