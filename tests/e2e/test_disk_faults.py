@@ -251,22 +251,18 @@ def test_partition_directories_of_no_topic_are_set_aside_not_adopted(broker_fact
     create_topic(b.bootstrap, topic, partitions=1)
     produce_and_confirm(b.bootstrap, topic, [(None, b"old data")], partition=0)
     b.stop()
-    # As if the topic had been deleted by a broker that crashed before renaming its
-    # directories: the topic list no longer names it, its files are still there.
-    meta = b.data_dir / "caudal-metadata.toml"
-    text = meta.read_text()
-    start = text.index(f'name = "{topic}"')
-    block_start = text.rindex("[[topics]]", 0, start)
-    block_end = text.find("[[topics]]", start)
-    meta.write_text(text[:block_start] + (text[block_end:] if block_end >= 0 else ""))
+    # As if a broker had crashed after its metadata dropped a topic but before it renamed the
+    # topic's directories: files under the name of a partition no topic has.
+    ghost = unique_topic("ghost")
+    os.rename(b.data_dir / f"{topic}-0", b.data_dir / f"{ghost}-0")
     b.start()
     assert "set aside" in b.log_text()
-    aside = partition_dirs(b.data_dir, topic)
+    aside = partition_dirs(b.data_dir, ghost)
     assert len(aside) == 1 and aside[0].endswith("-stray"), aside
-    # A new topic of the same name starts empty; the old files stay aside.
-    create_topic(b.bootstrap, topic, partitions=1)
-    assert consume(b.bootstrap, topic, [0], timeout=15) == []
-    assert sorted(partition_dirs(b.data_dir, topic)) == sorted(aside + [f"{topic}-0"])
+    # A new topic of that name starts empty; the old files stay aside.
+    create_topic(b.bootstrap, ghost, partitions=1)
+    assert consume(b.bootstrap, ghost, [0], timeout=15) == []
+    assert sorted(partition_dirs(b.data_dir, ghost)) == sorted(aside + [f"{ghost}-0"])
 
 
 @pytest.fixture

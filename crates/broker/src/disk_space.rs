@@ -123,6 +123,26 @@ impl FreeSpaceGuard {
     }
 }
 
+/// Room the metadata log needs before a change that writes `records` records is proposed: a
+/// write the disk cannot take would stop the metadata quorum, so a change that might not fit is
+/// refused instead (KAFKA_STORAGE_ERROR), whatever `log.dir.min.free.bytes` says.
+pub fn check_metadata_room(dir: &Path, records: usize) -> Result<(), String> {
+    const BASE: u64 = 256 << 10;
+    const PER_RECORD: u64 = 512;
+    let needed = BASE.saturating_add(PER_RECORD.saturating_mul(records as u64));
+    match statvfs(dir) {
+        Ok((free, _)) if free < needed => Err(format!(
+            "the disk of the metadata log is full: {free} bytes free on {}, {needed} needed",
+            dir.display()
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot read the free space of {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
 /// Free bytes (available to unprivileged users) and total bytes of the filesystem of `path`.
 fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
     let c_path = CString::new(path.as_os_str().as_bytes())

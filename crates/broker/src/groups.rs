@@ -69,12 +69,10 @@ impl Groups {
                 ]);
                 topics
                     .create(
-                        config,
                         OFFSETS_TOPIC,
                         config.offsets_topic_partitions(),
                         configs,
                         false,
-                        now,
                     )
                     .await
                     .map_err(io::Error::other)?

@@ -11,8 +11,10 @@ mod controller_testing;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
+mod image_follower;
 pub mod lifecycle;
 pub use caudal_metadata::meta_properties;
+mod node;
 pub mod partition;
 mod partition_dirs;
 pub mod producer_ids;
@@ -33,6 +35,10 @@ use partition::Partition;
 use replica_manager::ReplicaManager;
 pub use routes::ListenerKind;
 use topics::{Topic, Topics};
+
+/// The longest an admin change waits for the controller and then to be applied here, and an
+/// InitProducerId for a block of ids (Kafka's default `request.timeout.ms` of admin clients).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Wall-clock milliseconds since the epoch, as Kafka timestamps are.
 pub fn now_ms() -> i64 {
@@ -79,12 +85,42 @@ pub enum StartError {
     Listen { addr: String, source: io::Error },
     #[error(transparent)]
     Identity(#[from] meta_properties::MetaPropertiesError),
+    #[error("node.id {0} is invalid: node ids are 0 or more")]
+    NodeId(i32),
+    #[error("metadata quorum: {0}")]
+    Quorum(#[from] caudal_metadata::quorum::QuorumError),
+    #[error(transparent)]
+    Bootstrap(#[from] caudal_metadata::BootstrapError),
+    #[error("the metadata log has no cluster id after its bootstrap")]
+    NoClusterId,
+    #[error(
+        "the data directory belongs to cluster {found}, but cluster.id is set to {configured}; \
+         unset cluster.id or use another data directory"
+    )]
+    OtherCluster { configured: String, found: String },
+    #[error("{what} did not happen within {timeout:?}")]
+    Stalled {
+        what: &'static str,
+        timeout: Duration,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why a server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Its shutdown signal came.
+    Asked,
+    /// Its metadata quorum failed (the metadata log could not be written).
+    MetadataFailed,
 }
 
 /// A broker bound to its port, ready to [`run`](Server::run).
 pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<TcpListener>,
+    node: node::MetadataNode,
 }
 
 impl Server {
@@ -131,20 +167,26 @@ impl Server {
             now_ms(),
         )
         .map_err(data_err)?;
-        let config_for_load = config.clone();
         let open_files = open_file_budget();
         tracing::debug!(open_files, "log files kept open at most");
         let disk = Arc::new(caudal_storage::disk::BoundedDisk::new(open_files));
         let replicas = Arc::new(ReplicaManager::new());
-        let load_into = replicas.clone();
-        let topics = tokio::task::spawn_blocking(move || {
-            Topics::load(&config_for_load, disk, load_into, now_ms())
-        })
-        .await
-        .map_err(|e| data_err(io::Error::other(e)))?
-        .map_err(data_err)?;
-        meta_properties::ensure(&config.data_dir, topics.cluster_id(), config.node_id)?;
-        let producer_ids = producer_ids::ProducerIds::load(&config.data_dir).map_err(data_err)?;
+        let node = node::MetadataNode::start(&config, disk, replicas.clone()).await?;
+        let topics = Topics::new(
+            &config,
+            node.cluster_id.clone(),
+            node.applied.clone(),
+            node.quorum_client(),
+            node.channel.clone(),
+            replicas.clone(),
+            ADMIN_TIMEOUT,
+        );
+        let producer_ids = producer_ids::ProducerIds::from_controller(
+            node.channel.clone(),
+            config.node_id,
+            node.lifecycle_statuses(),
+            ADMIN_TIMEOUT,
+        );
         let groups = groups::Groups::start(&config, &topics, &replicas, now_ms())
             .await
             .map_err(data_err)?;
@@ -158,7 +200,11 @@ impl Server {
             shutting_down: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
-        Ok(Server { broker, listeners })
+        Ok(Server {
+            broker,
+            listeners,
+            node,
+        })
     }
 
     /// Where the first listener is bound.
@@ -178,10 +224,14 @@ impl Server {
         &self.broker
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, answers requests already read,
-    /// and syncs every log.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let Server { broker, listeners } = self;
+    /// Serves until `shutdown` resolves (or the metadata quorum fails), then stops accepting,
+    /// answers requests already read, and syncs every log.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Stopped {
+        let Server {
+            broker,
+            listeners,
+            node,
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
@@ -255,9 +305,17 @@ impl Server {
         }
         drop(accepted_tx);
         tokio::pin!(shutdown);
+        let quorum_failed = node.quorum_failed();
+        tokio::pin!(quorum_failed);
+        let mut stopped = Stopped::Asked;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = &mut quorum_failed => {
+                    tracing::error!("the metadata quorum stopped (see the error above): this node can no longer learn or change metadata; shutting down");
+                    stopped = Stopped::MetadataFailed;
+                    break;
+                }
                 Some((stream, peer, listener, slot)) = accepted.recv() => {
                     let _ = stream.set_nodelay(true);
                     let (broker, warnings, stop) = (broker.clone(), warnings.clone(), stop_rx.clone());
@@ -293,9 +351,11 @@ impl Server {
         retention.abort();
         group_clock.abort();
         warnings_flush.abort();
+        node.stop().await;
         let b = broker.clone();
         let _ = tokio::task::spawn_blocking(move || b.replicas.close_all(&b.config.data_dir)).await;
         tracing::info!("all logs synced; stopped");
+        stopped
     }
 }
 

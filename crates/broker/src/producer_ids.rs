@@ -1,16 +1,10 @@
 //! Producer ids for idempotent producers (InitProducerId). Ids are handed out in order from
-//! blocks, which come from one of two sources:
-//!
-//! - a file (the single node before the metadata quorum): the end of the next block is written
-//!   to disk before any id in it is used, so no id is given twice, even across a crash;
-//! - the controller (AllocateProducerIds): blocks are carved from the cluster-wide counter in
-//!   the metadata log, so no two brokers, and no two incarnations of one, share an id. The next
-//!   block is fetched in the background once 90% of the current one is used, so InitProducerId
-//!   rarely waits; when the block runs out before the next arrives, callers wait for it.
+//! blocks the controller carves from the cluster-wide counter in the metadata log
+//! (AllocateProducerIds), so no two brokers, and no two incarnations of one, share an id. The
+//! next block is fetched in the background once 90% of the current one is used, so
+//! InitProducerId rarely waits; when the block runs out before the next arrives, callers wait
+//! for it.
 
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,27 +17,21 @@ use tokio::time::Instant;
 use crate::controller_channel::{Backoff, ControllerChannel};
 use crate::lifecycle::LifecycleStatus;
 
-const FILE: &str = "producer-ids";
-/// Ids per block written to the file.
-const FILE_BLOCK: i64 = 1000;
 const ALLOCATE_VERSION: i16 = 0;
 
 /// Why no producer id could be handed out.
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerIdError {
-    #[error("could not record the producer id block: {0}")]
-    Io(#[from] io::Error),
     /// No block came from the controller in time.
     #[error("no producer id block from the controller: {0}")]
     Unavailable(String),
 }
 
 impl ProducerIdError {
-    /// What InitProducerId answers: KAFKA_STORAGE_ERROR for the file, and for a block that has
-    /// not arrived COORDINATOR_LOAD_IN_PROGRESS, which producers retry, as Kafka's broker does.
+    /// What InitProducerId answers for a block that has not arrived: COORDINATOR_LOAD_IN_PROGRESS,
+    /// which producers retry, as Kafka's broker does.
     pub fn kafka_error(&self) -> ResponseError {
         match self {
-            ProducerIdError::Io(_) => ResponseError::KafkaStorageError,
             ProducerIdError::Unavailable(_) => ResponseError::CoordinatorLoadInProgress,
         }
     }
@@ -92,12 +80,6 @@ impl Blocks {
 
 /// Where blocks come from.
 #[derive(Debug)]
-enum Source {
-    File(PathBuf),
-    Controller(ControllerSource),
-}
-
-#[derive(Debug)]
 struct ControllerSource {
     channel: ControllerChannel,
     node_id: i32,
@@ -118,7 +100,7 @@ struct State {
 
 #[derive(Debug)]
 struct Inner {
-    source: Source,
+    source: ControllerSource,
     state: Mutex<State>,
     /// Woken when a request for a block ends, whichever way.
     fetched: Notify,
@@ -131,7 +113,7 @@ pub struct ProducerIds {
 }
 
 impl ProducerIds {
-    fn with_source(source: Source) -> ProducerIds {
+    fn with_source(source: ControllerSource) -> ProducerIds {
         ProducerIds {
             inner: Arc::new(Inner {
                 source,
@@ -139,24 +121,6 @@ impl ProducerIds {
                 fetched: Notify::new(),
             }),
         }
-    }
-
-    /// Ids from the `producer-ids` file in `data_dir`.
-    pub fn load(data_dir: &Path) -> io::Result<ProducerIds> {
-        let path = data_dir.join(FILE);
-        let start = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<i64>().map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
-        let ids = ProducerIds::with_source(Source::File(path));
-        ids.lock().blocks.add(start, start);
-        Ok(ids)
     }
 
     /// Ids in blocks from the controller, asked for as broker `node_id` at the epoch
@@ -167,47 +131,21 @@ impl ProducerIds {
         registration: watch::Receiver<LifecycleStatus>,
         timeout: Duration,
     ) -> ProducerIds {
-        ProducerIds::with_source(Source::Controller(ControllerSource {
+        ProducerIds::with_source(ControllerSource {
             channel,
             node_id,
             registration,
             timeout,
-        }))
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A producer id never given before, from the file. With the controller as the source it
-    /// takes only an id already in hand, and fails if there is none; use [`next_id`].
-    ///
-    /// [`next_id`]: Self::next_id
-    pub fn next(&self) -> io::Result<i64> {
-        let mut state = self.lock();
-        if let Some(id) = state.blocks.take() {
-            return Ok(id);
-        }
-        let Source::File(path) = &self.inner.source else {
-            return Err(io::Error::other(
-                "producer ids come from the controller: no block in hand",
-            ));
-        };
-        let end = state.blocks.end + FILE_BLOCK;
-        write_atomically(path, &format!("{end}\n"))?;
-        let start = state.blocks.end;
-        state.blocks.add(start, end);
-        state
-            .blocks
-            .take()
-            .ok_or_else(|| io::Error::other("empty producer id block"))
-    }
-
-    /// A producer id never given before, from either source.
+    /// A producer id never given before.
     pub async fn next_id(&self) -> Result<i64, ProducerIdError> {
-        let Source::Controller(source) = &self.inner.source else {
-            return Ok(self.next()?);
-        };
+        let source = &self.inner.source;
         let deadline = Instant::now() + source.timeout;
         loop {
             // Registered before looking, so a fetch ending in between still wakes this caller.
@@ -242,10 +180,7 @@ impl ProducerIds {
 
     /// Asks the controller for the next block and queues it; wakes the callers waiting.
     async fn fetch(self) {
-        let outcome = match &self.inner.source {
-            Source::Controller(source) => source.allocate().await,
-            Source::File(_) => Err("the file needs no fetch".to_string()),
-        };
+        let outcome = self.inner.source.allocate().await;
         {
             let mut state = self.lock();
             state.fetching = false;
@@ -311,32 +246,9 @@ impl ControllerSource {
     }
 }
 
-fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_never_reused_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = ProducerIds::load(dir.path()).unwrap();
-        let first: Vec<i64> = (0..3).map(|_| ids.next().unwrap()).collect();
-        assert_eq!(first, vec![0, 1, 2]);
-        drop(ids);
-        let ids = ProducerIds::load(dir.path()).unwrap();
-        assert!(ids.next().unwrap() >= 3);
-    }
 
     #[test]
     fn blocks_are_used_in_order_and_the_next_is_wanted_at_ninety_percent() {
@@ -380,7 +292,13 @@ mod tests {
         let last = *given.last().unwrap();
         assert!(last < 3000);
         assert!(
-            ids.next().is_ok(),
+            matches!(
+                std::future::Future::poll(
+                    std::pin::pin!(ids.next_id()),
+                    &mut std::task::Context::from_waker(std::task::Waker::noop())
+                ),
+                std::task::Poll::Ready(Ok(_))
+            ),
             "an id in hand is handed out without waiting"
         );
 

@@ -70,11 +70,23 @@ pub enum ReplicaError {
 #[derive(Debug, Default)]
 pub struct ReplicaManager {
     replicas: RwLock<HashMap<TopicIdPartition, Arc<Partition>>>,
+    /// Why the last replica of a topic that could not be opened or made failed, by topic id:
+    /// what a creation that is undone reports.
+    failures: std::sync::Mutex<HashMap<Uuid, String>>,
 }
 
 impl ReplicaManager {
     pub fn new() -> ReplicaManager {
         ReplicaManager::default()
+    }
+
+    /// Why a replica of topic `topic_id` could not be opened or made, if one could not.
+    pub fn failure(&self, topic_id: Uuid) -> Option<String> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&topic_id)
+            .cloned()
     }
 
     /// The local replica of a partition, leader or not.
@@ -153,10 +165,16 @@ impl ReplicaManager {
                 .collect()
         };
         partition_dirs::delete_partitions(&removed, "the replica was deleted");
+        if !changes.deleted.is_empty() {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, _) in &changes.deleted {
+                failures.remove(&id.topic_id);
+            }
+        }
         for p in &removed {
             // Wakes the fetches waiting on it, which find the log retired.
             p.become_follower();
-            tracing::info!(topic = %p.topic, partition = p.index, "deleted local replica");
+            tracing::debug!(topic = %p.topic, partition = p.index, "deleted local replica");
             report.deleted.push(tp(p.topic_id, p.index));
         }
         let wanted = changes.leaders.iter().map(|c| (c, true));
@@ -180,6 +198,10 @@ impl ReplicaManager {
                 }
                 Err(e) => {
                     tracing::error!(topic_id = %id.topic_id, partition = id.partition, error = %e, "could not open or make a local replica; it is offline on this broker");
+                    self.failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.topic_id, e.to_string());
                     report.failed.push((*id, e));
                 }
             }
@@ -433,7 +455,7 @@ fn log_new_replica(
     leader: bool,
     created: bool,
 ) {
-    tracing::info!(
+    tracing::debug!(
         topic = %p.topic,
         partition = p.index,
         leader_epoch = registration.leader_epoch,

@@ -181,7 +181,7 @@ routes! {
     DescribeCluster on CLIENT, forwarded: false
         => |r, cx| ready(handlers::describe_cluster::handle(cx.broker, r, cx.conn.listener));
     InitProducerId on CLIENT, forwarded: false
-        => |r, cx| ready(handlers::init_producer_id::handle(cx.broker, r));
+        => |r, cx| ready(handlers::init_producer_id::handle(cx.broker, r).await);
     FindCoordinator on CLIENT, forwarded: false
         => |r, cx| ready(handlers::find_coordinator::handle(
             cx.broker, r, cx.version, cx.conn.listener,

@@ -1,34 +1,40 @@
-//! The topics this broker hosts: names, ids, partitions and per-topic config overrides, kept in
-//! `caudal-metadata.toml` in the data directory and written atomically on every change.
+//! The topics as this broker sees them, and changes to them.
 //!
-//! Admin changes happen wholly or not at all, in memory and on disk. A new topic's partition
-//! directories are made first and the topic list written after; if either fails, the
-//! directories go and the topic never appears. A deletion writes the topic list first, then
-//! renames the partition directories aside (`<dir>.<topic id>-delete`, as Kafka marks them) and
-//! removes them in the background. Each partition directory carries its topic's id
-//! (`partition.metadata`, as Kafka's), so a directory that belongs to no topic, or to an older
-//! topic of the same name, is never adopted: at start it is renamed aside (`-stray`, as Kafka's
-//! KIP-858) and reported.
+//! Reads come from the metadata image this broker has applied: the image is published to
+//! request handlers only once the replica manager has opened (or closed) the local replicas it
+//! implies, so a request that finds a topic finds its partitions. Changes go to the active
+//! controller through the controller channel; a change is answered once this broker has applied
+//! the entry that holds it, so a produce right after a creation finds its partitions.
+//!
+//! A creation whose local replicas cannot be made (a full disk, no inodes left) is undone: the
+//! topic is deleted again through the controller, and the caller gets KAFKA_STORAGE_ERROR.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::{self, Write};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
-use caudal_storage::{Disk, PartitionLog};
-use serde::{Deserialize, Serialize};
+use caudal_metadata::quorum::QuorumClient;
+use caudal_metadata::{ConfigResource, ControllerRequest, MetadataImage, TopicImage};
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::partition::Partition;
-use crate::partition_dirs::{
-    self, open_existing_log, partition_dir, read_partition_metadata, set_aside,
-    write_partition_metadata,
-};
-use crate::replica_manager::ReplicaManager;
+use crate::controller_channel::{ChannelError, ControllerChannel};
+use crate::replica_manager::{tp, ReplicaManager};
 
-const METADATA_FILE: &str = "caudal-metadata.toml";
+/// API versions of the requests the broker sends its controller for admin changes.
+const CREATE_TOPICS_VERSION: i16 = 7;
+const DELETE_TOPICS_VERSION: i16 = 6;
+const CREATE_PARTITIONS_VERSION: i16 = 3;
 
 /// A topic as the cluster knows it. Its partitions' logs are the replica manager's.
 #[derive(Debug)]
@@ -44,22 +50,18 @@ impl Topic {
     pub fn has_partition(&self, index: i32) -> bool {
         (0..self.partition_count).contains(&index)
     }
-}
 
-#[derive(Debug, Serialize, Deserialize, Default)]
-struct MetadataFile {
-    cluster_id: String,
-    #[serde(default)]
-    topics: Vec<TopicRecord>,
-}
-
-#[derive(Debug, Serialize, Deserialize, Clone)]
-struct TopicRecord {
-    name: String,
-    id: Uuid,
-    partitions: i32,
-    #[serde(default)]
-    configs: BTreeMap<String, String>,
+    fn of(image: &MetadataImage, topic: &TopicImage) -> Arc<Topic> {
+        Arc::new(Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            partition_count: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
+            configs: image
+                .config(&ConfigResource::topic(&topic.name))
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +72,50 @@ pub enum TopicError {
     AlreadyExists(String),
     #[error("topic '{0}' does not exist")]
     Unknown(String),
-    #[error("{0}")]
-    InvalidPartitions(String),
     #[error("'{0}' is an internal topic: the broker manages it")]
     Internal(String),
-    #[error("storage error: {0}")]
-    Io(#[from] io::Error),
+    /// The controller refused the change, with Kafka's error code and its reason.
+    #[error("{message}")]
+    Refused { code: i16, message: String },
+    /// The change committed, but this broker could not make its local replicas; it was undone.
+    #[error("creating topic failed: {0}; nothing of it was kept")]
+    Storage(String),
+    /// The metadata log has no room for the change.
+    #[error("{0}")]
+    NoRoom(String),
+    #[error(transparent)]
+    Controller(#[from] ChannelError),
+    /// The change committed, but this broker did not apply it in time.
+    #[error("the change was made, but this broker did not apply it within {0:?}")]
+    NotApplied(Duration),
+}
+
+impl TopicError {
+    /// Kafka's error code for this error.
+    pub fn code(&self) -> i16 {
+        match self {
+            TopicError::InvalidName(..) | TopicError::Internal(_) => {
+                E::InvalidTopicException.code()
+            }
+            TopicError::AlreadyExists(_) => E::TopicAlreadyExists.code(),
+            TopicError::Unknown(_) => E::UnknownTopicOrPartition.code(),
+            TopicError::Refused { code, .. } => *code,
+            TopicError::Storage(_) | TopicError::NoRoom(_) => E::KafkaStorageError.code(),
+            TopicError::Controller(e) => e.kafka_error().code(),
+            TopicError::NotApplied(_) => E::RequestTimedOut.code(),
+        }
+    }
+
+    fn refused(name: &str, code: i16, message: Option<&StrBytes>) -> TopicError {
+        let message = message.map(|m| m.as_str().to_string());
+        if code == E::TopicAlreadyExists.code() {
+            return TopicError::AlreadyExists(name.to_string());
+        }
+        let message = message.unwrap_or_else(|| {
+            E::try_from_code(code).map_or_else(|| format!("error {code}"), |e| e.to_string())
+        });
+        TopicError::Refused { code, message }
+    }
 }
 
 /// Kafka's topic name rules, as the controller applies them: one copy of the rules, in
@@ -85,190 +125,148 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
         .map_err(|why| TopicError::InvalidName(name.to_string(), why))
 }
 
-/// Topics by name and by id (Fetch v13+ and Metadata v10+ name topics by id), kept together.
-#[derive(Debug, Default)]
-struct TopicMap {
-    by_name: HashMap<String, Arc<Topic>>,
-    by_id: HashMap<Uuid, Arc<Topic>>,
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
 }
 
-impl TopicMap {
-    fn get(&self, name: &str) -> Option<&Arc<Topic>> {
-        self.by_name.get(name)
-    }
-
-    /// Adds or replaces a topic.
-    fn insert(&mut self, topic: Arc<Topic>) {
-        self.by_id.insert(topic.id, topic.clone());
-        self.by_name.insert(topic.name.clone(), topic);
-    }
-
-    fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
-        let topic = self.by_name.remove(name)?;
-        self.by_id.remove(&topic.id);
-        Some(topic)
-    }
-}
-
+/// The broker's view of the topics, and its way to change them.
 #[derive(Debug)]
 pub struct Topics {
-    data_dir: PathBuf,
-    /// Where the partition logs keep their files (with the broker's budget of open files).
-    disk: Arc<dyn Disk>,
-    /// Where the opened partitions go.
-    replicas: Arc<ReplicaManager>,
     cluster_id: String,
-    by_name: RwLock<TopicMap>,
-    /// Serialises changes so the file always matches the map.
-    change: tokio::sync::Mutex<()>,
+    node_id: i32,
+    /// The image the replica manager has applied, as the follower publishes it.
+    applied: watch::Receiver<Arc<MetadataImage>>,
+    /// This node's quorum: after a change, the image to wait for.
+    quorum: QuorumClient,
+    channel: ControllerChannel,
+    replicas: Arc<ReplicaManager>,
+    /// The longest a change waits for the controller, and then to be applied here.
+    timeout: Duration,
+    /// Where the metadata log is, to check it has room for a change.
+    data_dir: PathBuf,
 }
 
 impl Topics {
-    /// Loads the topic list and opens (recovering as needed) every partition's log, handing
-    /// the partitions to `replicas`.
-    pub fn load(
+    /// Topics read from `applied` and changed through `channel`, for the broker of `config`.
+    pub fn new(
         config: &BrokerConfig,
-        disk: Arc<dyn Disk>,
+        cluster_id: String,
+        applied: watch::Receiver<Arc<MetadataImage>>,
+        quorum: QuorumClient,
+        channel: ControllerChannel,
         replicas: Arc<ReplicaManager>,
-        now_ms: i64,
-    ) -> io::Result<Topics> {
-        let data_dir = config.data_dir.clone();
-        let path = data_dir.join(METADATA_FILE);
-        let existed = path.exists();
-        let file: MetadataFile = match fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => MetadataFile {
-                cluster_id: if config.cluster_id.is_empty() {
-                    new_cluster_id()
-                } else {
-                    config.cluster_id.clone()
-                },
-                topics: Vec::new(),
-            },
-            Err(e) => return Err(e),
-        };
-        partition_dirs::remove_leftover_dirs(&data_dir, &[partition_dirs::DELETED_SUFFIX]);
-        // Before anything opens them: directories of a topic whose creation or deletion a
-        // crash cut short, or of an earlier topic of the same name.
-        let owners: HashMap<&str, &TopicRecord> =
-            file.topics.iter().map(|t| (t.name.as_str(), t)).collect();
-        partition_dirs::set_aside_strays(&data_dir, |topic, index| {
-            owners
-                .get(topic)
-                .filter(|t| (0..t.partitions).contains(&index))
-                .map(|t| t.id)
-        });
-        let mut by_name = TopicMap::default();
-        for record in &file.topics {
-            replicas.add(open_topic(config, &disk, record, now_ms)?);
-            by_name.insert(Arc::new(Topic {
-                name: record.name.clone(),
-                id: record.id,
-                partition_count: record.partitions,
-                configs: record.configs.clone(),
-            }));
-        }
-        let topics = Topics {
-            data_dir,
-            disk,
+        timeout: Duration,
+    ) -> Topics {
+        Topics {
+            cluster_id,
+            node_id: config.node_id,
+            applied,
+            quorum,
+            channel,
             replicas,
-            cluster_id: file.cluster_id,
-            by_name: RwLock::new(by_name),
-            change: tokio::sync::Mutex::new(()),
-        };
-        if !existed {
-            // A new data directory: write the cluster id down. An existing list is not
-            // rewritten, so a broker restarts on a full disk.
-            topics.persist(topics.records())?;
+            timeout,
+            data_dir: config.data_dir.clone(),
         }
-        Ok(topics)
     }
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
     }
 
+    /// The metadata image this broker has applied: one consistent view for a whole request.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.applied.borrow().clone()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.read().get(name).cloned()
+        let image = self.image();
+        let topic = image.topic_by_name(name)?;
+        Some(Topic::of(&image, topic))
     }
 
     pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.read().by_id.get(&id).cloned()
+        let image = self.image();
+        let topic = image.topic(id)?;
+        Some(Topic::of(&image, topic))
     }
 
     /// All topics, sorted by name.
     pub fn all(&self) -> Vec<Arc<Topic>> {
-        let mut all: Vec<_> = self.read().by_name.values().cloned().collect();
+        let image = self.image();
+        let mut all: Vec<_> = image.topics().map(|t| Topic::of(&image, t)).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, TopicMap> {
-        self.by_name.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TopicMap> {
-        self.by_name.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Creates a topic (unless `validate_only`) after checking its name and partition count.
+    /// Creates a topic (unless `validate_only`) of `partitions` partitions placed by the
+    /// controller, with config overrides already checked.
     pub async fn create(
         &self,
-        config: &BrokerConfig,
         name: &str,
         partitions: i32,
         configs: BTreeMap<String, String>,
         validate_only: bool,
-        now_ms: i64,
     ) -> Result<Option<Arc<Topic>>, TopicError> {
         validate_topic_name(name)?;
-        if partitions < 1 {
-            return Err(TopicError::InvalidPartitions(format!(
-                "number of partitions must be at least 1, not {partitions}"
-            )));
+        if !validate_only {
+            self.check_room(usize::try_from(partitions).unwrap_or(0)).map_err(|why| {
+                tracing::warn!(topic = name, partitions, error = %why, "creating topic failed; nothing of it was made");
+                TopicError::Storage(why)
+            })?;
         }
-        let _change = self.change.lock().await;
-        if self.get(name).is_some() {
-            return Err(TopicError::AlreadyExists(name.to_string()));
+        let topic = CreatableTopic::default()
+            .with_name(TopicName(str_bytes(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(str_bytes(k))
+                            .with_value(Some(str_bytes(v)))
+                    })
+                    .collect(),
+            );
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX))
+            .with_validate_only(validate_only);
+        let answer = self
+            .channel
+            .call(
+                ControllerRequest::CreateTopics(request, CREATE_TOPICS_VERSION),
+                self.timeout,
+            )
+            .await?;
+        let ResponseKind::CreateTopics(response) = answer else {
+            return Err(unexpected(&answer));
+        };
+        let Some(result) = response.topics.first() else {
+            return Err(unexpected(&ResponseKind::CreateTopics(response)));
+        };
+        if result.error_code != 0 {
+            return Err(TopicError::refused(
+                name,
+                result.error_code,
+                result.error_message.as_ref(),
+            ));
         }
         if validate_only {
             return Ok(None);
         }
-        let record = TopicRecord {
-            name: name.to_string(),
-            id: Uuid::new_v4(),
-            partitions,
-            configs,
-        };
-        let opened = open_new_partitions(config, &self.disk, &record, 0, now_ms);
-        let partitions_opened = match opened {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(topic = name, partitions, error = %e, "creating topic failed; nothing of it was kept");
-                return Err(e.into());
-            }
-        };
-        let mut records = self.records();
-        records.push(record.clone());
-        if let Err(e) = self.persist(records) {
-            remove_partition_dirs(&partitions_opened);
-            tracing::warn!(topic = name, partitions, error = %e, "creating topic failed: the topic list could not be written; nothing of it was kept");
-            return Err(e.into());
+        let topic_id = result.topic_id;
+        let image = self.wait_applied().await?;
+        let missing = self.missing_local_replicas(&image, topic_id, 0);
+        if let Some(why) = missing {
+            tracing::warn!(topic = name, partitions, error = %why, "creating topic failed; undoing it");
+            self.undo_creation(name, topic_id).await;
+            return Err(TopicError::Storage(why));
         }
-        let topic = Arc::new(Topic {
-            name: record.name,
-            id: record.id,
-            partition_count: record.partitions,
-            configs: record.configs,
-        });
-        // Replicas first, so that a request finding the topic finds its partitions.
-        self.replicas.add(partitions_opened);
-        self.write().insert(topic.clone());
+        let topic = image
+            .topic(topic_id)
+            .map(|t| Topic::of(&image, t))
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         tracing::info!(topic = name, partitions, "created topic");
         Ok(Some(topic))
     }
@@ -278,197 +276,184 @@ impl Topics {
         if name == crate::groups::OFFSETS_TOPIC {
             return Err(TopicError::Internal(name.to_string()));
         }
-        let _change = self.change.lock().await;
         let topic = self
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        let records = self
-            .records()
-            .into_iter()
-            .filter(|r| r.name != name)
-            .collect();
-        if let Err(e) = self.persist(records) {
-            tracing::warn!(topic = name, error = %e, "deleting topic failed: the topic list could not be written; the topic and its data are kept");
-            return Err(e.into());
-        }
-        self.write().remove(name);
-        // The topic is gone; its files go in the background.
-        let retired = self.replicas.remove_topic(topic.id, topic.partition_count);
-        partition_dirs::delete_partitions(&retired, "the topic was deleted");
+        self.check_room(1).map_err(|why| {
+            tracing::warn!(topic = name, error = %why, "deleting topic failed; the topic and its data are kept");
+            TopicError::NoRoom(why)
+        })?;
+        self.delete_by_id(name, topic.id).await?;
+        self.wait_applied().await?;
         tracing::info!(topic = name, "deleted topic");
         Ok(topic)
+    }
+
+    async fn delete_by_id(&self, name: &str, id: Uuid) -> Result<(), TopicError> {
+        let request = DeleteTopicsRequest::default()
+            .with_topics(vec![DeleteTopicState::default().with_topic_id(id)])
+            .with_timeout_ms(i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX));
+        let answer = self
+            .channel
+            .call(
+                ControllerRequest::DeleteTopics(request, DELETE_TOPICS_VERSION),
+                self.timeout,
+            )
+            .await?;
+        let ResponseKind::DeleteTopics(response) = answer else {
+            return Err(unexpected(&answer));
+        };
+        match response.responses.first() {
+            Some(r) if r.error_code == E::UnknownTopicId.code() => {
+                Err(TopicError::Unknown(name.to_string()))
+            }
+            Some(r) if r.error_code != 0 => Err(TopicError::refused(
+                name,
+                r.error_code,
+                r.error_message.as_ref(),
+            )),
+            Some(_) => Ok(()),
+            None => Err(unexpected(&ResponseKind::DeleteTopics(response))),
+        }
     }
 
     /// Raises a topic's partition count to `count`.
     pub async fn add_partitions(
         &self,
-        config: &BrokerConfig,
         name: &str,
         count: i32,
         validate_only: bool,
-        now_ms: i64,
     ) -> Result<(), TopicError> {
-        let _change = self.change.lock().await;
-        let topic = self
-            .get(name)
-            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        let current = topic.partition_count;
-        if count <= current {
-            return Err(TopicError::InvalidPartitions(format!(
-                "topic currently has {current} partitions, {count} would not be an increase"
-            )));
+        let Some(before) = self.get(name) else {
+            return Err(TopicError::Unknown(name.to_string()));
+        };
+        if !validate_only {
+            let added = usize::try_from(count.saturating_sub(before.partition_count)).unwrap_or(0);
+            self.check_room(added).map_err(|why| {
+                tracing::warn!(topic = name, partitions = count, error = %why, "adding partitions failed; nothing of them was made");
+                TopicError::NoRoom(why)
+            })?;
+        }
+        let request = CreatePartitionsRequest::default()
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(TopicName(str_bytes(name)))
+                .with_count(count)])
+            .with_timeout_ms(i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX))
+            .with_validate_only(validate_only);
+        let answer = self
+            .channel
+            .call(
+                ControllerRequest::CreatePartitions(request, CREATE_PARTITIONS_VERSION),
+                self.timeout,
+            )
+            .await?;
+        let ResponseKind::CreatePartitions(response) = answer else {
+            return Err(unexpected(&answer));
+        };
+        match response.results.first() {
+            Some(r) if r.error_code != 0 => {
+                return Err(TopicError::refused(
+                    name,
+                    r.error_code,
+                    r.error_message.as_ref(),
+                ))
+            }
+            Some(_) => {}
+            None => return Err(unexpected(&ResponseKind::CreatePartitions(response))),
         }
         if validate_only {
             return Ok(());
         }
-        let record = TopicRecord {
-            name: topic.name.clone(),
-            id: topic.id,
-            partitions: count,
-            configs: topic.configs.clone(),
-        };
-        let added = match open_new_partitions(config, &self.disk, &record, current, now_ms) {
-            Ok(added) => added,
-            Err(e) => {
-                tracing::warn!(topic = name, partitions = count, error = %e, "adding partitions failed; nothing of them was kept");
-                return Err(e.into());
-            }
-        };
-        let records = self
-            .records()
-            .into_iter()
-            .map(|r| if r.name == name { record.clone() } else { r })
-            .collect();
-        if let Err(e) = self.persist(records) {
-            remove_partition_dirs(&added);
-            tracing::warn!(topic = name, partitions = count, error = %e, "adding partitions failed: the topic list could not be written; nothing of them was kept");
-            return Err(e.into());
+        let image = self.wait_applied().await?;
+        if let Some(why) = self.missing_local_replicas(&image, before.id, before.partition_count) {
+            // Partitions cannot be taken back: they stay, offline here, as Kafka's would.
+            tracing::warn!(topic = name, partitions = count, error = %why, "adding partitions: some local replicas could not be made");
+            return Err(TopicError::Refused {
+                code: E::KafkaStorageError.code(),
+                message: format!("the partitions were added, but {why}"),
+            });
         }
-        self.replicas.add(added);
-        self.write().insert(Arc::new(Topic {
-            name: record.name,
-            id: record.id,
-            partition_count: record.partitions,
-            configs: record.configs,
-        }));
         tracing::info!(topic = name, partitions = count, "added partitions");
         Ok(())
     }
 
-    /// The topic list as it is in memory.
-    fn records(&self) -> Vec<TopicRecord> {
-        self.read()
-            .by_name
-            .values()
-            .map(|t| TopicRecord {
-                name: t.name.clone(),
-                id: t.id,
-                partitions: t.partition_count,
-                configs: t.configs.clone(),
-            })
-            .collect()
+    /// Whether the metadata log has room for a change of about `partitions` records.
+    fn check_room(&self, records: usize) -> Result<(), String> {
+        crate::disk_space::check_metadata_room(&self.data_dir, records)
     }
 
-    /// Writes `topics` as the topic list, atomically: the old file stays whole if this fails.
-    fn persist(&self, mut topics: Vec<TopicRecord>) -> io::Result<()> {
-        topics.sort_by(|a, b| a.name.cmp(&b.name));
-        let file = MetadataFile {
-            cluster_id: self.cluster_id.clone(),
-            topics,
-        };
-        let text = toml::to_string(&file).map_err(io::Error::other)?;
-        let tmp = self.data_dir.join(format!("{METADATA_FILE}.tmp"));
-        let written = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(
-                b"# Written by Caudal: the topics of this broker. Do not edit while it runs.\n",
-            )?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            // Give back what the partial file took: the disk may be full.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+    /// Waits until this broker has applied everything its quorum node has applied now (which
+    /// includes a change the controller just answered), and returns that image.
+    async fn wait_applied(&self) -> Result<Arc<MetadataImage>, TopicError> {
+        let target = self.quorum.image().provenance();
+        let mut applied = self.applied.clone();
+        let waited = tokio::time::timeout(
+            self.timeout,
+            applied.wait_for(|image| image.provenance() >= target),
+        )
+        .await;
+        match waited {
+            Ok(Ok(image)) => Ok(image.clone()),
+            Ok(Err(_)) => Err(TopicError::Controller(ChannelError::Stopped)),
+            Err(_) => Err(TopicError::NotApplied(self.timeout)),
         }
-        fs::rename(&tmp, self.data_dir.join(METADATA_FILE))?;
-        fs::File::open(&self.data_dir)?.sync_all()
     }
-}
 
-/// Makes the partitions `first..record.partitions` of a topic, each in a new directory that
-/// carries the topic's id. On any failure, every directory made here is removed again.
-fn open_new_partitions(
-    config: &BrokerConfig,
-    disk: &Arc<dyn Disk>,
-    record: &TopicRecord,
-    first: i32,
-    now_ms: i64,
-) -> io::Result<Vec<Arc<Partition>>> {
-    let log_config = config.log_config(&record.configs);
-    let mut partitions = Vec::with_capacity((record.partitions - first).max(0) as usize);
-    for index in first..record.partitions {
-        let dir = partition_dir(&config.data_dir, &record.name, index);
-        let opened = (|| {
-            if dir.exists() {
-                // Not ours (it belongs to no topic): keep it, but never adopt it.
-                set_aside(&dir, "stray", "a directory of that name was already there")?;
-            }
-            let (log, _) = PartitionLog::open_on(disk.clone(), &dir, log_config.clone(), now_ms)?;
-            write_partition_metadata(&dir, record.id)?;
-            Ok(log)
-        })();
-        match opened {
-            Ok(log) => {
-                partitions.push(Partition::start(record.name.clone(), record.id, index, log))
+    /// Why partitions `first..` of topic `id` that `image` places on this broker have no local
+    /// replica, if any has none.
+    fn missing_local_replicas(
+        &self,
+        image: &MetadataImage,
+        id: Uuid,
+        first: i32,
+    ) -> Option<String> {
+        let topic = image.topic(id)?;
+        let missing: Vec<i32> = (first..)
+            .zip(
+                topic
+                    .partitions
+                    .iter()
+                    .skip(usize::try_from(first).unwrap_or(0)),
+            )
+            .filter(|(_, p)| p.replicas.contains(&self.node_id))
+            .filter(|(index, _)| self.replicas.get(tp(id, *index)).is_none())
+            .map(|(index, _)| index)
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let reason = self
+            .replicas
+            .failure(id)
+            .unwrap_or_else(|| "the broker could not make them".to_string());
+        Some(format!(
+            "{} of its partitions have no local replica ({reason})",
+            missing.len()
+        ))
+    }
+
+    /// Deletes a topic whose creation could not be completed here, and waits until its
+    /// directories are set aside.
+    async fn undo_creation(&self, name: &str, id: Uuid) {
+        match self.delete_by_id(name, id).await {
+            Ok(()) => {
+                if let Err(e) = self.wait_applied().await {
+                    tracing::warn!(topic = name, error = %e, "undoing a failed creation: the deletion is not applied yet");
+                }
             }
             Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                remove_partition_dirs(&partitions);
-                return Err(e);
+                tracing::error!(topic = name, error = %e, "undoing a failed creation failed: the topic stays, its partitions offline here; delete it")
             }
         }
     }
-    Ok(partitions)
 }
 
-/// Removes the directories of partitions that were made but will not be kept.
-fn remove_partition_dirs(partitions: &[Arc<Partition>]) {
-    for p in partitions {
-        let dir = {
-            let mut log = p.log();
-            log.retire("its topic was not created");
-            log.dir().to_path_buf()
-        };
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a partition directory made for a failed change; it is set aside at the next start");
-        }
+fn unexpected(answer: &ResponseKind) -> TopicError {
+    tracing::error!(?answer, "the controller answered with another response");
+    TopicError::Refused {
+        code: E::UnknownServerError.code(),
+        message: "the controller answered with another response".into(),
     }
-}
-
-/// Opens the partitions of a topic of the list, recovering their logs.
-fn open_topic(
-    config: &BrokerConfig,
-    disk: &Arc<dyn Disk>,
-    record: &TopicRecord,
-    now_ms: i64,
-) -> io::Result<Vec<Arc<Partition>>> {
-    let log_config = config.log_config(&record.configs);
-    let mut partitions = Vec::with_capacity(record.partitions.max(0) as usize);
-    for index in 0..record.partitions {
-        let dir = partition_dir(&config.data_dir, &record.name, index);
-        let log = open_existing_log(disk, &dir, log_config.clone(), now_ms, &record.name, index)?;
-        if read_partition_metadata(&dir).is_none() {
-            write_partition_metadata(&dir, record.id)?;
-        }
-        partitions.push(Partition::start(record.name.clone(), record.id, index, log));
-    }
-    Ok(partitions)
-}
-
-fn new_cluster_id() -> String {
-    // Kafka cluster ids are 22 characters of URL-safe base64 of a UUID; a simple hex UUID serves.
-    Uuid::new_v4().simple().to_string()
 }
 
 #[cfg(test)]

@@ -221,8 +221,12 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
             data_dir.display(),
             broker.topics.all().len()
         );
-        server.run(shutdown).await;
-        Ok(())
+        match server.run(shutdown).await {
+            caudal_broker::Stopped::Asked => Ok(()),
+            caudal_broker::Stopped::MetadataFailed => {
+                anyhow::bail!("stopped because the metadata log failed; see the log above")
+            }
+        }
     })
 }
 

@@ -6,7 +6,7 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, ResponseKind};
 
 use super::{str_bytes, topic_error_code};
-use crate::{now_ms, Broker};
+use crate::Broker;
 
 pub async fn handle(broker: &Arc<Broker>, request: CreatePartitionsRequest) -> ResponseKind {
     let mut results = Vec::with_capacity(request.topics.len());
@@ -16,13 +16,7 @@ pub async fn handle(broker: &Arc<Broker>, request: CreatePartitionsRequest) -> R
         results.push(
             match broker
                 .topics
-                .add_partitions(
-                    &broker.config,
-                    &name,
-                    t.count,
-                    request.validate_only,
-                    now_ms(),
-                )
+                .add_partitions(&name, t.count, request.validate_only)
                 .await
             {
                 Ok(()) => result,

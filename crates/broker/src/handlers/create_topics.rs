@@ -11,7 +11,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, Respon
 
 use super::{str_bytes, topic_error_code};
 use crate::config::check_topic_config;
-use crate::{now_ms, Broker};
+use crate::Broker;
 
 /// CreateTopics v5 and later echo the created topic's configs.
 const CONFIGS_SINCE: i16 = 5;
@@ -99,14 +99,7 @@ pub async fn handle(
         }
         let created = broker
             .topics
-            .create(
-                &broker.config,
-                &name,
-                partitions,
-                configs.clone(),
-                request.validate_only,
-                now_ms(),
-            )
+            .create(&name, partitions, configs.clone(), request.validate_only)
             .await;
         match created {
             Ok(topic) => {

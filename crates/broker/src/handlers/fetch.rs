@@ -321,19 +321,20 @@ mod tests {
 
     use super::*;
     use crate::replica_manager::tp;
-    use crate::{now_ms, BrokerConfig, Server};
+    use crate::{BrokerConfig, Server};
 
     /// A broker on a temp dir with one topic of one partition, and a fetch of it at offset 0.
+    /// The server is returned to be kept: dropping it stops the node's controller.
     async fn broker_with_topic(
         dir: &std::path::Path,
         min_bytes: i32,
-    ) -> (Arc<Broker>, Arc<Partition>, FetchRequest) {
+    ) -> (Server, Arc<Broker>, Arc<Partition>, FetchRequest) {
         let config = BrokerConfig::new("127.0.0.1:0".parse().unwrap(), dir.into());
         let server = Server::bind(config.clone()).await.unwrap();
         let broker = server.broker().clone();
         let topic = broker
             .topics
-            .create(&config, "moves", 1, BTreeMap::new(), false, now_ms())
+            .create("moves", 1, BTreeMap::new(), false)
             .await
             .unwrap()
             .unwrap();
@@ -349,7 +350,7 @@ mod tests {
                     .with_fetch_offset(0)
                     .with_current_leader_epoch(0)
                     .with_partition_max_bytes(1 << 20)])]);
-        (broker, partition, request)
+        (server, broker, partition, request)
     }
 
     fn error_code(answer: Option<ResponseKind>) -> i16 {
@@ -367,7 +368,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_fetch_answers_as_soon_as_its_partition_stops_leading() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, partition, request) = broker_with_topic(dir.path(), 1).await;
+        let (_server, broker, partition, request) = broker_with_topic(dir.path(), 1).await;
         let fetch = handle(broker, request, 12);
         tokio::pin!(fetch);
         // Nothing to read: the fetch waits (its first pass arms the wakers, the second parks).
@@ -383,7 +384,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_fetch_answers_as_soon_as_its_topic_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, _partition, request) = broker_with_topic(dir.path(), 1).await;
+        let (_server, broker, _partition, request) = broker_with_topic(dir.path(), 1).await;
         let fetch = handle(broker.clone(), request, 12);
         tokio::pin!(fetch);
         assert!(poll(&mut fetch).is_pending());
@@ -397,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn a_fetch_with_min_bytes_zero_answers_at_once_with_nothing_to_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (broker, _partition, request) = broker_with_topic(dir.path(), 0).await;
+        let (_server, broker, _partition, request) = broker_with_topic(dir.path(), 0).await;
         let fetch = handle(broker, request, 12);
         tokio::pin!(fetch);
         let Poll::Ready(answer) = poll(&mut fetch) else {

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{
 
 use crate::Broker;
 
-pub fn handle(broker: &Arc<Broker>, request: InitProducerIdRequest) -> ResponseKind {
+pub async fn handle(broker: &Arc<Broker>, request: InitProducerIdRequest) -> ResponseKind {
     let response = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
@@ -27,15 +27,15 @@ pub fn handle(broker: &Arc<Broker>, request: InitProducerIdRequest) -> ResponseK
     {
         (Ok(request.producer_id.0), request.producer_epoch + 1)
     } else {
-        (broker.producer_ids.next(), 0)
+        (broker.producer_ids.next_id().await, 0)
     };
     ResponseKind::InitProducerId(match id {
         Ok(id) => response
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),
         Err(e) => {
-            tracing::error!(error = %e, "could not record the producer id block");
-            response.with_error_code(E::KafkaStorageError.code())
+            tracing::warn!(error = %e, "no producer id to give");
+            response.with_error_code(e.kafka_error().code())
         }
     })
 }

@@ -12,7 +12,7 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::replica_manager::tp;
 use crate::topics::Topic;
-use crate::{now_ms, Broker};
+use crate::Broker;
 
 /// Kafka's "authorized operations not requested" marker.
 const OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -84,14 +84,7 @@ pub async fn handle(
 pub(crate) async fn auto_create_topic(broker: &Broker, name: &str) -> Result<Arc<Topic>, i16> {
     let created = broker
         .topics
-        .create(
-            &broker.config,
-            name,
-            broker.config.num_partitions(),
-            BTreeMap::new(),
-            false,
-            now_ms(),
-        )
+        .create(name, broker.config.num_partitions(), BTreeMap::new(), false)
         .await;
     match created {
         Ok(Some(topic)) => Ok(topic),

@@ -59,14 +59,5 @@ pub struct Connection {
 
 /// Kafka's error code for a topic operation failure.
 pub(crate) fn topic_error_code(e: &crate::topics::TopicError) -> i16 {
-    use crate::topics::TopicError::*;
-    use kafka_protocol::error::ResponseError as E;
-    match e {
-        InvalidName(..) => E::InvalidTopicException.code(),
-        AlreadyExists(_) => E::TopicAlreadyExists.code(),
-        Unknown(_) => E::UnknownTopicOrPartition.code(),
-        InvalidPartitions(_) => E::InvalidPartitions.code(),
-        Internal(_) => E::InvalidTopicException.code(),
-        Io(_) => E::KafkaStorageError.code(),
-    }
+    e.code()
 }

@@ -1,0 +1,255 @@
+//! The cluster side of a node: its metadata quorum, the controller on it, the broker's
+//! registration, and the follower that keeps the local replicas in line with the metadata image.
+//!
+//! A single node is a cluster of one: the same code path, a quorum of one voter on
+//! [`NoPeers`]. The first start bootstraps the metadata log (a fresh cluster id, or the takeover
+//! of a previous release's directory), every start completes the bootstrap's file steps, and
+//! the broker serves clients only once the controller has unfenced it.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use caudal_metadata::bootstrap::{self, Bootstrap, BootstrapSettings};
+use caudal_metadata::controller::{
+    ControllerClock, ControllerService, ControllerServiceConfig, TopicConfigCheck,
+};
+use caudal_metadata::quorum::{NoPeers, Quorum, QuorumConfig};
+use caudal_metadata::{Controller, ControllerConfig, IdSource, MetadataImage};
+use caudal_storage::Disk;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::controller_channel::ControllerChannel;
+use crate::image_follower::Follower;
+use crate::lifecycle::{BrokerLifecycle, BrokerState, LifecycleConfig, ShutdownOutcome};
+use crate::replica_manager::ReplicaManager;
+use crate::StartError;
+
+/// The longest each step of a start may take before the start fails with a message naming it.
+const START_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a clean stop waits for the controller to confirm the controlled shutdown.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a stop waits for the follower to finish the change it is applying.
+const FOLLOWER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker's topic config rules, handed to the controller so they live in one place. The
+/// controller also takes `cleanup.policy=compact`, which the broker's own `__consumer_offsets`
+/// uses; CreateTopics from clients is checked by the broker first, which refuses it until
+/// compaction is offered for every topic.
+const TOPIC_CONFIG_CHECK: TopicConfigCheck = |key, value| {
+    if key == "cleanup.policy" && value == "compact" {
+        return Ok(value.to_string());
+    }
+    crate::config::check_topic_config(key, value).map_err(|e| e.to_string())
+};
+
+/// A running node's quorum, controller, registration and image follower.
+pub(crate) struct MetadataNode {
+    quorum: Quorum,
+    controller: ControllerService,
+    pub channel: ControllerChannel,
+    lifecycle: BrokerLifecycle,
+    follower: JoinHandle<()>,
+    stop_follower: oneshot::Sender<()>,
+    /// The image the local replicas match, published by the follower.
+    pub applied: watch::Receiver<Arc<MetadataImage>>,
+    pub cluster_id: String,
+}
+
+async fn step<T>(what: &'static str, future: impl Future<Output = T>) -> Result<T, StartError> {
+    tokio::time::timeout(START_STEP_TIMEOUT, future)
+        .await
+        .map_err(|_| StartError::Stalled {
+            what,
+            timeout: START_STEP_TIMEOUT,
+        })
+}
+
+impl MetadataNode {
+    /// Starts the quorum (bootstrapping a new or previous release's directory), opens the
+    /// local replicas the image gives this broker, starts the controller, and registers. Returns
+    /// once the controller has unfenced the broker, its stray directories set aside.
+    pub(crate) async fn start(
+        config: &BrokerConfig,
+        disk: Arc<dyn Disk>,
+        replicas: Arc<ReplicaManager>,
+    ) -> Result<MetadataNode, StartError> {
+        let node_id =
+            u64::try_from(config.node_id).map_err(|_| StartError::NodeId(config.node_id))?;
+        let quorum = Quorum::start(&QuorumConfig::new(node_id), &config.data_dir, NoPeers).await?;
+        if quorum.initialize(&BTreeSet::from([node_id])).await? {
+            tracing::info!(
+                node_id,
+                "metadata quorum created, with this node its only voter"
+            );
+        }
+        // Leading, with every entry its log had applied: the image is then current.
+        let mut statuses = quorum.client().statuses();
+        step("this node leading its metadata quorum", async {
+            loop {
+                let s = statuses.current();
+                if s.is_leader && s.last_applied_index >= s.last_log_index {
+                    return Ok::<(), caudal_metadata::quorum::QuorumError>(());
+                }
+                statuses.changed().await?;
+            }
+        })
+        .await??;
+        let settings = BootstrapSettings {
+            node_id: config.node_id,
+            cluster_id: Some(config.cluster_id.clone()).filter(|id| !id.is_empty()),
+            voters: BTreeSet::new(),
+        };
+        let data_dir = config.data_dir.clone();
+        let image = quorum.image();
+        let plan = {
+            let (dir, settings) = (data_dir.clone(), settings.clone());
+            blocking(move || Bootstrap::plan(&dir, &settings, &image)).await??
+        };
+        if let Some(bootstrap) = plan {
+            quorum.propose(bootstrap.entry()).await?;
+            tracing::info!(
+                cluster_id = bootstrap.cluster_id(),
+                takeover = bootstrap.is_takeover(),
+                "metadata log bootstrapped"
+            );
+        }
+        let image = quorum.image();
+        let cluster_id = image
+            .cluster_id()
+            .ok_or(StartError::NoClusterId)?
+            .to_string();
+        if let Some(configured) = settings.cluster_id.filter(|c| *c != cluster_id) {
+            return Err(StartError::OtherCluster {
+                configured,
+                found: cluster_id,
+            });
+        }
+        {
+            let (dir, image) = (data_dir.clone(), image.clone());
+            let node = config.node_id;
+            blocking(move || bootstrap::complete(&dir, &image, node)).await??;
+        }
+
+        let follower = Follower {
+            config: Arc::new(config.clone()),
+            disk,
+            replicas: replicas.clone(),
+        };
+        let images = quorum.images();
+        let image = quorum.image();
+        let (follower, image) = blocking(move || {
+            follower.load(&image);
+            (follower, image)
+        })
+        .await?;
+        let (published, applied) = watch::channel(image);
+        let (stop_follower, follower_stop) = oneshot::channel();
+        let follower = follower.start(images, published, follower_stop);
+
+        let controller_config = ControllerConfig {
+            broker_session_timeout_ms: config.broker_session_timeout_ms(),
+            default_num_partitions: config.num_partitions(),
+            default_replication_factor: config.default_replication_factor(),
+            topic_config_check: Some(TOPIC_CONFIG_CHECK),
+            ..ControllerConfig::new(config.node_id)
+        };
+        let controller = ControllerService::start(
+            Controller::new(controller_config, IdSource::random()),
+            quorum.client(),
+            ControllerClock::monotonic(),
+            ControllerServiceConfig::default(),
+        );
+        let channel = ControllerChannel::in_process(controller.handle());
+        let offset = applied.clone();
+        let lifecycle = BrokerLifecycle::start(
+            LifecycleConfig {
+                cluster_id: cluster_id.clone(),
+                ..LifecycleConfig::from_broker(config)
+            },
+            channel.clone(),
+            Arc::new(move || i64::try_from(offset.borrow().provenance().index).unwrap_or(i64::MAX)),
+        );
+        let mut lifecycle_statuses = lifecycle.statuses();
+        step(
+            "the controller unfencing this broker",
+            lifecycle_statuses.wait_for(|s| s.state == BrokerState::Running),
+        )
+        .await?
+        .map_err(|_| StartError::NoClusterId)?;
+        // Only now is the image one this broker has caught up to: a stale one would exile live
+        // data.
+        let image = applied.borrow().clone();
+        let (r, c) = (replicas.clone(), config.clone());
+        blocking(move || r.set_aside_strays(&image, &c)).await?;
+        Ok(MetadataNode {
+            quorum,
+            controller,
+            channel,
+            lifecycle,
+            follower,
+            stop_follower,
+            applied,
+            cluster_id,
+        })
+    }
+
+    /// The broker's registration status, for the producer-id source.
+    pub(crate) fn lifecycle_statuses(&self) -> watch::Receiver<crate::lifecycle::LifecycleStatus> {
+        self.lifecycle.statuses()
+    }
+
+    pub(crate) fn quorum_client(&self) -> caudal_metadata::quorum::QuorumClient {
+        self.quorum.client()
+    }
+
+    /// Resolves if the metadata quorum stops on its own: its log could not be written or read.
+    /// The node cannot change or learn metadata any more, so it must stop, as Kafka's does.
+    pub(crate) fn quorum_failed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut statuses = self.quorum.client().statuses();
+        async move { while statuses.changed().await.is_ok() {} }
+    }
+
+    /// Controlled shutdown, then the controller and the quorum stop; returns once the follower
+    /// has finished, so the replicas can be closed.
+    pub(crate) async fn stop(self) {
+        let MetadataNode {
+            quorum,
+            controller,
+            lifecycle,
+            mut follower,
+            stop_follower,
+            ..
+        } = self;
+        match lifecycle.shutdown(CONTROLLED_SHUTDOWN_TIMEOUT).await {
+            ShutdownOutcome::Completed => tracing::info!("controlled shutdown complete"),
+            ShutdownOutcome::TimedOut | ShutdownOutcome::ControllerStopped => {
+                tracing::warn!("stopping without a controlled shutdown")
+            }
+        }
+        let _ = stop_follower.send(());
+        controller.shutdown().await;
+        if let Err(e) = quorum.shutdown().await {
+            tracing::warn!(error = %e, "stopping the metadata quorum failed");
+        }
+        if tokio::time::timeout(FOLLOWER_STOP_TIMEOUT, &mut follower)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the metadata follower did not stop in time");
+            follower.abort();
+        }
+    }
+}
+
+/// Runs file work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StartError::Internal(e.to_string()))
+}
