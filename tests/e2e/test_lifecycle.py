@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 
+from confluent_kafka import TopicCollection
+
 from harness import port_accepts
 from support import (admin, consume, create_topic, produce_and_confirm, unique_topic,
                      wait_until)
@@ -114,3 +116,29 @@ def test_a_data_directory_belongs_to_one_node(broker_factory):
 
     b.start()
     assert [r.value for r in consume(b.bootstrap, topic, [0])] == [b"kept"]
+
+
+def test_a_restarted_node_keeps_its_cluster_and_logs_no_error(broker_factory):
+    """A single node is a cluster of one on its metadata log: a restart rejoins it (no second
+    bootstrap, no refused initialisation), keeps the cluster id and the topic ids, and says
+    nothing at ERROR."""
+    b = broker_factory()
+    topic = unique_topic("rejoin")
+    create_topic(b.bootstrap, topic, partitions=2)
+    produce_and_confirm(b.bootstrap, topic, [(None, b"before")], partition=1)
+    a = admin(b.bootstrap)
+    cluster_id = a.describe_cluster(request_timeout=10).result(timeout=15).cluster_id
+    topic_id = a.describe_topics(TopicCollection([topic]))[topic].result(timeout=15).topic_id
+    assert b.stop() == 0
+    assert (b.data_dir / "__cluster_metadata-0").is_dir()
+    for _ in range(2):
+        b.start()
+        a = admin(b.bootstrap)
+        assert a.describe_cluster(request_timeout=10).result(timeout=15).cluster_id == cluster_id
+        described = a.describe_topics(TopicCollection([topic]))[topic].result(timeout=15)
+        assert str(described.topic_id) == str(topic_id)
+        assert [r.value for r in consume(b.bootstrap, topic, [1])] == [b"before"]
+        assert b.stop() == 0
+    log = b.log_text()
+    assert log.count("metadata log bootstrapped") == 1, log
+    assert " ERROR " not in log, log

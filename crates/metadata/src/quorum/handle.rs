@@ -323,6 +323,14 @@ impl Quorum {
     /// Makes a pristine node the first member of a quorum of `voters` (which must include it).
     /// Returns false, doing nothing, when this node already has a log or a vote.
     pub async fn initialize(&self, voters: &BTreeSet<u64>) -> Result<bool, QuorumError> {
+        // A node that has voted is not pristine: answered here, since openraft logs an error
+        // for every refused initialisation and a node tries at each start.
+        let voted = openraft::storage::RaftLogStorage::read_vote(&mut self.store.clone())
+            .await
+            .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        if voted.is_some() {
+            return Ok(false);
+        }
         let members: BTreeMap<u64, QuorumNode> = voters
             .iter()
             .map(|&id| (id, QuorumNode::default()))
