@@ -644,13 +644,7 @@ mod tests {
     }
 
     fn set_topic_config(topic: &str, name: &str, value: Option<&str>) -> MetadataRecord {
-        MetadataRecord::Config {
-            v: 0,
-            resource_type: ConfigResource::TOPIC,
-            resource_name: topic.into(),
-            name: name.into(),
-            value: value.map(String::from),
-        }
+        MetadataRecord::topic_config(topic, name, value)
     }
 
     #[tokio::test]

@@ -230,7 +230,7 @@ impl Topics {
             );
         let request = CreateTopicsRequest::default()
             .with_topics(vec![topic])
-            .with_timeout_ms(i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX))
+            .with_timeout_ms(self.timeout_ms())
             .with_validate_only(validate_only);
         let answer = self
             .channel
@@ -292,7 +292,7 @@ impl Topics {
     async fn delete_by_id(&self, name: &str, id: Uuid) -> Result<(), TopicError> {
         let request = DeleteTopicsRequest::default()
             .with_topics(vec![DeleteTopicState::default().with_topic_id(id)])
-            .with_timeout_ms(i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX));
+            .with_timeout_ms(self.timeout_ms());
         let answer = self
             .channel
             .call(
@@ -338,7 +338,7 @@ impl Topics {
             .with_topics(vec![CreatePartitionsTopic::default()
                 .with_name(TopicName(str_bytes(name)))
                 .with_count(count)])
-            .with_timeout_ms(i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX))
+            .with_timeout_ms(self.timeout_ms())
             .with_validate_only(validate_only);
         let answer = self
             .channel
@@ -375,6 +375,11 @@ impl Topics {
         }
         tracing::info!(topic = name, partitions = count, "added partitions");
         Ok(())
+    }
+
+    /// The timeout requests to the controller carry.
+    fn timeout_ms(&self) -> i32 {
+        i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX)
     }
 
     /// Whether the metadata log has room for a change of about `partitions` records.

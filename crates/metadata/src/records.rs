@@ -122,6 +122,17 @@ pub enum MetadataRecord {
 }
 
 impl MetadataRecord {
+    /// A topic config override of `topic` set to `value`, or removed with `None`.
+    pub fn topic_config(topic: &str, name: &str, value: Option<&str>) -> MetadataRecord {
+        MetadataRecord::Config {
+            v: RECORD_VERSION,
+            resource_type: crate::image::ConfigResource::TOPIC,
+            resource_name: topic.to_string(),
+            name: name.to_string(),
+            value: value.map(str::to_string),
+        }
+    }
+
     /// The record's `type` tag, for logs and errors.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -313,13 +313,7 @@ mod tests {
     }
 
     fn set_config(topic: &str, name: &str, value: Option<&str>) -> MetadataRecord {
-        MetadataRecord::Config {
-            v: 0,
-            resource_type: ConfigResource::TOPIC,
-            resource_name: topic.into(),
-            name: name.into(),
-            value: value.map(String::from),
-        }
+        MetadataRecord::topic_config(topic, name, value)
     }
 
     /// The images after each step, starting from the empty image, with the delta of each step's
