@@ -179,7 +179,9 @@ impl MetadataNode {
             lifecycle_statuses.wait_for(|s| s.state == BrokerState::Running),
         )
         .await?
-        .map_err(|_| StartError::NoClusterId)?;
+        .map_err(|_| {
+            StartError::Internal("the broker lifecycle stopped before it was unfenced".into())
+        })?;
         // Only now is the image one this broker has caught up to: a stale one would exile live
         // data.
         let image = applied.borrow().clone();
