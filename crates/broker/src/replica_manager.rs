@@ -102,21 +102,14 @@ impl ReplicaManager {
             .ok_or(E::NotLeaderOrFollower.code())
     }
 
-    /// Takes over opened replicas.
-    pub fn add(&self, partitions: impl IntoIterator<Item = Arc<Partition>>) {
+    /// Takes over opened replicas (tests build them by hand; the broker opens replicas from the
+    /// metadata image).
+    #[cfg(test)]
+    pub(crate) fn add(&self, partitions: impl IntoIterator<Item = Arc<Partition>>) {
         let mut replicas = self.write();
         for p in partitions {
             replicas.insert(tp(p.topic_id, p.index), p);
         }
-    }
-
-    /// Gives up the replicas of a topic's partitions `0..count` (the topic was deleted),
-    /// returning them so their files can be set aside.
-    pub fn remove_topic(&self, topic_id: Uuid, count: i32) -> Vec<Arc<Partition>> {
-        let mut replicas = self.write();
-        (0..count)
-            .filter_map(|i| replicas.remove(&tp(topic_id, i)))
-            .collect()
     }
 
     /// Every local replica, ordered by topic name and partition (stable log output).
@@ -526,10 +519,6 @@ mod tests {
             "a follower replica served a client"
         );
         assert!(replicas.get(tp(id, 1)).is_some());
-
-        let removed = replicas.remove_topic(id, 2);
-        assert_eq!(removed.len(), 2);
-        assert!(replicas.is_empty());
     }
 
     const ME: i32 = 1;

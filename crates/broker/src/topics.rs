@@ -36,13 +36,14 @@ const CREATE_TOPICS_VERSION: i16 = 7;
 const DELETE_TOPICS_VERSION: i16 = 6;
 const CREATE_PARTITIONS_VERSION: i16 = 3;
 
-/// A topic as the cluster knows it. Its partitions' logs are the replica manager's.
+/// A topic as the cluster knows it: what produce and fetch need per request, and no more (its
+/// config overrides are read with [`Topics::configs`]). Its partitions' logs are the replica
+/// manager's.
 #[derive(Debug)]
 pub struct Topic {
     pub name: String,
     pub id: Uuid,
     pub partition_count: i32,
-    pub configs: BTreeMap<String, String>,
 }
 
 impl Topic {
@@ -51,15 +52,11 @@ impl Topic {
         (0..self.partition_count).contains(&index)
     }
 
-    fn of(image: &MetadataImage, topic: &TopicImage) -> Arc<Topic> {
+    fn of(topic: &TopicImage) -> Arc<Topic> {
         Arc::new(Topic {
             name: topic.name.clone(),
             id: topic.id,
             partition_count: i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX),
-            configs: image
-                .config(&ConfigResource::topic(&topic.name))
-                .cloned()
-                .unwrap_or_default(),
         })
     }
 }
@@ -181,19 +178,27 @@ impl Topics {
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
         let image = self.image();
         let topic = image.topic_by_name(name)?;
-        Some(Topic::of(&image, topic))
+        Some(Topic::of(topic))
     }
 
     pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
         let image = self.image();
         let topic = image.topic(id)?;
-        Some(Topic::of(&image, topic))
+        Some(Topic::of(topic))
+    }
+
+    /// The config overrides of topic `name` (none for a topic without any, or none at all).
+    pub fn configs(&self, name: &str) -> BTreeMap<String, String> {
+        self.image()
+            .config(&ConfigResource::topic(name))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// All topics, sorted by name.
     pub fn all(&self) -> Vec<Arc<Topic>> {
         let image = self.image();
-        let mut all: Vec<_> = image.topics().map(|t| Topic::of(&image, t)).collect();
+        let mut all: Vec<_> = image.topics().map(|t| Topic::of(t)).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -265,7 +270,7 @@ impl Topics {
         }
         let topic = image
             .topic(topic_id)
-            .map(|t| Topic::of(&image, t))
+            .map(|t| Topic::of(t))
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         tracing::info!(topic = name, partitions, "created topic");
         Ok(Some(topic))

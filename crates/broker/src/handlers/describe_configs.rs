@@ -38,19 +38,20 @@ pub fn handle(broker: &Arc<Broker>, request: DescribeConfigsRequest, version: i1
                 .with_resource_name(resource.resource_name.clone());
             match resource.resource_type {
                 TOPIC => {
-                    let Some(topic) = broker.topics.get(name) else {
+                    if broker.topics.get(name).is_none() {
                         return result
                             .with_error_code(E::UnknownTopicOrPartition.code())
                             .with_error_message(Some(str_bytes(format!(
                                 "topic '{name}' does not exist"
                             ))));
-                    };
+                    }
+                    let overrides = broker.topics.configs(name);
                     let configs = SETTINGS
                         .iter()
                         .filter_map(|s| s.topic_key.map(|k| (k, s)))
                         .filter(|(k, _)| wanted(k))
                         .filter_map(|(key, setting)| {
-                            let (value, source) = broker.config.topic_value(&topic.configs, key)?;
+                            let (value, source) = broker.config.topic_value(&overrides, key)?;
                             let mut entry = entry(
                                 key,
                                 value,
