@@ -3,7 +3,8 @@
 //!
 //! One record per batch keeps offset == index, and puts the term where Kafka puts an epoch (the
 //! batch's partition leader epoch), so the metadata log reads like any other Kafka log. The same
-//! batches carry checkpoints (see `snapshot.rs`), and will carry entries between nodes.
+//! batches carry checkpoints (see `snapshot.rs`); entries between nodes carry the same kind and
+//! JSON value (see `wire.rs`).
 
 use caudal_storage::batch::{read_varint, read_varlong, BATCH_HEADER_LEN, LOG_OVERHEAD};
 use caudal_storage::{validate_batch, BatchHeader};
@@ -90,7 +91,17 @@ pub(crate) fn encode_entry(
     entry: &Entry<QuorumTypes>,
     timestamp_ms: i64,
 ) -> Result<Vec<u8>, QuorumStoreError> {
-    let (kind, value): (&[u8], Option<Vec<u8>>) = match &entry.payload {
+    let (kind, value) = encode_payload(&entry.payload)?;
+    let id = StoredLogId::from(&entry.log_id);
+    encode_batch(id, kind, value.as_deref(), timestamp_ms)
+}
+
+/// An entry's kind and the JSON of its payload, as the log stores them (and the network sends
+/// them).
+pub(crate) fn encode_payload(
+    payload: &EntryPayload<QuorumTypes>,
+) -> Result<(&'static [u8], Option<Vec<u8>>), QuorumStoreError> {
+    Ok(match payload {
         EntryPayload::Blank => (KIND_BLANK, None),
         EntryPayload::Normal(records) => (KIND_RECORDS, Some(records.encode()?)),
         EntryPayload::Membership(m) => {
@@ -102,25 +113,36 @@ pub(crate) fn encode_entry(
             })?;
             (KIND_MEMBERSHIP, Some(json))
         }
-    };
-    let id = StoredLogId::from(&entry.log_id);
-    encode_batch(id, kind, value.as_deref(), timestamp_ms)
+    })
 }
 
 /// Decodes an entry from its stored batch.
 pub(crate) fn decode_entry(batch: &[u8]) -> Result<Entry<QuorumTypes>, QuorumStoreError> {
     let BatchRecord { id, key, value } = decode_batch(batch)?;
+    let payload = decode_payload(id, &key, value.as_deref())?;
+    Ok(Entry {
+        log_id: id.to_raft(),
+        payload,
+    })
+}
+
+/// The payload of entry `id` from its kind and JSON value: the inverse of [`encode_payload`].
+pub(crate) fn decode_payload(
+    id: StoredLogId,
+    kind: &[u8],
+    value: Option<&[u8]>,
+) -> Result<EntryPayload<QuorumTypes>, QuorumStoreError> {
     let what = || format!("metadata log entry {}", id.index);
-    let payload = match key.as_slice() {
+    Ok(match kind {
         KIND_BLANK => EntryPayload::Blank,
         KIND_RECORDS => {
             let value = value.ok_or_else(|| QuorumStoreError::corrupt(what(), "no value"))?;
-            EntryPayload::Normal(EntryRecords::decode(&value)?)
+            EntryPayload::Normal(EntryRecords::decode(value)?)
         }
         KIND_MEMBERSHIP => {
             let value = value.ok_or_else(|| QuorumStoreError::corrupt(what(), "no value"))?;
             let m: QuorumMembership =
-                serde_json::from_slice(&value).map_err(|source| QuorumStoreError::Json {
+                serde_json::from_slice(value).map_err(|source| QuorumStoreError::Json {
                     what: "a membership entry",
                     source,
                 })?;
@@ -132,10 +154,6 @@ pub(crate) fn decode_entry(batch: &[u8]) -> Result<Entry<QuorumTypes>, QuorumSto
                 format!("unknown kind {:?}", String::from_utf8_lossy(other)),
             ))
         }
-    };
-    Ok(Entry {
-        log_id: id.to_raft(),
-        payload,
     })
 }
 

@@ -17,6 +17,7 @@ mod log_store;
 mod no_peers;
 mod snapshot;
 mod state_machine;
+mod wire;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -35,6 +36,10 @@ pub use handle::{Quorum, QuorumClient, QuorumConfig, QuorumError, QuorumStatus, 
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
 pub use no_peers::{NoPeerClient, NoPeers};
 pub use state_machine::{CheckpointBuilder, StateMachine};
+pub use wire::{
+    FrameReadError, WireError, DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT,
+    RAFT_RPC_VERSION, RAFT_VOTE,
+};
 
 /// The name of the metadata log's directory under a node's data directory.
 pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
