@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{
     blocking, metadata_log_dir, Applied, LogStore, MetadataLogConfig, QuorumNode, QuorumStoreError,
-    QuorumTypes, StateMachine,
+    QuorumTypes, RaftRpcServer, StateMachine, TcpPeers,
 };
 use crate::records::EntryRecords;
 use crate::MetadataImage;
@@ -318,6 +318,44 @@ impl Quorum {
             store,
             tie_breaker,
         })
+    }
+
+    /// [`start`](Self::start) over TCP: `peers` also follows this node's log end, which
+    /// [`PeerProgress`](super::PeerProgress)'s caught-up times compare against.
+    pub async fn start_over_tcp(
+        config: &QuorumConfig,
+        data_dir: &Path,
+        peers: TcpPeers,
+    ) -> Result<Quorum, QuorumError> {
+        let quorum = Quorum::start(config, data_dir, peers.clone()).await?;
+        peers.follow(quorum.raft.metrics());
+        Ok(quorum)
+    }
+
+    /// What answers the quorum RPCs other nodes send this one. `cluster_id` is this node's if
+    /// it knows it; otherwise the one its image learns from the log is used once applied.
+    pub fn rpc_server(&self, cluster_id: Option<String>) -> RaftRpcServer {
+        RaftRpcServer::new(self.raft.clone(), self.client.images(), cluster_id)
+    }
+
+    /// Starts a quorum of `voters` if this node is the lowest-id voter and pristine; other
+    /// voters wait for it to reach them (`docs/design/cluster.md`, section 9: every node
+    /// given the same voters agrees on who initialises, so two nodes never initialise two
+    /// different quorums). Returns whether this node initialised.
+    pub async fn initialize_if_lowest(&self, voters: &BTreeSet<u64>) -> Result<bool, QuorumError> {
+        let node_id = self.node_id();
+        match voters.first() {
+            Some(&lowest) if lowest == node_id => self.initialize(voters).await,
+            Some(&lowest) => {
+                tracing::info!(
+                    node_id,
+                    lowest,
+                    "waiting for the lowest-id voter to start the metadata quorum"
+                );
+                Ok(false)
+            }
+            None => Err(QuorumError::Config("no voters".to_string())),
+        }
     }
 
     /// Makes a pristine node the first member of a quorum of `voters` (which must include it).

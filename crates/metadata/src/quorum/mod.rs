@@ -9,12 +9,16 @@
 //!   per entry, base offset = index, partition leader epoch = term) plus the `quorum-state` file.
 //! - [`StateMachine`]: the loader; replays entries into a delta, publishes each new image, and
 //!   writes and loads snapshots as checkpoint files of records.
+//! - [`TcpPeers`] and [`RaftRpcServer`]: the RPCs between nodes, Kafka frames with private API
+//!   keys and JSON bodies of Caudal's mirrored types (`wire.rs`).
 
 mod entry;
 mod files;
 mod handle;
 mod log_store;
+mod network;
 mod no_peers;
+mod server;
 mod snapshot;
 mod state_machine;
 mod wire;
@@ -34,7 +38,9 @@ use crate::records::{CodecError, EntryRecords};
 
 pub use handle::{Quorum, QuorumClient, QuorumConfig, QuorumError, QuorumStatus, StatusWatch};
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
+pub use network::{PeerContact, PeerProgress, TcpPeerClient, TcpPeers};
 pub use no_peers::{NoPeerClient, NoPeers};
+pub use server::{serve_connection, RaftRpcError, RaftRpcServer};
 pub use state_machine::{CheckpointBuilder, StateMachine};
 pub use wire::{
     FrameReadError, WireError, DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT,

@@ -1,0 +1,222 @@
+//! The receiving side of the quorum's RPCs: [`RaftRpcServer`] answers frames with the private
+//! API keys by calling this node's Raft. The broker's connection layer reads the frames, peeks
+//! the API key ([`RaftRpcServer::is_raft_key`]) and writes the response header; this module owns
+//! only the bodies. [`serve_connection`] is the whole loop for a socket that carries nothing else.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::error::RaftError;
+use openraft::{Raft, RaftMetrics};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::wire::{
+    decode_request_header, encode_response_frame, from_json, read_frame, to_json, FrameReadError,
+    WireAppendEntriesRequest, WireAppendEntriesResponse, WireInstallSnapshotRequest,
+    WireInstallSnapshotResponse, WireOrigin, WireVoteRequest, WireVoteResponse,
+    DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT, RAFT_RPC_VERSION,
+    RAFT_VOTE,
+};
+use super::{QuorumNode, QuorumTypes, WireError};
+use crate::MetadataImage;
+
+/// Why a quorum RPC was refused. The caller closes the connection and logs the error: the
+/// sender's client sees the peer as unreachable and backs off.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftRpcError {
+    #[error("api key {0} is not a quorum RPC")]
+    UnknownApiKey(i16),
+    #[error("quorum RPC {api_key} has no version {api_version}")]
+    UnsupportedVersion { api_key: i16, api_version: i16 },
+    #[error("a quorum RPC body of {size} bytes exceeds the limit of {max} bytes")]
+    BodyTooLarge { size: usize, max: usize },
+    #[error("a quorum RPC: {0}")]
+    Wire(#[from] WireError),
+    #[error("node {node_id} is neither a voter nor a learner of this node's quorum")]
+    UnknownSender { node_id: u64 },
+    #[error("node {node_id} belongs to cluster {theirs}, this node to cluster {ours}")]
+    OtherCluster {
+        node_id: u64,
+        ours: String,
+        theirs: String,
+    },
+    #[error("the quorum has stopped: {0}")]
+    Stopped(String),
+    #[error(transparent)]
+    Read(#[from] FrameReadError),
+    #[error("writing a quorum RPC response: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// Answers quorum RPCs for one node. Cloneable; it does not keep the quorum running, and once
+/// the quorum has shut down every RPC fails with [`RaftRpcError::Stopped`].
+#[derive(Clone)]
+pub struct RaftRpcServer {
+    raft: Raft<QuorumTypes>,
+    metrics: watch::Receiver<RaftMetrics<u64, QuorumNode>>,
+    images: watch::Receiver<Arc<MetadataImage>>,
+    cluster_id: Option<String>,
+    max_frame_bytes: usize,
+}
+
+impl std::fmt::Debug for RaftRpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftRpcServer")
+            .field("cluster_id", &self.cluster_id)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftRpcServer {
+    pub(crate) fn new(
+        raft: Raft<QuorumTypes>,
+        images: watch::Receiver<Arc<MetadataImage>>,
+        cluster_id: Option<String>,
+    ) -> RaftRpcServer {
+        RaftRpcServer {
+            metrics: raft.metrics(),
+            raft,
+            images,
+            cluster_id,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    /// Bounds the bodies (and, in [`serve_connection`], the frames) this server reads:
+    /// `socket.request.max.bytes`.
+    pub fn with_max_frame_bytes(mut self, max_frame_bytes: usize) -> RaftRpcServer {
+        self.max_frame_bytes = max_frame_bytes;
+        self
+    }
+
+    /// Whether `api_key` is one of the quorum's private keys, which no Kafka client sends.
+    pub fn is_raft_key(api_key: i16) -> bool {
+        matches!(
+            api_key,
+            RAFT_VOTE | RAFT_APPEND_ENTRIES | RAFT_INSTALL_SNAPSHOT
+        )
+    }
+
+    /// Answers one request body with the response body; the caller frames it under the
+    /// request's correlation id. An error means the request was refused or could not be read:
+    /// close the connection.
+    pub async fn handle(
+        &self,
+        api_key: i16,
+        api_version: i16,
+        body: Bytes,
+    ) -> Result<Bytes, RaftRpcError> {
+        if !Self::is_raft_key(api_key) {
+            return Err(RaftRpcError::UnknownApiKey(api_key));
+        }
+        if api_version != RAFT_RPC_VERSION {
+            return Err(RaftRpcError::UnsupportedVersion {
+                api_key,
+                api_version,
+            });
+        }
+        if body.len() > self.max_frame_bytes {
+            return Err(RaftRpcError::BodyTooLarge {
+                size: body.len(),
+                max: self.max_frame_bytes,
+            });
+        }
+        let answer = match api_key {
+            RAFT_VOTE => {
+                let request: WireVoteRequest = from_json("a vote request", &body)?;
+                self.admit(&request.origin)?;
+                let response = self.raft.vote(request.to_raft()).await.map_err(stopped)?;
+                to_json("a vote response", &WireVoteResponse::from(&response))?
+            }
+            RAFT_APPEND_ENTRIES => {
+                let request: WireAppendEntriesRequest =
+                    from_json("an append entries request", &body)?;
+                self.admit(&request.origin)?;
+                let rpc = request.to_raft()?;
+                let response = self.raft.append_entries(rpc).await.map_err(stopped)?;
+                to_json(
+                    "an append entries response",
+                    &WireAppendEntriesResponse::from(&response),
+                )?
+            }
+            _ => {
+                let request: WireInstallSnapshotRequest =
+                    from_json("an install snapshot request", &body)?;
+                self.admit(&request.origin)?;
+                let rpc = request.to_raft()?;
+                let result = match self.raft.install_snapshot(rpc).await {
+                    Ok(response) => Ok(response),
+                    Err(RaftError::APIError(e)) => Err(e),
+                    Err(RaftError::Fatal(e)) => return Err(RaftRpcError::Stopped(e.to_string())),
+                };
+                to_json(
+                    "an install snapshot response",
+                    &WireInstallSnapshotResponse::from(&result),
+                )?
+            }
+        };
+        Ok(Bytes::from(answer))
+    }
+
+    /// Refuses a sender outside this node's membership (voters and learners of every config),
+    /// or from another cluster once both sides know theirs. A node with no membership yet (a
+    /// fresh directory waiting for the lowest-id voter) takes any sender of its cluster: that
+    /// is how it joins.
+    fn admit(&self, origin: &WireOrigin) -> Result<(), RaftRpcError> {
+        let ours = self
+            .cluster_id
+            .clone()
+            .or_else(|| self.images.borrow().cluster_id().map(str::to_string));
+        if let (Some(ours), Some(theirs)) = (ours, origin.cluster_id.as_ref()) {
+            if ours != *theirs {
+                return Err(RaftRpcError::OtherCluster {
+                    node_id: origin.node_id,
+                    ours,
+                    theirs: theirs.clone(),
+                });
+            }
+        }
+        let metrics = self.metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let pristine = membership.nodes().next().is_none();
+        if pristine || membership.nodes().any(|(id, _)| *id == origin.node_id) {
+            Ok(())
+        } else {
+            Err(RaftRpcError::UnknownSender {
+                node_id: origin.node_id,
+            })
+        }
+    }
+}
+
+fn stopped(e: RaftError<u64>) -> RaftRpcError {
+    RaftRpcError::Stopped(e.to_string())
+}
+
+/// Answers quorum RPCs on `stream` until the peer closes it (`Ok`) or a request is refused or
+/// unreadable (`Err`; the caller drops the stream). Requests are answered one at a time, in order.
+pub async fn serve_connection<S>(server: RaftRpcServer, mut stream: S) -> Result<(), RaftRpcError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Room for the request header around a body of the largest size.
+    let max_frame_bytes = server.max_frame_bytes.saturating_add(1024);
+    loop {
+        let Some(frame) = read_frame(&mut stream, max_frame_bytes).await? else {
+            return Ok(());
+        };
+        let (header, body) = decode_request_header(&frame)?;
+        let body_start = frame.len() - body.len();
+        let body = Bytes::from(frame).slice(body_start..);
+        let answer = server
+            .handle(header.api_key, header.api_version, body)
+            .await?;
+        let response = encode_response_frame(header.correlation_id, &answer);
+        stream
+            .write_all(&response)
+            .await
+            .map_err(RaftRpcError::Write)?;
+    }
+}
