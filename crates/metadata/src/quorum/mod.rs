@@ -24,6 +24,8 @@ mod state_machine;
 mod wire;
 
 #[cfg(test)]
+mod tcp_tests;
+#[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

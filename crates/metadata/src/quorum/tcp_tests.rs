@@ -1,0 +1,487 @@
+//! Three nodes over real loopback TCP: each listens with a tiny accept loop that hands frames
+//! to its [`RaftRpcServer`], and reaches the others through [`TcpPeers`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::RPCError;
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::VoteRequest;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use uuid::Uuid;
+
+use super::entry::{StoredLogId, StoredVote};
+use super::wire::{to_json, WireOrigin, WireVoteRequest};
+use super::{
+    serve_connection, MetadataLogConfig, Quorum, QuorumConfig, QuorumNode, RaftRpcError,
+    RaftRpcServer, TcpPeers, RAFT_APPEND_ENTRIES, RAFT_VOTE,
+};
+use crate::records::{EntryRecords, MetadataRecord};
+use crate::MetadataImage;
+
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(node_id: u64) -> QuorumConfig {
+    QuorumConfig {
+        election_timeout_ms: 500,
+        heartbeat_interval_ms: 100,
+        snapshot_after_entries: None,
+        entries_kept_below_snapshot: 0,
+        log: MetadataLogConfig {
+            segment_bytes: 2048,
+            ..MetadataLogConfig::default()
+        },
+        ..QuorumConfig::new(node_id)
+    }
+}
+
+fn topic(name: &str) -> EntryRecords {
+    EntryRecords(vec![MetadataRecord::Topic {
+        v: 0,
+        name: name.to_string(),
+        topic_id: Uuid::new_v4(),
+    }])
+}
+
+/// Answers quorum RPCs on every connection `listener` accepts until the task is aborted,
+/// which drops the listener and every connection with it.
+async fn accept_loop(listener: TcpListener, server: RaftRpcServer) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let server = server.clone();
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(server, stream).await {
+                tracing::debug!(error = %e, "closing a quorum connection");
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+struct Node {
+    quorum: Quorum,
+    peers: TcpPeers,
+    listener: JoinHandle<()>,
+}
+
+struct Cluster {
+    dirs: BTreeMap<u64, TempDir>,
+    addresses: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        init_logs();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+            listeners.insert(id, listener);
+        }
+        let mut cluster = Cluster {
+            dirs: (1..=n)
+                .map(|id| (id, tempfile::tempdir().expect("a temporary directory")))
+                .collect(),
+            addresses: listeners
+                .iter()
+                .map(|(id, l)| (*id, l.local_addr().expect("an address")))
+                .collect(),
+            nodes: BTreeMap::new(),
+        };
+        for (id, listener) in listeners {
+            cluster.start_node(id, listener).await;
+        }
+        let voters: BTreeSet<u64> = (1..=n).collect();
+        for id in 1..=n {
+            let initialised = cluster.node(id).initialize_if_lowest(&voters).await;
+            assert_eq!(
+                initialised.expect("initialising does not fail"),
+                id == 1,
+                "only the lowest-id voter initialises"
+            );
+        }
+        cluster
+    }
+
+    async fn start_node(&mut self, id: u64, listener: TcpListener) {
+        let voters = self
+            .addresses
+            .iter()
+            .map(|(id, a)| (*id, a.to_string()))
+            .collect();
+        let peers = TcpPeers::new(id, voters, None);
+        let quorum = Quorum::start_over_tcp(&config(id), self.dirs[&id].path(), peers.clone())
+            .await
+            .expect("the node starts");
+        let listener = tokio::spawn(accept_loop(listener, quorum.rpc_server(None)));
+        self.nodes.insert(
+            id,
+            Node {
+                quorum,
+                peers,
+                listener,
+            },
+        );
+    }
+
+    /// Starts a stopped node again on its old address.
+    async fn restart_node(&mut self, id: u64) {
+        let listener = TcpListener::bind(self.addresses[&id])
+            .await
+            .expect("the node's address is free again");
+        self.start_node(id, listener).await;
+    }
+
+    /// Stops listening, then stops Raft: the node is gone from the network.
+    async fn stop_node(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("a running node");
+        node.listener.abort();
+        let _ = node.listener.await;
+        node.quorum
+            .shutdown()
+            .await
+            .expect("the node stops cleanly");
+    }
+
+    fn node(&self, id: u64) -> &Quorum {
+        &self.nodes[&id].quorum
+    }
+
+    /// Waits until every node of `among` follows one leader, itself one of `among`.
+    async fn leader(&self, among: &[u64]) -> u64 {
+        let agreed = async {
+            loop {
+                let statuses: Vec<_> = among.iter().map(|id| self.node(*id).status()).collect();
+                if let Some(leader) = statuses[0].leader {
+                    let same = statuses
+                        .iter()
+                        .all(|s| s.leader == Some(leader) && s.term == statuses[0].term);
+                    if same && among.contains(&leader) && self.node(leader).status().is_leader {
+                        return leader;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        match tokio::time::timeout(WAIT, agreed).await {
+            Ok(leader) => leader,
+            Err(_) => {
+                let statuses: Vec<_> = among.iter().map(|id| self.node(*id).status()).collect();
+                panic!("no leader agreed among {among:?} within {WAIT:?}: {statuses:#?}")
+            }
+        }
+    }
+
+    async fn image_where(
+        &self,
+        id: u64,
+        what: &str,
+        check: impl Fn(&MetadataImage) -> bool,
+    ) -> Arc<MetadataImage> {
+        let mut images = self.node(id).images();
+        let found = tokio::time::timeout(WAIT, images.wait_for(|image| check(image))).await;
+        match found {
+            Ok(Ok(image)) => image.clone(),
+            _ => panic!("node {id} never applied {what} within {WAIT:?}"),
+        }
+    }
+
+    async fn has_topic(&self, id: u64, name: &str) {
+        self.image_where(id, &format!("topic {name}"), |image| {
+            image.topic_by_name(name).is_some()
+        })
+        .await;
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop_node(id).await;
+        }
+    }
+}
+
+/// Polls `check` until it holds, for at most [`WAIT`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_tcp_replicate_fail_over_and_catch_up() {
+    let mut cluster = Cluster::start(3).await;
+    let all = [1, 2, 3];
+    let leader = cluster.leader(&all).await;
+    let mut last = None;
+    for i in 0..3 {
+        let applied = cluster
+            .node(leader)
+            .propose(topic(&format!("before-{i}")))
+            .await
+            .expect("the leader takes a proposal");
+        last = Some(applied.index);
+    }
+    for id in all {
+        cluster.has_topic(id, "before-2").await;
+    }
+
+    // The leader heard every follower acknowledge everything it had.
+    let last = last.expect("three writes");
+    let progress = cluster.nodes[&leader].peers.progress();
+    let followers: Vec<u64> = all.iter().copied().filter(|&id| id != leader).collect();
+    eventually("the leader records its followers caught up", || {
+        followers.iter().all(|&id| {
+            progress.get(id).is_some_and(|c| {
+                c.matched_index >= Some(last) && c.last_caught_up_timestamp_ms.is_some()
+            })
+        })
+    })
+    .await;
+    assert!(
+        progress.get(leader).is_none(),
+        "no progress for the leader itself"
+    );
+
+    // The leader goes away; the other two elect one of themselves within a few seconds.
+    let lost_at = Instant::now();
+    cluster.stop_node(leader).await;
+    let new = cluster.leader(&followers).await;
+    let failover = lost_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(5),
+        "electing a new leader took {failover:?}"
+    );
+    let image = cluster.node(new).image();
+    for i in 0..3 {
+        assert!(
+            image.topic_by_name(&format!("before-{i}")).is_some(),
+            "the new leader {new} lost before-{i}"
+        );
+    }
+    cluster
+        .node(new)
+        .propose(topic("after"))
+        .await
+        .expect("the new leader takes a proposal");
+    for &id in &followers {
+        cluster.has_topic(id, "after").await;
+    }
+
+    // The old leader comes back on its address and catches up as a follower.
+    cluster.restart_node(leader).await;
+    cluster.has_topic(leader, "after").await;
+    assert_eq!(
+        cluster.leader(&all).await,
+        new,
+        "the cluster keeps its leader"
+    );
+    cluster.shutdown().await;
+}
+
+/// A lone voter (node 1) of cluster `cluster-a`, listening on loopback.
+async fn lone_voter(dir: &TempDir) -> (Quorum, RaftRpcServer) {
+    init_logs();
+    let quorum = Quorum::start_over_tcp(
+        &config(1),
+        dir.path(),
+        TcpPeers::new(1, BTreeMap::new(), None),
+    )
+    .await
+    .expect("the node starts");
+    assert!(quorum.initialize(&BTreeSet::from([1])).await.unwrap());
+    let mut statuses = quorum.client().statuses();
+    tokio::time::timeout(WAIT, async {
+        while !statuses.current().is_leader {
+            statuses.changed().await.expect("the quorum runs");
+        }
+    })
+    .await
+    .expect("the lone voter leads");
+    let server = quorum.rpc_server(Some("cluster-a".to_string()));
+    (quorum, server)
+}
+
+fn vote_body(node_id: u64, cluster_id: Option<&str>) -> Bytes {
+    let request = WireVoteRequest {
+        origin: WireOrigin {
+            node_id,
+            cluster_id: cluster_id.map(str::to_string),
+        },
+        vote: StoredVote {
+            term: 1,
+            voted_for: Some(node_id),
+            committed: false,
+        },
+        last_log_id: Some(StoredLogId { term: 1, index: 0 }),
+    };
+    Bytes::from(to_json("a vote request", &request).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_from_strangers_and_garbage_are_refused_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (quorum, server) = lone_voter(&dir).await;
+
+    // A member of this cluster is answered (a stale vote, not granted).
+    let answer = server
+        .handle(RAFT_VOTE, 0, vote_body(1, Some("cluster-a")))
+        .await
+        .expect("a member is answered");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["vote_granted"], false, "{answer}");
+    // So is one that does not know its cluster id yet.
+    server
+        .handle(RAFT_VOTE, 0, vote_body(1, None))
+        .await
+        .expect("a member without a cluster id is answered");
+
+    match server
+        .handle(RAFT_VOTE, 0, vote_body(7, Some("cluster-a")))
+        .await
+    {
+        Err(RaftRpcError::UnknownSender { node_id: 7 }) => {}
+        other => panic!("a node outside the membership was answered: {other:?}"),
+    }
+    match server
+        .handle(RAFT_VOTE, 0, vote_body(1, Some("cluster-b")))
+        .await
+    {
+        Err(RaftRpcError::OtherCluster { theirs, .. }) => assert_eq!(theirs, "cluster-b"),
+        other => panic!("a node of another cluster was answered: {other:?}"),
+    }
+    match server.handle(RAFT_VOTE, 3, vote_body(1, None)).await {
+        Err(RaftRpcError::UnsupportedVersion { api_version: 3, .. }) => {}
+        other => panic!("an unknown version was answered: {other:?}"),
+    }
+    match server.handle(18, 0, vote_body(1, None)).await {
+        Err(RaftRpcError::UnknownApiKey(18)) => {}
+        other => panic!("ApiVersions was taken for a quorum RPC: {other:?}"),
+    }
+    for key in [RAFT_VOTE, RAFT_APPEND_ENTRIES, super::RAFT_INSTALL_SNAPSHOT] {
+        for garbage in [
+            &b""[..],
+            b"\xff\x00garbage",
+            b"{}",
+            b"{\"origin\":1}",
+            b"null",
+        ] {
+            match server.handle(key, 0, Bytes::from_static(garbage)).await {
+                Err(RaftRpcError::Wire(_)) => {}
+                other => panic!("garbage {garbage:?} for key {key} gave {other:?}"),
+            }
+        }
+    }
+    let small = server.clone().with_max_frame_bytes(16);
+    assert!(matches!(
+        small.handle(RAFT_VOTE, 0, vote_body(1, None)).await,
+        Err(RaftRpcError::BodyTooLarge { .. })
+    ));
+
+    // Over a socket: garbage ends the connection with an error, and the server goes on.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepting = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let mut results = Vec::new();
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().await.unwrap();
+                results.push(serve_connection(server.clone(), stream).await);
+            }
+            results
+        }
+    });
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(b"\x00\x00\x00\x06garbag").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a garbage connection")
+        .ok();
+    assert!(rest.is_empty(), "garbage got an answer: {rest:?}");
+
+    // A stranger's client sees the refusal as an unreachable peer.
+    let mut stranger = TcpPeers::new(7, BTreeMap::from([(1, address.to_string())]), None);
+    let mut client = stranger.new_client(1, &QuorumNode::default()).await;
+    let vote = VoteRequest::new(
+        StoredVote {
+            term: 9,
+            voted_for: Some(7),
+            committed: false,
+        }
+        .to_raft(),
+        None,
+    );
+    match client.vote(vote, RPCOption::new(WAIT)).await {
+        Err(RPCError::Unreachable(_)) => {}
+        other => panic!("a refused vote came back as {other:?}"),
+    }
+    let results = tokio::time::timeout(WAIT, accepting)
+        .await
+        .expect("both connections end")
+        .unwrap();
+    assert!(
+        matches!(results[0], Err(RaftRpcError::Wire(_))),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(RaftRpcError::UnknownSender { node_id: 7 })),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        quorum.status().is_leader,
+        "the refused vote changed nothing"
+    );
+    quorum.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_listening_is_unreachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let mut peers = TcpPeers::new(1, BTreeMap::from([(2, address)]), None);
+    let mut client = peers.new_client(2, &QuorumNode::default()).await;
+    let vote = VoteRequest::new(
+        StoredVote {
+            term: 1,
+            voted_for: Some(1),
+            committed: false,
+        }
+        .to_raft(),
+        None,
+    );
+    match client.vote(vote.clone(), RPCOption::new(WAIT)).await {
+        Err(RPCError::Unreachable(_)) => {}
+        other => panic!("a closed port gave {other:?}"),
+    }
+    // A node with no address anywhere is unreachable too.
+    let mut nowhere = peers.new_client(3, &QuorumNode::default()).await;
+    assert!(matches!(
+        nowhere.vote(vote, RPCOption::new(WAIT)).await,
+        Err(RPCError::Unreachable(_))
+    ));
+    assert_eq!(client.backoff().next(), Some(Duration::from_secs(1)));
+}
