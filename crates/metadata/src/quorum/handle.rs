@@ -321,14 +321,15 @@ impl Quorum {
     }
 
     /// [`start`](Self::start) over TCP: `peers` also follows this node's log end, which
-    /// [`PeerProgress`](super::PeerProgress)'s caught-up times compare against.
+    /// [`PeerProgress`](super::PeerProgress)'s caught-up times compare against, and stamps the
+    /// cluster id once the image has one.
     pub async fn start_over_tcp(
         config: &QuorumConfig,
         data_dir: &Path,
         peers: TcpPeers,
     ) -> Result<Quorum, QuorumError> {
         let quorum = Quorum::start(config, data_dir, peers.clone()).await?;
-        peers.follow(quorum.raft.metrics());
+        peers.follow(quorum.raft.metrics(), quorum.images());
         Ok(quorum)
     }
 

@@ -29,6 +29,7 @@ use super::wire::{
     RAFT_VOTE,
 };
 use super::{now_ms, QuorumNode, QuorumTypes};
+use crate::MetadataImage;
 
 /// How long openraft waits before it tries an unreachable peer again.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(1);
@@ -89,6 +90,14 @@ impl PeerProgress {
     }
 }
 
+/// The watches of the node a [`TcpPeers`] serves.
+struct FollowedNode {
+    /// For the leader's log end when it sends.
+    metrics: watch::Receiver<RaftMetrics<u64, QuorumNode>>,
+    /// For the cluster id once the log has it.
+    images: watch::Receiver<Arc<MetadataImage>>,
+}
+
 /// openraft's network factory over TCP: one lazily connected connection per peer client.
 /// Voters are reached at their `controller.quorum.voters` address, learners at the address
 /// their membership entry carries. Cloneable; clones share the cluster id, the progress and
@@ -100,9 +109,8 @@ pub struct TcpPeers {
     cluster_id: Arc<RwLock<Option<String>>>,
     progress: PeerProgress,
     max_frame_bytes: usize,
-    /// This node's Raft metrics, for the leader's log end when it sends; set once the quorum
-    /// runs ([`TcpPeers::follow`]).
-    metrics: Arc<OnceLock<watch::Receiver<RaftMetrics<u64, QuorumNode>>>>,
+    /// What this node runs, once it runs ([`TcpPeers::follow`]).
+    node: Arc<OnceLock<FollowedNode>>,
 }
 
 impl std::fmt::Debug for TcpPeers {
@@ -124,7 +132,7 @@ impl TcpPeers {
             cluster_id: Arc::new(RwLock::new(cluster_id)),
             progress: PeerProgress::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            metrics: Arc::new(OnceLock::new()),
+            node: Arc::new(OnceLock::new()),
         }
     }
 
@@ -134,7 +142,8 @@ impl TcpPeers {
         self
     }
 
-    /// Stamps `cluster_id` on every request from now on, once this node has learned it.
+    /// Stamps `cluster_id` on every request from now on. Needed only before the quorum runs
+    /// or when the id comes from elsewhere: once running, the id in the node's image is used.
     pub fn set_cluster_id(&self, cluster_id: String) {
         *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = Some(cluster_id);
     }
@@ -144,25 +153,41 @@ impl TcpPeers {
         self.progress.clone()
     }
 
-    /// Follows this node's Raft metrics, for the log end `last_caught_up_timestamp` compares
-    /// against. Called by [`Quorum::start_over_tcp`](super::Quorum::start_over_tcp).
-    pub(crate) fn follow(&self, metrics: watch::Receiver<RaftMetrics<u64, QuorumNode>>) {
-        let _ = self.metrics.set(metrics);
+    /// Follows the node's Raft metrics, for the log end `last_caught_up_timestamp` compares
+    /// against, and its images, for the cluster id. Called by
+    /// [`Quorum::start_over_tcp`](super::Quorum::start_over_tcp).
+    pub(crate) fn follow(
+        &self,
+        metrics: watch::Receiver<RaftMetrics<u64, QuorumNode>>,
+        images: watch::Receiver<Arc<MetadataImage>>,
+    ) {
+        let _ = self.node.set(FollowedNode { metrics, images });
     }
 
     fn origin(&self) -> WireOrigin {
+        let set = self
+            .cluster_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let learned = || {
+            self.node
+                .get()
+                .and_then(|n| n.images.borrow().cluster_id().map(str::to_string))
+        };
         WireOrigin {
             node_id: self.node_id,
-            cluster_id: self
-                .cluster_id
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            cluster_id: set.or_else(learned),
         }
     }
 
+    /// The index of the last entry in this node's log now. It may trail the log by the
+    /// latest append (metrics are published after it), so a peer may be counted caught up
+    /// one append early.
     fn leader_log_end(&self) -> Option<u64> {
-        self.metrics.get().and_then(|m| m.borrow().last_log_index)
+        self.node
+            .get()
+            .and_then(|n| n.metrics.borrow().last_log_index)
     }
 }
 
@@ -446,5 +471,38 @@ impl RaftNetwork<QuorumTypes> for TcpPeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_caught_up_only_when_it_has_the_leaders_whole_log() {
+        let progress = PeerProgress::default();
+        progress.record(2, Some(5), Some(9), 1_000);
+        assert_eq!(
+            progress.get(2),
+            Some(PeerContact {
+                matched_index: Some(5),
+                last_fetch_timestamp_ms: 1_000,
+                last_caught_up_timestamp_ms: None,
+            })
+        );
+        progress.record(2, Some(9), Some(9), 2_000);
+        progress.record(2, Some(9), Some(12), 3_000);
+        assert_eq!(
+            progress.get(2),
+            Some(PeerContact {
+                matched_index: Some(9),
+                last_fetch_timestamp_ms: 3_000,
+                last_caught_up_timestamp_ms: Some(2_000),
+            })
+        );
+        // Without the leader's log end nothing is claimed.
+        progress.record(3, Some(9), None, 4_000);
+        assert_eq!(progress.get(3).unwrap().last_caught_up_timestamp_ms, None);
+        assert_eq!(progress.all().len(), 2);
     }
 }

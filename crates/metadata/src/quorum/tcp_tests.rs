@@ -232,6 +232,16 @@ async fn three_nodes_over_tcp_replicate_fail_over_and_catch_up() {
     let mut cluster = Cluster::start(3).await;
     let all = [1, 2, 3];
     let leader = cluster.leader(&all).await;
+    // From here on every node knows the cluster id from its image, stamps it on what it sends
+    // and checks it on what it receives.
+    cluster
+        .node(leader)
+        .propose(EntryRecords(vec![MetadataRecord::ClusterId {
+            v: 0,
+            cluster_id: "tcp-test".to_string(),
+        }]))
+        .await
+        .expect("the leader takes the cluster id");
     let mut last = None;
     for i in 0..3 {
         let applied = cluster
@@ -243,6 +253,7 @@ async fn three_nodes_over_tcp_replicate_fail_over_and_catch_up() {
     }
     for id in all {
         cluster.has_topic(id, "before-2").await;
+        assert_eq!(cluster.node(id).image().cluster_id(), Some("tcp-test"));
     }
 
     // The leader heard every follower acknowledge everything it had.
