@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Broker, BrokerError, free_port, require_binary
+from harness import Broker, BrokerError, Cluster, Node, free_port, require_binary
 
 
 @pytest.fixture
@@ -70,6 +70,45 @@ def broker_factory(request, tmp_path, caudal_binary):
                           f"during the test")
         try:
             b.cleanup()
+        except BrokerError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def cluster_factory(request, tmp_path, caudal_binary):
+    """Returns start(n=3, settings=None) -> a running Cluster of n nodes, each a broker and a
+    voter, on free loopback ports. Every node is stopped at teardown; one that died on its own
+    during the test is reported as an error."""
+    nodes: list[Node] = []
+    request.node._caudal_brokers = nodes
+
+    def start(n: int = 3, settings: dict[str, object] | None = None) -> Cluster:
+        base = len(nodes)
+        ports = [(free_port(), free_port()) for _ in range(n)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+        members = []
+        for i, (port, controller_port) in enumerate(ports):
+            data_dir = tmp_path / f"node{base + i + 1}-data"
+            data_dir.mkdir()
+            node = Node(caudal_binary, data_dir, tmp_path / f"node{base + i + 1}.log", port,
+                        i + 1, controller_port, voters, settings)
+            nodes.append(node)
+            members.append(node)
+        cluster = Cluster(members)
+        cluster.start()
+        return cluster
+
+    yield start
+
+    errors = []
+    for node in nodes:
+        code = node.died_unexpectedly()
+        if code is not None:
+            errors.append(f"node {node.node_id} exited on its own with code {code} during the test")
+        try:
+            node.cleanup()
         except BrokerError as e:
             errors.append(str(e))
     if errors:

@@ -214,6 +214,57 @@ class Broker:
 
 
 
+class Node(Broker):
+    """One node of a multi-node cluster: a client listener and a CONTROLLER listener, with
+    every voter's controller address in `controller.quorum.voters`."""
+
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int,
+                 node_id: int, controller_port: int, voters: str,
+                 settings: dict[str, object] | None = None):
+        super().__init__(binary, data_dir, log_path, port, settings)
+        self.node_id = node_id
+        self.controller_port = controller_port
+        self.voters = voters
+
+    def command(self) -> list[str]:
+        addr = self.bootstrap
+        cmd = [str(self.binary), "serve",
+               "--listen", f"PLAINTEXT://{addr},CONTROLLER://127.0.0.1:{self.controller_port}",
+               "--advertise", f"PLAINTEXT://{addr}",
+               "--data-dir", str(self.data_dir),
+               "--node-id", str(self.node_id),
+               "--controller.quorum.voters", self.voters]
+        for key, value in self.settings.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            cmd += [f"--{key}", str(value)]
+        return cmd
+
+
+class Cluster:
+    """N nodes, each a broker and a voter, on loopback ports."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def node(self, node_id: int) -> Node:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Starts every node at once (voters elect a leader only together) and waits until
+        each serves clients."""
+        for n in self.nodes:
+            n.spawn()
+        for n in self.nodes:
+            n.wait_ready(timeout)
+
+    def running(self) -> list[Node]:
+        return [n for n in self.nodes if n.is_running()]
+
 
 def require_binary() -> Path:
     """Path of the broker binary, waiting briefly for it to appear (it may be

@@ -102,6 +102,10 @@ pub const SETTINGS: &[Setting] = &[
     s("broker.heartbeat.interval.ms", None, Int, "2000", 1, "How often the broker heartbeats to the controller (once the broker runs on the metadata quorum)."),
     s("broker.session.timeout.ms", None, Int, "9000", 1, "How long the controller waits without a heartbeat before it fences a broker and moves its partition leaderships."),
     s("broker.rack", None, Str, "", 0, "The broker's rack, given to the controller at registration so replicas spread over racks; empty for none."),
+    Setting { choices: &["broker,controller", "controller,broker"], ..s("process.roles", None, Str, "broker,controller", 0, "What this node is: every Caudal node is both a broker and a voter of the controller quorum (broker-only and controller-only nodes are not offered yet).") },
+    s("controller.quorum.voters", None, Str, "", 0, "The controller quorum's voters as ID@HOST:PORT,... (each voter's CONTROLLER listener), the same on every node, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093. Empty: this node alone is its cluster."),
+    s("controller.listener.names", None, Str, "CONTROLLER", 0, "The listeners (by name in `listen`) that serve the controller quorum and brokers' requests to the controller, not clients."),
+    s("controller.quorum.election.timeout.ms", None, Int, "1000", 10, "How long a voter waits without hearing from the quorum leader before it starts an election (randomised up to twice this)."),
 ];
 
 /// `group.consumer.assignors`: a comma-separated list of assignor names or Kafka's class names.
@@ -181,6 +185,10 @@ pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, 
             parse_assignors(value).map_err(invalid)?;
             Ok(value.to_string())
         }
+        Str if setting.key == "controller.quorum.voters" => {
+            parse_voters(value).map_err(invalid)?;
+            Ok(value.to_string())
+        }
         Str if setting.key == "max.connections.per.ip.overrides" => {
             crate::connection_quotas::parse_overrides(value).map_err(invalid)?;
             Ok(value.to_string())
@@ -195,6 +203,31 @@ pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, 
             Ok(value.to_string())
         }
     }
+}
+
+/// `controller.quorum.voters`: `ID@HOST:PORT` entries, comma-separated, to each voter's
+/// controller listener address.
+pub fn parse_voters(value: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut voters = BTreeMap::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, address) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("`{entry}` is not ID@HOST:PORT, e.g. 1@localhost:9093"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{entry}`: the node id must be a whole number of 0 or more"))?;
+        let port = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+            .ok_or_else(|| format!("`{entry}`: expected HOST:PORT after the @"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("`{entry}`: `{port}` is not a port number"))?;
+        if voters.insert(id, address.trim().to_string()).is_some() {
+            return Err(format!("node id {id} is listed twice"));
+        }
+    }
+    Ok(voters)
 }
 
 /// One listener, as Kafka's `listeners` / `advertised.listeners` pair: where the broker accepts
@@ -359,6 +392,81 @@ impl BrokerConfig {
     pub fn broker_session_timeout_ms(&self) -> i64 {
         self.number("broker.session.timeout.ms").max(1)
     }
+    /// `controller.quorum.voters`, checked when it was set; empty when unset (this node alone).
+    pub fn quorum_voters(&self) -> BTreeMap<u64, String> {
+        self.get("controller.quorum.voters")
+            .and_then(|(v, _)| parse_voters(v).ok())
+            .unwrap_or_default()
+    }
+    /// `controller.listener.names`.
+    pub fn controller_listener_names(&self) -> Vec<String> {
+        self.get("controller.listener.names")
+            .map(|(v, _)| {
+                v.split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// `controller.quorum.election.timeout.ms`.
+    pub fn election_timeout_ms(&self) -> u64 {
+        self.number("controller.quorum.election.timeout.ms").max(10) as u64
+    }
+
+    /// Gives the listeners named in `controller.listener.names` the controller's APIs, and
+    /// checks that the listeners and the voters make a node: at least one client listener, and a
+    /// controller listener on a voter of a quorum of more than one.
+    pub fn apply_listener_roles(&mut self) -> Result<(), String> {
+        let names = self.controller_listener_names();
+        for l in &mut self.listeners {
+            l.kind = if names.contains(&l.name) {
+                ListenerKind::Controller
+            } else {
+                ListenerKind::Client
+            };
+        }
+        if !self
+            .listeners
+            .iter()
+            .any(|l| l.kind == ListenerKind::Client)
+        {
+            return Err(format!(
+                "every listener is a controller listener ({}); add one for clients to `listen`, \
+                 e.g. PLAINTEXT://0.0.0.0:9092",
+                names.join(", ")
+            ));
+        }
+        let voters = self.quorum_voters();
+        let me = u64::try_from(self.node_id).ok();
+        if !voters.is_empty() && !me.is_some_and(|id| voters.contains_key(&id)) {
+            return Err(format!(
+                "node.id {} is not in controller.quorum.voters ({}); every Caudal node is a voter \
+                 for now: add it there, the same list on every node",
+                self.node_id,
+                voters
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if voters.len() > 1
+            && !self
+                .listeners
+                .iter()
+                .any(|l| l.kind == ListenerKind::Controller)
+        {
+            return Err(format!(
+                "controller.quorum.voters lists {} voters but `listen` has no controller listener; \
+                 add one named as in controller.listener.names, e.g. {}://0.0.0.0:9093",
+                voters.len(),
+                names.first().map_or("CONTROLLER", String::as_str)
+            ));
+        }
+        Ok(())
+    }
+
     /// `broker.rack`, if set.
     pub fn broker_rack(&self) -> Option<&str> {
         self.get("broker.rack")

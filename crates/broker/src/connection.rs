@@ -218,7 +218,7 @@ pub async fn serve(
 }
 
 #[derive(Debug)]
-enum FrameError {
+pub(crate) enum FrameError {
     TooLarge(i64),
     Io(std::io::Error),
 }
@@ -228,7 +228,7 @@ enum FrameError {
 /// connection settles on one allocation instead of one per request. One read can bring in
 /// several pipelined requests. Between frames the reader waits for the socket to be readable
 /// before it takes a buffer, and an idle connection gives its buffer back.
-struct FrameReader {
+pub(crate) struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     max: usize,
@@ -238,7 +238,7 @@ struct FrameReader {
 }
 
 impl FrameReader {
-    fn new(rd: OwnedReadHalf, max: usize) -> Self {
+    pub(crate) fn new(rd: OwnedReadHalf, max: usize) -> Self {
         FrameReader {
             rd,
             buf: BytesMut::new(),
@@ -248,7 +248,7 @@ impl FrameReader {
     }
 
     /// The next frame, without its length prefix. `Ok(None)` is a clean close between requests.
-    async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {
             let want = if self.buf.len() >= 4 {
                 let raw = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);

@@ -11,7 +11,8 @@
 //! REQUEST_TIMED_OUT. At most [`MAX_FORWARDED_REQUESTS`] calls are in flight; a caller beyond
 //! that waits for a slot within its timeout.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::ResponseKind;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use crate::controller_connection::{self, ControllerConnection};
 
 /// Calls in flight at once (Caudal's `max.forwarded.requests`).
 pub const MAX_FORWARDED_REQUESTS: usize = 1000;
@@ -81,12 +84,102 @@ impl Backoff {
 enum Transport {
     /// The controller service of this process.
     InProcess(ControllerHandle),
+    /// Whichever voter leads the quorum: this node's own service, or another's over the network.
+    Network(Arc<NetworkTransport>),
 }
 
 impl Transport {
     async fn call(&self, request: ControllerRequest) -> Result<ResponseKind, ControllerCallError> {
         match self {
             Transport::InProcess(handle) => handle.call(request).await,
+            Transport::Network(network) => network.call(request).await,
+        }
+    }
+}
+
+/// Where the network transport finds the active controller.
+pub struct ControllerAddresses {
+    /// This node's id.
+    pub node_id: u64,
+    /// The quorum leader this node knows of now.
+    pub leader: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// Each voter's controller listener, `host:port` (`controller.quorum.voters`).
+    pub voters: BTreeMap<u64, String>,
+    /// `socket.request.max.bytes`, the largest answer accepted.
+    pub max_frame: usize,
+}
+
+/// Calls this node's controller when it leads, and the leader's controller listener otherwise.
+struct NetworkTransport {
+    local: Option<ControllerHandle>,
+    addresses: ControllerAddresses,
+    /// The connection to the leader last called, by its node id.
+    connection: tokio::sync::Mutex<Option<(u64, ControllerConnection)>>,
+    correlation: AtomicI32,
+}
+
+impl std::fmt::Debug for NetworkTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkTransport")
+            .field("node_id", &self.addresses.node_id)
+            .field("voters", &self.addresses.voters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetworkTransport {
+    async fn call(&self, request: ControllerRequest) -> Result<ResponseKind, ControllerCallError> {
+        let leader = (self.addresses.leader)();
+        let not_controller = ControllerCallError::NotController { leader };
+        let Some(leader) = leader else {
+            return Err(not_controller);
+        };
+        if leader == self.addresses.node_id {
+            return match &self.local {
+                Some(handle) => handle.call(request).await,
+                None => Err(not_controller),
+            };
+        }
+        let Some(address) = self.addresses.voters.get(&leader) else {
+            tracing::warn!(
+                leader,
+                "the quorum leader is not in controller.quorum.voters"
+            );
+            return Err(not_controller);
+        };
+        let connection = {
+            let mut current = self.connection.lock().await;
+            match &*current {
+                Some((id, c)) if *id == leader && !c.is_closed() => c.clone(),
+                _ => {
+                    let client_id = format!("caudal-broker-{}", self.addresses.node_id);
+                    match ControllerConnection::connect(
+                        address,
+                        client_id,
+                        self.addresses.max_frame,
+                    )
+                    .await
+                    {
+                        Ok(c) => {
+                            *current = Some((leader, c.clone()));
+                            c
+                        }
+                        Err(e) => {
+                            tracing::debug!(leader, error = %e, "cannot reach the active controller; retrying");
+                            *current = None;
+                            return Err(not_controller);
+                        }
+                    }
+                }
+            }
+        };
+        let correlation_id = self.correlation.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        match connection.call(&request, correlation_id).await {
+            Ok(answer) => controller_connection::response(answer).ok_or(not_controller),
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "a request to the active controller failed; retrying");
+                Err(not_controller)
+            }
         }
     }
 }
@@ -113,15 +206,41 @@ impl ControllerChannel {
         ControllerChannel::with_limits(handle, MAX_FORWARDED_REQUESTS, Backoff::CONTROLLER)
     }
 
+    /// A channel to the quorum leader's controller: `local` (this node's service, if it is a
+    /// voter) while this node leads, the leader's controller listener otherwise.
+    pub fn network(
+        local: Option<ControllerHandle>,
+        addresses: ControllerAddresses,
+    ) -> ControllerChannel {
+        ControllerChannel::with_transport(
+            Transport::Network(Arc::new(NetworkTransport {
+                local,
+                addresses,
+                connection: tokio::sync::Mutex::new(None),
+                correlation: AtomicI32::new(0),
+            })),
+            MAX_FORWARDED_REQUESTS,
+            Backoff::CONTROLLER,
+        )
+    }
+
     /// As [`in_process`](Self::in_process), with another in-flight bound and backoff.
     pub fn with_limits(
         handle: ControllerHandle,
         max_in_flight: usize,
         backoff: Backoff,
     ) -> ControllerChannel {
+        ControllerChannel::with_transport(Transport::InProcess(handle), max_in_flight, backoff)
+    }
+
+    fn with_transport(
+        transport: Transport,
+        max_in_flight: usize,
+        backoff: Backoff,
+    ) -> ControllerChannel {
         ControllerChannel {
             inner: Arc::new(Inner {
-                transport: Transport::InProcess(handle),
+                transport,
                 in_flight: Semaphore::new(max_in_flight.max(1)),
                 max_in_flight: max_in_flight.max(1),
                 backoff,

@@ -6,8 +6,11 @@ mod connection;
 mod connection_quotas;
 mod connection_warnings;
 pub mod controller_channel;
+mod controller_connection;
+mod controller_listener;
 #[cfg(test)]
 mod controller_testing;
+mod controller_wire;
 pub mod disk_space;
 pub mod groups;
 pub mod handlers;
@@ -119,7 +122,10 @@ pub enum Stopped {
 /// A broker bound to its port, ready to [`run`](Server::run).
 pub struct Server {
     broker: Arc<Broker>,
-    listeners: Vec<TcpListener>,
+    /// The client listeners, with their position in the configuration.
+    listeners: Vec<(usize, TcpListener)>,
+    /// Where every listener is bound, in configuration order.
+    addrs: Vec<std::net::SocketAddr>,
     node: node::MetadataNode,
 }
 
@@ -161,6 +167,22 @@ impl Server {
             }
             listeners.push(bound);
         }
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|source| StartError::Listen {
+                addr: "(bound)".into(),
+                source,
+            })?;
+        let mut client_listeners = Vec::new();
+        let mut controller_listeners = Vec::new();
+        for (index, (listener, l)) in listeners.into_iter().zip(&config.listeners).enumerate() {
+            match l.kind {
+                ListenerKind::Controller => controller_listeners.push(listener),
+                ListenerKind::Client => client_listeners.push((index, listener)),
+            }
+        }
         let free_space = disk_space::FreeSpaceGuard::new(
             &config.data_dir,
             config.log_dir_min_free_bytes(),
@@ -171,7 +193,8 @@ impl Server {
         tracing::debug!(open_files, "log files kept open at most");
         let disk = Arc::new(caudal_storage::disk::BoundedDisk::new(open_files));
         let replicas = Arc::new(ReplicaManager::new());
-        let node = node::MetadataNode::start(&config, disk, replicas.clone()).await?;
+        let node = node::MetadataNode::start(&config, disk, replicas.clone(), controller_listeners)
+            .await?;
         let topics = Topics::new(
             &config,
             node.cluster_id.clone(),
@@ -202,7 +225,8 @@ impl Server {
         });
         Ok(Server {
             broker,
-            listeners,
+            listeners: client_listeners,
+            addrs,
             node,
         })
     }
@@ -217,7 +241,7 @@ impl Server {
 
     /// Where every listener is bound, in configuration order.
     pub fn local_addrs(&self) -> io::Result<Vec<std::net::SocketAddr>> {
-        self.listeners.iter().map(TcpListener::local_addr).collect()
+        Ok(self.addrs.clone())
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -231,6 +255,7 @@ impl Server {
             broker,
             listeners,
             node,
+            ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
@@ -247,7 +272,7 @@ impl Server {
         // One accept loop per listener, all feeding this one.
         let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(64);
         let mut acceptors = JoinSet::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, listener) in listeners {
             let tx = accepted_tx.clone();
             let quotas = quotas.clone();
             let warnings = warnings.clone();

@@ -15,14 +15,18 @@ use caudal_metadata::bootstrap::{self, Bootstrap, BootstrapSettings};
 use caudal_metadata::controller::{
     ControllerClock, ControllerService, ControllerServiceConfig, TopicConfigCheck,
 };
-use caudal_metadata::quorum::{NoPeers, Quorum, QuorumConfig};
+use caudal_metadata::quorum::{
+    NoPeers, Quorum, QuorumConfig, QuorumError, RaftRpcServer, TcpPeers,
+};
 use caudal_metadata::{Controller, ControllerConfig, IdSource, MetadataImage};
 use caudal_storage::Disk;
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
-use crate::controller_channel::ControllerChannel;
+use crate::controller_channel::{ControllerAddresses, ControllerChannel};
+use crate::controller_listener::{self, ControllerEndpoint, RaftRpc};
 use crate::image_follower::Follower;
 use crate::lifecycle::{BrokerLifecycle, BrokerState, LifecycleConfig, ShutdownOutcome};
 use crate::replica_manager::ReplicaManager;
@@ -50,6 +54,9 @@ const TOPIC_CONFIG_CHECK: TopicConfigCheck = |key, value| {
 pub(crate) struct MetadataNode {
     quorum: Quorum,
     controller: ControllerService,
+    /// The controller listener's accept loop, and what stops it.
+    listener: JoinHandle<()>,
+    listener_stop: watch::Sender<bool>,
     pub channel: ControllerChannel,
     lifecycle: BrokerLifecycle,
     follower: JoinHandle<()>,
@@ -76,47 +83,108 @@ impl MetadataNode {
         config: &BrokerConfig,
         disk: Arc<dyn Disk>,
         replicas: Arc<ReplicaManager>,
+        controller_listeners: Vec<TcpListener>,
     ) -> Result<MetadataNode, StartError> {
         let node_id =
             u64::try_from(config.node_id).map_err(|_| StartError::NodeId(config.node_id))?;
-        let quorum = Quorum::start(&QuorumConfig::new(node_id), &config.data_dir, NoPeers).await?;
-        if quorum.initialize(&BTreeSet::from([node_id])).await? {
-            tracing::info!(
-                node_id,
-                "metadata quorum created, with this node its only voter"
-            );
-        }
-        // Leading, with every entry its log had applied: the image is then current.
-        let mut statuses = quorum.client().statuses();
-        step("this node leading its metadata quorum", async {
-            loop {
-                let s = statuses.current();
-                if s.is_leader && s.last_applied_index >= s.last_log_index {
-                    return Ok::<(), caudal_metadata::quorum::QuorumError>(());
-                }
-                statuses.changed().await?;
+        let voters = config.quorum_voters();
+        let alone = voters.len() <= 1;
+        let quorum_config = QuorumConfig {
+            election_timeout_ms: config.election_timeout_ms(),
+            ..QuorumConfig::new(node_id)
+        };
+        let quorum = if alone {
+            Quorum::start(&quorum_config, &config.data_dir, NoPeers).await?
+        } else {
+            let peers = TcpPeers::new(node_id, voters.clone(), None)
+                .with_max_frame_bytes(config.socket_request_max_bytes());
+            Quorum::start_over_tcp(&quorum_config, &config.data_dir, peers).await?
+        };
+        // Voters must answer each other before anything else: the leader is elected by them.
+        let (controller_tx, controller_rx) = watch::channel(None);
+        let (listener_stop, listener_stopped) = watch::channel(false);
+        let listener = controller_listener::spawn(
+            controller_listeners,
+            ControllerEndpoint {
+                raft: Arc::new(QuorumRpc(
+                    quorum
+                        .rpc_server(None)
+                        .with_max_frame_bytes(config.socket_request_max_bytes()),
+                )),
+                controller: controller_rx,
+                max_frame: config.socket_request_max_bytes(),
+                queued: config.queued_max_requests(),
+            },
+            listener_stopped,
+        );
+        let voter_ids: BTreeSet<u64> = if alone {
+            BTreeSet::from([node_id])
+        } else {
+            voters.keys().copied().collect()
+        };
+        // One voter creates the quorum, the one of the lowest id, so two nodes started with
+        // different voter lists cannot each make their own.
+        if voter_ids.first() == Some(&node_id) && quorum.initialize(&voter_ids).await? {
+            if alone {
+                tracing::info!(
+                    node_id,
+                    "metadata quorum created, with this node its only voter"
+                );
+            } else {
+                tracing::info!(node_id, voters = ?voter_ids, "metadata quorum created");
             }
-        })
-        .await??;
+        } else if !alone {
+            tracing::info!(node_id, voters = ?voter_ids, "waiting for the metadata quorum to elect a leader");
+        }
         let settings = BootstrapSettings {
             node_id: config.node_id,
             cluster_id: Some(config.cluster_id.clone()).filter(|id| !id.is_empty()),
-            voters: BTreeSet::new(),
+            voters: if alone {
+                BTreeSet::new()
+            } else {
+                voter_ids.clone()
+            },
         };
         let data_dir = config.data_dir.clone();
-        let image = quorum.image();
-        let plan = {
-            let (dir, settings) = (data_dir.clone(), settings.clone());
-            blocking(move || Bootstrap::plan(&dir, &settings, &image)).await??
-        };
-        if let Some(bootstrap) = plan {
-            quorum.propose(bootstrap.entry()).await?;
-            tracing::info!(
-                cluster_id = bootstrap.cluster_id(),
-                takeover = bootstrap.is_takeover(),
-                "metadata log bootstrapped"
-            );
-        }
+        // The image is current once this node leads with its log applied, or, on a follower,
+        // once the leader's bootstrap entry has reached it (the controller then unfences this
+        // broker only when it has caught up).
+        let mut statuses = quorum.client().statuses();
+        let mut images = quorum.images();
+        step("the metadata quorum electing a leader and bootstrapping", async {
+            loop {
+                let s = statuses.current();
+                let image = images.borrow_and_update().clone();
+                let leading = s.is_leader && s.last_applied_index >= s.last_log_index;
+                if image.cluster_id().is_some() && (leading || (!alone && !s.is_leader)) {
+                    return Ok::<(), StartError>(());
+                }
+                if leading {
+                    let plan = {
+                        let (dir, settings) = (data_dir.clone(), settings.clone());
+                        blocking(move || Bootstrap::plan(&dir, &settings, &image)).await??
+                    };
+                    if let Some(bootstrap) = plan {
+                        match quorum.propose(bootstrap.entry()).await {
+                            Ok(_) => tracing::info!(
+                                cluster_id = bootstrap.cluster_id(),
+                                takeover = bootstrap.is_takeover(),
+                                "metadata log bootstrapped"
+                            ),
+                            // Leadership moved on: the next leader bootstraps.
+                            Err(QuorumError::NotLeader { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    changed = statuses.changed() => changed?,
+                    changed = images.changed() => changed.map_err(|_| QuorumError::Stopped("the quorum has shut down".into()))?,
+                }
+            }
+        })
+        .await??;
         let image = quorum.image();
         let cluster_id = image
             .cluster_id()
@@ -163,7 +231,21 @@ impl MetadataNode {
             ControllerClock::monotonic(),
             ControllerServiceConfig::default(),
         );
-        let channel = ControllerChannel::in_process(controller.handle());
+        controller_tx.send_replace(Some(controller.handle()));
+        let channel = if alone {
+            ControllerChannel::in_process(controller.handle())
+        } else {
+            let client = quorum.client();
+            ControllerChannel::network(
+                Some(controller.handle()),
+                ControllerAddresses {
+                    node_id,
+                    leader: Box::new(move || client.status().leader),
+                    voters,
+                    max_frame: config.socket_request_max_bytes(),
+                },
+            )
+        };
         let offset = applied.clone();
         let lifecycle = BrokerLifecycle::start(
             LifecycleConfig {
@@ -190,6 +272,8 @@ impl MetadataNode {
         Ok(MetadataNode {
             quorum,
             controller,
+            listener,
+            listener_stop,
             channel,
             lifecycle,
             follower,
@@ -221,6 +305,8 @@ impl MetadataNode {
         let MetadataNode {
             quorum,
             controller,
+            listener,
+            listener_stop,
             lifecycle,
             mut follower,
             stop_follower,
@@ -237,6 +323,8 @@ impl MetadataNode {
         if let Err(e) = quorum.shutdown().await {
             tracing::warn!(error = %e, "stopping the metadata quorum failed");
         }
+        let _ = listener_stop.send(true);
+        let _ = listener.await;
         if tokio::time::timeout(FOLLOWER_STOP_TIMEOUT, &mut follower)
             .await
             .is_err()
@@ -254,4 +342,27 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| StartError::Internal(e.to_string()))
+}
+
+/// The quorum's RPC server, as the controller listener calls it.
+struct QuorumRpc(RaftRpcServer);
+
+impl RaftRpc for QuorumRpc {
+    fn is_raft_key(&self, api_key: i16) -> bool {
+        RaftRpcServer::is_raft_key(api_key)
+    }
+
+    fn handle(
+        &self,
+        api_key: i16,
+        version: i16,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<bytes::Bytes, String>> + Send + '_>> {
+        Box::pin(async move {
+            self.0
+                .handle(api_key, version, body)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }

@@ -75,6 +75,9 @@ impl Route {
 pub enum Refused {
     #[error("{api:?} is not served on a {kind} listener")]
     NotOnListener { api: ApiKey, kind: ListenerKind },
+    /// A controller API reached the broker's dispatch: the controller listener serves it.
+    #[error("{api:?} is served by the controller listener's loop")]
+    ControllerApi { api: ApiKey },
     /// The decoder refuses every API without a route, so off the wire this does not happen.
     #[error("{api:?} has no route")]
     NoRoute { api: ApiKey },
@@ -100,6 +103,10 @@ impl Ctx<'_> {
 }
 
 const CLIENT: &[ListenerKind] = &[ListenerKind::Client];
+/// What brokers send the active controller. The controller listener's own loop
+/// (`controller_listener`) serves these: it runs before the broker exists, while the quorum
+/// elects its leader.
+const CONTROLLER: &[ListenerKind] = &[ListenerKind::Controller];
 /// Every kind of listener (ApiVersions: a client asks it first, whatever it connected to).
 const ALL: &[ListenerKind] = ListenerKind::ALL;
 
@@ -157,9 +164,9 @@ macro_rules! routes {
 
 routes! {
     Produce on CLIENT, forwarded: false
-        => |r, cx| handlers::produce::handle(cx.broker, r, cx.version).await;
+        => |r, cx| handlers::produce::handle(cx.broker, r, cx.version, cx.conn.listener).await;
     Fetch on CLIENT, forwarded: false
-        => |r, cx| handlers::fetch::handle(cx.broker.clone(), r, cx.version);
+        => |r, cx| handlers::fetch::handle(cx.broker.clone(), r, cx.version, cx.conn.listener);
     ListOffsets on CLIENT, forwarded: false
         => |r, cx| ready(handlers::list_offsets::handle(cx.broker, r, cx.version));
     OffsetForLeaderEpoch on CLIENT, forwarded: false
@@ -214,6 +221,21 @@ routes! {
         ));
     ConsumerGroupDescribe on CLIENT, forwarded: false
         => |r, cx| ready(handlers::consumer_group_describe::handle(cx.broker, r));
+    Envelope on CONTROLLER, forwarded: false
+        => |_r, _cx| controller_only(ApiKey::Envelope)?;
+    BrokerRegistration on CONTROLLER, forwarded: false
+        => |_r, _cx| controller_only(ApiKey::BrokerRegistration)?;
+    BrokerHeartbeat on CONTROLLER, forwarded: false
+        => |_r, _cx| controller_only(ApiKey::BrokerHeartbeat)?;
+    UnregisterBroker on CONTROLLER, forwarded: false
+        => |_r, _cx| controller_only(ApiKey::UnregisterBroker)?;
+    AllocateProducerIds on CONTROLLER, forwarded: false
+        => |_r, _cx| controller_only(ApiKey::AllocateProducerIds)?;
+}
+
+/// The "handler" of an API the controller listener's own loop serves: refused here.
+fn controller_only(api: ApiKey) -> Result<Reply, Refused> {
+    Err(Refused::ControllerApi { api })
 }
 
 /// Starts handling a request that came in on `conn`. Whatever must happen in request order
@@ -266,6 +288,15 @@ mod tests {
 
     use super::*;
     use crate::{BrokerConfig, Server};
+
+    /// The APIs only controller listeners serve.
+    const CONTROLLER_APIS: &[ApiKey] = &[
+        ApiKey::Envelope,
+        ApiKey::BrokerRegistration,
+        ApiKey::BrokerHeartbeat,
+        ApiKey::UnregisterBroker,
+        ApiKey::AllocateProducerIds,
+    ];
 
     #[test]
     fn every_decoded_api_has_exactly_one_route_with_its_range() {
@@ -358,10 +389,12 @@ mod tests {
                 );
             }
         }
-        // Today: every client API on client listeners; on a controller listener only
-        // ApiVersions, which Kafka serves on every listener.
-        assert_eq!(client.len(), SUPPORTED_APIS.len());
-        assert_eq!(controller, vec![ApiKey::ApiVersions]);
+        // Client listeners serve every client API; controller listeners ApiVersions (which
+        // Kafka serves on every listener) and what brokers send the controller.
+        assert_eq!(client.len(), SUPPORTED_APIS.len() - CONTROLLER_APIS.len());
+        let mut expected = vec![ApiKey::ApiVersions];
+        expected.extend_from_slice(CONTROLLER_APIS);
+        assert_eq!(controller, expected);
         for api in [
             ApiKey::Produce,
             ApiKey::Fetch,
@@ -440,7 +473,17 @@ mod tests {
                 let body = sample(r.api).expect("a sample for every route");
                 let outcome =
                     dispatch(broker, request(r.api, r.versions.max, body), conn(kind)).await;
-                if r.listeners.contains(&kind) {
+                if r.listeners == CONTROLLER {
+                    // Served by the controller listener's loop, never by this dispatch.
+                    assert_eq!(
+                        outcome.err(),
+                        if kind == ListenerKind::Controller {
+                            Some(Refused::ControllerApi { api: r.api })
+                        } else {
+                            Some(Refused::NotOnListener { api: r.api, kind })
+                        }
+                    );
+                } else if r.listeners.contains(&kind) {
                     assert!(outcome.is_ok(), "{:?} refused on a {kind} listener", r.api);
                 } else {
                     assert_eq!(

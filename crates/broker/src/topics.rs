@@ -18,7 +18,9 @@ use caudal_metadata::quorum::QuorumClient;
 use caudal_metadata::{ConfigResource, ControllerRequest, MetadataImage, TopicImage};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ResponseKind, TopicName,
@@ -175,6 +177,21 @@ impl Topics {
         self.applied.borrow().clone()
     }
 
+    /// The controller id Metadata and DescribeCluster report: the quorum leader, which is a
+    /// broker too while every node is both; otherwise any live broker, as Kafka 4 answers
+    /// (clients then send controller requests to a broker, which forwards them).
+    pub fn controller_id(&self, image: &MetadataImage) -> i32 {
+        let leader = self
+            .quorum
+            .status()
+            .leader
+            .and_then(|l| i32::try_from(l).ok())
+            .filter(|l| image.broker(*l).is_some_and(|b| !b.fenced));
+        leader
+            .or_else(|| image.live_brokers().next().map(|b| b.id))
+            .unwrap_or(self.node_id)
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
         let image = self.image();
         let topic = image.topic_by_name(name)?;
@@ -212,6 +229,21 @@ impl Topics {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Option<Arc<Topic>>, TopicError> {
+        self.create_placed(name, partitions, Vec::new(), configs, validate_only)
+            .await
+    }
+
+    /// As [`create`](Self::create); with `assignments` (one per partition, numbered from 0)
+    /// the partitions go to the brokers named there rather than where the controller would
+    /// place them.
+    pub async fn create_placed(
+        &self,
+        name: &str,
+        partitions: i32,
+        assignments: Vec<CreatableReplicaAssignment>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Option<Arc<Topic>>, TopicError> {
         validate_topic_name(name)?;
         if !validate_only {
             self.check_room(usize::try_from(partitions).unwrap_or(0)).map_err(|why| {
@@ -219,10 +251,12 @@ impl Topics {
                 TopicError::Storage(why)
             })?;
         }
+        let explicit = !assignments.is_empty();
         let topic = CreatableTopic::default()
             .with_name(TopicName(str_bytes(name)))
-            .with_num_partitions(partitions)
+            .with_num_partitions(if explicit { -1 } else { partitions })
             .with_replication_factor(-1)
+            .with_assignments(assignments)
             .with_configs(
                 configs
                     .iter()
@@ -261,7 +295,7 @@ impl Topics {
             return Ok(None);
         }
         let topic_id = result.topic_id;
-        let image = self.wait_applied().await?;
+        let image = self.wait_applied(|i| i.topic(topic_id).is_some()).await?;
         let missing = self.missing_local_replicas(&image, topic_id, 0);
         if let Some(why) = missing {
             tracing::warn!(topic = name, partitions, error = %why, "creating topic failed; undoing it");
@@ -289,7 +323,7 @@ impl Topics {
             TopicError::NoRoom(why)
         })?;
         self.delete_by_id(name, topic.id).await?;
-        self.wait_applied().await?;
+        self.wait_applied(|i| i.topic(topic.id).is_none()).await?;
         tracing::info!(topic = name, "deleted topic");
         Ok(topic)
     }
@@ -369,7 +403,12 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
-        let image = self.wait_applied().await?;
+        let image = self
+            .wait_applied(|i| {
+                i.topic(before.id)
+                    .is_some_and(|t| t.partitions.len() >= usize::try_from(count).unwrap_or(0))
+            })
+            .await?;
         if let Some(why) = self.missing_local_replicas(&image, before.id, before.partition_count) {
             // Partitions cannot be taken back: they stay, offline here, as Kafka's would.
             tracing::warn!(topic = name, partitions = count, error = %why, "adding partitions: some local replicas could not be made");
@@ -392,14 +431,19 @@ impl Topics {
         crate::disk_space::check_metadata_room(&self.data_dir, records)
     }
 
-    /// Waits until this broker has applied everything its quorum node has applied now (which
-    /// includes a change the controller just answered), and returns that image.
-    async fn wait_applied(&self) -> Result<Arc<MetadataImage>, TopicError> {
+    /// Waits until this broker has applied everything its quorum node has applied now, and
+    /// until `done` holds of the image: on the controller's node the first includes a change the
+    /// controller just answered; elsewhere the change may reach this node a little later. Returns
+    /// that image.
+    async fn wait_applied(
+        &self,
+        done: impl Fn(&MetadataImage) -> bool,
+    ) -> Result<Arc<MetadataImage>, TopicError> {
         let target = self.quorum.image().provenance();
         let mut applied = self.applied.clone();
         let waited = tokio::time::timeout(
             self.timeout,
-            applied.wait_for(|image| image.provenance() >= target),
+            applied.wait_for(|image| image.provenance() >= target && done(image)),
         )
         .await;
         match waited {
@@ -447,7 +491,7 @@ impl Topics {
     async fn undo_creation(&self, name: &str, id: Uuid) {
         match self.delete_by_id(name, id).await {
             Ok(()) => {
-                if let Err(e) = self.wait_applied().await {
+                if let Err(e) = self.wait_applied(|i| i.topic(id).is_none()).await {
                     tracing::warn!(topic = name, error = %e, "undoing a failed creation: the deletion is not applied yet");
                 }
             }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use caudal_broker::{BrokerConfig, Server};
+use caudal_broker::{BrokerConfig, ListenerKind, Server};
 use caudal_protocol::kafka_protocol;
 use caudal_protocol::SUPPORTED_APIS;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -168,7 +168,12 @@ async fn every_api_answers_at_every_advertised_version() {
     assert_eq!(r.topics[0].error_code, 0);
     let topic_id = r.topics[0].topic_id;
 
+    let client_apis = caudal_broker::routes::api_versions(ListenerKind::Client);
     for &(api, min, max) in SUPPORTED_APIS {
+        // What brokers send the controller is served on controller listeners only.
+        if !client_apis.iter().any(|a| a.api_key == api as i16) {
+            continue;
+        }
         for v in min..=max {
             let what = format!("{api:?} v{v}");
             match api {
@@ -188,7 +193,7 @@ async fn every_api_answers_at_every_advertised_version() {
                         panic!()
                     };
                     assert_eq!(r.error_code, 0, "{what}");
-                    assert_eq!(r.api_keys.len(), SUPPORTED_APIS.len(), "{what}");
+                    assert_eq!(r.api_keys.len(), client_apis.len(), "{what}");
                 }
                 ApiKey::Metadata => {
                     let req = MetadataRequest::default().with_topics(Some(vec![

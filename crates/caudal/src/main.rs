@@ -62,12 +62,14 @@ fn main() -> std::process::ExitCode {
         .get_one::<String>("log")
         .cloned()
         .unwrap_or_else(|| "info".to_string());
-    // The Raft library narrates every election and vote at info; its warnings are what an
-    // operator needs. Asking for `openraft=...` by name gets the rest.
+    // The Raft library narrates every election and vote at info, and repeats every failed
+    // call to an unreachable peer at warn and error, each second. Caudal logs what an operator
+    // needs itself (a peer lost and back, leadership, a stopped quorum); asking for
+    // `openraft=...` by name gets the library's own lines.
     let filter = if filter.contains("openraft") {
         filter
     } else {
-        format!("{filter},openraft=warn")
+        format!("{filter},openraft=off")
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -179,6 +179,9 @@ pub fn config_from(m: &ArgMatches) -> anyhow::Result<BrokerConfig> {
             config.set(s.key, &v).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
+    config
+        .apply_listener_roles()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(config)
 }
 

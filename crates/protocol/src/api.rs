@@ -36,6 +36,12 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    // Served on controller listeners only: what brokers send the active controller.
+    (ApiKey::Envelope, 0, 0),
+    (ApiKey::BrokerRegistration, 0, 4),
+    (ApiKey::BrokerHeartbeat, 0, 1),
+    (ApiKey::UnregisterBroker, 0, 0),
+    (ApiKey::AllocateProducerIds, 0, 0),
 ];
 
 /// The version range served for `api`, or `None` if the API is not served at all. A `const fn`,
@@ -66,7 +72,7 @@ mod tests {
             );
         }
         assert_eq!(supported_range(ApiKey::SaslHandshake), None);
-        assert_eq!(supported_range(ApiKey::BrokerRegistration), None);
+        assert_eq!(supported_range(ApiKey::AlterPartition), None);
     }
 
     #[test]

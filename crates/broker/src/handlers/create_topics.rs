@@ -42,7 +42,10 @@ pub async fn handle(
         if replication != 1 && topic.assignments.is_empty() {
             results.push(fail(
                 E::InvalidReplicationFactor.code(),
-                format!("replication factor {replication} is larger than the 1 available broker"),
+                format!(
+                    "replication factor {replication}: Caudal keeps one replica of each \
+                     partition until replication is served; use 1"
+                ),
             ));
             continue;
         }
@@ -59,18 +62,18 @@ pub async fn handle(
                 ));
                 continue;
             }
-            let node = broker.config.node_id;
-            let valid = topic.assignments.iter().enumerate().all(|(i, a)| {
-                a.partition_index == i as i32
-                    && a.broker_ids.len() == 1
-                    && a.broker_ids[0].0 == node
-            });
+            // Which brokers exist is the controller's to check; one replica each is ours.
+            let valid = topic
+                .assignments
+                .iter()
+                .enumerate()
+                .all(|(i, a)| a.partition_index == i as i32 && a.broker_ids.len() == 1);
             if !valid {
                 results.push(fail(
                     E::InvalidReplicaAssignment.code(),
-                    format!(
-                        "partitions must be numbered from 0 and each placed on broker {node} alone"
-                    ),
+                    "partitions must be numbered from 0 and each placed on one broker (one \
+                     replica each until replication is served)"
+                        .into(),
                 ));
                 continue;
             }
@@ -99,7 +102,13 @@ pub async fn handle(
         }
         let created = broker
             .topics
-            .create(&name, partitions, configs.clone(), request.validate_only)
+            .create_placed(
+                &name,
+                partitions,
+                topic.assignments.clone(),
+                configs.clone(),
+                request.validate_only,
+            )
             .await;
         match created {
             Ok(topic) => {

@@ -8,22 +8,37 @@ use kafka_protocol::messages::{
 use super::str_bytes;
 use crate::Broker;
 
+/// The cluster id, the controller and every live broker a client of this listener can reach.
 pub fn handle(
     broker: &Arc<Broker>,
     request: DescribeClusterRequest,
     listener: usize,
 ) -> ResponseKind {
-    let node = broker.config.node_id;
-    let (host, port) = &broker.config.advertise(listener);
+    let image = broker.topics.image();
+    let listener_name = broker
+        .config
+        .listeners
+        .get(listener)
+        .map_or("PLAINTEXT", |l| l.name.as_str());
+    let brokers = image
+        .live_brokers()
+        .filter_map(|b| {
+            let endpoint = image.endpoint(b.id, listener_name)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.id))
+                    .with_host(str_bytes(endpoint.host.clone()))
+                    .with_port(i32::from(endpoint.port))
+                    .with_rack(b.rack.clone().map(str_bytes)),
+            )
+        })
+        .collect();
     ResponseKind::DescribeCluster(
         DescribeClusterResponse::default()
             .with_endpoint_type(request.endpoint_type)
             .with_cluster_id(str_bytes(broker.topics.cluster_id()))
-            .with_controller_id(BrokerId(node))
-            .with_brokers(vec![DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(node))
-                .with_host(str_bytes(host.clone()))
-                .with_port(i32::from(*port))])
+            .with_controller_id(BrokerId(broker.topics.controller_id(&image)))
+            .with_brokers(brokers)
             .with_cluster_authorized_operations(i32::MIN),
     )
 }

@@ -18,9 +18,12 @@ use bytes::Bytes;
 use caudal_storage::ReadError;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ResponseKind, TopicName};
 
+use super::leader_hints::LeaderHints;
 use super::{str_bytes, Reply};
 use crate::partition::Partition;
 use crate::Broker;
@@ -28,12 +31,16 @@ use crate::Broker;
 /// Fetch v13 and later name topics by id.
 const TOPIC_IDS_SINCE: i16 = 13;
 const READ_COMMITTED: i8 = 1;
+/// Fetch v12 and later carry the leader of a partition this broker does not lead, v16 and
+/// later its address too (KIP-951).
+const LEADER_HINTS_SINCE: i16 = 12;
+const NODE_ENDPOINTS_SINCE: i16 = 16;
 
 /// The partitions of a fetch, resolved once: per topic of the request, per partition, the
 /// partition or the error code to answer for it.
 type Targets = Vec<Vec<Result<Arc<Partition>, i16>>>;
 
-pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
+pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener: usize) -> Reply {
     Box::pin(async move {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
@@ -57,8 +64,11 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
                     Some(read) => read,
                     None => read_off_workers(request.clone(), version, targets.clone()).await,
                 };
-                let (response, bytes, any_error) = read;
+                let (mut response, bytes, any_error) = read;
                 if bytes >= min_bytes || any_error || last {
+                    if any_error && version >= LEADER_HINTS_SINCE {
+                        add_leader_hints(&broker, &mut response, version, listener);
+                    }
                     return Some(ResponseKind::Fetch(response));
                 }
             }
@@ -77,6 +87,44 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16) -> Reply
             armed = false;
         }
     })
+}
+
+/// KIP-951: for each partition answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH, the
+/// leader and epoch the image knows, and (v16+) the leaders' addresses for this listener.
+fn add_leader_hints(broker: &Broker, response: &mut FetchResponse, version: i16, listener: usize) {
+    let mut hints = LeaderHints::new(broker, listener);
+    let moved = [E::NotLeaderOrFollower.code(), E::FencedLeaderEpoch.code()];
+    for topic in &mut response.responses {
+        let id = if version >= TOPIC_IDS_SINCE {
+            Some(topic.topic_id)
+        } else {
+            broker.topics.get(topic.topic.0.as_str()).map(|t| t.id)
+        };
+        let Some(id) = id else { continue };
+        for p in &mut topic.partitions {
+            if !moved.contains(&p.error_code) {
+                continue;
+            }
+            if let Some(leader) = hints.leader(id, p.partition_index) {
+                p.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(leader.id))
+                    .with_leader_epoch(leader.epoch);
+            }
+        }
+    }
+    if version >= NODE_ENDPOINTS_SINCE {
+        response.node_endpoints = hints
+            .endpoints()
+            .into_iter()
+            .map(|n| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(n.id))
+                    .with_host(str_bytes(n.host))
+                    .with_port(i32::from(n.port))
+                    .with_rack(n.rack.map(str_bytes))
+            })
+            .collect();
+    }
 }
 
 /// Looks up the topics and partitions of a fetch.
@@ -369,7 +417,7 @@ mod tests {
     async fn a_waiting_fetch_answers_as_soon_as_its_partition_stops_leading() {
         let dir = tempfile::tempdir().unwrap();
         let (_server, broker, partition, request) = broker_with_topic(dir.path(), 1).await;
-        let fetch = handle(broker, request, 12);
+        let fetch = handle(broker, request, 12, 0);
         tokio::pin!(fetch);
         // Nothing to read: the fetch waits (its first pass arms the wakers, the second parks).
         assert!(poll(&mut fetch).is_pending());
@@ -385,7 +433,7 @@ mod tests {
     async fn a_waiting_fetch_answers_as_soon_as_its_topic_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (_server, broker, _partition, request) = broker_with_topic(dir.path(), 1).await;
-        let fetch = handle(broker.clone(), request, 12);
+        let fetch = handle(broker.clone(), request, 12, 0);
         tokio::pin!(fetch);
         assert!(poll(&mut fetch).is_pending());
         broker.topics.delete("moves").await.unwrap();
@@ -399,7 +447,7 @@ mod tests {
     async fn a_fetch_with_min_bytes_zero_answers_at_once_with_nothing_to_read() {
         let dir = tempfile::tempdir().unwrap();
         let (_server, broker, _partition, request) = broker_with_topic(dir.path(), 0).await;
-        let fetch = handle(broker, request, 12);
+        let fetch = handle(broker, request, 12, 0);
         tokio::pin!(fetch);
         let Poll::Ready(answer) = poll(&mut fetch) else {
             panic!("a fetch with min_bytes 0 waited for data");

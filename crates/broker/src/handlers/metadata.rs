@@ -9,6 +9,8 @@ use kafka_protocol::messages::{
     BrokerId, MetadataRequest, MetadataResponse, ResponseKind, TopicName,
 };
 
+use caudal_metadata::MetadataImage;
+
 use super::str_bytes;
 use crate::replica_manager::tp;
 use crate::topics::Topic;
@@ -23,7 +25,6 @@ pub async fn handle(
     version: i16,
     listener: usize,
 ) -> ResponseKind {
-    let node = broker.config.node_id;
     // v0 asks for every topic with an empty list; v1+ with a null one.
     let wanted = match request.topics {
         None => None,
@@ -32,16 +33,12 @@ pub async fn handle(
     };
     let auto_create =
         broker.config.auto_create_topics() && (version < 4 || request.allow_auto_topic_creation);
-    let mut topics = Vec::new();
+    let mut found: Vec<Result<Arc<Topic>, MetadataResponseTopic>> = Vec::new();
     match wanted {
-        None => {
-            for topic in broker.topics.all() {
-                topics.push(describe(broker, &topic, node));
-            }
-        }
+        None => found.extend(broker.topics.all().into_iter().map(Ok)),
         Some(requested) => {
             for t in requested {
-                let found = match &t.name {
+                let topic = match &t.name {
                     Some(name) => {
                         let name = name.0.as_str();
                         match broker.topics.get(name) {
@@ -55,26 +52,50 @@ pub async fn handle(
                         .get_by_id(t.topic_id)
                         .ok_or(E::UnknownTopicId.code()),
                 };
-                topics.push(match found {
-                    Ok(topic) => describe(broker, &topic, node),
-                    Err(code) => MetadataResponseTopic::default()
+                found.push(topic.map_err(|code| {
+                    MetadataResponseTopic::default()
                         .with_error_code(code)
                         .with_name(t.name.clone())
                         .with_topic_id(t.topic_id)
-                        .with_topic_authorized_operations(OPERATIONS_OMITTED),
-                });
+                        .with_topic_authorized_operations(OPERATIONS_OMITTED)
+                }));
             }
         }
     }
-    let (host, port) = &broker.config.advertise(listener);
+    // One image for the whole answer, taken after any auto-creation.
+    let image = broker.topics.image();
+    let listener_name = broker
+        .config
+        .listeners
+        .get(listener)
+        .map_or("PLAINTEXT", |l| l.name.as_str());
+    let topics = found
+        .into_iter()
+        .map(|t| match t {
+            Ok(topic) => describe(broker, &image, &topic, listener_name),
+            Err(unknown) => unknown,
+        })
+        .collect();
+    // Live brokers that clients of this listener can reach; the others are left out, as Kafka
+    // leaves them out.
+    let brokers = image
+        .live_brokers()
+        .filter_map(|b| {
+            let endpoint = image.endpoint(b.id, listener_name)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(str_bytes(endpoint.host.clone()))
+                    .with_port(i32::from(endpoint.port))
+                    .with_rack(b.rack.clone().map(str_bytes)),
+            )
+        })
+        .collect();
     ResponseKind::Metadata(
         MetadataResponse::default()
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(BrokerId(node))
-                .with_host(str_bytes(host.clone()))
-                .with_port(i32::from(*port))])
+            .with_brokers(brokers)
             .with_cluster_id(Some(str_bytes(broker.topics.cluster_id())))
-            .with_controller_id(BrokerId(node))
+            .with_controller_id(BrokerId(broker.topics.controller_id(&image)))
             .with_topics(topics)
             .with_cluster_authorized_operations(OPERATIONS_OMITTED),
     )
@@ -103,32 +124,53 @@ pub(crate) async fn auto_create_topic(broker: &Broker, name: &str) -> Result<Arc
     }
 }
 
-fn describe(broker: &Broker, topic: &Topic, node: i32) -> MetadataResponseTopic {
+fn describe(
+    broker: &Broker,
+    image: &MetadataImage,
+    topic: &Topic,
+    listener_name: &str,
+) -> MetadataResponseTopic {
+    let node = broker.config.node_id;
+    let registrations = image.topic(topic.id);
+    let ids = |ids: &[i32]| ids.iter().map(|&id| BrokerId(id)).collect::<Vec<_>>();
     let partitions = (0..topic.partition_count)
         .map(|index| {
-            let partition = MetadataResponsePartition::default()
-                .with_partition_index(index)
-                .with_replica_nodes(vec![BrokerId(node)]);
-            let Some(p) = broker.replicas.get(tp(topic.id, index)) else {
-                // Its only replica is not here: no leader.
+            let partition = MetadataResponsePartition::default().with_partition_index(index);
+            let Some(reg) = registrations.and_then(|t| t.partition(index)) else {
                 return partition
                     .with_error_code(E::LeaderNotAvailable.code())
                     .with_leader_id(BrokerId(-1))
-                    .with_leader_epoch(-1)
-                    .with_offline_replicas(vec![BrokerId(node)]);
+                    .with_leader_epoch(-1);
             };
-            let partition = partition.with_leader_epoch(p.leader_epoch());
-            if p.log().offline_reason().is_some() {
-                // Its only replica's log is offline: no leader until a restart recovers it.
+            let partition = partition
+                .with_replica_nodes(ids(&reg.replicas))
+                .with_isr_nodes(ids(&reg.isr))
+                .with_leader_epoch(reg.leader_epoch);
+            let no_leader = |code: i16| {
                 partition
-                    .with_error_code(E::KafkaStorageError.code())
+                    .clone()
+                    .with_error_code(code)
                     .with_leader_id(BrokerId(-1))
-                    .with_offline_replicas(vec![BrokerId(node)])
-            } else {
-                partition
-                    .with_leader_id(BrokerId(node))
-                    .with_isr_nodes(vec![BrokerId(node)])
+            };
+            if reg.leader < 0 {
+                return no_leader(E::LeaderNotAvailable.code());
             }
+            if reg.leader == node {
+                let Some(p) = broker.replicas.get(tp(topic.id, index)) else {
+                    // The replica this broker leads could not be made: no leader.
+                    return no_leader(E::LeaderNotAvailable.code())
+                        .with_offline_replicas(vec![BrokerId(node)]);
+                };
+                if p.log().offline_reason().is_some() {
+                    // Its log is offline: no leader until a restart recovers it.
+                    return no_leader(E::KafkaStorageError.code())
+                        .with_offline_replicas(vec![BrokerId(node)]);
+                }
+            } else if image.endpoint(reg.leader, listener_name).is_none() {
+                // The leader has no listener of this name: the client could not reach it.
+                return no_leader(E::ListenerNotFound.code());
+            }
+            partition.with_leader_id(BrokerId(reg.leader))
         })
         .collect();
     MetadataResponseTopic::default()

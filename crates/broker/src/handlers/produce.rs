@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use caudal_storage::{validate_for_append, AppendError, BatchHeader, SequenceError};
 use kafka_protocol::error::ResponseError as E;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+};
 
+use super::leader_hints::LeaderHints;
 use super::{metadata::auto_create_topic, str_bytes, Reply};
 use crate::partition::Partition;
 use crate::{now_ms, Broker};
@@ -26,9 +31,18 @@ fn failed(index: i32, code: i16, message: Option<String>) -> PartitionProduceRes
 /// Produce v7 and later may carry zstd batches (KIP-110).
 const ZSTD_SINCE: i16 = 7;
 const ZSTD: i16 = 4;
+/// Produce v10 and later carry the leader of a partition this broker does not lead (KIP-951).
+const LEADER_HINTS_SINCE: i16 = 10;
 
-pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Reply {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: ProduceRequest,
+    version: i16,
+    listener: usize,
+) -> Reply {
     let acks = request.acks;
+    // Made on the first NOT_LEADER_OR_FOLLOWER only: the common produce needs no image.
+    let mut hints: Option<LeaderHints> = None;
     let now = now_ms();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     // (topic slot, partition slot, partition, end offset) for acks=all
@@ -56,7 +70,21 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             let partition = match partition {
                 Ok(p) => p,
                 Err(code) => {
-                    partition_responses.push(failed(index, code, None));
+                    let mut response = failed(index, code, None);
+                    if code == E::NotLeaderOrFollower.code() && version >= LEADER_HINTS_SINCE {
+                        if let Ok(t) = &topic {
+                            let hints =
+                                hints.get_or_insert_with(|| LeaderHints::new(broker, listener));
+                            if let Some(leader) = hints.leader(t.id, index) {
+                                response = response.with_current_leader(
+                                    LeaderIdAndEpoch::default()
+                                        .with_leader_id(BrokerId(leader.id))
+                                        .with_leader_epoch(leader.epoch),
+                                );
+                            }
+                        }
+                    }
+                    partition_responses.push(response);
                     continue;
                 }
             };
@@ -126,6 +154,20 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
     if acks == 0 {
         return Box::pin(std::future::ready(None));
     }
+    let node_endpoints: Vec<NodeEndpoint> = hints
+        .map(|h| {
+            h.endpoints()
+                .into_iter()
+                .map(|n| {
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(n.id))
+                        .with_host(str_bytes(n.host))
+                        .with_port(i32::from(n.port))
+                        .with_rack(n.rack.map(str_bytes))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1));
     Box::pin(async move {
         for (t, p, partition, end) in durable_waits {
@@ -138,7 +180,9 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             *slot = failed(slot.index, code, None);
         }
         Some(ResponseKind::Produce(
-            ProduceResponse::default().with_responses(responses),
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(node_endpoints),
         ))
     })
 }

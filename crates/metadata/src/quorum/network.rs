@@ -111,6 +111,8 @@ pub struct TcpPeers {
     max_frame_bytes: usize,
     /// What this node runs, once it runs ([`TcpPeers::follow`]).
     node: Arc<OnceLock<FollowedNode>>,
+    /// Peers whose last call failed, so a peer that stays down is logged once, not per retry.
+    unreachable: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 impl std::fmt::Debug for TcpPeers {
@@ -133,6 +135,26 @@ impl TcpPeers {
             progress: PeerProgress::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             node: Arc::new(OnceLock::new()),
+            unreachable: Arc::default(),
+        }
+    }
+
+    /// Logs a peer going unreachable or coming back, once per change.
+    fn note_reachable(&self, target: u64, reachable: bool, why: Option<&PeerError>) {
+        let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if reachable {
+            down.remove(&target)
+        } else {
+            down.insert(target)
+        };
+        if !changed {
+            return;
+        }
+        match why {
+            Some(e) => {
+                tracing::warn!(peer = target, error = %e, "metadata quorum peer unreachable; retrying every second")
+            }
+            None => tracing::info!(peer = target, "metadata quorum peer reachable again"),
         }
     }
 
@@ -297,6 +319,7 @@ impl TcpPeerClient {
         let answer =
             from_json("a quorum RPC response", body).map_err(|e| protocol(e.to_string()))?;
         self.connection = Some(stream);
+        self.peers.note_reachable(target, true, None);
         Ok(answer)
     }
 
@@ -348,7 +371,10 @@ impl TcpPeerClient {
         ttl: Duration,
     ) -> RPCError<u64, QuorumNode, E> {
         match e {
-            CallError::Unreachable(e) => unreachable(e),
+            CallError::Unreachable(e) => {
+                self.peers.note_reachable(self.target, false, Some(&e));
+                unreachable(e)
+            }
             CallError::Timeout => RPCError::Timeout(Timeout {
                 action,
                 id: self.peers.node_id,
