@@ -4,28 +4,33 @@
 //! The quorum publishes images on a watch, which may skip some when they come fast: the follower
 //! compares each image it takes with the last one it applied, so a skipped image changes nothing
 //! but how many changes arrive at once. File work (opening, making and deleting replica
-//! directories) runs on a blocking thread.
+//! directories) runs on a blocking thread. Leadership of `__consumer_offsets` partitions goes on
+//! to the group coordinator runtime, before the image is published, so a client sent here by
+//! FindCoordinator finds the shard at least loading.
 
 use std::sync::Arc;
 
-use caudal_metadata::MetadataImage;
+use caudal_metadata::{LocalReplicaChanges, MetadataImage};
 use caudal_storage::Disk;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
-use crate::replica_manager::{LogContext, ReplicaManager};
+use crate::coordinator_runtime::{CoordinatorRuntime, ShardChanges, OFFSETS_TOPIC};
+use crate::replica_manager::{tp, LogContext, ReplicaManager};
 
 /// What the follower works with.
 pub(crate) struct Follower {
     pub config: Arc<BrokerConfig>,
     pub disk: Arc<dyn Disk>,
     pub replicas: Arc<ReplicaManager>,
+    pub coordinators: Arc<CoordinatorRuntime>,
 }
 
 impl Follower {
-    /// Opens every replica `image` gives this broker (at start, before any client is served).
-    pub(crate) fn load(&self, image: &MetadataImage) {
+    /// Opens every replica `image` gives this broker (at start, before any client is served);
+    /// returns the `__consumer_offsets` partitions it leads. Blocking.
+    pub(crate) fn load(&self, image: &MetadataImage) -> ShardChanges {
         let ctx = LogContext {
             config: &self.config,
             disk: self.disk.clone(),
@@ -39,10 +44,63 @@ impl Follower {
             metadata_offset = image.provenance().index,
             "local replicas opened"
         );
+        let mut shards = ShardChanges::default();
+        if let Some(topic) = image.topic_by_name(OFFSETS_TOPIC) {
+            shards.partition_count = i32::try_from(topic.partitions.len()).ok();
+            for (index, registration) in topic.partitions.iter().enumerate() {
+                let Ok(index) = i32::try_from(index) else {
+                    break;
+                };
+                if registration.leader != self.config.node_id {
+                    continue;
+                }
+                if let Some(p) = self.replicas.get(tp(topic.id, index)) {
+                    shards.gained.push((index, p));
+                }
+            }
+        }
+        shards
     }
 
-    /// Brings the replicas from `old` to `new`. Blocking.
-    fn apply(&self, old: &MetadataImage, new: &MetadataImage) {
+    /// What `changes` (from `old` to `new`, applied to the replicas) mean for the coordinator
+    /// shards: `__consumer_offsets` partitions led, and those followed or deleted.
+    fn shard_changes(
+        &self,
+        old: &MetadataImage,
+        new: &MetadataImage,
+        changes: &LocalReplicaChanges,
+    ) -> ShardChanges {
+        let old_id = old.topic_by_name(OFFSETS_TOPIC).map(|t| t.id);
+        let new_topic = new.topic_by_name(OFFSETS_TOPIC);
+        let new_id = new_topic.map(|t| t.id);
+        let mut shards = ShardChanges {
+            partition_count: new_topic.and_then(|t| i32::try_from(t.partitions.len()).ok()),
+            ..ShardChanges::default()
+        };
+        let is_offsets = |id: &caudal_metadata::TopicIdPartition| {
+            Some(id.topic_id) == old_id || Some(id.topic_id) == new_id
+        };
+        for (id, _) in changes.deleted.iter().chain(&changes.followers) {
+            if is_offsets(id) {
+                shards.lost.push(id.partition);
+            }
+        }
+        for (id, _) in &changes.leaders {
+            if Some(id.topic_id) != new_id {
+                continue;
+            }
+            match self.replicas.get(*id) {
+                Some(p) => shards.gained.push((id.partition, p)),
+                // Its replica could not be opened: nothing to coordinate from.
+                None => shards.lost.push(id.partition),
+            }
+        }
+        shards
+    }
+
+    /// Brings the replicas from `old` to `new`; returns what that means for the coordinator
+    /// shards. Blocking.
+    fn apply(&self, old: &MetadataImage, new: &MetadataImage) -> ShardChanges {
         let changes = new.local_changes_since(old, self.config.node_id);
         let ctx = LogContext {
             config: &self.config,
@@ -71,6 +129,7 @@ impl Follower {
             self.replicas
                 .apply_topic_configs(new, &configs, &self.config);
         }
+        self.shard_changes(old, new, &changes)
     }
 
     /// Follows `images` from the image `published` holds (the one already loaded), publishing
@@ -98,8 +157,11 @@ impl Follower {
                     let f = follower.clone();
                     let applied = new.clone();
                     let done = tokio::task::spawn_blocking(move || f.apply(&old, &applied)).await;
-                    if let Err(e) = done {
-                        tracing::error!(error = %e, "applying a metadata change to the local replicas failed");
+                    match done {
+                        Ok(shards) => follower.coordinators.apply(shards),
+                        Err(e) => {
+                            tracing::error!(error = %e, "applying a metadata change to the local replicas failed")
+                        }
                     }
                     published.send_replace(new);
                     continue;

@@ -11,8 +11,8 @@ mod controller_listener;
 #[cfg(test)]
 mod controller_testing;
 mod controller_wire;
+pub mod coordinator_runtime;
 pub mod disk_space;
-pub mod groups;
 pub mod handlers;
 mod image_follower;
 pub mod lifecycle;
@@ -59,13 +59,16 @@ pub struct Broker {
     /// The partitions this broker keeps a replica of.
     pub replicas: Arc<ReplicaManager>,
     pub producer_ids: producer_ids::ProducerIds,
-    pub groups: groups::Groups,
+    /// The group coordinator's shards, one per `__consumer_offsets` partition this broker leads.
+    pub groups: Arc<coordinator_runtime::CoordinatorRuntime>,
     /// Refuses produce while the data directory's filesystem is nearly full.
     pub free_space: disk_space::FreeSpaceGuard,
     /// Woken when shutdown starts, so long-polling fetches answer at once.
     pub shutting_down: Notify,
     /// Set when shutdown starts: long-polling fetches answer at once.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Set while a FindCoordinator's creation of a missing `__consumer_offsets` is under way.
+    creating_offsets_topic: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -77,6 +80,25 @@ impl Broker {
             return Err(kafka_protocol::error::ResponseError::UnknownTopicOrPartition.code());
         }
         self.replicas.leader(replica_manager::tp(topic.id, index))
+    }
+
+    /// Creates `__consumer_offsets` in the background, unless a creation is already under way:
+    /// Kafka creates it on the first FindCoordinator that finds it missing, answering
+    /// COORDINATOR_NOT_AVAILABLE meanwhile.
+    pub(crate) fn create_offsets_topic_in_background(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.creating_offsets_topic.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                coordinator_runtime::create_offsets_topic(&broker.config, &broker.topics).await
+            {
+                tracing::warn!(error = %e, "creating __consumer_offsets failed");
+            }
+            broker.creating_offsets_topic.store(false, Ordering::SeqCst);
+        });
     }
 }
 
@@ -193,8 +215,15 @@ impl Server {
         tracing::debug!(open_files, "log files kept open at most");
         let disk = Arc::new(caudal_storage::disk::BoundedDisk::new(open_files));
         let replicas = Arc::new(ReplicaManager::new());
-        let node = node::MetadataNode::start(&config, disk, replicas.clone(), controller_listeners)
-            .await?;
+        let groups = Arc::new(coordinator_runtime::CoordinatorRuntime::new(&config));
+        let node = node::MetadataNode::start(
+            &config,
+            disk,
+            replicas.clone(),
+            groups.clone(),
+            controller_listeners,
+        )
+        .await?;
         let topics = Topics::new(
             &config,
             node.cluster_id.clone(),
@@ -210,9 +239,22 @@ impl Server {
             node.lifecycle_statuses(),
             ADMIN_TIMEOUT,
         );
-        let groups = groups::Groups::start(&config, &topics, &replicas, now_ms())
+        coordinator_runtime::create_offsets_topic(&config, &topics)
             .await
             .map_err(data_err)?;
+        // Every shard this broker leads is loaded before clients are served.
+        let loaded = groups
+            .wait_loaded()
+            .await
+            .map_err(|e| data_err(io::Error::other(e)))?;
+        if loaded.records > 0 {
+            tracing::info!(
+                groups = loaded.groups,
+                records = loaded.records,
+                shards = loaded.shards,
+                "loaded groups and committed offsets from __consumer_offsets"
+            );
+        }
         let broker = Arc::new(Broker {
             config,
             topics,
@@ -222,6 +264,7 @@ impl Server {
             free_space,
             shutting_down: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            creating_offsets_topic: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Server {
             broker,
@@ -436,29 +479,26 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Ticks the group coordinator's clock (session, join, sync and revocation timeouts, lapsed
-/// member ids, the initial rebalance delay) when its earliest deadline comes, and at least every
-/// `offsets.retention.check.interval.ms` so committed offsets expire with no member deadline
-/// pending. Requests that set an earlier deadline (joins, syncs, leaves, KIP-848 joins and
-/// revocations) lower [`groups::Groups::next_tick`] and wake it; heartbeats and offset commits
-/// only push a deadline later, and an early tick is harmless, so they never wake it.
+/// Ticks the clock of each group coordinator shard (session, join, sync and revocation
+/// timeouts, lapsed member ids, the initial rebalance delay) when its earliest deadline comes,
+/// and at least every `offsets.retention.check.interval.ms` so committed offsets expire with no
+/// member deadline pending. Requests that set an earlier deadline (joins, syncs, leaves, KIP-848
+/// joins and revocations) lower their shard's next tick and wake it, as does a shard that
+/// finished loading; heartbeats and offset commits only push a deadline later, and an early
+/// tick is harmless, so they never wake it.
 async fn group_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     use tokio::time::Instant;
     // Even if a deadline is always due (a rebalance timeout of 0 makes every join and sync
-    // phase end at once), the clock does not spin: each tick scans every group. Kept on the
-    // monotonic clock, so a step of the wall clock cannot stall the ticks.
+    // phase end at once), the clock does not spin: each tick scans every group of the shards
+    // due. Kept on the monotonic clock, so a step of the wall clock cannot stall the ticks.
     const TICK_INTERVAL_MIN: Duration = Duration::from_millis(10);
-    // Bounded so that adding it to the time cannot overflow, whatever the setting says.
-    const CHECK_EVERY_MAX: Duration = Duration::from_secs(24 * 60 * 60);
-    let check_every = Duration::from_millis(
-        u64::try_from(broker.config.offsets_retention_check_interval_ms()).unwrap_or(1),
-    )
-    .clamp(Duration::from_millis(1), CHECK_EVERY_MAX);
+    // With no shard, the clock sleeps until one loads and wakes it; bounded all the same.
+    const WAIT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
     let mut last_tick: Option<Instant> = None;
     loop {
         // Deadlines are wall-clock milliseconds, as the coordinator keeps them.
         let until_deadline = broker.groups.next_tick().saturating_sub(now_ms()).max(0);
-        let wait = Duration::from_millis(until_deadline as u64).min(check_every);
+        let wait = Duration::from_millis(u64::try_from(until_deadline).unwrap_or(0)).min(WAIT_MAX);
         let mut at = Instant::now() + wait;
         if let Some(last) = last_tick {
             at = at.max(last + TICK_INTERVAL_MIN);
@@ -469,7 +509,7 @@ async fn group_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             _ = broker.groups.clock_lowered() => continue,
             _ = stop.changed() => return,
         }
-        broker.groups.tick(now_ms());
+        broker.groups.tick_due(now_ms());
         last_tick = Some(Instant::now());
     }
 }

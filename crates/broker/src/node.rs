@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::config::BrokerConfig;
 use crate::controller_channel::{ControllerAddresses, ControllerChannel};
 use crate::controller_listener::{self, ControllerEndpoint, RaftRpc};
+use crate::coordinator_runtime::CoordinatorRuntime;
 use crate::image_follower::Follower;
 use crate::lifecycle::{BrokerLifecycle, BrokerState, LifecycleConfig, ShutdownOutcome};
 use crate::replica_manager::ReplicaManager;
@@ -78,11 +79,13 @@ async fn step<T>(what: &'static str, future: impl Future<Output = T>) -> Result<
 impl MetadataNode {
     /// Starts the quorum (bootstrapping a new or previous release's directory), opens the
     /// local replicas the image gives this broker, starts the controller, and registers. Returns
-    /// once the controller has unfenced the broker, its stray directories set aside.
+    /// once the controller has unfenced the broker and the image saying so is applied here (its
+    /// partitions led, their coordinator shards made), its stray directories set aside.
     pub(crate) async fn start(
         config: &BrokerConfig,
         disk: Arc<dyn Disk>,
         replicas: Arc<ReplicaManager>,
+        coordinators: Arc<CoordinatorRuntime>,
         controller_listeners: Vec<TcpListener>,
     ) -> Result<MetadataNode, StartError> {
         let node_id =
@@ -206,14 +209,16 @@ impl MetadataNode {
             config: Arc::new(config.clone()),
             disk,
             replicas: replicas.clone(),
+            coordinators: coordinators.clone(),
         };
         let images = quorum.images();
         let image = quorum.image();
-        let (follower, image) = blocking(move || {
-            follower.load(&image);
-            (follower, image)
+        let (follower, image, shards) = blocking(move || {
+            let shards = follower.load(&image);
+            (follower, image, shards)
         })
         .await?;
+        coordinators.apply(shards);
         let (published, applied) = watch::channel(image);
         let (stop_follower, follower_stop) = oneshot::channel();
         let follower = follower.start(images, published, follower_stop);
@@ -263,6 +268,21 @@ impl MetadataNode {
         .await?
         .map_err(|_| {
             StartError::Internal("the broker lifecycle stopped before it was unfenced".into())
+        })?;
+        // The unfencing and the leaderships it brings are one metadata change: once it is
+        // applied here, this broker's partitions are led and their coordinator shards made.
+        let node_id = config.node_id;
+        step(
+            "the image unfencing this broker being applied",
+            applied
+                .clone()
+                .wait_for(|i| i.broker(node_id).is_some_and(|b| !b.fenced)),
+        )
+        .await?
+        .map_err(|_| {
+            StartError::Internal(
+                "the metadata follower stopped before the broker was unfenced".into(),
+            )
         })?;
         // Only now is the image one this broker has caught up to: a stale one would exile live
         // data.

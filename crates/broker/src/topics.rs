@@ -312,7 +312,7 @@ impl Topics {
 
     /// Deletes a topic and its data.
     pub async fn delete(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
-        if name == crate::groups::OFFSETS_TOPIC {
+        if name == crate::coordinator_runtime::OFFSETS_TOPIC {
             return Err(TopicError::Internal(name.to_string()));
         }
         let topic = self

@@ -1168,6 +1168,28 @@ impl<R> Coordinator<R> {
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }
+
+    /// Gives every group up, as when this broker stops leading their `__consumer_offsets`
+    /// partition: members waiting on a join or a sync are answered NOT_COORDINATOR, so they go
+    /// and find the new coordinator (Kafka's `GroupMetadataManager.onUnloaded`). Nothing is
+    /// written: the state stays in the log for the next coordinator to load.
+    pub fn unload(self) -> Vec<Effect<R>> {
+        let mut out = Vec::new();
+        for group in self.groups.into_values() {
+            for m in group.members {
+                if let Some(r) = m.awaiting_join {
+                    out.push(Effect::Join(
+                        r,
+                        JoinResponse::error(NOT_COORDINATOR, &m.member_id),
+                    ));
+                }
+                if let Some(r) = m.awaiting_sync {
+                    out.push(Effect::Sync(r, SyncResponse::error(NOT_COORDINATOR)));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn join_new_member<R>(

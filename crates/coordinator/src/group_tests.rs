@@ -829,3 +829,34 @@ fn requests_that_set_a_deadline_tell_the_runtime_when_to_tick() {
     assert!(tick_by(&e).is_empty(), "an empty group has no deadline");
     assert_eq!(c.next_deadline(), None);
 }
+
+#[test]
+fn unloading_answers_waiting_joins_and_syncs_not_coordinator() {
+    // A new member's join waits while the stable members are asked to rejoin.
+    let mut joining = C::new(config());
+    let (_, now) = stable_group(&mut joining, 2);
+    let (new_id, e) = first_join(&mut joining, 7, now);
+    assert!(joins(&e).is_empty(), "the join waits for the others");
+    let e = joining.unload();
+    let j = joins(&e);
+    assert_eq!(j.len(), 1, "the waiting join is answered: {e:?}");
+    assert_eq!(j[0].0, 7);
+    assert_eq!(j[0].1.error, NOT_COORDINATOR);
+    assert_eq!(j[0].1.member_id, new_id);
+    assert_eq!(writes(&e), 0, "unloading writes nothing");
+
+    // A follower's sync waits for the leader's assignment.
+    let mut syncing = C::new(config());
+    let (_, _) = first_join(&mut syncing, 0, 0);
+    let (follower, _) = first_join(&mut syncing, 1, 0);
+    let mut e = syncing.tick(3_000);
+    e.extend(syncing.tick(6_000));
+    assert_eq!(joins(&e).len(), 2, "both members joined generation 1");
+    assert!(syncs(&syncing.sync(sync_req(&follower, 1, vec![]), 101, 6_000)).is_empty());
+    let e = syncing.unload();
+    let s = syncs(&e);
+    assert_eq!(s.len(), 1, "the waiting sync is answered: {e:?}");
+    assert_eq!(s[0].0, 101);
+    assert_eq!(s[0].1.error, NOT_COORDINATOR);
+    assert!(joins(&e).is_empty(), "nobody else was waiting");
+}

@@ -41,7 +41,17 @@ pub fn handle(broker: &Arc<Broker>, request: ConsumerGroupDescribeRequest) -> Re
         .map(|id| {
             let found = broker
                 .groups
-                .read(|c| c.consumer_group_describe(id.0.as_str()));
+                .read(id.0.as_str(), |c| c.consumer_group_describe(id.0.as_str()));
+            let found = match found {
+                Ok(found) => found,
+                // Not the coordinator (or loading): this group alone answers the error.
+                Err(e) => {
+                    return DescribedGroup::default()
+                        .with_group_id(id)
+                        .with_error_code(e.code())
+                        .with_authorized_operations(OPERATIONS_OMITTED)
+                }
+            };
             let d = match found {
                 DescribedConsumerGroup::Found(d) => d,
                 DescribedConsumerGroup::NotFound => {

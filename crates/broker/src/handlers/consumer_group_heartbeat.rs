@@ -12,7 +12,7 @@ use kafka_protocol::messages::{
 };
 
 use super::str_bytes;
-use crate::groups::OFFSETS_TOPIC;
+use crate::coordinator_runtime::OFFSETS_TOPIC;
 use crate::{now_ms, Broker};
 
 /// v1 and later: the client generates its own member id (KIP-1082).
@@ -67,9 +67,19 @@ pub fn handle(
     };
     let image = topics_image(broker);
     let now = now_ms();
-    let (answer, _) = broker
-        .groups
-        .run(now, |c| c.consumer_group_heartbeat(req, &image, now));
+    let group_id = request.group_id.0.as_str();
+    let answer = match broker.groups.run(group_id, now, |c| {
+        c.consumer_group_heartbeat(req, &image, now)
+    }) {
+        Ok((answer, _)) => answer,
+        Err(e) => {
+            return ResponseKind::ConsumerGroupHeartbeat(
+                ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(e.code())
+                    .with_error_message(Some(str_bytes(e.to_string()))),
+            )
+        }
+    };
     let assignment = answer.assignment.map(|a| {
         Assignment::default().with_topic_partitions(
             a.into_iter()

@@ -3,20 +3,21 @@ use std::sync::Arc;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, ResponseKind};
 
-use crate::groups::wait_all;
+use crate::coordinator_runtime::wait_durable;
 use crate::{now_ms, Broker};
 
 pub async fn handle(broker: &Arc<Broker>, request: DeleteGroupsRequest) -> ResponseKind {
     let mut results = Vec::with_capacity(request.groups_names.len());
     for id in request.groups_names {
         let now = now_ms();
-        let (error, waits) = broker
-            .groups
-            .run(now, |c| match c.delete_group(id.0.as_str()) {
+        let ran = broker.groups.run(id.0.as_str(), now, |c| {
+            match c.delete_group(id.0.as_str()) {
                 Ok(effects) => (0, effects),
                 Err(code) => (code, Vec::new()),
-            });
-        let error = match wait_all(waits).await {
+            }
+        });
+        let (error, wait) = ran.unwrap_or_else(|e| (e.code(), None));
+        let error = match wait_durable(wait).await {
             Ok(()) => error,
             Err(_) => kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code(),
         };

@@ -19,11 +19,21 @@ pub fn handle(broker: &Arc<Broker>, request: DescribeGroupsRequest, version: i16
         .map(|id| {
             // A consumer-protocol group is not a classic group (Kafka answers the same way);
             // ConsumerGroupDescribe describes it.
-            let found = broker.groups.read(|c| {
+            let found = broker.groups.read(id.0.as_str(), |c| {
                 (!c.is_consumer_group(id.0.as_str()))
                     .then(|| c.describe(id.0.as_str()))
                     .flatten()
             });
+            let found = match found {
+                Ok(found) => found,
+                // Not the coordinator (or loading): this group alone answers the error.
+                Err(e) => {
+                    return DescribedGroup::default()
+                        .with_group_id(id)
+                        .with_error_code(e.code())
+                        .with_authorized_operations(i32::MIN)
+                }
+            };
             let Some(g) = found else {
                 let dead = DescribedGroup::default()
                     .with_group_id(id)

@@ -1,20 +1,63 @@
-//! FindCoordinator: this broker coordinates every group (one node). Transactions have no
-//! coordinator yet.
+//! FindCoordinator: a group's coordinator is the leader of the `__consumer_offsets` partition
+//! the group maps to, reached at the listener the client came in on (Kafka's
+//! `partitionFor(groupId)` and metadata cache). Transactions have no coordinator yet.
 
 use std::sync::Arc;
 
+use caudal_coordinator::partition_for;
+use caudal_metadata::{Endpoint, MetadataImage, TopicImage};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{
     BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, ResponseKind,
 };
+use kafka_protocol::protocol::StrBytes;
 
 use super::str_bytes;
+use crate::coordinator_runtime::OFFSETS_TOPIC;
 use crate::Broker;
 
 const GROUP: i8 = 0;
 /// v4 and later look up a batch of keys.
 const BATCHED_SINCE: i16 = 4;
+
+/// Where the coordinator of `key` is, or why it cannot be named.
+fn coordinator<'i>(
+    image: &'i MetadataImage,
+    offsets: Option<&TopicImage>,
+    key_type: i8,
+    key: &str,
+    listener_name: &str,
+) -> Result<(i32, &'i Endpoint), (i16, &'static str)> {
+    let not_available = E::CoordinatorNotAvailable.code();
+    if key_type != GROUP {
+        return Err((
+            not_available,
+            "transactions are not available on this broker yet",
+        ));
+    }
+    if key.is_empty() {
+        return Err((E::InvalidRequest.code(), "the group id is empty"));
+    }
+    let offsets = offsets.ok_or((
+        not_available,
+        "the __consumer_offsets topic is being created",
+    ))?;
+    let n = i32::try_from(offsets.partitions.len()).unwrap_or(i32::MAX);
+    let leader = offsets
+        .partition(partition_for(key, n))
+        .map(|p| p.leader)
+        .filter(|leader| *leader >= 0)
+        .ok_or((
+            not_available,
+            "the group's __consumer_offsets partition has no leader",
+        ))?;
+    let endpoint = image.endpoint(leader, listener_name).ok_or((
+        not_available,
+        "the group's coordinator has no listener of the name this request came in on",
+    ))?;
+    Ok((leader, endpoint))
+}
 
 pub fn handle(
     broker: &Arc<Broker>,
@@ -22,57 +65,56 @@ pub fn handle(
     version: i16,
     listener: usize,
 ) -> ResponseKind {
-    let node = broker.config.node_id;
-    let (host, port) = &broker.config.advertise(listener);
-    let answer = |key: &str| -> (i16, Option<String>) {
-        if request.key_type != GROUP {
-            (
-                E::CoordinatorNotAvailable.code(),
-                Some("transactions are not available on this broker yet".to_string()),
-            )
-        } else if key.is_empty() {
-            (
-                E::InvalidRequest.code(),
-                Some("the group id is empty".to_string()),
-            )
-        } else {
-            (0, None)
-        }
-    };
+    let image = broker.topics.image();
+    let offsets = image.topic_by_name(OFFSETS_TOPIC).map(|t| &**t);
+    if offsets.is_none() && request.key_type == GROUP {
+        // Kafka creates the topic on the first FindCoordinator that needs it.
+        broker.create_offsets_topic_in_background();
+    }
+    let listener_name = broker
+        .config
+        .listeners
+        .get(listener)
+        .map_or("", |l| l.name.as_str());
+    let answer = |key: &str| coordinator(&image, offsets, request.key_type, key, listener_name);
     let response = if version >= BATCHED_SINCE {
         let coordinators = request
             .coordinator_keys
             .iter()
             .map(|key| {
-                let (error, message) = answer(key.as_str());
-                let c = Coordinator::default()
-                    .with_key(key.clone())
-                    .with_error_code(error)
-                    .with_error_message(message.map(str_bytes));
-                if error == 0 {
-                    c.with_node_id(BrokerId(node))
-                        .with_host(str_bytes(host.clone()))
-                        .with_port(i32::from(*port))
-                } else {
-                    c.with_node_id(BrokerId(-1)).with_port(-1)
+                let c = Coordinator::default().with_key(key.clone());
+                match answer(key.as_str()) {
+                    Ok((node, endpoint)) => c
+                        .with_node_id(BrokerId(node))
+                        .with_host(str_bytes(endpoint.host.as_str()))
+                        .with_port(i32::from(endpoint.port)),
+                    Err((error, message)) => c
+                        .with_error_code(error)
+                        .with_error_message(Some(StrBytes::from_static_str(message)))
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1),
                 }
             })
             .collect();
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
-        let (error, message) = answer(request.key.as_str());
-        let r = FindCoordinatorResponse::default().with_error_code(error);
-        let r = if version >= 1 {
-            r.with_error_message(message.map(str_bytes))
-        } else {
-            r
-        };
-        if error == 0 {
-            r.with_node_id(BrokerId(node))
-                .with_host(str_bytes(host.clone()))
-                .with_port(i32::from(*port))
-        } else {
-            r.with_node_id(BrokerId(-1)).with_port(-1)
+        let r = FindCoordinatorResponse::default();
+        match answer(request.key.as_str()) {
+            Ok((node, endpoint)) => r
+                .with_node_id(BrokerId(node))
+                .with_host(str_bytes(endpoint.host.as_str()))
+                .with_port(i32::from(endpoint.port)),
+            Err((error, message)) => {
+                let r = r
+                    .with_error_code(error)
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1);
+                if version >= 1 {
+                    r.with_error_message(Some(StrBytes::from_static_str(message)))
+                } else {
+                    r
+                }
+            }
         }
     };
     ResponseKind::FindCoordinator(response)

@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use caudal_coordinator::JoinRequest;
+use caudal_coordinator::{JoinRequest, JoinResponse};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse, ResponseKind};
 use tokio::sync::oneshot;
 
-use super::{str_bytes, Reply};
-use crate::groups::Answer;
+use super::{ready, str_bytes, Reply};
+use crate::coordinator_runtime::Answer;
 use crate::{now_ms, Broker};
 
 /// JoinGroup v4 and later hand a new member its id first (KIP-394).
@@ -51,7 +51,23 @@ pub fn handle(
     };
     let (tx, rx) = oneshot::channel();
     let now = now_ms();
-    broker.groups.run(now, |c| ((), c.join(req, tx, now)));
+    let group_id = request.group_id.0.as_str();
+    if let Err(e) = broker
+        .groups
+        .run(group_id, now, |c| ((), c.join(req, tx, now)))
+    {
+        // Kafka answers with the member id the request carried.
+        let answer = JoinResponse {
+            error: e.code(),
+            generation_id: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            member_id: request.member_id.as_str().to_string(),
+            members: Vec::new(),
+        };
+        return ready(respond(answer, version));
+    }
     Box::pin(async move {
         let answer = match rx.await {
             Ok(Answer::Join(j)) => j,
@@ -63,33 +79,37 @@ pub fn handle(
                 ))
             }
         };
-        let members = answer
-            .members
-            .into_iter()
-            .map(|m| {
-                let r = JoinGroupResponseMember::default()
-                    .with_member_id(str_bytes(m.member_id))
-                    .with_metadata(m.metadata);
-                if version >= INSTANCE_ID_SINCE {
-                    r.with_group_instance_id(m.group_instance_id.map(str_bytes))
-                } else {
-                    r
-                }
-            })
-            .collect();
-        let mut r = JoinGroupResponse::default()
-            .with_error_code(answer.error)
-            .with_generation_id(answer.generation_id)
-            .with_protocol_name(answer.protocol_name.map(str_bytes))
-            .with_leader(str_bytes(answer.leader))
-            .with_member_id(str_bytes(answer.member_id))
-            .with_members(members);
-        if version >= PROTOCOL_TYPE_SINCE {
-            r = r.with_protocol_type(answer.protocol_type.map(str_bytes));
-        } else if r.protocol_name.is_none() {
-            // Before v7 the protocol name is not nullable.
-            r = r.with_protocol_name(Some(str_bytes("")));
-        }
-        Some(ResponseKind::JoinGroup(r))
+        Some(respond(answer, version))
     })
+}
+
+fn respond(answer: JoinResponse, version: i16) -> ResponseKind {
+    let members = answer
+        .members
+        .into_iter()
+        .map(|m| {
+            let r = JoinGroupResponseMember::default()
+                .with_member_id(str_bytes(m.member_id))
+                .with_metadata(m.metadata);
+            if version >= INSTANCE_ID_SINCE {
+                r.with_group_instance_id(m.group_instance_id.map(str_bytes))
+            } else {
+                r
+            }
+        })
+        .collect();
+    let mut r = JoinGroupResponse::default()
+        .with_error_code(answer.error)
+        .with_generation_id(answer.generation_id)
+        .with_protocol_name(answer.protocol_name.map(str_bytes))
+        .with_leader(str_bytes(answer.leader))
+        .with_member_id(str_bytes(answer.member_id))
+        .with_members(members);
+    if version >= PROTOCOL_TYPE_SINCE {
+        r = r.with_protocol_type(answer.protocol_type.map(str_bytes));
+    } else if r.protocol_name.is_none() {
+        // Before v7 the protocol name is not nullable.
+        r = r.with_protocol_name(Some(str_bytes("")));
+    }
+    ResponseKind::JoinGroup(r)
 }

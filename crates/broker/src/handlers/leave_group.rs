@@ -26,10 +26,18 @@ pub fn handle(broker: &Arc<Broker>, request: LeaveGroupRequest, version: i16) ->
         vec![(request.member_id.as_str().to_string(), None)]
     };
     let now = now_ms();
-    let (errors, _) = broker.groups.run(now, |c| {
-        let (errors, effects) = c.leave(&group_id, &leaving, now);
-        (errors, effects)
-    });
+    let errors = match broker
+        .groups
+        .run(&group_id, now, |c| c.leave(&group_id, &leaving, now))
+    {
+        Ok((errors, _)) => errors,
+        // Kafka answers the whole request with the error, no member results.
+        Err(e) => {
+            return ResponseKind::LeaveGroup(
+                LeaveGroupResponse::default().with_error_code(e.code()),
+            )
+        }
+    };
     let response = if version >= BATCHED_SINCE {
         let members = request
             .members

@@ -26,7 +26,8 @@ pub fn handle(broker: &Arc<Broker>, request: ListGroupsRequest) -> ResponseKind 
         (states.is_empty() || states.contains(&state.to_ascii_lowercase()))
             && (types.is_empty() || types.iter().any(|t| t == group_type))
     };
-    let (classic, consumer) = broker.groups.read(|c| {
+    // This broker's shards only: admin clients ask every broker.
+    let shards = broker.groups.read_all(|c| {
         let consumer = c.consumer_groups_list();
         // A consumer group's committed offsets sit in a classic entry: list the group once.
         let classic: Vec<_> = c
@@ -36,8 +37,19 @@ pub fn handle(broker: &Arc<Broker>, request: ListGroupsRequest) -> ResponseKind 
             .collect();
         (classic, consumer)
     });
+    let shards = match shards {
+        Ok(shards) => shards,
+        // A shard still loading: Kafka answers the error and no groups.
+        Err(e) => {
+            return ResponseKind::ListGroups(
+                ListGroupsResponse::default().with_error_code(e.code()),
+            )
+        }
+    };
+    let (classic, consumer): (Vec<_>, Vec<_>) = shards.into_iter().unzip();
+    let classic = classic.into_iter().flatten();
+    let consumer = consumer.into_iter().flatten();
     let mut groups: Vec<ListedGroup> = classic
-        .into_iter()
         .filter(|g| wanted(g.state.as_str(), CLASSIC))
         .map(|g| {
             ListedGroup::default()
@@ -49,7 +61,6 @@ pub fn handle(broker: &Arc<Broker>, request: ListGroupsRequest) -> ResponseKind 
         .collect();
     groups.extend(
         consumer
-            .into_iter()
             .filter(|g| wanted(g.state.as_str(), CONSUMER))
             .map(|g| {
                 ListedGroup::default()

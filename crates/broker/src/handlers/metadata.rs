@@ -176,7 +176,7 @@ fn describe(
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
         .with_topic_id(topic.id)
-        .with_is_internal(topic.name == crate::groups::OFFSETS_TOPIC)
+        .with_is_internal(topic.name == crate::coordinator_runtime::OFFSETS_TOPIC)
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
 }

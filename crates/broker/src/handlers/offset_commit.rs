@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
 };
 
 use super::Reply;
-use crate::groups::{wait_all, OFFSETS_TOPIC};
+use crate::coordinator_runtime::{wait_durable, OFFSETS_TOPIC};
 use crate::{now_ms, Broker};
 
 pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
@@ -51,7 +51,7 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
         .group_instance_id
         .as_ref()
         .map(|i| i.as_str().to_string());
-    let (errors, waits) = broker.groups.run(now, |c| {
+    let ran = broker.groups.run(&group_id, now, |c| {
         c.commit_offsets(
             &group_id,
             request.generation_id_or_member_epoch,
@@ -61,6 +61,12 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
             now,
         )
     });
+    // Not the coordinator (or loading): every partition of a known topic gets the error, as
+    // Kafka answers.
+    let (errors, wait, group_error) = match ran {
+        Ok((errors, wait)) => (errors, wait, None),
+        Err(e) => (Vec::new(), None, Some(e.code())),
+    };
     let mut errors = errors.into_iter();
     let mut topics: Vec<OffsetCommitResponseTopic> = request
         .topics
@@ -73,7 +79,9 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
         })
         .collect();
     for (t, p, refused) in shape {
-        let error = refused.unwrap_or_else(|| errors.next().unwrap_or(0));
+        let error = refused
+            .or(group_error)
+            .unwrap_or_else(|| errors.next().unwrap_or(0));
         topics[t].partitions.push(
             OffsetCommitResponsePartition::default()
                 .with_partition_index(request.topics[t].partitions[p].partition_index)
@@ -81,7 +89,7 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
         );
     }
     Box::pin(async move {
-        if let Err(e) = wait_all(waits).await {
+        if let Err(e) = wait_durable(wait).await {
             tracing::error!(error = %e, "committed offsets could not be made durable");
             for t in &mut topics {
                 for p in &mut t.partitions {

@@ -8,7 +8,7 @@ use kafka_protocol::messages::offset_delete_response::{
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse, ResponseKind};
 
-use crate::groups::wait_all;
+use crate::coordinator_runtime::wait_durable;
 use crate::{now_ms, Broker};
 
 pub async fn handle(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> ResponseKind {
@@ -22,18 +22,17 @@ pub async fn handle(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> Respo
                 .map(move |p| (t.name.0.as_str().to_string(), p.partition_index))
         })
         .collect();
-    let subscribed: Vec<String> = broker.groups.read(|c| {
-        c.describe(&group_id)
+    let now = now_ms();
+    let ran = broker.groups.run(&group_id, now, |c| {
+        let subscribed: Vec<String> = c
+            .describe(&group_id)
             .map(|g| {
                 g.members
                     .iter()
                     .flat_map(|m| subscribed_topics(&m.metadata))
                     .collect()
             })
-            .unwrap_or_default()
-    });
-    let now = now_ms();
-    let (result, waits) = broker.groups.run(now, |c| {
+            .unwrap_or_default();
         match c.delete_offsets(&group_id, &partitions, |t| {
             subscribed.iter().any(|s| s == t)
         }) {
@@ -41,7 +40,8 @@ pub async fn handle(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> Respo
             Err(code) => (Err(code), Vec::new()),
         }
     });
-    let _ = wait_all(waits).await;
+    let (result, wait) = ran.unwrap_or_else(|e| (Err(e.code()), None));
+    let _ = wait_durable(wait).await;
     let errors = match result {
         Ok(errors) => errors,
         Err(code) => {

@@ -51,7 +51,9 @@ pub async fn handle(
         let name = topic_data.name.0.as_str().to_string();
         let topic = match broker.topics.get(&name) {
             // Kafka: clients cannot append to internal topics.
-            Some(_) if name == crate::groups::OFFSETS_TOPIC => Err(E::InvalidTopicException.code()),
+            Some(_) if name == crate::coordinator_runtime::OFFSETS_TOPIC => {
+                Err(E::InvalidTopicException.code())
+            }
             Some(t) => Ok(t),
             None if broker.config.auto_create_topics() => auto_create_topic(broker, &name).await,
             None => Err(E::UnknownTopicOrPartition.code()),

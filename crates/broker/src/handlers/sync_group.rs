@@ -7,8 +7,8 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::{ResponseKind, SyncGroupRequest, SyncGroupResponse};
 use tokio::sync::oneshot;
 
-use super::{str_bytes, Reply};
-use crate::groups::Answer;
+use super::{ready, str_bytes, Reply};
+use crate::coordinator_runtime::Answer;
 use crate::{now_ms, Broker};
 
 /// v5 and later name the protocol type and name in the answer.
@@ -30,7 +30,15 @@ pub fn handle(broker: &Arc<Broker>, request: SyncGroupRequest, version: i16) -> 
     };
     let (tx, rx) = oneshot::channel();
     let now = now_ms();
-    broker.groups.run(now, |c| ((), c.sync(req, tx, now)));
+    let group_id = request.group_id.0.as_str();
+    if let Err(e) = broker
+        .groups
+        .run(group_id, now, |c| ((), c.sync(req, tx, now)))
+    {
+        return ready(ResponseKind::SyncGroup(
+            SyncGroupResponse::default().with_error_code(e.code()),
+        ));
+    }
     Box::pin(async move {
         let answer = match rx.await {
             Ok(Answer::Sync(s)) => s,
