@@ -8,6 +8,8 @@ failing test.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from harness import Broker, BrokerError, Cluster, Node, free_port, require_binary
@@ -103,8 +105,14 @@ def cluster_factory(request, tmp_path, caudal_binary):
     yield start
 
     errors = []
+    # Every node at once: one by one, the last would have no quorum left to confirm its stop.
+    died = {id(n): n.died_unexpectedly() for n in nodes}
     for node in nodes:
-        code = node.died_unexpectedly()
+        if node.is_running():
+            node._expected_exit = True
+            node.proc.send_signal(signal.SIGTERM)
+    for node in nodes:
+        code = died[id(node)]
         if code is not None:
             errors.append(f"node {node.node_id} exited on its own with code {code} during the test")
         try:

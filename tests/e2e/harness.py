@@ -265,6 +265,14 @@ class Cluster:
     def running(self) -> list[Node]:
         return [n for n in self.nodes if n.is_running()]
 
+    def stop_all(self, timeout: float = STOP_TIMEOUT) -> list[int]:
+        """SIGTERM every node at once, then wait for each: stopped one by one, the last would
+        be left without a quorum to confirm its controlled shutdown. Returns the exit codes."""
+        for n in self.running():
+            n._expected_exit = True
+            n.proc.send_signal(signal.SIGTERM)
+        return [n.stop(timeout) for n in self.nodes]
+
 
 def require_binary() -> Path:
     """Path of the broker binary, waiting briefly for it to appear (it may be

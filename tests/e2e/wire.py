@@ -508,3 +508,31 @@ def join_group_v4(conn: Connection, group: str, member_id: str, topics: list[str
         members.append((mid, r.data[r.pos:r.pos + max(n, 0)]))
         r.pos += max(n, 0)
     return JoinGroupResponse(error, generation, protocol, leader, member, members)
+
+
+# --------------------------------------------------------------------------
+# DescribeCluster v0 (flexible): which node is the active controller
+# --------------------------------------------------------------------------
+
+DESCRIBE_CLUSTER = 60
+
+
+def describe_cluster_controller(conn: Connection, correlation_id: int = 21) -> int:
+    """The controller id a DescribeCluster v0 answers (the active controller, where Metadata
+    names any live broker, as Kafka 4 does)."""
+    header = i16(DESCRIBE_CLUSTER) + i16(0) + i32(correlation_id) + string("caudal-e2e") + b"\x00"
+    body = b"\x00" + b"\x00"  # include_cluster_authorized_operations = false; no tagged fields
+    conn.send_raw(frame(header + body))
+    r = Reader(conn.recv_frame())
+    got = r.i32()
+    assert got == correlation_id, f"correlation id mismatch: sent {correlation_id}, got {got}"
+    r.uvarint()  # response header tagged fields
+    r.i32()  # throttle_time_ms
+    error = r.i16()
+    assert error == 0, f"DescribeCluster error {error}"
+    n = r.uvarint()  # error_message, compact nullable
+    if n > 0:
+        r.pos += n - 1
+    n = r.uvarint()  # cluster_id, compact
+    r.pos += n - 1
+    return r.i32()

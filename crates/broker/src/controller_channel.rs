@@ -64,10 +64,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// 50 ms doubling to 1 s, for retries towards the controller.
+    /// 25 ms doubling to 250 ms, for retries towards the controller: a new controller is elected
+    /// within an election timeout or two, and a forwarded request should find it soon after.
     pub const CONTROLLER: Backoff = Backoff {
-        initial: Duration::from_millis(50),
-        max: Duration::from_secs(1),
+        initial: Duration::from_millis(25),
+        max: Duration::from_millis(250),
     };
 
     /// The delays of successive retries.
@@ -343,7 +344,7 @@ mod tests {
             .take(7)
             .map(|d| d.as_millis() as u64)
             .collect();
-        assert_eq!(delays, vec![50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(delays, vec![25, 50, 100, 200, 250, 250, 250]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

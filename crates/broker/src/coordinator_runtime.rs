@@ -488,17 +488,23 @@ pub async fn create_offsets_topic(config: &BrokerConfig, topics: &Topics) -> io:
             config.offsets_topic_segment_bytes().to_string(),
         ),
     ]);
-    topics
+    let created = topics
         .create(
             OFFSETS_TOPIC,
             config.offsets_topic_partitions(),
             configs,
             false,
         )
-        .await
-        .map_err(io::Error::other)?
-        .ok_or_else(|| io::Error::other("creating __consumer_offsets returned nothing"))?;
-    Ok(())
+        .await;
+    match created {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(io::Error::other(
+            "creating __consumer_offsets returned nothing",
+        )),
+        // Another broker of the cluster made it first.
+        Err(crate::topics::TopicError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(io::Error::other(e)),
+    }
 }
 
 /// Waits for the append in `wait`, if any, to be durable.

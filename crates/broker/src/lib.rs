@@ -239,9 +239,14 @@ impl Server {
             node.lifecycle_statuses(),
             ADMIN_TIMEOUT,
         );
-        coordinator_runtime::create_offsets_topic(&config, &topics)
-            .await
-            .map_err(data_err)?;
+        // A single node makes it at once, as it always has. A node of a cluster leaves it to
+        // the first FindCoordinator, as Kafka does: at start the other brokers may not have
+        // registered yet, and its partitions would all land on the first one up.
+        if config.quorum_voters().len() <= 1 {
+            coordinator_runtime::create_offsets_topic(&config, &topics)
+                .await
+                .map_err(data_err)?;
+        }
         // Every shard this broker leads is loaded before clients are served.
         let loaded = groups
             .wait_loaded()

@@ -35,7 +35,9 @@ use crate::StartError;
 
 /// The longest each step of a start may take before the start fails with a message naming it.
 const START_STEP_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest a clean stop waits for the controller to confirm the controlled shutdown.
+/// The longest a clean stop waits for the controller to confirm the controlled shutdown. A
+/// broker silent for `broker.session.timeout.ms` is fenced anyway, so a stop never waits
+/// longer than that either: a node that has lost its quorum must still stop.
 const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a stop waits for the follower to finish the change it is applying.
 const FOLLOWER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +67,8 @@ pub(crate) struct MetadataNode {
     /// The image the local replicas match, published by the follower.
     pub applied: watch::Receiver<Arc<MetadataImage>>,
     pub cluster_id: String,
+    /// `broker.session.timeout.ms`: the longest a stop waits for its controlled shutdown.
+    session_timeout: Duration,
 }
 
 async fn step<T>(what: &'static str, future: impl Future<Output = T>) -> Result<T, StartError> {
@@ -300,6 +304,9 @@ impl MetadataNode {
             stop_follower,
             applied,
             cluster_id,
+            session_timeout: Duration::from_millis(
+                u64::try_from(config.broker_session_timeout_ms()).unwrap_or(0),
+            ),
         })
     }
 
@@ -330,9 +337,13 @@ impl MetadataNode {
             lifecycle,
             mut follower,
             stop_follower,
+            session_timeout,
             ..
         } = self;
-        match lifecycle.shutdown(CONTROLLED_SHUTDOWN_TIMEOUT).await {
+        match lifecycle
+            .shutdown(CONTROLLED_SHUTDOWN_TIMEOUT.min(session_timeout))
+            .await
+        {
             ShutdownOutcome::Completed => tracing::info!("controlled shutdown complete"),
             ShutdownOutcome::TimedOut | ShutdownOutcome::ControllerStopped => {
                 tracing::warn!("stopping without a controlled shutdown")

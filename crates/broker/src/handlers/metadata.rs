@@ -95,7 +95,10 @@ pub async fn handle(
         MetadataResponse::default()
             .with_brokers(brokers)
             .with_cluster_id(Some(str_bytes(broker.topics.cluster_id())))
-            .with_controller_id(BrokerId(broker.topics.controller_id(&image)))
+            // Any live broker takes admin requests and forwards them, so Kafka 4 names a
+            // random one. This one answered, so the client can reach it: after the active
+            // controller dies, a client never chases the dead node.
+            .with_controller_id(BrokerId(broker.config.node_id))
             .with_topics(topics)
             .with_cluster_authorized_operations(OPERATIONS_OMITTED),
     )

@@ -43,7 +43,7 @@ impl QuorumConfig {
             node_id,
             election_timeout_ms: 1000,
             election_timeout_max_ms: None,
-            heartbeat_interval_ms: 250,
+            heartbeat_interval_ms: 100,
             snapshot_after_entries: Some(10_000),
             entries_kept_below_snapshot: 1000,
             log: MetadataLogConfig::default(),
