@@ -5,7 +5,7 @@ use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, ResponseKind,
 };
 
-use super::str_bytes;
+use super::{listener_name, reachable_brokers, str_bytes};
 use crate::Broker;
 
 /// The cluster id, the controller and every live broker a client of this listener can reach.
@@ -15,22 +15,13 @@ pub fn handle(
     listener: usize,
 ) -> ResponseKind {
     let image = broker.topics.image();
-    let listener_name = broker
-        .config
-        .listeners
-        .get(listener)
-        .map_or("PLAINTEXT", |l| l.name.as_str());
-    let brokers = image
-        .live_brokers()
-        .filter_map(|b| {
-            let endpoint = image.endpoint(b.id, listener_name)?;
-            Some(
-                DescribeClusterBroker::default()
-                    .with_broker_id(BrokerId(b.id))
-                    .with_host(str_bytes(endpoint.host.clone()))
-                    .with_port(i32::from(endpoint.port))
-                    .with_rack(b.rack.clone().map(str_bytes)),
-            )
+    let brokers = reachable_brokers(&image, listener_name(broker, listener))
+        .map(|(b, endpoint)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str_bytes(endpoint.host.clone()))
+                .with_port(i32::from(endpoint.port))
+                .with_rack(b.rack.clone().map(str_bytes))
         })
         .collect();
     ResponseKind::DescribeCluster(

@@ -36,11 +36,7 @@ impl LeaderHints {
     pub(crate) fn new(broker: &Broker, listener: usize) -> LeaderHints {
         LeaderHints {
             image: broker.topics.image(),
-            listener_name: broker
-                .config
-                .listeners
-                .get(listener)
-                .map_or_else(|| "PLAINTEXT".to_string(), |l| l.name.clone()),
+            listener_name: super::listener_name(broker, listener).to_string(),
             named: BTreeSet::new(),
         }
     }

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{
 
 use caudal_metadata::MetadataImage;
 
-use super::str_bytes;
+use super::{listener_name, reachable_brokers, str_bytes};
 use crate::replica_manager::tp;
 use crate::topics::Topic;
 use crate::Broker;
@@ -64,11 +64,7 @@ pub async fn handle(
     }
     // One image for the whole answer, taken after any auto-creation.
     let image = broker.topics.image();
-    let listener_name = broker
-        .config
-        .listeners
-        .get(listener)
-        .map_or("PLAINTEXT", |l| l.name.as_str());
+    let listener_name = listener_name(broker, listener);
     let topics = found
         .into_iter()
         .map(|t| match t {
@@ -78,17 +74,13 @@ pub async fn handle(
         .collect();
     // Live brokers that clients of this listener can reach; the others are left out, as Kafka
     // leaves them out.
-    let brokers = image
-        .live_brokers()
-        .filter_map(|b| {
-            let endpoint = image.endpoint(b.id, listener_name)?;
-            Some(
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(b.id))
-                    .with_host(str_bytes(endpoint.host.clone()))
-                    .with_port(i32::from(endpoint.port))
-                    .with_rack(b.rack.clone().map(str_bytes)),
-            )
+    let brokers = reachable_brokers(&image, listener_name)
+        .map(|(b, endpoint)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(endpoint.host.clone()))
+                .with_port(i32::from(endpoint.port))
+                .with_rack(b.rack.clone().map(str_bytes))
         })
         .collect();
     ResponseKind::Metadata(

@@ -49,6 +49,32 @@ pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// The name of listener `index` (the one a request came in on), which picks the endpoint a
+/// client is given for every broker.
+pub(crate) fn listener_name(broker: &crate::Broker, index: usize) -> &str {
+    broker
+        .config
+        .listeners
+        .get(index)
+        .map_or("PLAINTEXT", |l| l.name.as_str())
+}
+
+/// Every live broker that has an endpoint of `listener_name`, with that endpoint: what Metadata
+/// and DescribeCluster list (Kafka leaves the others out).
+pub(crate) fn reachable_brokers<'a>(
+    image: &'a caudal_metadata::MetadataImage,
+    listener_name: &'a str,
+) -> impl Iterator<
+    Item = (
+        &'a caudal_metadata::BrokerRegistration,
+        &'a caudal_metadata::Endpoint,
+    ),
+> + 'a {
+    image
+        .live_brokers()
+        .filter_map(move |b| Some((b, image.endpoint(b.id, listener_name)?)))
+}
+
 /// Where a request came from: the client's address, the listener it connected to (an index into
 /// the configured listeners) and that listener's kind.
 #[derive(Debug, Clone, Copy)]
