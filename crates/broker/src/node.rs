@@ -131,7 +131,7 @@ impl MetadataNode {
         };
         // One voter creates the quorum, the one of the lowest id, so two nodes started with
         // different voter lists cannot each make their own.
-        if voter_ids.first() == Some(&node_id) && quorum.initialize(&voter_ids).await? {
+        if quorum.initialize_if_lowest(&voter_ids).await? {
             if alone {
                 tracing::info!(
                     node_id,

@@ -42,13 +42,42 @@ impl StoredLogId {
     }
 }
 
-/// A vote as Caudal stores it.
+/// A vote as Caudal stores it and sends it to peers.
+///
+/// A committed vote names its leader: openraft takes that for granted (it unwraps the leader of
+/// a committed vote), so a vote read from a peer or a file that breaks the rule is refused when
+/// it is decoded, never handed to Raft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "VoteFields")]
 pub(crate) struct StoredVote {
     pub term: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voted_for: Option<u64>,
     pub committed: bool,
+}
+
+/// [`StoredVote`]'s fields as they are read, before the rule is checked.
+#[derive(Deserialize)]
+struct VoteFields {
+    term: u64,
+    #[serde(default)]
+    voted_for: Option<u64>,
+    committed: bool,
+}
+
+impl TryFrom<VoteFields> for StoredVote {
+    type Error = &'static str;
+
+    fn try_from(v: VoteFields) -> Result<StoredVote, &'static str> {
+        if v.committed && v.voted_for.is_none() {
+            return Err("a committed vote must name the node voted for");
+        }
+        Ok(StoredVote {
+            term: v.term,
+            voted_for: v.voted_for,
+            committed: v.committed,
+        })
+    }
 }
 
 impl From<&Vote<u64>> for StoredVote {

@@ -344,17 +344,9 @@ impl Quorum {
     /// given the same voters agrees on who initialises, so two nodes never initialise two
     /// different quorums). Returns whether this node initialised.
     pub async fn initialize_if_lowest(&self, voters: &BTreeSet<u64>) -> Result<bool, QuorumError> {
-        let node_id = self.node_id();
         match voters.first() {
-            Some(&lowest) if lowest == node_id => self.initialize(voters).await,
-            Some(&lowest) => {
-                tracing::info!(
-                    node_id,
-                    lowest,
-                    "waiting for the lowest-id voter to start the metadata quorum"
-                );
-                Ok(false)
-            }
+            Some(&lowest) if lowest == self.node_id() => self.initialize(voters).await,
+            Some(_) => Ok(false),
             None => Err(QuorumError::Config("no voters".to_string())),
         }
     }

@@ -42,7 +42,7 @@ pub use handle::{Quorum, QuorumClient, QuorumConfig, QuorumError, QuorumStatus, 
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
 pub use network::{PeerContact, PeerProgress, TcpPeerClient, TcpPeers};
 pub use no_peers::{NoPeerClient, NoPeers};
-pub use server::{serve_connection, RaftRpcError, RaftRpcServer};
+pub use server::{RaftRpcError, RaftRpcServer};
 pub use state_machine::{CheckpointBuilder, StateMachine};
 pub use wire::{
     FrameReadError, WireError, DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT,

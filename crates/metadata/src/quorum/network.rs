@@ -3,7 +3,7 @@
 //! leader last heard from each peer, for DescribeQuorum.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -106,7 +106,8 @@ struct FollowedNode {
 pub struct TcpPeers {
     node_id: u64,
     voters: Arc<BTreeMap<u64, String>>,
-    cluster_id: Arc<RwLock<Option<String>>>,
+    /// The cluster id given at construction; otherwise the one the node's image learns.
+    cluster_id: Option<String>,
     progress: PeerProgress,
     max_frame_bytes: usize,
     /// What this node runs, once it runs ([`TcpPeers::follow`]).
@@ -131,7 +132,7 @@ impl TcpPeers {
         TcpPeers {
             node_id,
             voters: Arc::new(voters),
-            cluster_id: Arc::new(RwLock::new(cluster_id)),
+            cluster_id,
             progress: PeerProgress::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             node: Arc::new(OnceLock::new()),
@@ -164,12 +165,6 @@ impl TcpPeers {
         self
     }
 
-    /// Stamps `cluster_id` on every request from now on. Needed only before the quorum runs
-    /// or when the id comes from elsewhere: once running, the id in the node's image is used.
-    pub fn set_cluster_id(&self, cluster_id: String) {
-        *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = Some(cluster_id);
-    }
-
     /// What this node heard from each peer while it led.
     pub fn progress(&self) -> PeerProgress {
         self.progress.clone()
@@ -187,11 +182,7 @@ impl TcpPeers {
     }
 
     fn origin(&self) -> WireOrigin {
-        let set = self
-            .cluster_id
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let set = self.cluster_id.clone();
         let learned = || {
             self.node
                 .get()

@@ -1,22 +1,20 @@
 //! The receiving side of the quorum's RPCs: [`RaftRpcServer`] answers frames with the private
 //! API keys by calling this node's Raft. The broker's connection layer reads the frames, peeks
 //! the API key ([`RaftRpcServer::is_raft_key`]) and writes the response header; this module owns
-//! only the bodies. [`serve_connection`] is the whole loop for a socket that carries nothing else.
+//! only the bodies.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::error::RaftError;
 use openraft::{Raft, RaftMetrics};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::wire::{
-    decode_request_header, encode_response_frame, from_json, read_frame, to_json, FrameReadError,
-    WireAppendEntriesRequest, WireAppendEntriesResponse, WireInstallSnapshotRequest,
-    WireInstallSnapshotResponse, WireOrigin, WireVoteRequest, WireVoteResponse,
-    DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT, RAFT_RPC_VERSION,
-    RAFT_VOTE,
+    from_json, to_json, FrameReadError, WireAppendEntriesRequest, WireAppendEntriesResponse,
+    WireInstallSnapshotRequest, WireInstallSnapshotResponse, WireOrigin, WireVoteRequest,
+    WireVoteResponse, DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT,
+    RAFT_RPC_VERSION, RAFT_VOTE,
 };
 use super::{QuorumNode, QuorumTypes, WireError};
 use crate::MetadataImage;
@@ -57,7 +55,7 @@ pub struct RaftRpcServer {
     metrics: watch::Receiver<RaftMetrics<u64, QuorumNode>>,
     images: watch::Receiver<Arc<MetadataImage>>,
     cluster_id: Option<String>,
-    max_frame_bytes: usize,
+    pub(crate) max_frame_bytes: usize,
 }
 
 impl std::fmt::Debug for RaftRpcServer {
@@ -193,30 +191,4 @@ impl RaftRpcServer {
 
 fn stopped(e: RaftError<u64>) -> RaftRpcError {
     RaftRpcError::Stopped(e.to_string())
-}
-
-/// Answers quorum RPCs on `stream` until the peer closes it (`Ok`) or a request is refused or
-/// unreadable (`Err`; the caller drops the stream). Requests are answered one at a time, in order.
-pub async fn serve_connection<S>(server: RaftRpcServer, mut stream: S) -> Result<(), RaftRpcError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    // Room for the request header around a body of the largest size.
-    let max_frame_bytes = server.max_frame_bytes.saturating_add(1024);
-    loop {
-        let Some(frame) = read_frame(&mut stream, max_frame_bytes).await? else {
-            return Ok(());
-        };
-        let (header, body) = decode_request_header(&frame)?;
-        let body_start = frame.len() - body.len();
-        let body = Bytes::from(frame).slice(body_start..);
-        let answer = server
-            .handle(header.api_key, header.api_version, body)
-            .await?;
-        let response = encode_response_frame(header.correlation_id, &answer);
-        stream
-            .write_all(&response)
-            .await
-            .map_err(RaftRpcError::Write)?;
-    }
 }

@@ -11,16 +11,18 @@ use openraft::error::RPCError;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
 use super::entry::{StoredLogId, StoredVote};
-use super::wire::{to_json, WireOrigin, WireVoteRequest};
+use super::wire::{
+    decode_request_header, encode_response_frame, read_frame, to_json, WireOrigin, WireVoteRequest,
+};
 use super::{
-    serve_connection, MetadataLogConfig, Quorum, QuorumConfig, QuorumNode, RaftRpcError,
-    RaftRpcServer, TcpPeers, RAFT_APPEND_ENTRIES, RAFT_VOTE,
+    MetadataLogConfig, Quorum, QuorumConfig, QuorumNode, RaftRpcError, RaftRpcServer, TcpPeers,
+    RAFT_APPEND_ENTRIES, RAFT_VOTE,
 };
 use crate::records::{EntryRecords, MetadataRecord};
 use crate::MetadataImage;
@@ -495,4 +497,35 @@ async fn a_peer_that_is_not_listening_is_unreachable() {
         Err(RPCError::Unreachable(_))
     ));
     assert_eq!(client.backoff().next(), Some(Duration::from_secs(1)));
+}
+
+/// Answers quorum RPCs on `stream` until the peer closes it (`Ok`) or a request is refused or
+/// unreadable (`Err`; the caller drops the stream). Requests are answered one at a time, in order.
+/// A node serves these RPCs on its controller listener, whose loop reads the frames and
+/// calls [`RaftRpcServer::handle`]; these tests have the quorum alone.
+pub(crate) async fn serve_connection<S>(
+    server: RaftRpcServer,
+    mut stream: S,
+) -> Result<(), RaftRpcError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Room for the request header around a body of the largest size.
+    let max_frame_bytes = server.max_frame_bytes.saturating_add(1024);
+    loop {
+        let Some(frame) = read_frame(&mut stream, max_frame_bytes).await? else {
+            return Ok(());
+        };
+        let (header, body) = decode_request_header(&frame)?;
+        let body_start = frame.len() - body.len();
+        let body = Bytes::from(frame).slice(body_start..);
+        let answer = server
+            .handle(header.api_key, header.api_version, body)
+            .await?;
+        let response = encode_response_frame(header.correlation_id, &answer);
+        stream
+            .write_all(&response)
+            .await
+            .map_err(RaftRpcError::Write)?;
+    }
 }

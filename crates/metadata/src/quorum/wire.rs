@@ -30,6 +30,10 @@ pub const RAFT_INSTALL_SNAPSHOT: i16 = 32002;
 pub const RAFT_RPC_VERSION: i16 = 0;
 
 /// Kafka's `socket.request.max.bytes` default: the largest frame either side reads.
+/// The largest checkpoint a node takes from its leader. A checkpoint of 10,000 partitions is
+/// about 1.5 MB; this leaves room for a hundred times that and more.
+pub(crate) const MAX_CHECKPOINT_BYTES: u64 = 256 << 20;
+
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
 /// Why a frame or a body could not be read or written.
@@ -110,6 +114,7 @@ pub(crate) fn encode_request_frame(header: &RequestHeader, body: &[u8]) -> Vec<u
 }
 
 /// The header of a request frame (without its size) and the body after it.
+#[cfg(test)]
 pub(crate) fn decode_request_header(frame: &[u8]) -> Result<(RequestHeader, &[u8]), WireError> {
     let mut r = Reader(frame);
     let api_key = r.i16("request header")?;
@@ -149,6 +154,7 @@ pub(crate) fn decode_request_header(frame: &[u8]) -> Result<(RequestHeader, &[u8
 }
 
 /// A whole response frame, its size first: response header v0, then the body.
+#[cfg(test)]
 pub(crate) fn encode_response_frame(correlation_id: i32, body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(8 + body.len());
     frame.extend_from_slice(&[0; 4]);
@@ -195,11 +201,17 @@ where
             max: max_frame_bytes,
         }));
     }
-    let mut frame = vec![0u8; size];
+    // Grown as the bytes arrive, not sized from the peer's length field: a peer announcing a
+    // large frame and sending nothing costs no memory.
+    let mut frame = Vec::with_capacity(size.min(64 * 1024));
     reader
-        .read_exact(&mut frame)
+        .take(size as u64)
+        .read_to_end(&mut frame)
         .await
         .map_err(FrameReadError::Io)?;
+    if frame.len() < size {
+        return Err(FrameReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(Some(frame))
 }
 
@@ -225,6 +237,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    #[cfg(test)]
     fn i16(&mut self, what: &'static str) -> Result<i16, WireError> {
         let b = self.take(2, what)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
@@ -236,6 +249,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned varint of at most 5 bytes, as Kafka's compact encodings use.
+    #[cfg(test)]
     fn uvarint(&mut self, what: &'static str) -> Result<u32, WireError> {
         let mut value: u32 = 0;
         for i in 0..5 {
@@ -552,12 +566,24 @@ impl WireInstallSnapshotRequest {
     }
 
     pub fn to_raft(&self) -> Result<InstallSnapshotRequest<QuorumTypes>, WireError> {
+        let data = base64::decode(&self.data)
+            .ok_or_else(|| WireError::malformed("a checkpoint chunk", "not base64"))?;
+        // openraft writes a chunk at its offset into a buffer in memory: a chunk far out, or
+        // chunks without end, would grow it without bound.
+        let end = self.offset.saturating_add(data.len() as u64);
+        if end > MAX_CHECKPOINT_BYTES {
+            return Err(WireError::malformed(
+                "a checkpoint chunk",
+                format!(
+                    "it ends at byte {end}, past the {MAX_CHECKPOINT_BYTES} a checkpoint may have"
+                ),
+            ));
+        }
         Ok(InstallSnapshotRequest {
             vote: self.vote.to_raft(),
             meta: self.meta.to_raft()?,
             offset: self.offset,
-            data: base64::decode(&self.data)
-                .ok_or_else(|| WireError::malformed("a checkpoint chunk", "not base64"))?,
+            data,
             done: self.done,
         })
     }
@@ -704,10 +730,11 @@ mod tests {
     fn vote() -> impl Strategy<Value = Vote<u64>> {
         (0u64..1_000, proptest::option::of(1u64..10), any::<bool>()).prop_map(
             |(term, voted_for, committed)| {
+                // Raft never makes a committed vote that names no leader (the wire refuses one).
                 StoredVote {
                     term,
                     voted_for,
-                    committed,
+                    committed: committed && voted_for.is_some(),
                 }
                 .to_raft()
             },
@@ -849,7 +876,7 @@ mod tests {
             last in proptest::option::of(log_id()),
             membership_id in proptest::option::of(log_id()),
             membership in membership(),
-            offset in any::<u64>(),
+            offset in 0..MAX_CHECKPOINT_BYTES - 100,
             data in proptest::collection::vec(any::<u8>(), 0..100),
             done in any::<bool>(),
         ) {
@@ -1001,5 +1028,48 @@ mod tests {
             value: Some(RawValue::from_string(r#"{"configs":[]}"#.into()).unwrap()),
         };
         assert!(request(None, vec![empty_membership]).to_raft().is_err());
+    }
+
+    #[test]
+    fn a_committed_vote_that_names_no_leader_is_refused() {
+        // openraft unwraps the leader of a committed vote: such a vote must never reach it.
+        let vote = r#"{"origin":{"node_id":2},"vote":{"term":9,"committed":true}}"#;
+        assert!(from_json::<WireVoteRequest>("a vote", vote.as_bytes()).is_err());
+        let named = r#"{"origin":{"node_id":2},"vote":{"term":9,"voted_for":2,"committed":true}}"#;
+        assert!(from_json::<WireVoteRequest>("a vote", named.as_bytes()).is_ok());
+        let answer = r#"{"vote":{"term":9,"committed":true},"vote_granted":false}"#;
+        assert!(from_json::<WireVoteResponse>("a vote answer", answer.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_chunk_past_the_largest_checkpoint_is_refused() {
+        let chunk = |offset| WireInstallSnapshotRequest {
+            origin: WireOrigin {
+                node_id: 1,
+                cluster_id: None,
+            },
+            vote: StoredVote {
+                term: 3,
+                voted_for: Some(1),
+                committed: true,
+            },
+            meta: WireSnapshotMeta {
+                last_log_id: None,
+                membership_log_id: None,
+                membership: QuorumMembership {
+                    configs: vec![[1u64].into_iter().collect()],
+                    nodes: [(1u64, QuorumNode::default())].into_iter().collect(),
+                },
+                snapshot_id: "s".into(),
+            },
+            offset,
+            data: base64::encode(b"x"),
+            done: false,
+        };
+        assert!(chunk(0).to_raft().is_ok());
+        assert!(chunk(MAX_CHECKPOINT_BYTES - 1).to_raft().is_ok());
+        assert!(chunk(MAX_CHECKPOINT_BYTES).to_raft().is_err());
+        assert!(chunk(1 << 40).to_raft().is_err());
+        assert!(chunk(u64::MAX).to_raft().is_err());
     }
 }
