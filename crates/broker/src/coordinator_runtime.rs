@@ -239,7 +239,22 @@ impl CoordinatorRuntime {
             old.unload();
         }
         let runtime = self.clone();
-        tokio::task::spawn_blocking(move || runtime.load(&shard));
+        tokio::task::spawn_blocking(move || {
+            // A replay that panics must still end the shard's loading: a shard left Loading
+            // would answer COORDINATOR_LOAD_IN_PROGRESS for ever and hold up the start.
+            let loaded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.load(&shard)));
+            if loaded.is_err() {
+                {
+                    let mut state = shard.lock();
+                    if matches!(*state, ShardState::Loading) {
+                        *state = ShardState::Failed("its replay panicked".to_string());
+                    }
+                }
+                tracing::error!(partition = shard.index, "replaying a __consumer_offsets partition panicked; this broker does not coordinate its groups");
+                runtime.loads.send_modify(|n| *n += 1);
+            }
+        });
     }
 
     /// This broker no longer leads `__consumer_offsets-{index}`: drops its shard, answering the
@@ -523,6 +538,13 @@ fn append_records(
 ) -> io::Result<i64> {
     let batch = encode_batch(records, now)?;
     let mut log = partition.log();
+    // The follower makes the replica a follower before it resigns the shard: a request in
+    // between must not write to a log this broker no longer leads.
+    if !partition.is_leader() {
+        return Err(io::Error::other(
+            "this broker no longer leads the partition",
+        ));
+    }
     log.append(&batch, now).map_err(io::Error::other)?;
     Ok(log.log_end_offset())
 }

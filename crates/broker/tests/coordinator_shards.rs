@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use caudal_broker::coordinator_runtime::OFFSETS_TOPIC;
@@ -157,9 +158,13 @@ async fn group_apis_follow_the_shard_of_the_groups_partition() {
     // A join waits for more members; the shard is given up meanwhile.
     let mut joiner = Client::connect(addr).await;
     let waiting = tokio::spawn(async move { joiner.send(ApiKey::JoinGroup, 3, join(group)).await });
-    while group_state(&mut c, group).await != "PreparingRebalance" {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while group_state(&mut c, group).await != "PreparingRebalance" {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the join waiting in PreparingRebalance within 10 s");
     broker.groups.resign(index);
     let ResponseKind::JoinGroup(r) = waiting.await.unwrap() else {
         panic!()

@@ -71,11 +71,7 @@ pub fn handle(
         // Kafka creates the topic on the first FindCoordinator that needs it.
         broker.create_offsets_topic_in_background();
     }
-    let listener_name = broker
-        .config
-        .listeners
-        .get(listener)
-        .map_or("", |l| l.name.as_str());
+    let listener_name = super::listener_name(broker, listener);
     let answer = |key: &str| coordinator(&image, offsets, request.key_type, key, listener_name);
     let response = if version >= BATCHED_SINCE {
         let coordinators = request
