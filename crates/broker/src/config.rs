@@ -105,7 +105,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { choices: &["broker,controller", "controller,broker"], ..s("process.roles", None, Str, "broker,controller", 0, "What this node is: every Caudal node is both a broker and a voter of the controller quorum (broker-only and controller-only nodes are not offered yet).") },
     s("controller.quorum.voters", None, Str, "", 0, "The controller quorum's voters as ID@HOST:PORT,... (each voter's CONTROLLER listener), the same on every node, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093. Empty: this node alone is its cluster."),
     s("controller.listener.names", None, Str, "CONTROLLER", 0, "The listeners (by name in `listen`) that serve the controller quorum and brokers' requests to the controller, not clients."),
-    s("controller.quorum.election.timeout.ms", None, Int, "1000", 10, "How long a voter waits without hearing from the quorum leader before it starts an election (randomised up to twice this)."),
+    s("controller.quorum.election.timeout.ms", None, Int, "1000", 10, "A voter that hears nothing from the quorum leader stands for election after 1.5 to 2 times this (randomised, so that voters rarely stand at once); Kafka's voters stand after their fetch timeout, twice this by default."),
 ];
 
 /// `group.consumer.assignors`: a comma-separated list of assignor names or Kafka's class names.

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::clean_shutdown;
 use crate::config::BrokerConfig;
 use crate::controller_channel::{ControllerAddresses, ControllerChannel};
 use crate::controller_listener::{self, ControllerEndpoint, RaftRpc};
@@ -96,10 +97,7 @@ impl MetadataNode {
             u64::try_from(config.node_id).map_err(|_| StartError::NodeId(config.node_id))?;
         let voters = config.quorum_voters();
         let alone = voters.len() <= 1;
-        let quorum_config = QuorumConfig {
-            election_timeout_ms: config.election_timeout_ms(),
-            ..QuorumConfig::new(node_id)
-        };
+        let quorum_config = quorum_timers(QuorumConfig::new(node_id), config.election_timeout_ms());
         let quorum = if alone {
             Quorum::start(&quorum_config, &config.data_dir, NoPeers).await?
         } else {
@@ -255,10 +253,13 @@ impl MetadataNode {
                 },
             )
         };
+        let data_dir = config.data_dir.clone();
+        let previous_broker_epoch = blocking(move || clean_shutdown::take(&data_dir)).await?;
         let offset = applied.clone();
         let lifecycle = BrokerLifecycle::start(
             LifecycleConfig {
                 cluster_id: cluster_id.clone(),
+                previous_broker_epoch,
                 ..LifecycleConfig::from_broker(config)
             },
             channel.clone(),
@@ -327,8 +328,9 @@ impl MetadataNode {
     }
 
     /// Controlled shutdown, then the controller and the quorum stop; returns once the follower
-    /// has finished, so the replicas can be closed.
-    pub(crate) async fn stop(self) {
+    /// has finished, so the replicas can be closed. Returns the broker epoch this incarnation
+    /// was registered with, if it was.
+    pub(crate) async fn stop(self) -> Option<i64> {
         let MetadataNode {
             quorum,
             controller,
@@ -340,6 +342,7 @@ impl MetadataNode {
             session_timeout,
             ..
         } = self;
+        let broker_epoch = Some(lifecycle.status().broker_epoch).filter(|e| *e >= 0);
         match lifecycle
             .shutdown(CONTROLLED_SHUTDOWN_TIMEOUT.min(session_timeout))
             .await
@@ -363,6 +366,7 @@ impl MetadataNode {
             tracing::warn!("the metadata follower did not stop in time");
             follower.abort();
         }
+        broker_epoch
     }
 }
 
@@ -395,5 +399,41 @@ impl RaftRpc for QuorumRpc {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+/// The quorum's timers from Kafka's `controller.quorum.election.timeout.ms`, `election_ms`.
+///
+/// A follower that last heard from its leader waits out the leader's lease (openraft's largest
+/// election timeout) and then a random election timeout before it stands for election. With the
+/// lease at `election_ms` and the random part between half of it and all of it, a follower stands
+/// 1.5 to 2 times `election_ms` after its leader falls silent (1.5 to 2 s by default), about when
+/// a Kafka voter does (after its fetch timeout, twice the election timeout by default). The
+/// leader's heartbeats come at least four times within the shortest election timeout.
+fn quorum_timers(config: QuorumConfig, election_ms: u64) -> QuorumConfig {
+    let election_ms = election_ms.max(10);
+    let shortest = election_ms / 2;
+    QuorumConfig {
+        election_timeout_ms: shortest,
+        election_timeout_max_ms: Some(election_ms),
+        heartbeat_interval_ms: config.heartbeat_interval_ms.min(shortest / 4).max(1),
+        ..config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_stands_between_one_and_a_half_and_two_election_timeouts_after_silence() {
+        let timers = quorum_timers(QuorumConfig::new(1), 1000);
+        assert_eq!(timers.election_timeout_ms, 500);
+        assert_eq!(timers.election_timeout_max_ms, Some(1000));
+        assert_eq!(timers.heartbeat_interval_ms, 100);
+        // The smallest setting still leaves heartbeats shorter than any election timeout.
+        let smallest = quorum_timers(QuorumConfig::new(1), 0);
+        assert!(smallest.heartbeat_interval_ms < smallest.election_timeout_ms);
+        assert!(smallest.election_timeout_max_ms > Some(smallest.election_timeout_ms));
     }
 }

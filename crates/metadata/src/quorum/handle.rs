@@ -21,10 +21,11 @@ use crate::MetadataImage;
 pub struct QuorumConfig {
     /// `node.id`.
     pub node_id: u64,
-    /// `controller.quorum.election.timeout.ms`: the shortest election timeout; the longest is
-    /// twice that.
+    /// The shortest election timeout. A follower that heard from a leader waits the longest
+    /// election timeout (the leader's lease) and then a random one between the two before it
+    /// stands for election.
     pub election_timeout_ms: u64,
-    /// The longest election timeout; `None` is twice the shortest, as Kafka randomises it.
+    /// The longest election timeout; `None` is twice the shortest.
     pub election_timeout_max_ms: Option<u64>,
     /// How often the leader heartbeats its followers.
     pub heartbeat_interval_ms: u64,
