@@ -274,11 +274,81 @@ enum Beat {
     Answered(BrokerHeartbeatResponse),
     /// The controller does not know this registration any more.
     RegisterAgain,
-    /// No usable answer; try again at the next interval.
-    Failed,
+    /// No usable answer (why, for the log); try again at the next interval.
+    Failed(String),
     /// The controller this broker reaches has stopped for good (in-process: the node is
     /// stopping, or its metadata quorum failed). Heartbeats end.
     ControllerStopped,
+}
+
+/// Logs failed heartbeats without repeating itself: the first failure of a run at warn, then a
+/// summary every [`HeartbeatFailures::SUMMARY_EVERY`] while they go on, and one line when the
+/// controller answers again. A controller election or a partition of the network would
+/// otherwise write a warning at every heartbeat.
+#[derive(Debug, Default)]
+struct HeartbeatFailures {
+    /// When the current run of failures began, and when it was last reported.
+    run: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// Failures in the current run.
+    count: u64,
+}
+
+/// What [`HeartbeatFailures::failed`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    /// The first failure of a run, at warn.
+    First,
+    /// A summary of the run so far, at warn.
+    Summary,
+    /// Nothing above debug.
+    Quiet,
+}
+
+impl HeartbeatFailures {
+    const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+    fn failed(&mut self, node_id: i32, why: &str) -> Reported {
+        let now = tokio::time::Instant::now();
+        self.count += 1;
+        match &mut self.run {
+            None => {
+                self.run = Some((now, now));
+                tracing::warn!(
+                    node_id,
+                    error = why,
+                    "heartbeat to the controller failed; retrying (further failures are summarised)"
+                );
+                Reported::First
+            }
+            Some((since, reported)) if now.duration_since(*reported) >= Self::SUMMARY_EVERY => {
+                *reported = now;
+                tracing::warn!(
+                    node_id,
+                    failed = self.count,
+                    for_s = now.duration_since(*since).as_secs(),
+                    last_error = why,
+                    "heartbeats to the controller still fail"
+                );
+                Reported::Summary
+            }
+            Some(_) => {
+                tracing::debug!(node_id, error = why, "heartbeat to the controller failed");
+                Reported::Quiet
+            }
+        }
+    }
+
+    fn answered(&mut self, node_id: i32) {
+        if let Some((since, _)) = self.run.take() {
+            tracing::info!(
+                node_id,
+                failed = self.count,
+                after_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "the controller answers heartbeats again"
+            );
+        }
+        self.count = 0;
+    }
 }
 
 struct Task {
@@ -380,6 +450,7 @@ impl Task {
     async fn heartbeat_loop(&mut self, epoch: i64) -> bool {
         let mut shutdown_answers = 0u32;
         let mut fenced = true;
+        let mut failures = HeartbeatFailures::default();
         loop {
             let want_shut_down = self.shutdown_requested();
             if want_shut_down {
@@ -396,7 +467,9 @@ impl Task {
                     );
                     return true;
                 }
-                Beat::Failed => {}
+                Beat::Failed(why) => {
+                    failures.failed(self.config.node_id, &why);
+                }
                 Beat::Answered(r) if want_shut_down && r.should_shut_down => {
                     tracing::info!(
                         node_id = self.config.node_id,
@@ -405,6 +478,7 @@ impl Task {
                     return true;
                 }
                 Beat::Answered(r) => {
+                    failures.answered(self.config.node_id);
                     let state = if want_shut_down {
                         shutdown_answers += 1;
                         BrokerState::ShuttingDown
@@ -465,21 +539,17 @@ impl Task {
                         );
                         Beat::RegisterAgain
                     }
-                    _ => {
-                        tracing::warn!(?error, "the controller refused a heartbeat");
-                        Beat::Failed
-                    }
+                    _ => Beat::Failed(format!(
+                        "the controller refused it with error code {} ({error:?})",
+                        r.error_code
+                    )),
                 }
             }
-            Ok(other) => {
-                tracing::error!(response = ?other, "the controller answered a heartbeat with another response");
-                Beat::Failed
-            }
+            Ok(other) => Beat::Failed(format!(
+                "the controller answered with another response: {other:?}"
+            )),
             Err(ChannelError::Stopped) => Beat::ControllerStopped,
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat to the controller failed");
-                Beat::Failed
-            }
+            Err(e) => Beat::Failed(e.to_string()),
         }
     }
 }
@@ -553,6 +623,23 @@ pub(crate) mod tests {
             ResponseKind::BrokerRegistration(r) => (r.error_code, r.broker_epoch),
             other => panic!("not a registration answer: {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_heartbeats_are_reported_once_then_summarised_until_answered() {
+        let mut failures = HeartbeatFailures::default();
+        assert_eq!(failures.failed(1, "down"), Reported::First);
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(failures.failed(1, "down"), Reported::Quiet);
+        }
+        tokio::time::advance(HeartbeatFailures::SUMMARY_EVERY).await;
+        assert_eq!(failures.failed(1, "down"), Reported::Summary);
+        assert_eq!(failures.failed(1, "down"), Reported::Quiet);
+        assert_eq!(failures.count, 23);
+        failures.answered(1);
+        assert_eq!(failures.count, 0);
+        assert_eq!(failures.failed(1, "down again"), Reported::First);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
