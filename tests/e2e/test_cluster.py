@@ -4,6 +4,7 @@ kcat) reach the cluster through any node and follow the Metadata it gives them."
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -269,6 +270,14 @@ def test_sigterm_moves_leadership_off_before_the_broker_stops(cluster_factory):
     # One replica each: nothing to move leadership to, so the partitions it led are offline
     # at once, not after a session timeout.
     assert victim.node_id not in leaders(others, topic).values()
+    # The clean stop is recorded with its broker epoch, for the next registration, which takes
+    # the record: a crash of the next incarnation must not pass for a clean stop.
+    record = victim.data_dir / "clean-shutdown"
+    assert re.search(r"^broker\.epoch=\d+$", record.read_text(), re.M), record.read_text()
+    victim.start()
+    assert not record.exists()
+    wait_until(lambda: len(admin(cluster.bootstrap).list_topics(timeout=10).brokers) == 3,
+               message="the stopped broker registered again")
 
 
 def test_all_three_restart_with_everything(cluster_factory):

@@ -1,6 +1,7 @@
 //! Caudal's broker: accepts Kafka clients, answers each API from one handler module, and keeps
 //! the topics and their partition logs.
 
+mod clean_shutdown;
 pub mod config;
 mod connection;
 mod connection_quotas;
@@ -424,9 +425,19 @@ impl Server {
         retention.abort();
         group_clock.abort();
         warnings_flush.abort();
-        node.stop().await;
+        let broker_epoch = node.stop().await;
         let b = broker.clone();
-        let _ = tokio::task::spawn_blocking(move || b.replicas.close_all(&b.config.data_dir)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if !b.replicas.close_all(&b.config.data_dir) {
+                return;
+            }
+            if let Some(epoch) = broker_epoch {
+                if let Err(e) = clean_shutdown::record(&b.config.data_dir, epoch) {
+                    tracing::warn!(error = %e, "cannot record the clean stop; the next start registers as after a crash");
+                }
+            }
+        })
+        .await;
         tracing::info!("all logs synced; stopped");
         stopped
     }

@@ -364,8 +364,8 @@ impl ReplicaManager {
     /// Syncs and checkpoints every replica (clean shutdown). Two syncs of the whole filesystem
     /// holding `data_dir` cover every log, instead of several fsyncs per partition: with
     /// thousands of partitions that is the difference between a stop in a second and one in a
-    /// minute.
-    pub fn close_all(&self, data_dir: &Path) {
+    /// minute. True when every log was synced and checkpointed: the stop was clean.
+    pub fn close_all(&self, data_dir: &Path) -> bool {
         let partitions = self.all();
         let mut prepared = Vec::with_capacity(partitions.len());
         for p in &partitions {
@@ -379,16 +379,20 @@ impl ReplicaManager {
         if let Err(e) = sync_filesystem(data_dir) {
             // Nothing is checkpointed: the next start recovers every log from its files.
             tracing::error!(dir = %data_dir.display(), error = %e, "syncing the data directory failed; logs are not checkpointed");
-            return;
+            return false;
         }
+        let mut clean = prepared.len() == partitions.len();
         for (p, up_to) in prepared {
             if let Err(e) = p.log().checkpoint_synced(up_to) {
+                clean = false;
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "checkpointing the log failed");
             }
         }
         if let Err(e) = sync_filesystem(data_dir) {
             tracing::error!(dir = %data_dir.display(), error = %e, "syncing the recovery checkpoints failed");
+            return false;
         }
+        clean
     }
 
     /// Compacts every replica of a compacted topic that needs it. Each pass is planned and
