@@ -30,8 +30,11 @@ def tour_blocks() -> tuple[list[str], list[str]]:
     """The `sh` blocks before the cluster stops, and those from there on."""
     text = (ROOT / "docs" / "tour.md").read_text()
     single, cluster = text.split(CLUSTER_HEADING, 1)
-    blocks = lambda part: re.findall(r"```sh\n(.*?)```", part, flags=re.S)  # noqa: E731
-    return blocks(single), blocks(cluster)
+    return sh_blocks(single), sh_blocks(cluster)
+
+
+def sh_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", markdown, flags=re.S)
 
 
 def tour_commands() -> list[str]:
