@@ -387,13 +387,10 @@ impl CoordinatorRuntime {
                     ),
                     Effect::TickBy(at) => tick_by = Some(tick_by.map_or(at, |t| t.min(at))),
                     Effect::Write(record) => {
-                        // Every group of a shard maps to the shard's partition.
-                        debug_assert!({
-                            let (OffsetsRecord::Offset { group_id, .. }
-                            | OffsetsRecord::Group { group_id, .. }) = &record;
-                            partition_for(group_id, self.partition_count.load(Ordering::Relaxed))
-                                == shard.index
-                        });
+                        // A group's records go to the partition of the shard that holds it. That
+                        // is the partition the group maps to, unless partitions were added to
+                        // `__consumer_offsets` since (Kafka allows it; the group then maps
+                        // elsewhere and starts over there, as in Kafka).
                         records.push(record.encode());
                     }
                 }
