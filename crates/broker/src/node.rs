@@ -16,7 +16,7 @@ use caudal_metadata::controller::{
     ControllerClock, ControllerService, ControllerServiceConfig, TopicConfigCheck,
 };
 use caudal_metadata::quorum::{
-    NoPeers, Quorum, QuorumConfig, QuorumError, RaftRpcServer, TcpPeers,
+    NoPeers, Quorum, QuorumConfig, QuorumError, RaftRpcServer, StatusWatch, TcpPeers,
 };
 use caudal_metadata::{Controller, ControllerConfig, IdSource, MetadataImage};
 use caudal_storage::Disk;
@@ -70,6 +70,9 @@ pub(crate) struct MetadataNode {
     pub cluster_id: String,
     /// `broker.session.timeout.ms`: the longest a stop waits for its controlled shutdown.
     session_timeout: Duration,
+    /// How long the quorum may be without a leader before a stop gives up its controlled
+    /// shutdown: twice `controller.quorum.election.timeout.ms`.
+    leaderless_limit: Duration,
 }
 
 async fn step<T>(what: &'static str, future: impl Future<Output = T>) -> Result<T, StartError> {
@@ -308,6 +311,7 @@ impl MetadataNode {
             session_timeout: Duration::from_millis(
                 u64::try_from(config.broker_session_timeout_ms()).unwrap_or(0),
             ),
+            leaderless_limit: Duration::from_millis(config.election_timeout_ms().saturating_mul(2)),
         })
     }
 
@@ -340,16 +344,26 @@ impl MetadataNode {
             mut follower,
             stop_follower,
             session_timeout,
+            leaderless_limit,
             ..
         } = self;
         let broker_epoch = Some(lifecycle.status().broker_epoch).filter(|e| *e >= 0);
-        match lifecycle
-            .shutdown(CONTROLLED_SHUTDOWN_TIMEOUT.min(session_timeout))
-            .await
-        {
-            ShutdownOutcome::Completed => tracing::info!("controlled shutdown complete"),
-            ShutdownOutcome::TimedOut | ShutdownOutcome::ControllerStopped => {
-                tracing::warn!("stopping without a controlled shutdown")
+        // When every node stops at once, the last voters are left without a majority: no
+        // controller will answer them, and waiting out the whole timeout helps nobody.
+        tokio::select! {
+            outcome = lifecycle.shutdown(CONTROLLED_SHUTDOWN_TIMEOUT.min(session_timeout)) => {
+                match outcome {
+                    ShutdownOutcome::Completed => tracing::info!("controlled shutdown complete"),
+                    ShutdownOutcome::TimedOut | ShutdownOutcome::ControllerStopped => {
+                        tracing::warn!("stopping without a controlled shutdown")
+                    }
+                }
+            }
+            () = leaderless_for(quorum.client().statuses(), leaderless_limit) => {
+                tracing::warn!(
+                    ?leaderless_limit,
+                    "the metadata quorum has had no leader for this long; stopping without a controlled shutdown"
+                );
             }
         }
         let _ = stop_follower.send(());
@@ -399,6 +413,33 @@ impl RaftRpc for QuorumRpc {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+/// Returns once the quorum has been without a leader for `limit` on end, or has stopped. A
+/// voter is without a leader from the moment it stands for election until one is elected,
+/// which takes a few round trips when a majority answers.
+async fn leaderless_for(mut statuses: StatusWatch, limit: Duration) {
+    loop {
+        while statuses.current().leader.is_some() {
+            if statuses.changed().await.is_err() {
+                return;
+            }
+        }
+        let elected = tokio::time::timeout(limit, async {
+            loop {
+                if statuses.changed().await.is_err() {
+                    return false;
+                }
+                if statuses.current().leader.is_some() {
+                    return true;
+                }
+            }
+        })
+        .await;
+        if elected != Ok(true) {
+            return;
+        }
     }
 }
 
