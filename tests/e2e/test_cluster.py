@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -14,8 +15,8 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import NewPartitions, NewTopic
 
 import wire
-from support import (admin, consume, create_topic, produce_and_confirm, unique_topic,
-                     wait_until)
+from support import (DeliveryLog, admin, consume, create_topic, produce_and_confirm, producer,
+                     unique_topic, wait_until)
 
 # Failover tests wait out a session; a shorter one keeps them quick without changing what
 # they show.
@@ -209,6 +210,25 @@ def test_the_cluster_survives_the_active_controller_being_killed(cluster_factory
     active = controller_id(cluster.bootstrap)
     survivors = [n for n in cluster.nodes if n.node_id != active]
     bootstrap = ",".join(n.bootstrap for n in survivors)
+    # Under load: a producer writes to a partition on every broker through the kill.
+    load = unique_topic("load")
+    create_topic(cluster.bootstrap, load, partitions=3)
+    assert sorted(leaders(cluster.bootstrap, load).values()) == [1, 2, 3]
+    deliveries = DeliveryLog()
+    stop_load = threading.Event()
+
+    def produce_load() -> None:
+        p = producer(bootstrap, acks="all", **{"message.timeout.ms": 10000})
+        i = 0
+        while not stop_load.is_set():
+            p.produce(load, value=f"load-{i}".encode(), partition=i % 3, on_delivery=deliveries)
+            p.poll(0.002)
+            i += 1
+        p.flush(30)
+
+    loader = threading.Thread(target=produce_load, daemon=True)
+    loader.start()
+    wait_until(lambda: len(deliveries.ok) >= 300, message="the load running before the kill")
     cluster.node(active).kill9()
     killed_at = time.monotonic()
     topic = unique_topic("after")
@@ -232,9 +252,21 @@ def test_the_cluster_survives_the_active_controller_being_killed(cluster_factory
     wait_until(lambda: active not in admin(bootstrap).list_topics(timeout=10).brokers,
                message="the killed controller fenced")
     assert set(leaders(bootstrap, topic).values()) <= {n.node_id for n in survivors} | {-1}
+    acked_after_kill = len(deliveries.ok)
+    wait_until(lambda: len(deliveries.ok) > acked_after_kill + 100,
+               message="the load going on after the controller died")
+    stop_load.set()
+    loader.join(60)
+    assert not loader.is_alive(), "the load producer did not finish"
     cluster.node(active).start()
     wait_until(lambda: len(admin(cluster.bootstrap).list_topics(timeout=10).brokers) == 3,
                message="the old controller back as a broker")
+    wait_until(lambda: -1 not in leaders(cluster.bootstrap, load).values(), timeout=30,
+               message="every load partition led again")
+    # Nothing acknowledged is lost: on the survivors, nor on the killed node once it is back.
+    stored = {r.value for r in consume(cluster.bootstrap, load, 3)}
+    missing = [r.value for r in deliveries.ok if r.value not in stored]
+    assert not missing, f"{len(missing)} acknowledged records missing, e.g. {missing[:3]}"
 
 
 def test_a_killed_broker_is_fenced_and_returns_with_every_record(cluster_factory):
