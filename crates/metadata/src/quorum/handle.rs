@@ -10,8 +10,8 @@ use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 use super::{
-    blocking, metadata_log_dir, Applied, LogStore, MetadataLogConfig, QuorumNode, QuorumStoreError,
-    QuorumTypes, RaftRpcServer, StateMachine, TcpPeers,
+    blocking, metadata_log_dir, Applied, LogStore, MetadataLogConfig, PeerContact, PeerProgress,
+    QuorumNode, QuorumStoreError, QuorumTypes, RaftRpcServer, StateMachine, TcpPeers,
 };
 use crate::records::EntryRecords;
 use crate::MetadataImage;
@@ -116,6 +116,84 @@ impl QuorumStatus {
     }
 }
 
+/// One member of the quorum as the leader sees it (a `ReplicaState` of DescribeQuorum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaDescription {
+    pub node_id: u64,
+    /// The offset after the last entry the leader knows the member has: Kafka's log end
+    /// offset, the member's matched index plus one. `None` while the leader has not heard.
+    pub log_end_offset: Option<u64>,
+    /// Milliseconds since the epoch of the member's last answer to the leader (now, for the
+    /// leader itself).
+    pub last_fetch_timestamp_ms: Option<i64>,
+    /// Milliseconds since the epoch of the last answer at which the member had every entry the
+    /// leader had when it asked (now, for the leader itself).
+    pub last_caught_up_timestamp_ms: Option<i64>,
+}
+
+/// The quorum as its leader describes it, for DescribeQuorum (KIP-595, KIP-836): only the
+/// leader knows its followers' progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumDescription {
+    pub leader_id: u64,
+    /// The Raft term, Kafka's leader epoch of `__cluster_metadata`.
+    pub leader_epoch: u64,
+    /// The offset after the last committed entry.
+    pub high_watermark: u64,
+    /// Every voter, by id.
+    pub voters: Vec<ReplicaDescription>,
+    /// The members that replicate without voting (learners: broker-only nodes).
+    pub observers: Vec<ReplicaDescription>,
+}
+
+impl QuorumDescription {
+    /// The description of a quorum led by `node_id` with metrics `m`, the committed index
+    /// `committed` and what the leader heard from each peer; `None` unless `node_id` leads.
+    fn of(
+        node_id: u64,
+        m: &RaftMetrics<u64, QuorumNode>,
+        committed: Option<u64>,
+        contacts: &BTreeMap<u64, PeerContact>,
+        now_ms: i64,
+    ) -> Option<QuorumDescription> {
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let replication = m.replication.as_ref();
+        let describe = |id: u64| {
+            if id == node_id {
+                // Kafka reports the leader as fetching and caught up now.
+                return ReplicaDescription {
+                    node_id: id,
+                    log_end_offset: Some(m.last_log_index.map_or(0, |i| i.saturating_add(1))),
+                    last_fetch_timestamp_ms: Some(now_ms),
+                    last_caught_up_timestamp_ms: Some(now_ms),
+                };
+            }
+            // openraft's matched log ids start afresh with each leadership; what was heard
+            // before it is not the current leader's knowledge.
+            let matched = replication.and_then(|r| r.get(&id).copied().flatten());
+            let contact = contacts.get(&id);
+            ReplicaDescription {
+                node_id: id,
+                log_end_offset: matched.map(|log_id| log_id.index.saturating_add(1)),
+                last_fetch_timestamp_ms: contact.map(|c| c.last_fetch_timestamp_ms),
+                last_caught_up_timestamp_ms: contact.and_then(|c| c.last_caught_up_timestamp_ms),
+            }
+        };
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let observers: BTreeSet<u64> = membership.learner_ids().collect();
+        Some(QuorumDescription {
+            leader_id: node_id,
+            leader_epoch: m.current_term,
+            high_watermark: committed.map_or(0, |i| i.saturating_add(1)),
+            voters: voters.into_iter().map(describe).collect(),
+            observers: observers.into_iter().map(describe).collect(),
+        })
+    }
+}
+
 /// One node of the metadata quorum.
 pub struct Quorum {
     raft: Raft<QuorumTypes>,
@@ -132,6 +210,8 @@ pub struct QuorumClient {
     node_id: u64,
     raft: Raft<QuorumTypes>,
     images: watch::Receiver<Arc<MetadataImage>>,
+    /// What this node heard from its peers while leading; none on a lone voter.
+    progress: PeerProgress,
 }
 
 impl std::fmt::Debug for QuorumClient {
@@ -199,6 +279,24 @@ impl QuorumClient {
 
     pub fn status(&self) -> QuorumStatus {
         QuorumStatus::of(self.node_id, &self.raft.metrics().borrow())
+    }
+
+    /// The quorum as this node describes it while it leads, at `now_ms` (milliseconds since
+    /// the epoch); `None` when it does not lead (Kafka answers NOT_LEADER_OR_FOLLOWER).
+    pub async fn describe(&self, now_ms: i64) -> Result<Option<QuorumDescription>, QuorumError> {
+        let committed = self
+            .raft
+            .with_raft_state(|state| state.committed.map(|log_id| log_id.index))
+            .await
+            .map_err(|e| QuorumError::Stopped(e.to_string()))?;
+        let metrics = self.raft.metrics().borrow().clone();
+        Ok(QuorumDescription::of(
+            self.node_id,
+            &metrics,
+            committed,
+            &self.progress.all(),
+            now_ms,
+        ))
     }
 
     /// A watch of this node's status, for tasks that act on leadership.
@@ -314,6 +412,7 @@ impl Quorum {
                 node_id: config.node_id,
                 raft: raft.clone(),
                 images,
+                progress: PeerProgress::default(),
             },
             raft,
             store,
@@ -329,8 +428,9 @@ impl Quorum {
         data_dir: &Path,
         peers: TcpPeers,
     ) -> Result<Quorum, QuorumError> {
-        let quorum = Quorum::start(config, data_dir, peers.clone()).await?;
+        let mut quorum = Quorum::start(config, data_dir, peers.clone()).await?;
         peers.follow(quorum.raft.metrics(), quorum.images());
+        quorum.client.progress = peers.progress();
         Ok(quorum)
     }
 
@@ -396,6 +496,11 @@ impl Quorum {
 
     pub fn status(&self) -> QuorumStatus {
         self.client.status()
+    }
+
+    /// See [`QuorumClient::describe`].
+    pub async fn describe(&self, now_ms: i64) -> Result<Option<QuorumDescription>, QuorumError> {
+        self.client.describe(now_ms).await
     }
 
     /// A cloneable handle for the tasks that propose and watch while this node runs.

@@ -38,7 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::records::{CodecError, EntryRecords};
 
-pub use handle::{Quorum, QuorumClient, QuorumConfig, QuorumError, QuorumStatus, StatusWatch};
+pub use handle::{
+    Quorum, QuorumClient, QuorumConfig, QuorumDescription, QuorumError, QuorumStatus,
+    ReplicaDescription, StatusWatch,
+};
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
 pub use network::{PeerContact, PeerProgress, TcpPeerClient, TcpPeers};
 pub use no_peers::{NoPeerClient, NoPeers};

@@ -275,6 +275,48 @@ async fn three_nodes_over_tcp_replicate_fail_over_and_catch_up() {
         "no progress for the leader itself"
     );
 
+    // DescribeQuorum's view: the leader describes every voter with all it has; the
+    // followers describe nothing (they answer NOT_LEADER_OR_FOLLOWER).
+    let deadline = Instant::now() + WAIT;
+    let described = loop {
+        let d = cluster
+            .node(leader)
+            .describe(super::now_ms())
+            .await
+            .expect("the quorum runs")
+            .expect("the leader describes the quorum");
+        if d.voters.iter().all(|v| v.log_end_offset > Some(last)) && d.high_watermark > last {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the description never showed every voter caught up: {d:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(described.leader_id, leader);
+    assert_eq!(described.leader_epoch, cluster.node(leader).status().term);
+    assert_eq!(
+        described
+            .voters
+            .iter()
+            .map(|v| v.node_id)
+            .collect::<Vec<_>>(),
+        all.to_vec()
+    );
+    assert!(described.observers.is_empty(), "{described:#?}");
+    for v in &described.voters {
+        assert!(
+            v.last_fetch_timestamp_ms.is_some() && v.last_caught_up_timestamp_ms.is_some(),
+            "voter {} has no contact times: {described:#?}",
+            v.node_id
+        );
+    }
+    for &id in &followers {
+        let d = cluster.node(id).describe(super::now_ms()).await;
+        assert!(matches!(d, Ok(None)), "follower {id} described {d:?}");
+    }
+
     // The leader goes away; the other two elect one of themselves within a few seconds.
     let lost_at = Instant::now();
     cluster.stop_node(leader).await;
