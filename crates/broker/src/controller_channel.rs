@@ -19,7 +19,7 @@ use std::time::Duration;
 use caudal_metadata::controller::{ControllerCallError, ControllerHandle};
 use caudal_metadata::ControllerRequest;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -141,45 +141,83 @@ impl NetworkTransport {
                 None => Err(not_controller),
             };
         }
-        let Some(address) = self.addresses.voters.get(&leader) else {
-            tracing::warn!(
-                leader,
-                "the quorum leader is not in controller.quorum.voters"
-            );
+        let Some(connection) = self.connection_to(leader).await else {
             return Err(not_controller);
         };
-        let connection = {
-            let mut current = self.connection.lock().await;
-            match &*current {
-                Some((id, c)) if *id == leader && !c.is_closed() => c.clone(),
-                _ => {
-                    let client_id = format!("caudal-broker-{}", self.addresses.node_id);
-                    match ControllerConnection::connect(
-                        address,
-                        client_id,
-                        self.addresses.max_frame,
-                    )
-                    .await
-                    {
-                        Ok(c) => {
-                            *current = Some((leader, c.clone()));
-                            c
-                        }
-                        Err(e) => {
-                            tracing::debug!(leader, error = %e, "cannot reach the active controller; retrying");
-                            *current = None;
-                            return Err(not_controller);
-                        }
-                    }
-                }
-            }
-        };
-        let correlation_id = self.correlation.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let correlation_id = self.next_correlation_id();
         match connection.call(&request, correlation_id).await {
             Ok(answer) => controller_connection::response(answer).ok_or(not_controller),
             Err(e) => {
                 tracing::debug!(leader, error = %e, "a request to the active controller failed; retrying");
                 Err(not_controller)
+            }
+        }
+    }
+
+    /// Sends `body` as itself to the quorum leader's controller listener. `Ok(None)` when this
+    /// node leads; `Err` (NOT_CONTROLLER, retried) when no leader is known or it cannot be
+    /// reached.
+    async fn call_quorum_leader(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: &RequestKind,
+    ) -> Result<Option<ResponseKind>, ControllerCallError> {
+        let leader = (self.addresses.leader)();
+        let not_controller = ControllerCallError::NotController { leader };
+        let Some(leader) = leader else {
+            return Err(not_controller);
+        };
+        if leader == self.addresses.node_id {
+            return Ok(None);
+        }
+        let Some(connection) = self.connection_to(leader).await else {
+            return Err(not_controller);
+        };
+        let correlation_id = self.next_correlation_id();
+        match connection
+            .call_direct(api, version, body, correlation_id)
+            .await
+        {
+            Ok(response) => Ok(Some(response)),
+            Err(e) => {
+                tracing::debug!(leader, ?api, error = %e, "a request to the quorum leader failed; retrying");
+                Err(not_controller)
+            }
+        }
+    }
+
+    fn next_correlation_id(&self) -> i32 {
+        self.correlation.fetch_add(1, Ordering::Relaxed) & i32::MAX
+    }
+
+    /// The connection to `leader`'s controller listener: the open one, or a new one.
+    async fn connection_to(&self, leader: u64) -> Option<ControllerConnection> {
+        let Some(address) = self.addresses.voters.get(&leader) else {
+            tracing::warn!(
+                leader,
+                "the quorum leader is not in controller.quorum.voters"
+            );
+            return None;
+        };
+        let mut current = self.connection.lock().await;
+        match &*current {
+            Some((id, c)) if *id == leader && !c.is_closed() => Some(c.clone()),
+            _ => {
+                let client_id = format!("caudal-broker-{}", self.addresses.node_id);
+                match ControllerConnection::connect(address, client_id, self.addresses.max_frame)
+                    .await
+                {
+                    Ok(c) => {
+                        *current = Some((leader, c.clone()));
+                        Some(c)
+                    }
+                    Err(e) => {
+                        tracing::debug!(leader, error = %e, "cannot reach the active controller; retrying");
+                        *current = None;
+                        None
+                    }
+                }
             }
         }
     }
@@ -277,6 +315,47 @@ impl ControllerChannel {
                         self.inner.retries.fetch_add(1, Ordering::Relaxed);
                         let delay = delays.next().unwrap_or(self.inner.backoff.max);
                         tracing::debug!(leader = ?known, ?delay, "no active controller yet; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, attempts).await;
+        outcome.unwrap_or(Err(ChannelError::TimedOut { timeout, leader }))
+    }
+
+    /// Sends a request the quorum answers (DescribeQuorum) as itself to the quorum leader's
+    /// controller listener, retrying while no leader is known or reachable, for at most
+    /// `timeout`. `Ok(None)` when this node leads (or runs the only controller): it answers
+    /// itself. The leader's answer is returned as it is, errors included.
+    pub async fn call_quorum_leader(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: RequestKind,
+        timeout: Duration,
+    ) -> Result<Option<ResponseKind>, ChannelError> {
+        let Transport::Network(network) = &self.inner.transport else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + timeout;
+        let mut leader = None;
+        let attempts = async {
+            let _slot = self
+                .inner
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|_| ChannelError::Stopped)?;
+            let mut delays = self.inner.backoff.delays();
+            loop {
+                match network.call_quorum_leader(api, version, &body).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(ControllerCallError::Stopped) => return Err(ChannelError::Stopped),
+                    Err(ControllerCallError::NotController { leader: known }) => {
+                        leader = known;
+                        self.inner.retries.fetch_add(1, Ordering::Relaxed);
+                        let delay = delays.next().unwrap_or(self.inner.backoff.max);
                         tokio::time::sleep(delay).await;
                     }
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use caudal_metadata::ControllerRequest;
-use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -89,13 +89,43 @@ impl ControllerConnection {
     ) -> Result<Answer, ConnectionError> {
         let (shape, frame) =
             controller_wire::request_frame(request, correlation_id, &self.client_id)?;
+        let frame = self.exchange(frame).await?;
+        Ok(controller_wire::read_answer(frame, shape, correlation_id)?)
+    }
+
+    /// Sends a request the controller listener answers as itself, not through the controller
+    /// (DescribeQuorum), and waits for its answer.
+    pub async fn call_direct(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: &RequestKind,
+        correlation_id: i32,
+    ) -> Result<ResponseKind, ConnectionError> {
+        let frame = controller_wire::direct_request_frame(
+            api,
+            version,
+            body,
+            correlation_id,
+            &self.client_id,
+        )?;
+        let frame = self.exchange(frame).await?;
+        Ok(controller_wire::read_direct_answer(
+            frame,
+            api,
+            version,
+            correlation_id,
+        )?)
+    }
+
+    /// Writes `frame` and waits for the answer frame.
+    async fn exchange(&self, frame: bytes::BytesMut) -> Result<Bytes, ConnectionError> {
         let (answer, answered) = oneshot::channel();
         self.requests
             .send(Sent { frame, answer })
             .await
             .map_err(|_| ConnectionError::Lost)?;
-        let frame = answered.await.map_err(|_| ConnectionError::Lost)??;
-        Ok(controller_wire::read_answer(frame, shape, correlation_id)?)
+        answered.await.map_err(|_| ConnectionError::Lost)?
     }
 }
 

@@ -4,9 +4,9 @@
 //! It serves from the moment the quorum starts, before the broker exists: voters must answer
 //! each other's votes to elect the leader the broker then registers with. A frame with one of
 //! the quorum's private API keys goes to the Raft RPC server; ApiVersions is answered with this
-//! listener's APIs; registration, heartbeats, unregistration, producer-id blocks and forwarded
-//! admin requests (in an Envelope) go to this node's controller service, which answers
-//! NOT_CONTROLLER when this node does not lead. Anything else closes the connection with a log
+//! listener's APIs and DescribeQuorum from this node's quorum; registration, heartbeats,
+//! unregistration, producer-id blocks and forwarded admin requests (in an Envelope) go to this
+//! node's controller service, which answers NOT_CONTROLLER when this node does not lead. Anything else closes the connection with a log
 //! line, as Kafka does for an API a listener does not serve.
 //!
 //! Requests of one connection are decided concurrently and answered in the order they came.
@@ -29,6 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::connection::{FrameError, FrameReader};
 use crate::controller_wire::{self, Refusal};
+use crate::handlers::describe_quorum::QuorumDescriber;
 use crate::routes::ListenerKind;
 
 /// The Raft RPCs of the metadata quorum, as the controller listener hands them on.
@@ -55,6 +56,8 @@ pub(crate) struct ControllerEndpoint {
     pub max_frame: usize,
     /// Requests of one connection in flight at once (`queued.max.requests`).
     pub queued: usize,
+    /// What DescribeQuorum is answered from.
+    pub quorum: QuorumDescriber,
 }
 
 /// A frame's answer on its way: the bytes of a response frame, or nothing (close).
@@ -183,6 +186,9 @@ async fn answer_frame(
     let body = match request.body {
         RequestKind::ApiVersions(r) => {
             crate::handlers::api_versions::handle(r, version, ListenerKind::Controller)
+        }
+        RequestKind::DescribeQuorum(r) => {
+            ResponseKind::DescribeQuorum(endpoint.quorum.answer(&r, version).await)
         }
         body => match controller_wire::served(api, body, version) {
             Ok(served) => match decide(endpoint, served).await {

@@ -156,6 +156,33 @@ pub fn request_frame(
     Ok((shape, out))
 }
 
+/// A length-prefixed frame of a request sent as itself, not one the controller decides: one the
+/// quorum answers (DescribeQuorum).
+pub fn direct_request_frame(
+    api: ApiKey,
+    version: i16,
+    body: &RequestKind,
+    correlation_id: i32,
+    client_id: &str,
+) -> Result<BytesMut, WireError> {
+    let mut out = BytesMut::with_capacity(128);
+    out.put_i32(0);
+    put_request(&mut out, api, version, correlation_id, client_id, body)?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the answer to a request of [`direct_request_frame`].
+pub fn read_direct_answer(
+    frame: Bytes,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+) -> Result<ResponseKind, WireError> {
+    decode_response(frame, api, version, correlation_id)
+}
+
 /// Decodes a response (header and body, no length prefix) of `api` at `version`.
 fn decode_response(
     mut frame: Bytes,

@@ -70,6 +70,8 @@ pub struct Broker {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Set while a FindCoordinator's creation of a missing `__consumer_offsets` is under way.
     creating_offsets_topic: std::sync::atomic::AtomicBool,
+    /// What DescribeQuorum is answered from, or forwarded through.
+    pub quorum: handlers::describe_quorum::QuorumDescriber,
 }
 
 impl Broker {
@@ -261,7 +263,10 @@ impl Server {
                 "loaded groups and committed offsets from __consumer_offsets"
             );
         }
+        let quorum = handlers::describe_quorum::QuorumDescriber::new(node.quorum_client(), &config)
+            .forwarding(node.channel.clone());
         let broker = Arc::new(Broker {
+            quorum,
             config,
             topics,
             replicas,

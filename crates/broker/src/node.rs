@@ -29,6 +29,7 @@ use crate::config::BrokerConfig;
 use crate::controller_channel::{ControllerAddresses, ControllerChannel};
 use crate::controller_listener::{self, ControllerEndpoint, RaftRpc};
 use crate::coordinator_runtime::CoordinatorRuntime;
+use crate::handlers::describe_quorum::QuorumDescriber;
 use crate::image_follower::Follower;
 use crate::lifecycle::{BrokerLifecycle, BrokerState, LifecycleConfig, ShutdownOutcome};
 use crate::replica_manager::ReplicaManager;
@@ -122,6 +123,7 @@ impl MetadataNode {
                 controller: controller_rx,
                 max_frame: config.socket_request_max_bytes(),
                 queued: config.queued_max_requests(),
+                quorum: QuorumDescriber::new(quorum.client(), config),
             },
             listener_stopped,
         );

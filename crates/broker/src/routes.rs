@@ -54,9 +54,9 @@ pub struct Route {
     pub versions: VersionRange,
     /// The listener kinds this API is served on.
     pub listeners: &'static [ListenerKind],
-    /// A request a broker sends on to the active controller (wrapped in Envelope) instead of
-    /// answering itself, once nodes talk (docs/design/cluster.md, section 5). Informational for
-    /// now: every node is its own controller and answers these in place.
+    /// A request a broker sends on to the active controller instead of answering itself
+    /// (docs/design/cluster.md, section 5): admin changes in an Envelope, DescribeQuorum as
+    /// itself to the quorum leader's controller listener.
     pub forwarded: bool,
 }
 
@@ -186,7 +186,9 @@ routes! {
     DescribeConfigs on CLIENT, forwarded: false
         => |r, cx| ready(handlers::describe_configs::handle(cx.broker, r, cx.version));
     DescribeCluster on CLIENT, forwarded: false
-        => |r, cx| ready(handlers::describe_cluster::handle(cx.broker, r, cx.conn.listener));
+        => |r, cx| ready(handlers::describe_cluster::handle(
+            cx.broker, r, cx.version, cx.conn.listener,
+        ));
     InitProducerId on CLIENT, forwarded: false
         => |r, cx| ready(handlers::init_producer_id::handle(cx.broker, r).await);
     FindCoordinator on CLIENT, forwarded: false
@@ -221,6 +223,8 @@ routes! {
         ));
     ConsumerGroupDescribe on CLIENT, forwarded: false
         => |r, cx| ready(handlers::consumer_group_describe::handle(cx.broker, r));
+    DescribeQuorum on ALL, forwarded: true
+        => |r, cx| handlers::describe_quorum::handle(cx.broker, r, cx.version);
     Envelope on CONTROLLER, forwarded: false
         => |_r, _cx| controller_only(ApiKey::Envelope)?;
     BrokerRegistration on CONTROLLER, forwarded: false
@@ -390,9 +394,10 @@ mod tests {
             }
         }
         // Client listeners serve every client API; controller listeners ApiVersions (which
-        // Kafka serves on every listener) and what brokers send the controller.
+        // Kafka serves on every listener), DescribeQuorum (which brokers forward) and what
+        // brokers send the controller.
         assert_eq!(client.len(), SUPPORTED_APIS.len() - CONTROLLER_APIS.len());
-        let mut expected = vec![ApiKey::ApiVersions];
+        let mut expected = vec![ApiKey::ApiVersions, ApiKey::DescribeQuorum];
         expected.extend_from_slice(CONTROLLER_APIS);
         assert_eq!(controller, expected);
         for api in [
@@ -435,7 +440,8 @@ mod tests {
             vec![
                 ApiKey::CreateTopics,
                 ApiKey::DeleteTopics,
-                ApiKey::CreatePartitions
+                ApiKey::CreatePartitions,
+                ApiKey::DescribeQuorum,
             ]
         );
         for r in ROUTES.iter().filter(|r| r.forwarded) {

@@ -447,6 +447,47 @@ async fn every_api_answers_at_every_advertised_version() {
                     };
                     assert_eq!(r.error_code, 0, "{what}");
                     assert_eq!(r.brokers.len(), 1, "{what}");
+                    if v >= 2 {
+                        let ResponseKind::DescribeCluster(r) = c
+                            .send(
+                                api,
+                                v,
+                                &RequestKind::DescribeCluster(
+                                    DescribeClusterRequest::default()
+                                        .with_include_fenced_brokers(true),
+                                ),
+                            )
+                            .await
+                        else {
+                            panic!()
+                        };
+                        assert_eq!(r.brokers.len(), 1, "{what}");
+                        assert!(!r.brokers[0].is_fenced, "{what}");
+                    }
+                }
+                ApiKey::DescribeQuorum => {
+                    // A single node leads its quorum of one and describes it.
+                    let req = DescribeQuorumRequest::default().with_topics(vec![
+                        describe_quorum_request::TopicData::default()
+                            .with_topic_name(topic("__cluster_metadata"))
+                            .with_partitions(vec![
+                                describe_quorum_request::PartitionData::default(),
+                            ]),
+                    ]);
+                    let ResponseKind::DescribeQuorum(r) =
+                        c.send(api, v, &RequestKind::DescribeQuorum(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!((p.error_code, p.leader_id.0), (0, 1), "{what}");
+                    assert!(p.leader_epoch > 0 && p.high_watermark > 0, "{what}: {p:?}");
+                    assert_eq!(p.current_voters.len(), 1, "{what}");
+                    assert!(
+                        p.current_voters[0].log_end_offset >= p.high_watermark,
+                        "{what}: {p:?}"
+                    );
                 }
                 ApiKey::InitProducerId => {
                     let req = InitProducerIdRequest::default()
