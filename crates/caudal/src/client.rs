@@ -1,10 +1,19 @@
-//! A small Kafka admin client for the command-line tools: one connection, one request at a
-//! time, at fixed versions that Caudal and Apache Kafka both serve.
+//! A small Kafka admin client for the command-line tools: one request at a time per connection,
+//! at fixed versions that Caudal and Apache Kafka both serve; a connection to the bootstrap and,
+//! in a cluster, to whichever broker a request must reach ([`Cluster`]).
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::BTreeMap;
+
+use caudal_protocol::kafka_protocol::error::ResponseError;
+use caudal_protocol::kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsTopic,
+};
+use caudal_protocol::kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use caudal_protocol::kafka_protocol::messages::{
-    ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    ApiKey, BrokerId, FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName,
 };
 use caudal_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,10 +107,11 @@ pub fn bootstrap_arg() -> clap::Arg {
         .help("A broker to ask")
 }
 
-/// Connects to `--bootstrap` and runs `command` with the client on a small runtime.
-pub fn with_client<F, Fut>(m: &clap::ArgMatches, command: F) -> anyhow::Result<()>
+/// Connects to `--bootstrap` and runs `command` with the cluster it leads to, on a small
+/// runtime.
+pub fn with_cluster<F, Fut>(m: &clap::ArgMatches, command: F) -> anyhow::Result<()>
 where
-    F: FnOnce(Client) -> Fut,
+    F: FnOnce(Cluster) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -112,8 +122,195 @@ where
             .get_one::<String>("bootstrap")
             .cloned()
             .unwrap_or_default();
-        command(Client::connect(&bootstrap).await?).await
+        command(Cluster::new(Client::connect(&bootstrap).await?)).await
     })
+}
+
+/// How many times a tool asks again for a group coordinator that is not ready (being elected,
+/// or loading the group), and how long it waits between.
+const COORDINATOR_ATTEMPTS: u32 = 20;
+const COORDINATOR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The bootstrap connection, and connections to the brokers the cluster names, opened as
+/// needed at the addresses Metadata advertises for the bootstrap's listener. Requests that any
+/// broker answers go to the bootstrap; those only one broker answers (a group's coordinator,
+/// a partition's leader) go to that broker, as Kafka's own tools send them.
+pub struct Cluster {
+    bootstrap: Client,
+    /// `host:port` -> its connection.
+    connections: BTreeMap<String, Client>,
+}
+
+impl Cluster {
+    pub fn new(bootstrap: Client) -> Cluster {
+        Cluster {
+            bootstrap,
+            connections: BTreeMap::new(),
+        }
+    }
+
+    /// The bootstrap broker, for requests any broker answers.
+    pub fn any(&mut self) -> &mut Client {
+        &mut self.bootstrap
+    }
+
+    /// A connection to the broker advertised at `host:port`.
+    pub async fn at(&mut self, address: &str) -> anyhow::Result<&mut Client> {
+        if !self.connections.contains_key(address) {
+            let client = Client::connect(address).await.with_context(|| {
+                format!(
+                    "the cluster advertises a broker at {address}, which this host cannot reach"
+                )
+            })?;
+            self.connections.insert(address.to_string(), client);
+        }
+        self.connections
+            .get_mut(address)
+            .context("a connection just made")
+    }
+
+    /// Metadata for `topics` (every topic if `None`).
+    pub async fn metadata(
+        &mut self,
+        topics: Option<&[String]>,
+    ) -> anyhow::Result<MetadataResponse> {
+        let topics = topics.map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                })
+                .collect()
+        });
+        let request = MetadataRequest::default()
+            .with_topics(topics)
+            .with_allow_auto_topic_creation(false);
+        match self
+            .bootstrap
+            .send(ApiKey::Metadata, 12, RequestKind::Metadata(request))
+            .await?
+        {
+            ResponseKind::Metadata(r) => Ok(r),
+            _ => bail!("unexpected response to Metadata"),
+        }
+    }
+
+    /// The coordinator of `group`, found with FindCoordinator and asked again while it is
+    /// being elected or is loading.
+    pub async fn coordinator(&mut self, group: &str) -> anyhow::Result<&mut Client> {
+        let mut attempt = 0;
+        let address = loop {
+            attempt += 1;
+            let request = FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_string(group.to_string()))
+                .with_key_type(0);
+            let ResponseKind::FindCoordinator(r) = self
+                .bootstrap
+                .send(
+                    ApiKey::FindCoordinator,
+                    3,
+                    RequestKind::FindCoordinator(request),
+                )
+                .await?
+            else {
+                bail!("unexpected response to FindCoordinator")
+            };
+            let retriable = [
+                ResponseError::CoordinatorNotAvailable.code(),
+                ResponseError::CoordinatorLoadInProgress.code(),
+                ResponseError::NotCoordinator.code(),
+            ];
+            match r.error_code {
+                0 => break format!("{}:{}", r.host.as_str(), r.port),
+                code if retriable.contains(&code) && attempt < COORDINATOR_ATTEMPTS => {
+                    tokio::time::sleep(COORDINATOR_BACKOFF).await;
+                }
+                code => bail!("no coordinator for group {group}: {}", error_name(code)),
+            }
+        };
+        self.at(&address).await
+    }
+
+    /// The offset of each partition of `partitions` at `timestamp` (-1: the log end, -2: the
+    /// log start), asked of each partition's leader. Partitions without a leader, or whose
+    /// leader answers an error, are left out.
+    pub async fn list_offsets(
+        &mut self,
+        partitions: &BTreeMap<String, Vec<i32>>,
+        timestamp: i64,
+    ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+        let mut out = BTreeMap::new();
+        if partitions.is_empty() {
+            return Ok(out);
+        }
+        let topics: Vec<String> = partitions.keys().cloned().collect();
+        let metadata = self.metadata(Some(&topics)).await?;
+        let addresses: BTreeMap<i32, String> = metadata
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        // Leader address -> topic -> partitions it leads.
+        let mut by_leader: BTreeMap<&str, BTreeMap<&str, Vec<i32>>> = BTreeMap::new();
+        for t in &metadata.topics {
+            let Some(name) = t.name.as_ref().map(|n| n.0.as_str()) else {
+                continue;
+            };
+            let Some(wanted) = partitions.get(name) else {
+                continue;
+            };
+            for p in &t.partitions {
+                if !wanted.contains(&p.partition_index) {
+                    continue;
+                }
+                if let Some(address) = addresses.get(&p.leader_id.0) {
+                    by_leader
+                        .entry(address.as_str())
+                        .or_default()
+                        .entry(name)
+                        .or_default()
+                        .push(p.partition_index);
+                }
+            }
+        }
+        for (address, topics) in by_leader {
+            let topics = topics
+                .into_iter()
+                .map(|(t, ps)| {
+                    ListOffsetsTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                        .with_partitions(
+                            ps.into_iter()
+                                .map(|p| {
+                                    ListOffsetsPartition::default()
+                                        .with_partition_index(p)
+                                        .with_timestamp(timestamp)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(topics);
+            let ResponseKind::ListOffsets(r) = self
+                .at(address)
+                .await?
+                .send(ApiKey::ListOffsets, 7, RequestKind::ListOffsets(request))
+                .await?
+            else {
+                bail!("unexpected response to ListOffsets")
+            };
+            for t in r.topics {
+                for p in t.partitions {
+                    if p.error_code == 0 {
+                        out.insert((t.name.0.as_str().to_string(), p.partition_index), p.offset);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Prints rows as an aligned table with a header line.

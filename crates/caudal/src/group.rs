@@ -5,9 +5,6 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use caudal_coordinator::consumer_protocol::assigned_partitions;
-use caudal_protocol::kafka_protocol::messages::list_offsets_request::{
-    ListOffsetsPartition, ListOffsetsTopic,
-};
 use caudal_protocol::kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -15,7 +12,7 @@ use caudal_protocol::kafka_protocol::messages::*;
 use caudal_protocol::kafka_protocol::protocol::StrBytes;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use crate::client::{bootstrap_arg, error_name, print_table, with_client, Client};
+use crate::client::{bootstrap_arg, error_name, print_table, with_cluster, Client, Cluster};
 
 pub fn command() -> Command {
     let bootstrap = bootstrap_arg();
@@ -48,17 +45,17 @@ pub fn command() -> Command {
 }
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
-    with_client(m, |mut client| async move {
+    with_cluster(m, |mut cluster| async move {
         match m.subcommand() {
-            Some(("list", sub)) => list(&mut client, sub).await,
+            Some(("list", sub)) => list(&mut cluster, sub).await,
             Some(("describe", sub)) => {
                 for group in sub.get_many::<String>("group").into_iter().flatten() {
-                    describe(&mut client, group).await?;
+                    describe(&mut cluster, group).await?;
                 }
                 Ok(())
             }
-            Some(("delete", sub)) => delete(&mut client, sub).await,
-            Some(("reset-offsets", sub)) => reset_offsets(&mut client, sub).await,
+            Some(("delete", sub)) => delete(&mut cluster, sub).await,
+            Some(("reset-offsets", sub)) => reset_offsets(&mut cluster, sub).await,
             _ => Ok(()),
         }
     })
@@ -68,89 +65,55 @@ fn group_id(s: &str) -> GroupId {
     GroupId(StrBytes::from_string(s.to_string()))
 }
 
-async fn list(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
+/// Lists the groups of every broker: each lists only the groups it coordinates, so Kafka's
+/// tools ask them all.
+async fn list(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
     let states: Vec<StrBytes> = m
         .get_many::<String>("state")
         .into_iter()
         .flatten()
         .map(|s| StrBytes::from_string(s.clone()))
         .collect();
-    let ResponseKind::ListGroups(r) = client
-        .send(
-            ApiKey::ListGroups,
-            4,
-            RequestKind::ListGroups(ListGroupsRequest::default().with_states_filter(states)),
-        )
+    let brokers: Vec<(i32, String)> = cluster
+        .metadata(Some(&[] as &[String]))
         .await?
-    else {
-        bail!("unexpected response")
-    };
-    if r.error_code != 0 {
-        bail!("ListGroups failed: {}", error_name(r.error_code));
-    }
-    let mut rows: Vec<Vec<String>> = r
-        .groups
+        .brokers
         .iter()
-        .map(|g| {
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (id, address) in brokers {
+        let request = ListGroupsRequest::default().with_states_filter(states.clone());
+        let ResponseKind::ListGroups(r) = cluster
+            .at(&address)
+            .await?
+            .send(ApiKey::ListGroups, 4, RequestKind::ListGroups(request))
+            .await?
+        else {
+            bail!("unexpected response")
+        };
+        if r.error_code != 0 {
+            bail!(
+                "ListGroups on broker {id} failed: {}",
+                error_name(r.error_code)
+            );
+        }
+        rows.extend(r.groups.iter().map(|g| {
             vec![
                 g.group_id.0.as_str().to_string(),
                 g.group_state.as_str().to_string(),
                 g.protocol_type.as_str().to_string(),
             ]
-        })
-        .collect();
+        }));
+    }
     rows.sort();
+    rows.dedup();
     if rows.is_empty() {
         println!("no groups");
         return Ok(());
     }
     print_table(&["GROUP", "STATE", "PROTOCOL-TYPE"], &rows);
     Ok(())
-}
-
-/// The log end offset of each partition.
-async fn log_end_offsets(
-    client: &mut Client,
-    partitions: &BTreeMap<String, Vec<i32>>,
-    timestamp: i64,
-) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-    if partitions.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let topics = partitions
-        .iter()
-        .map(|(t, ps)| {
-            ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_string(t.clone())))
-                .with_partitions(
-                    ps.iter()
-                        .map(|p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(*p)
-                                .with_timestamp(timestamp)
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(topics);
-    let ResponseKind::ListOffsets(r) = client
-        .send(ApiKey::ListOffsets, 7, RequestKind::ListOffsets(req))
-        .await?
-    else {
-        bail!("unexpected response")
-    };
-    let mut out = BTreeMap::new();
-    for t in r.topics {
-        for p in t.partitions {
-            if p.error_code == 0 {
-                out.insert((t.name.0.as_str().to_string(), p.partition_index), p.offset);
-            }
-        }
-    }
-    Ok(out)
 }
 
 async fn committed_offsets(
@@ -185,7 +148,8 @@ async fn committed_offsets(
         .collect())
 }
 
-async fn describe(client: &mut Client, group: &str) -> anyhow::Result<()> {
+async fn describe(cluster: &mut Cluster, group: &str) -> anyhow::Result<()> {
+    let client = cluster.coordinator(group).await?;
     let req = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
     let ResponseKind::DescribeGroups(r) = client
         .send(ApiKey::DescribeGroups, 5, RequestKind::DescribeGroups(req))
@@ -228,7 +192,7 @@ async fn describe(client: &mut Client, group: &str) -> anyhow::Result<()> {
             ps.push(*p);
         }
     }
-    let ends = log_end_offsets(client, &partitions, -1).await?;
+    let ends = cluster.list_offsets(&partitions, -1).await?;
     println!(
         "Group {group}: {} with {} member(s), protocol {} {}",
         g.group_state.as_str(),
@@ -291,25 +255,23 @@ async fn describe(client: &mut Client, group: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
-    let groups: Vec<GroupId> = m
-        .get_many::<String>("group")
-        .into_iter()
-        .flatten()
-        .map(|g| group_id(g))
-        .collect();
-    let ResponseKind::DeleteGroups(r) = client
-        .send(
-            ApiKey::DeleteGroups,
-            2,
-            RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(groups)),
-        )
-        .await?
-    else {
-        bail!("unexpected response")
-    };
+/// Deletes each group at its coordinator.
+async fn delete(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for group in m.get_many::<String>("group").into_iter().flatten() {
+        let request = DeleteGroupsRequest::default().with_groups_names(vec![group_id(group)]);
+        let ResponseKind::DeleteGroups(r) = cluster
+            .coordinator(group)
+            .await?
+            .send(ApiKey::DeleteGroups, 2, RequestKind::DeleteGroups(request))
+            .await?
+        else {
+            bail!("unexpected response")
+        };
+        results.extend(r.results);
+    }
     let mut failed = false;
-    for g in r.results {
+    for g in results {
         match g.error_code {
             0 => println!("deleted group {}", g.group_id.0.as_str()),
             68 => {
@@ -331,11 +293,13 @@ async fn delete(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reset_offsets(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
+async fn reset_offsets(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
     let group = m.get_one::<String>("group").context("group")?;
     let topic = m.get_one::<String>("topic").context("topic")?;
     let req = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
-    let ResponseKind::DescribeGroups(r) = client
+    let ResponseKind::DescribeGroups(r) = cluster
+        .coordinator(group)
+        .await?
         .send(ApiKey::DescribeGroups, 5, RequestKind::DescribeGroups(req))
         .await?
     else {
@@ -346,17 +310,7 @@ async fn reset_offsets(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()
             bail!("group {group} has {} active member(s) ({}): stop its consumers before resetting offsets", g.members.len(), g.group_state.as_str());
         }
     }
-    let meta = MetadataRequest::default()
-        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
-        )
-        .with_name(Some(TopicName(StrBytes::from_string(topic.clone()))))]))
-        .with_allow_auto_topic_creation(false);
-    let ResponseKind::Metadata(md) = client
-        .send(ApiKey::Metadata, 12, RequestKind::Metadata(meta))
-        .await?
-    else {
-        bail!("unexpected response")
-    };
+    let md = cluster.metadata(Some(std::slice::from_ref(topic))).await?;
     let t = md.topics.first().context("no such topic")?;
     if t.error_code != 0 {
         bail!("topic {topic}: {}", error_name(t.error_code));
@@ -364,9 +318,9 @@ async fn reset_offsets(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()
     let mut ps: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
     ps.sort_unstable();
     let partitions = BTreeMap::from([(topic.clone(), ps.clone())]);
-    let earliest = log_end_offsets(client, &partitions, -2).await?;
-    let latest = log_end_offsets(client, &partitions, -1).await?;
-    let committed = committed_offsets(client, group).await?;
+    let earliest = cluster.list_offsets(&partitions, -2).await?;
+    let latest = cluster.list_offsets(&partitions, -1).await?;
+    let committed = committed_offsets(cluster.coordinator(group).await?, group).await?;
     let mut plan = Vec::new();
     for p in ps {
         let key = (topic.clone(), p);
@@ -420,7 +374,9 @@ async fn reset_offsets(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()
                     })
                     .collect(),
             )]);
-    let ResponseKind::OffsetCommit(r) = client
+    let ResponseKind::OffsetCommit(r) = cluster
+        .coordinator(group)
+        .await?
         .send(ApiKey::OffsetCommit, 8, RequestKind::OffsetCommit(commit))
         .await?
     else {

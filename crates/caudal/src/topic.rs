@@ -10,7 +10,7 @@ use caudal_protocol::kafka_protocol::messages::*;
 use caudal_protocol::kafka_protocol::protocol::StrBytes;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use crate::client::{bootstrap_arg, error_name, print_table, with_client, Client};
+use crate::client::{bootstrap_arg, error_name, print_table, with_cluster, Client, Cluster};
 
 pub fn command() -> Command {
     Command::new("topic")
@@ -39,17 +39,17 @@ pub fn command() -> Command {
 }
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
-    with_client(m, |mut client| async move {
+    with_cluster(m, |mut cluster| async move {
         match m.subcommand() {
-            Some(("list", sub)) => list(&mut client, sub.get_flag("internal")).await,
-            Some(("create", sub)) => create(&mut client, sub).await,
+            Some(("list", sub)) => list(cluster.any(), sub.get_flag("internal")).await,
+            Some(("create", sub)) => create(cluster.any(), sub).await,
             Some(("describe", sub)) => {
                 for t in sub.get_many::<String>("topic").into_iter().flatten() {
-                    describe(&mut client, t).await?;
+                    describe(&mut cluster, t).await?;
                 }
                 Ok(())
             }
-            Some(("delete", sub)) => delete(&mut client, sub).await,
+            Some(("delete", sub)) => delete(cluster.any(), sub).await,
             _ => Ok(()),
         }
     })
@@ -152,8 +152,8 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn describe(client: &mut Client, topic: &str) -> anyhow::Result<()> {
-    let md = metadata(client, Some(vec![topic.to_string()])).await?;
+async fn describe(cluster: &mut Cluster, topic: &str) -> anyhow::Result<()> {
+    let md = metadata(cluster.any(), Some(vec![topic.to_string()])).await?;
     let t = md.topics.first().context("empty Metadata response")?;
     if t.error_code != 0 {
         bail!("topic {topic}: {}", error_name(t.error_code));
@@ -165,40 +165,21 @@ async fn describe(client: &mut Client, topic: &str) -> anyhow::Result<()> {
     );
     let mut parts: Vec<_> = t.partitions.iter().collect();
     parts.sort_by_key(|p| p.partition_index);
-    // Log start and end offsets per partition.
-    let offsets = |ts: i64| {
-        ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-                .with_name(name(topic))
-                .with_partitions(
-                    parts
-                        .iter()
-                        .map(|p| {
-                            list_offsets_request::ListOffsetsPartition::default()
-                                .with_partition_index(p.partition_index)
-                                .with_timestamp(ts)
-                        })
-                        .collect(),
-                )])
-    };
+    // Log start and end offsets per partition, from each partition's leader.
+    let partitions = std::collections::BTreeMap::from([(
+        topic.to_string(),
+        parts
+            .iter()
+            .map(|p| p.partition_index)
+            .collect::<Vec<i32>>(),
+    )]);
     let mut ends = Vec::new();
     for ts in [-2, -1] {
-        let ResponseKind::ListOffsets(r) = client
-            .send(
-                ApiKey::ListOffsets,
-                7,
-                RequestKind::ListOffsets(offsets(ts)),
-            )
-            .await?
-        else {
-            bail!("unexpected response")
-        };
+        let offsets = cluster.list_offsets(&partitions, ts).await?;
         ends.push(
-            r.topics
+            offsets
                 .into_iter()
-                .flat_map(|t| t.partitions)
-                .map(|p| (p.partition_index, p.offset))
+                .map(|((_, p), offset)| (p, offset))
                 .collect::<std::collections::BTreeMap<_, _>>(),
         );
     }
@@ -247,7 +228,8 @@ async fn describe(client: &mut Client, topic: &str) -> anyhow::Result<()> {
         DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
             .with_resource_type(2)
             .with_resource_name(StrBytes::from_string(topic.to_string()))]);
-    let ResponseKind::DescribeConfigs(r) = client
+    let ResponseKind::DescribeConfigs(r) = cluster
+        .any()
         .send(
             ApiKey::DescribeConfigs,
             4,
