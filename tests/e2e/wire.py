@@ -38,6 +38,7 @@ DELETE_TOPICS = 20
 DESCRIBE_CONFIGS = 32
 CREATE_PARTITIONS = 37
 DESCRIBE_CLUSTER = 60
+DESCRIBE_QUORUM = 55
 
 
 # --------------------------------------------------------------------------
@@ -536,3 +537,94 @@ def describe_cluster_controller(conn: Connection, correlation_id: int = 21) -> i
     n = r.uvarint()  # cluster_id, compact
     r.pos += n - 1
     return r.i32()
+
+
+def _compact_string(s: str) -> bytes:
+    b = s.encode()
+    return uvarint(len(b) + 1) + b
+
+
+def _read_compact_string(r: Reader) -> str | None:
+    n = r.uvarint()
+    if n == 0:
+        return None
+    s = r.data[r.pos:r.pos + n - 1].decode()
+    r.pos += n - 1
+    return s
+
+
+def _skip_tagged_fields(r: Reader) -> None:
+    for _ in range(r.uvarint()):
+        r.uvarint()  # tag
+        r.pos += r.uvarint()
+
+
+def describe_quorum(conn: Connection, version: int = 1,
+                    topics: list[tuple[str, list[int]]] | None = None,
+                    correlation_id: int = 55) -> dict:
+    """DescribeQuorum (flexible at every version: request header v2, response header v1),
+    decoded into plain dicts. `topics` defaults to `__cluster_metadata` partition 0."""
+    if topics is None:
+        topics = [("__cluster_metadata", [0])]
+    header = (i16(DESCRIBE_QUORUM) + i16(version) + i32(correlation_id) + string("caudal-e2e")
+              + b"\x00")
+    body = uvarint(len(topics) + 1)
+    for name, partitions in topics:
+        body += _compact_string(name) + uvarint(len(partitions) + 1)
+        for p in partitions:
+            body += i32(p) + b"\x00"
+        body += b"\x00"
+    body += b"\x00"
+    conn.send_raw(frame(header + body))
+    r = Reader(conn.recv_frame())
+    got = r.i32()
+    assert got == correlation_id, f"correlation id mismatch: sent {correlation_id}, got {got}"
+    _skip_tagged_fields(r)
+
+    def replicas() -> list[dict]:
+        out = []
+        for _ in range(r.uvarint() - 1):
+            replica = {"id": r.i32()}
+            if version >= 2:
+                r.pos += 16  # replica directory id
+            replica["log_end_offset"] = r.i64()
+            if version >= 1:
+                replica["last_fetch_timestamp"] = r.i64()
+                replica["last_caught_up_timestamp"] = r.i64()
+            _skip_tagged_fields(r)
+            out.append(replica)
+        return out
+
+    answer: dict = {"error_code": r.i16(), "topics": [], "nodes": []}
+    if version >= 2:
+        answer["error_message"] = _read_compact_string(r)
+    for _ in range(r.uvarint() - 1):
+        topic = {"name": _read_compact_string(r), "partitions": []}
+        for _ in range(r.uvarint() - 1):
+            p = {"index": r.i32(), "error_code": r.i16()}
+            if version >= 2:
+                p["error_message"] = _read_compact_string(r)
+            p["leader_id"] = r.i32()
+            p["leader_epoch"] = r.i32()
+            p["high_watermark"] = r.i64()
+            p["voters"] = replicas()
+            p["observers"] = replicas()
+            _skip_tagged_fields(r)
+            topic["partitions"].append(p)
+        _skip_tagged_fields(r)
+        answer["topics"].append(topic)
+    if version >= 2:
+        for _ in range(r.uvarint() - 1):
+            node = {"id": r.i32(), "listeners": []}
+            for _ in range(r.uvarint() - 1):
+                name = _read_compact_string(r)
+                host = _read_compact_string(r)
+                port = struct.unpack_from(">H", r.data, r.pos)[0]
+                r.pos += 2
+                _skip_tagged_fields(r)
+                node["listeners"].append((name, host, port))
+            _skip_tagged_fields(r)
+            answer["nodes"].append(node)
+    _skip_tagged_fields(r)
+    assert r.remaining() == 0, f"{r.remaining()} bytes left after DescribeQuorum v{version}"
+    return answer

@@ -29,6 +29,7 @@ struct MallocConf(*const std::ffi::c_char);
 unsafe impl Sync for MallocConf {}
 
 mod client;
+mod cluster;
 mod group;
 mod log_dump;
 mod serve;
@@ -53,6 +54,7 @@ fn cli() -> Command {
         .subcommand(serve::command())
         .subcommand(topic::command())
         .subcommand(group::command())
+        .subcommand(cluster::command())
         .subcommand(log_dump::command())
 }
 
@@ -88,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Some(("serve", m)) => serve::run(m),
         Some(("group", m)) => group::run(m),
         Some(("topic", m)) => topic::run(m),
+        Some(("cluster", m)) => cluster::run(m),
         Some(("log", m)) => log_dump::run(m),
         _ => Ok(()),
     };

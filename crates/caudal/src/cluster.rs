@@ -1,0 +1,266 @@
+//! `caudal cluster`: the state of a cluster at a glance, like Kafka's
+//! `kafka-metadata-quorum describe --status --replication` and `kafka-cluster` tools together.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use caudal_protocol::kafka_protocol::messages::describe_quorum_request::{
+    PartitionData, TopicData,
+};
+use caudal_protocol::kafka_protocol::messages::describe_quorum_response::ReplicaState;
+use caudal_protocol::kafka_protocol::messages::*;
+use caudal_protocol::kafka_protocol::protocol::StrBytes;
+use clap::{ArgMatches, Command};
+
+use crate::client::{bootstrap_arg, error_name, print_table, with_cluster, Cluster};
+
+pub fn command() -> Command {
+    Command::new("cluster")
+        .about("Show the state of a cluster: its controllers and brokers")
+        .long_about(
+            "Show the state of a cluster, like Kafka's kafka-metadata-quorum and kafka-cluster tools.\n\n\
+             Examples:\n  caudal cluster status\n  caudal cluster status --bootstrap node-2:9092",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .arg(bootstrap_arg())
+        .subcommand(
+            Command::new("status")
+                .about("Show the metadata quorum's voters and every broker, fenced ones included")
+                .long_about(
+                    "Show the cluster id, the active controller and two tables.\n\n\
+                     Voters: the nodes of the metadata quorum (controller.quorum.voters), whether \
+                     each leads or follows, the offset its copy of the metadata log reaches, how \
+                     far that is behind the leader's, and how long ago the leader last heard \
+                     from it. A follower that stays behind, or was not heard from for seconds, \
+                     is cut off or down; the quorum needs a majority of its voters.\n\n\
+                     Brokers: every registered broker at its address on the listener you \
+                     connected to, its rack, whether it is registered (serving) or fenced (the \
+                     controller stopped hearing from it: its partitions have other leaders or \
+                     none), and how many partitions it leads.",
+                ),
+        )
+}
+
+pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
+    with_cluster(m, |mut cluster| async move {
+        match m.subcommand() {
+            Some(("status", _)) => status(&mut cluster).await,
+            _ => Ok(()),
+        }
+    })
+}
+
+/// The metadata log's topic and partition, which DescribeQuorum asks about.
+const METADATA_TOPIC: &str = "__cluster_metadata";
+
+async fn describe_quorum(cluster: &mut Cluster) -> anyhow::Result<DescribeQuorumResponse> {
+    let request = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+        .with_topic_name(TopicName(StrBytes::from_static_str(METADATA_TOPIC)))
+        .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+    match cluster
+        .any()
+        .send(
+            ApiKey::DescribeQuorum,
+            2,
+            RequestKind::DescribeQuorum(request),
+        )
+        .await?
+    {
+        ResponseKind::DescribeQuorum(r) => Ok(r),
+        _ => bail!("unexpected response to DescribeQuorum"),
+    }
+}
+
+async fn describe_cluster(cluster: &mut Cluster) -> anyhow::Result<DescribeClusterResponse> {
+    let request = DescribeClusterRequest::default().with_include_fenced_brokers(true);
+    match cluster
+        .any()
+        .send(
+            ApiKey::DescribeCluster,
+            2,
+            RequestKind::DescribeCluster(request),
+        )
+        .await?
+    {
+        ResponseKind::DescribeCluster(r) if r.error_code == 0 => Ok(r),
+        ResponseKind::DescribeCluster(r) => {
+            bail!("DescribeCluster failed: {}", error_name(r.error_code))
+        }
+        _ => bail!("unexpected response to DescribeCluster"),
+    }
+}
+
+/// "1.2s ago" for a timestamp `at_ms` seen at `now_ms`; "-" when unknown (-1).
+fn age(at_ms: i64, now_ms: i64) -> String {
+    if at_ms < 0 {
+        return "-".to_string();
+    }
+    let ms = (now_ms - at_ms).max(0);
+    if ms < 1000 {
+        format!("{ms}ms ago")
+    } else {
+        format!("{:.1}s ago", ms as f64 / 1000.0)
+    }
+}
+
+/// One row of the voter table.
+fn replica_row(r: &ReplicaState, role: &str, leader_end: i64, now_ms: i64) -> Vec<String> {
+    let (end, lag) = if r.log_end_offset < 0 {
+        ("-".to_string(), "-".to_string())
+    } else {
+        (
+            r.log_end_offset.to_string(),
+            (leader_end - r.log_end_offset).max(0).to_string(),
+        )
+    };
+    vec![
+        r.replica_id.0.to_string(),
+        role.to_string(),
+        end,
+        lag,
+        age(r.last_fetch_timestamp, now_ms),
+        age(r.last_caught_up_timestamp, now_ms),
+    ]
+}
+
+async fn status(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let described = describe_cluster(cluster).await?;
+    let quorum = describe_quorum(cluster).await;
+    let metadata = cluster.metadata(None).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+
+    println!("Cluster id: {}", described.cluster_id.as_str());
+    match &quorum {
+        Ok(q) if q.error_code != 0 => {
+            println!("Active controller: unknown ({})", error_name(q.error_code))
+        }
+        Ok(q) => match q.topics.first().and_then(|t| t.partitions.first()) {
+            Some(p) if p.error_code == 0 => println!(
+                "Active controller: {} (metadata quorum leader, epoch {}, high watermark {})",
+                p.leader_id.0, p.leader_epoch, p.high_watermark
+            ),
+            Some(p) => println!("Active controller: unknown ({})", error_name(p.error_code)),
+            None => println!("Active controller: unknown (an empty DescribeQuorum answer)"),
+        },
+        Err(e) => println!("Active controller: unknown (DescribeQuorum failed: {e:#})"),
+    }
+    println!();
+
+    if let Ok(q) = &quorum {
+        if let Some(p) = q
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .filter(|p| q.error_code == 0 && p.error_code == 0)
+        {
+            let leader_end = p
+                .current_voters
+                .iter()
+                .find(|v| v.replica_id == p.leader_id)
+                .map_or(-1, |v| v.log_end_offset);
+            let mut rows: Vec<Vec<String>> = p
+                .current_voters
+                .iter()
+                .map(|v| {
+                    let role = if v.replica_id == p.leader_id {
+                        "leader"
+                    } else {
+                        "follower"
+                    };
+                    replica_row(v, role, leader_end, now_ms)
+                })
+                .collect();
+            rows.extend(
+                p.observers
+                    .iter()
+                    .map(|o| replica_row(o, "observer", leader_end, now_ms)),
+            );
+            print_table(
+                &[
+                    "VOTER",
+                    "ROLE",
+                    "LOG-END-OFFSET",
+                    "LAG",
+                    "LAST-FETCH",
+                    "LAST-CAUGHT-UP",
+                ],
+                &rows,
+            );
+            println!();
+        }
+    }
+
+    // Partitions led per broker, from one Metadata of every topic.
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for t in &metadata.topics {
+        for p in &t.partitions {
+            if p.leader_id.0 >= 0 {
+                *led.entry(p.leader_id.0).or_default() += 1;
+            }
+        }
+    }
+    let mut brokers: Vec<_> = described.brokers.iter().collect();
+    brokers.sort_by_key(|b| b.broker_id.0);
+    let rows: Vec<Vec<String>> = brokers
+        .iter()
+        .map(|b| {
+            vec![
+                b.broker_id.0.to_string(),
+                format!("{}:{}", b.host.as_str(), b.port),
+                b.rack
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |r| r.as_str().to_string()),
+                if b.is_fenced { "fenced" } else { "registered" }.to_string(),
+                led.get(&b.broker_id.0).copied().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no brokers reachable on this listener");
+    } else {
+        print_table(
+            &["BROKER", "ADDRESS", "RACK", "STATE", "PARTITIONS-LED"],
+            &rows,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        assert_eq!(age(-1, 5_000), "-");
+        assert_eq!(age(4_750, 5_000), "250ms ago");
+        assert_eq!(age(2_000, 5_000), "3.0s ago");
+        // A clock a little ahead on the leader is not a negative age.
+        assert_eq!(age(5_100, 5_000), "0ms ago");
+    }
+
+    #[test]
+    fn lag_is_measured_from_the_leaders_log_end() {
+        let r = ReplicaState::default()
+            .with_replica_id(BrokerId(3))
+            .with_log_end_offset(40)
+            .with_last_fetch_timestamp(900)
+            .with_last_caught_up_timestamp(-1);
+        assert_eq!(
+            replica_row(&r, "follower", 42, 1_000),
+            vec!["3", "follower", "40", "2", "100ms ago", "-"]
+        );
+        let unknown = ReplicaState::default()
+            .with_replica_id(BrokerId(2))
+            .with_log_end_offset(-1)
+            .with_last_fetch_timestamp(-1)
+            .with_last_caught_up_timestamp(-1);
+        assert_eq!(
+            replica_row(&unknown, "follower", 42, 1_000),
+            vec!["2", "follower", "-", "-", "-", "-"]
+        );
+    }
+}
