@@ -170,10 +170,11 @@ impl QuorumDescription {
                     last_caught_up_timestamp_ms: Some(now_ms),
                 };
             }
-            // openraft's matched log ids start afresh with each leadership; what was heard
-            // before it is not the current leader's knowledge.
+            // openraft's matched log ids start afresh with each leadership. The contact times
+            // are kept across leaderships, so they count only once this one has heard from
+            // the member: before that they may be from an earlier term of this node's.
             let matched = replication.and_then(|r| r.get(&id).copied().flatten());
-            let contact = contacts.get(&id);
+            let contact = contacts.get(&id).filter(|_| matched.is_some());
             ReplicaDescription {
                 node_id: id,
                 log_end_offset: matched.map(|log_id| log_id.index.saturating_add(1)),
