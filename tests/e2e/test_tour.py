@@ -165,8 +165,9 @@ def test_cluster_tour_runs(reader, cluster_sessions, caudal_binary):
     # What the text says the reader sees.
     metadata = output_of("kcat -b 127.0.0.1:19092 -L\n")
     assert " 3 brokers:" in metadata and "(controller)" in metadata, metadata
-    elected = output_of('grep -h "controller active"')
-    assert re.search(r"controller active node_id=[123]\b", elected), elected
+    status = output_of("caudal cluster status -b 127.0.0.1:19092")
+    assert re.search(r"^Active controller: [123] ", status, re.M), status
+    assert len(re.findall(r"^[123]\s.*\bregistered\b", status, re.M)) == 3, status
     described = output_of("caudal topic describe tour-spread -b 127.0.0.1:39092")
     assert leaders_in(described, "tour-spread") == {"1", "2", "3"}, \
         f"tour-spread is not led by all three brokers:\n{described}"
