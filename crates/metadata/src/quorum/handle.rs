@@ -3,12 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+use super::wire::WireAddLearnerResponse;
 use super::{
     blocking, metadata_log_dir, Applied, LogStore, MetadataLogConfig, PeerContact, PeerProgress,
     QuorumNode, QuorumStoreError, QuorumTypes, RaftRpcServer, StateMachine, TcpPeers,
@@ -84,8 +86,18 @@ pub enum QuorumError {
     #[error("the quorum has stopped: {0}")]
     Stopped(String),
     #[error("{0}")]
+    Stalled(String),
+    #[error("{0}")]
     Raft(String),
 }
+
+/// Between requests to join the quorum as a learner: from this, doubling...
+const JOIN_RETRY_MIN: Duration = Duration::from_millis(100);
+/// ...up to this.
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(1);
+/// The longest one request to join waits for its answer (the leader writes a membership
+/// entry before it answers).
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where this node stands in the quorum, from openraft's metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +212,8 @@ pub struct Quorum {
     raft: Raft<QuorumTypes>,
     client: QuorumClient,
     store: LogStore,
+    /// The TCP network, when the quorum runs over one; a learner asks to join through it.
+    peers: Option<TcpPeers>,
     tie_breaker: tokio::task::JoinHandle<()>,
 }
 
@@ -417,6 +431,7 @@ impl Quorum {
             },
             raft,
             store,
+            peers: None,
             tie_breaker,
         })
     }
@@ -432,6 +447,7 @@ impl Quorum {
         let mut quorum = Quorum::start(config, data_dir, peers.clone()).await?;
         peers.follow(quorum.raft.metrics(), quorum.images());
         quorum.client.progress = peers.progress();
+        quorum.peers = Some(peers);
         Ok(quorum)
     }
 
@@ -473,6 +489,95 @@ impl Quorum {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
             Err(RaftError::APIError(e)) => Err(QuorumError::Raft(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(QuorumError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Makes this node, which is not a voter, a learner of the quorum reached at `address`
+    /// (where it answers the quorum RPCs): asks the voters in turn, the leader first once one
+    /// is known, until this node's own membership names it a learner at that address, so the
+    /// leader replicates the log to it. Returns at once when it already is one (a restart: it
+    /// just catches up). Nothing is needed when the leader changes later: the membership is in
+    /// the log, and every leader replicates to every learner it lists.
+    ///
+    /// Gives up with [`QuorumError::Stalled`] after `timeout`, and with
+    /// [`QuorumError::Config`] when the leader refuses for good (this node is a voter).
+    pub async fn join_as_learner(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<(), QuorumError> {
+        let Some(peers) = self.peers.clone() else {
+            return Err(QuorumError::Config(
+                "a learner needs the quorum over TCP".to_string(),
+            ));
+        };
+        let voters: Vec<u64> = peers.voters().keys().copied().collect();
+        if voters.is_empty() {
+            return Err(QuorumError::Config("no voters to join".to_string()));
+        }
+        let node_id = self.node_id();
+        let wanted = QuorumNode {
+            address: Some(address.to_string()),
+        };
+        let mut metrics = self.raft.metrics();
+        let joined = |m: &RaftMetrics<u64, QuorumNode>| {
+            let membership = m.membership_config.membership();
+            membership.get_node(&node_id) == Some(&wanted)
+                && !membership.voter_ids().any(|v| v == node_id)
+        };
+        let attempts = async {
+            let mut hinted: Option<u64> = None;
+            let mut next_voter = 0usize;
+            let mut delays = std::iter::successors(Some(JOIN_RETRY_MIN), |d| {
+                Some(d.saturating_mul(2).min(JOIN_RETRY_MAX))
+            });
+            let mut logged = false;
+            loop {
+                if joined(&metrics.borrow_and_update()) {
+                    return Ok(());
+                }
+                let known = metrics.borrow().current_leader;
+                let target = match hinted.take().or(known).filter(|l| voters.contains(l)) {
+                    Some(leader) => leader,
+                    None => {
+                        next_voter = (next_voter + 1) % voters.len();
+                        voters[next_voter]
+                    }
+                };
+                let mut wait = delays.next().unwrap_or(JOIN_RETRY_MAX);
+                match peers.ask_to_join(target, address, JOIN_CALL_TIMEOUT).await {
+                    Ok(WireAddLearnerResponse::Added) => {
+                        // The membership entry reaches this node with the next AppendEntries.
+                        wait = JOIN_RETRY_MAX;
+                    }
+                    Ok(WireAddLearnerResponse::NotLeader { leader }) => {
+                        hinted = leader.filter(|l| *l != target);
+                        if hinted.is_some() {
+                            wait = Duration::ZERO;
+                        }
+                    }
+                    Ok(WireAddLearnerResponse::Retry { reason }) => {
+                        tracing::debug!(target, %reason, "joining the metadata quorum: asked to retry");
+                    }
+                    Ok(WireAddLearnerResponse::Refused { reason }) => {
+                        return Err(QuorumError::Config(reason));
+                    }
+                    Err(reason) => {
+                        if !logged {
+                            tracing::info!(voter = target, %reason, "joining the metadata quorum as a learner: voter not reachable yet; trying the others");
+                            logged = true;
+                        }
+                    }
+                }
+                // A membership arriving meanwhile ends the wait early.
+                let _ = tokio::time::timeout(wait, metrics.changed()).await;
+            }
+        };
+        match tokio::time::timeout(timeout, attempts).await {
+            Ok(joined) => joined,
+            Err(_) => Err(QuorumError::Stalled(format!(
+                "no voter of {voters:?} made node {node_id} a learner within {timeout:?}"
+            ))),
         }
     }
 

@@ -10,7 +10,9 @@
 //! - [`StateMachine`]: the loader; replays entries into a delta, publishes each new image, and
 //!   writes and loads snapshots as checkpoint files of records.
 //! - [`TcpPeers`] and [`RaftRpcServer`]: the RPCs between nodes, Kafka frames with private API
-//!   keys and JSON bodies of Caudal's mirrored types (`wire.rs`).
+//!   keys and JSON bodies of Caudal's mirrored types (`wire.rs`). A node outside the voters (a
+//!   broker-only node) asks the leader to add it as a learner ([`Quorum::join_as_learner`]),
+//!   and the leader then pushes the log to it like to any follower.
 
 mod entry;
 mod files;
@@ -45,11 +47,11 @@ pub use handle::{
 pub use log_store::{LogReader, LogStore, MetadataLogConfig};
 pub use network::{PeerContact, PeerProgress, TcpPeerClient, TcpPeers};
 pub use no_peers::{NoPeerClient, NoPeers};
-pub use server::{RaftRpcError, RaftRpcServer};
+pub use server::{RaftRpcError, RaftRpcServer, MAX_LEARNERS};
 pub use state_machine::{CheckpointBuilder, StateMachine};
 pub use wire::{
-    FrameReadError, WireError, DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT,
-    RAFT_RPC_VERSION, RAFT_VOTE,
+    FrameReadError, WireError, DEFAULT_MAX_FRAME_BYTES, RAFT_ADD_LEARNER, RAFT_APPEND_ENTRIES,
+    RAFT_INSTALL_SNAPSHOT, RAFT_RPC_VERSION, RAFT_VOTE,
 };
 
 /// The name of the metadata log's directory under a node's data directory.

@@ -23,10 +23,10 @@ use tokio::time::Instant;
 
 use super::wire::{
     decode_response, encode_request_frame, from_json, read_frame, to_json, RequestHeader,
-    WireAppendEntriesRequest, WireAppendEntriesResponse, WireInstallSnapshotRequest,
-    WireInstallSnapshotResponse, WireOrigin, WireVoteRequest, WireVoteResponse,
-    DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT, RAFT_RPC_VERSION,
-    RAFT_VOTE,
+    WireAddLearnerRequest, WireAddLearnerResponse, WireAppendEntriesRequest,
+    WireAppendEntriesResponse, WireInstallSnapshotRequest, WireInstallSnapshotResponse, WireOrigin,
+    WireVoteRequest, WireVoteResponse, DEFAULT_MAX_FRAME_BYTES, RAFT_ADD_LEARNER,
+    RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT, RAFT_RPC_VERSION, RAFT_VOTE,
 };
 use super::{now_ms, QuorumNode, QuorumTypes};
 use crate::MetadataImage;
@@ -191,6 +191,39 @@ impl TcpPeers {
         WireOrigin {
             node_id: self.node_id,
             cluster_id: set.or_else(learned),
+        }
+    }
+
+    /// The voters' addresses, by node id (`controller.quorum.voters`).
+    pub(crate) fn voters(&self) -> &BTreeMap<u64, String> {
+        &self.voters
+    }
+
+    /// Asks voter `target` to make this node a learner reached at `address`, within `ttl`.
+    pub(crate) async fn ask_to_join(
+        &self,
+        target: u64,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<WireAddLearnerResponse, String> {
+        let mut client = TcpPeerClient {
+            peers: self.clone(),
+            target,
+            address: self.voters.get(&target).cloned(),
+            connection: None,
+            next_correlation_id: 0,
+        };
+        let request = WireAddLearnerRequest {
+            origin: self.origin(),
+            address: address.to_string(),
+        };
+        let body = client
+            .encode("an add learner request", &request)
+            .map_err(|e| e.to_string())?;
+        match client.call(RAFT_ADD_LEARNER, body, ttl).await {
+            Ok(answer) => Ok(answer),
+            Err(CallError::Unreachable(e)) => Err(e.to_string()),
+            Err(CallError::Timeout) => Err(format!("node {target} did not answer within {ttl:?}")),
         }
     }
 

@@ -6,18 +6,24 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::error::RaftError;
-use openraft::{Raft, RaftMetrics};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
 use tokio::sync::watch;
 
 use super::wire::{
-    from_json, to_json, FrameReadError, WireAppendEntriesRequest, WireAppendEntriesResponse,
-    WireInstallSnapshotRequest, WireInstallSnapshotResponse, WireOrigin, WireVoteRequest,
-    WireVoteResponse, DEFAULT_MAX_FRAME_BYTES, RAFT_APPEND_ENTRIES, RAFT_INSTALL_SNAPSHOT,
-    RAFT_RPC_VERSION, RAFT_VOTE,
+    from_json, to_json, FrameReadError, WireAddLearnerRequest, WireAddLearnerResponse,
+    WireAppendEntriesRequest, WireAppendEntriesResponse, WireInstallSnapshotRequest,
+    WireInstallSnapshotResponse, WireOrigin, WireVoteRequest, WireVoteResponse,
+    DEFAULT_MAX_FRAME_BYTES, MAX_LEARNER_ADDRESS_BYTES, RAFT_ADD_LEARNER, RAFT_APPEND_ENTRIES,
+    RAFT_INSTALL_SNAPSHOT, RAFT_RPC_VERSION, RAFT_VOTE,
 };
 use super::{QuorumNode, QuorumTypes, WireError};
 use crate::MetadataImage;
+
+/// The most learners a membership may hold. Broker-only nodes are added on request and never
+/// removed yet, so a bound keeps a stream of requests with made-up ids from growing every
+/// node's membership and the leader's replication streams without end.
+pub const MAX_LEARNERS: usize = 1024;
 
 /// Why a quorum RPC was refused. The caller closes the connection and logs the error: the
 /// sender's client sees the peer as unreachable and backs off.
@@ -93,7 +99,7 @@ impl RaftRpcServer {
     pub fn is_raft_key(api_key: i16) -> bool {
         matches!(
             api_key,
-            RAFT_VOTE | RAFT_APPEND_ENTRIES | RAFT_INSTALL_SNAPSHOT
+            RAFT_VOTE | RAFT_APPEND_ENTRIES | RAFT_INSTALL_SNAPSHOT | RAFT_ADD_LEARNER
         )
     }
 
@@ -139,6 +145,13 @@ impl RaftRpcServer {
                     &WireAppendEntriesResponse::from(&response),
                 )?
             }
+            RAFT_ADD_LEARNER => {
+                let request: WireAddLearnerRequest = from_json("an add learner request", &body)?;
+                // The sender is not a member yet: that is what it asks to become.
+                self.same_cluster(&request.origin)?;
+                let answer = self.add_learner(request).await?;
+                to_json("an add learner response", &answer)?
+            }
             _ => {
                 let request: WireInstallSnapshotRequest =
                     from_json("an install snapshot request", &body)?;
@@ -163,6 +176,21 @@ impl RaftRpcServer {
     /// fresh directory waiting for the lowest-id voter) takes any sender of its cluster: that
     /// is how it joins.
     fn admit(&self, origin: &WireOrigin) -> Result<(), RaftRpcError> {
+        self.same_cluster(origin)?;
+        let metrics = self.metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let pristine = membership.nodes().next().is_none();
+        if pristine || membership.nodes().any(|(id, _)| *id == origin.node_id) {
+            Ok(())
+        } else {
+            Err(RaftRpcError::UnknownSender {
+                node_id: origin.node_id,
+            })
+        }
+    }
+
+    /// Refuses a sender of another cluster once both sides know theirs.
+    fn same_cluster(&self, origin: &WireOrigin) -> Result<(), RaftRpcError> {
         let ours = self
             .cluster_id
             .clone()
@@ -176,15 +204,92 @@ impl RaftRpcServer {
                 });
             }
         }
-        let metrics = self.metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        let pristine = membership.nodes().next().is_none();
-        if pristine || membership.nodes().any(|(id, _)| *id == origin.node_id) {
-            Ok(())
+        Ok(())
+    }
+
+    /// On the leader, makes the sender a learner reached at the address it gives; anywhere
+    /// else, names the leader. A learner already known at that address is answered at once
+    /// with nothing written (a broker-only node asks at every start); one at another address
+    /// has its address replaced.
+    async fn add_learner(
+        &self,
+        request: WireAddLearnerRequest,
+    ) -> Result<WireAddLearnerResponse, RaftRpcError> {
+        let id = request.origin.node_id;
+        let address = request.address.trim().to_string();
+        if address.is_empty()
+            || address.len() > MAX_LEARNER_ADDRESS_BYTES
+            || !address.contains(':')
+            || address.chars().any(char::is_whitespace)
+        {
+            return Ok(WireAddLearnerResponse::Refused {
+                reason: format!(
+                    "`{}` is not a HOST:PORT address",
+                    address
+                        .chars()
+                        .take(MAX_LEARNER_ADDRESS_BYTES)
+                        .collect::<String>()
+                ),
+            });
+        }
+        let node = QuorumNode {
+            address: Some(address.clone()),
+        };
+        let (is_leader, leader, known, is_voter, learners) = {
+            let metrics = self.metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                metrics.state == ServerState::Leader,
+                metrics.current_leader,
+                membership.get_node(&id).cloned(),
+                membership.voter_ids().any(|v| v == id),
+                membership.learner_ids().count(),
+            )
+        };
+        if !is_leader {
+            return Ok(WireAddLearnerResponse::NotLeader { leader });
+        }
+        if is_voter {
+            return Ok(WireAddLearnerResponse::Refused {
+                reason: format!(
+                    "node {id} is a voter of the metadata quorum, so it cannot join as a \
+                     broker-only node: remove it from controller.quorum.voters on it, or give \
+                     it process.roles=broker,controller"
+                ),
+            });
+        }
+        if known.as_ref() == Some(&node) {
+            return Ok(WireAddLearnerResponse::Added);
+        }
+        if known.is_none() && learners >= MAX_LEARNERS {
+            return Ok(WireAddLearnerResponse::Refused {
+                reason: format!("the metadata quorum already has {MAX_LEARNERS} learners"),
+            });
+        }
+        let changed = if known.is_some() {
+            let nodes = std::collections::BTreeMap::from([(id, node)]);
+            self.raft
+                .change_membership(ChangeMembers::SetNodes(nodes), true)
+                .await
         } else {
-            Err(RaftRpcError::UnknownSender {
-                node_id: origin.node_id,
-            })
+            self.raft.add_learner(id, node, false).await
+        };
+        match changed {
+            Ok(_) => {
+                tracing::info!(node_id = id, %address, "broker-only node added to the metadata quorum as a learner");
+                Ok(WireAddLearnerResponse::Added)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Ok(WireAddLearnerResponse::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Ok(WireAddLearnerResponse::Retry {
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftRpcError::Stopped(e.to_string())),
         }
     }
 }

@@ -18,11 +18,12 @@ use uuid::Uuid;
 
 use super::entry::{StoredLogId, StoredVote};
 use super::wire::{
-    decode_request_header, encode_response_frame, read_frame, to_json, WireOrigin, WireVoteRequest,
+    decode_request_header, encode_response_frame, read_frame, to_json, WireAddLearnerResponse,
+    WireOrigin, WireVoteRequest,
 };
 use super::{
-    MetadataLogConfig, Quorum, QuorumConfig, QuorumNode, RaftRpcError, RaftRpcServer, TcpPeers,
-    RAFT_APPEND_ENTRIES, RAFT_VOTE,
+    MetadataLogConfig, Quorum, QuorumConfig, QuorumError, QuorumNode, RaftRpcError, RaftRpcServer,
+    TcpPeers, RAFT_APPEND_ENTRIES, RAFT_VOTE,
 };
 use crate::records::{EntryRecords, MetadataRecord};
 use crate::MetadataImage;
@@ -86,6 +87,8 @@ struct Node {
 struct Cluster {
     dirs: BTreeMap<u64, TempDir>,
     addresses: BTreeMap<u64, SocketAddr>,
+    /// The nodes of `controller.quorum.voters`; the others are learners.
+    voters: BTreeSet<u64>,
     nodes: BTreeMap<u64, Node>,
 }
 
@@ -105,6 +108,7 @@ impl Cluster {
                 .iter()
                 .map(|(id, l)| (*id, l.local_addr().expect("an address")))
                 .collect(),
+            voters: (1..=n).collect(),
             nodes: BTreeMap::new(),
         };
         for (id, listener) in listeners {
@@ -126,6 +130,7 @@ impl Cluster {
         let voters = self
             .addresses
             .iter()
+            .filter(|(id, _)| self.voters.contains(id))
             .map(|(id, a)| (*id, a.to_string()))
             .collect();
         let peers = TcpPeers::new(id, voters, None);
@@ -141,6 +146,25 @@ impl Cluster {
                 listener,
             },
         );
+    }
+
+    /// Starts node `id`, not a voter, and has it join as a learner at its listener's address.
+    async fn add_learner(&mut self, id: u64) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+        self.addresses
+            .insert(id, listener.local_addr().expect("an address"));
+        self.dirs
+            .insert(id, tempfile::tempdir().expect("a temporary directory"));
+        self.start_node(id, listener).await;
+        self.join(id).await;
+    }
+
+    async fn join(&self, id: u64) {
+        let address = self.addresses[&id].to_string();
+        self.node(id)
+            .join_as_learner(&address, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("node {id} joins as a learner: {e}"));
     }
 
     /// Starts a stopped node again on its old address.
@@ -350,6 +374,125 @@ async fn three_nodes_over_tcp_replicate_fail_over_and_catch_up() {
         new,
         "the cluster keeps its leader"
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_catches_up_follows_a_new_leader_and_rejoins_after_a_restart() {
+    let mut cluster = Cluster::start(3).await;
+    let voters = [1, 2, 3];
+    let leader = cluster.leader(&voters).await;
+    cluster
+        .node(leader)
+        .propose(EntryRecords(vec![MetadataRecord::ClusterId {
+            v: 0,
+            cluster_id: "tcp-test".to_string(),
+        }]))
+        .await
+        .expect("the leader takes the cluster id");
+    cluster
+        .node(leader)
+        .propose(topic("before-join"))
+        .await
+        .expect("the leader takes a proposal");
+
+    // Node 4 is no voter: it asks to join, and gets the log from before it joined.
+    cluster.add_learner(4).await;
+    cluster.has_topic(4, "before-join").await;
+    assert_eq!(cluster.node(4).image().cluster_id(), Some("tcp-test"));
+    let membership = cluster
+        .node(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    assert_eq!(
+        membership.voter_ids().collect::<Vec<_>>(),
+        voters,
+        "the learner does not vote"
+    );
+    assert_eq!(
+        membership.get_node(&4).and_then(|n| n.address.clone()),
+        Some(cluster.addresses[&4].to_string()),
+        "the leader reaches the learner at the address it gave"
+    );
+    // Asking again changes nothing (a broker-only node asks at every start).
+    let entries = cluster.node(leader).status().last_log_index;
+    cluster.join(4).await;
+    assert_eq!(cluster.node(leader).status().last_log_index, entries);
+
+    // The leader goes; the learner follows whichever voter leads next, without asking again.
+    cluster.stop_node(leader).await;
+    let others: Vec<u64> = voters.iter().copied().filter(|&id| id != leader).collect();
+    let new = cluster.leader(&others).await;
+    cluster
+        .node(new)
+        .propose(topic("after-failover"))
+        .await
+        .expect("the new leader takes a proposal");
+    cluster.has_topic(4, "after-failover").await;
+    eventually("the learner follows the new leader", || {
+        cluster.node(4).status().leader == Some(new)
+    })
+    .await;
+    assert!(!cluster.node(4).status().is_leader, "a learner never leads");
+
+    // The learner restarts: it is a learner already, and catches up on what it missed.
+    cluster.stop_node(4).await;
+    cluster
+        .node(new)
+        .propose(topic("while-away"))
+        .await
+        .expect("the leader takes a proposal");
+    cluster.restart_node(4).await;
+    cluster.join(4).await;
+    cluster.has_topic(4, "while-away").await;
+    cluster.restart_node(leader).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_cannot_join_as_a_learner_and_followers_name_the_leader() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let address = cluster.addresses[&follower].to_string();
+    let peers = &cluster.nodes[&follower].peers;
+    // A follower names the leader.
+    match peers.ask_to_join(follower, "127.0.0.1:1", WAIT).await {
+        Ok(WireAddLearnerResponse::NotLeader { leader: named }) => assert_eq!(named, Some(leader)),
+        other => panic!("a follower answered {other:?}"),
+    }
+    // The leader refuses to make a voter a learner.
+    match peers.ask_to_join(leader, &address, WAIT).await {
+        Ok(WireAddLearnerResponse::Refused { reason }) => {
+            assert!(reason.contains("controller.quorum.voters"), "{reason}")
+        }
+        other => panic!("the leader answered {other:?}"),
+    }
+    // And an address that is none.
+    let stranger = TcpPeers::new(
+        9,
+        cluster
+            .addresses
+            .iter()
+            .map(|(id, a)| (*id, a.to_string()))
+            .collect(),
+        None,
+    );
+    for bad in ["", "no-port", "two words:1", &"h".repeat(300)] {
+        match stranger.ask_to_join(leader, bad, WAIT).await {
+            Ok(WireAddLearnerResponse::Refused { .. }) => {}
+            other => panic!("address {bad:?} gave {other:?}"),
+        }
+    }
+    // A voter's own join gives up with the leader's reason.
+    match cluster.node(follower).join_as_learner(&address, WAIT).await {
+        Err(QuorumError::Config(reason)) => assert!(reason.contains("voter"), "{reason}"),
+        other => panic!("a voter joining as a learner gave {other:?}"),
+    }
     cluster.shutdown().await;
 }
 

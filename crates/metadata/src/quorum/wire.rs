@@ -1,4 +1,4 @@
-//! The quorum's RPCs on the wire: Kafka frames with three Caudal-private API keys, and JSON
+//! The quorum's RPCs on the wire: Kafka frames with four Caudal-private API keys, and JSON
 //! bodies of Caudal's own mirrors of openraft's messages (`docs/design/cluster.md`, section 6).
 //!
 //! A request is a 4-byte size, request header v2 (api key, api version, correlation id, client
@@ -25,6 +25,10 @@ pub const RAFT_VOTE: i16 = 32000;
 pub const RAFT_APPEND_ENTRIES: i16 = 32001;
 /// One chunk of a checkpoint from the leader.
 pub const RAFT_INSTALL_SNAPSHOT: i16 = 32002;
+
+/// A broker-only node asking the leader to replicate the log to it as a learner (KRaft's
+/// observer), at the address where it answers the other keys.
+pub const RAFT_ADD_LEARNER: i16 = 32003;
 
 /// The only version of each private API so far.
 pub const RAFT_RPC_VERSION: i16 = 0;
@@ -265,6 +269,10 @@ impl<'a> Reader<'a> {
 
 // ---------------------------------------------------------------------------------------------
 // Bodies
+
+/// The longest address a learner may ask to be reached at (a host name of 253 bytes, a colon
+/// and a port).
+pub(crate) const MAX_LEARNER_ADDRESS_BYTES: usize = 260;
 
 /// Who sent a request: checked by the receiver against its membership and cluster id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -710,6 +718,31 @@ pub(crate) mod base64 {
             _ => None,
         }
     }
+}
+
+/// A node not among the voters asking to receive the log: sent to any voter, acted on by the
+/// leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireAddLearnerRequest {
+    pub origin: WireOrigin,
+    /// `host:port` where the node answers AppendEntries and InstallSnapshot.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub(crate) enum WireAddLearnerResponse {
+    /// The node is a learner at that address in a committed membership.
+    Added,
+    /// Only the leader changes the membership; `leader` is the one the receiver knows of.
+    NotLeader {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader: Option<u64>,
+    },
+    /// Another membership change is under way: ask again shortly.
+    Retry { reason: String },
+    /// The request can never succeed as sent (a voter's id, a bad address).
+    Refused { reason: String },
 }
 
 #[cfg(test)]
