@@ -102,7 +102,7 @@ pub const SETTINGS: &[Setting] = &[
     s("broker.heartbeat.interval.ms", None, Int, "2000", 1, "How often the broker heartbeats to the controller (once the broker runs on the metadata quorum)."),
     s("broker.session.timeout.ms", None, Int, "9000", 1, "How long the controller waits without a heartbeat before it fences a broker and moves its partition leaderships."),
     s("broker.rack", None, Str, "", 0, "The broker's rack, given to the controller at registration so replicas spread over racks; empty for none."),
-    Setting { choices: &["broker,controller", "controller,broker"], ..s("process.roles", None, Str, "broker,controller", 0, "What this node is: every Caudal node is both a broker and a voter of the controller quorum (broker-only and controller-only nodes are not offered yet).") },
+    Setting { choices: &["broker,controller", "controller,broker", "broker", "controller"], ..s("process.roles", None, Str, "broker,controller", 0, "What this node is. broker,controller (combined): a voter of the controller quorum that also serves clients; it must be in controller.quorum.voters. controller: a voter that runs only the quorum and the controller, on its CONTROLLER listener alone; it must be in controller.quorum.voters, `listen` holds only listeners named in controller.listener.names, and it never registers as a broker. broker: a broker that is not a voter; it must not be in controller.quorum.voters, asks the quorum leader to send it the metadata log (as a learner, Kafka's observer), and needs a listener named in controller.listener.names where the leader sends it (advertise it at an address the voters reach).") },
     s("controller.quorum.voters", None, Str, "", 0, "The controller quorum's voters as ID@HOST:PORT,... (each voter's CONTROLLER listener), the same on every node, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093. Empty: this node alone is its cluster."),
     s("controller.listener.names", None, Str, "CONTROLLER", 0, "The listeners (by name in `listen`) that serve the controller quorum and brokers' requests to the controller, not clients."),
     s("controller.quorum.election.timeout.ms", None, Int, "1000", 10, "A voter that hears nothing from the quorum leader stands for election after 1.5 to 2 times this (randomised, so that voters rarely stand at once); Kafka's voters stand after their fetch timeout, twice this by default."),
@@ -202,6 +202,27 @@ pub fn check_value(setting: &Setting, key: &str, value: &str) -> Result<String, 
             }
             Ok(value.to_string())
         }
+    }
+}
+
+/// `process.roles`: what a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessRoles {
+    /// A voter of the controller quorum and a broker (`broker,controller`, the default).
+    Combined,
+    /// A voter that runs only the quorum and the controller.
+    Controller,
+    /// A broker that follows the metadata log as a learner, not a voter.
+    Broker,
+}
+
+impl ProcessRoles {
+    pub fn is_broker(self) -> bool {
+        self != ProcessRoles::Controller
+    }
+
+    pub fn is_voter(self) -> bool {
+        self != ProcessRoles::Broker
     }
 }
 
@@ -409,14 +430,26 @@ impl BrokerConfig {
             })
             .unwrap_or_default()
     }
+    /// `process.roles`, checked when it was set.
+    pub fn process_roles(&self) -> ProcessRoles {
+        match self.get("process.roles").map(|(v, _)| v) {
+            Some("broker") => ProcessRoles::Broker,
+            Some("controller") => ProcessRoles::Controller,
+            _ => ProcessRoles::Combined,
+        }
+    }
+
     /// `controller.quorum.election.timeout.ms`.
     pub fn election_timeout_ms(&self) -> u64 {
         self.number("controller.quorum.election.timeout.ms").max(10) as u64
     }
 
     /// Gives the listeners named in `controller.listener.names` the controller's APIs, and
-    /// checks that the listeners and the voters make a node: at least one client listener, and a
-    /// controller listener on a voter of a quorum of more than one.
+    /// checks that the roles, the listeners and the voters make a node: a broker has a client
+    /// listener; a voter is in `controller.quorum.voters` and a broker-only node is not; a
+    /// controller-only node listens only as a controller; a node of a quorum of more than one
+    /// voter, and a broker-only node (the leader sends it the log there), has a controller
+    /// listener. Each refusal names the setting and the fix.
     pub fn apply_listener_roles(&mut self) -> Result<(), String> {
         let names = self.controller_listener_names();
         for l in &mut self.listeners {
@@ -426,42 +459,108 @@ impl BrokerConfig {
                 ListenerKind::Client
             };
         }
-        if !self
+        let roles = self.process_roles();
+        let example = format!(
+            "{}://0.0.0.0:9093",
+            names.first().map_or("CONTROLLER", String::as_str)
+        );
+        let has_controller_listener = self
             .listeners
             .iter()
-            .any(|l| l.kind == ListenerKind::Client)
+            .any(|l| l.kind == ListenerKind::Controller);
+        if roles.is_broker()
+            && !self
+                .listeners
+                .iter()
+                .any(|l| l.kind == ListenerKind::Client)
         {
             return Err(format!(
                 "every listener is a controller listener ({}); add one for clients to `listen`, \
-                 e.g. PLAINTEXT://0.0.0.0:9092",
+                 e.g. PLAINTEXT://0.0.0.0:9092, or set process.roles=controller for a node that \
+                 serves no clients",
+                names.join(", ")
+            ));
+        }
+        if let (ProcessRoles::Controller, Some(l)) = (
+            roles,
+            self.listeners
+                .iter()
+                .find(|l| l.kind == ListenerKind::Client),
+        ) {
+            return Err(format!(
+                "process.roles=controller, but `listen` has the listener {} that is not named in \
+                 controller.listener.names ({}); a controller-only node serves no clients: remove \
+                 it from `listen` (e.g. listen={example}), or set process.roles=broker,controller",
+                l.name,
                 names.join(", ")
             ));
         }
         let voters = self.quorum_voters();
+        let listed = voters
+            .keys()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let me = u64::try_from(self.node_id).ok();
-        if !voters.is_empty() && !me.is_some_and(|id| voters.contains_key(&id)) {
-            return Err(format!(
-                "node.id {} is not in controller.quorum.voters ({}); every Caudal node is a voter \
-                 for now: add it there, the same list on every node",
-                self.node_id,
-                voters
-                    .keys()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        let is_voter = me.is_some_and(|id| voters.contains_key(&id));
+        match roles {
+            ProcessRoles::Combined if !voters.is_empty() && !is_voter => {
+                return Err(format!(
+                    "node.id {} is not in controller.quorum.voters ({listed}), but \
+                     process.roles=broker,controller makes it a voter: add it there, the same \
+                     list on every node, or set process.roles=broker to run it as a broker-only \
+                     node",
+                    self.node_id
+                ));
+            }
+            ProcessRoles::Controller if !is_voter => {
+                return Err(format!(
+                    "process.roles=controller, but node.id {} is not in controller.quorum.voters \
+                     ({listed}); a controller-only node is a voter: add it there, the same list \
+                     on every node, or set process.roles=broker",
+                    self.node_id
+                ));
+            }
+            ProcessRoles::Broker if voters.is_empty() => {
+                return Err(
+                    "process.roles=broker, but controller.quorum.voters is empty; a broker-only \
+                     node joins the quorum of those voters: set it as on the voters, e.g. \
+                     1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093"
+                        .to_string(),
+                );
+            }
+            ProcessRoles::Broker if is_voter => {
+                return Err(format!(
+                    "process.roles=broker, but node.id {} is in controller.quorum.voters \
+                     ({listed}); a broker-only node is not a voter: give it a node.id outside \
+                     that list, or set process.roles=broker,controller",
+                    self.node_id
+                ));
+            }
+            _ => {}
         }
-        if voters.len() > 1
-            && !self
-                .listeners
-                .iter()
-                .any(|l| l.kind == ListenerKind::Controller)
-        {
+        let needs_controller_listener = voters.len() > 1 || roles != ProcessRoles::Combined;
+        if needs_controller_listener && !has_controller_listener {
+            let why = match roles {
+                ProcessRoles::Broker => {
+                    "process.roles=broker: the quorum leader sends this \
+                                         broker-only node the metadata log on a controller listener"
+                        .to_string()
+                }
+                ProcessRoles::Controller => {
+                    "process.roles=controller: a controller-only node serves the quorum and the \
+                     brokers on its controller listener"
+                        .to_string()
+                }
+                ProcessRoles::Combined => format!(
+                    "controller.quorum.voters lists {} voters, which reach each other on their \
+                     controller listeners",
+                    voters.len()
+                ),
+            };
             return Err(format!(
-                "controller.quorum.voters lists {} voters but `listen` has no controller listener; \
-                 add one named as in controller.listener.names, e.g. {}://0.0.0.0:9093",
-                voters.len(),
-                names.first().map_or("CONTROLLER", String::as_str)
+                "{why}, but `listen` has none; add one named as in controller.listener.names, \
+                 e.g. {example}"
             ));
         }
         Ok(())
@@ -602,5 +701,123 @@ mod tests {
         assert_eq!(c.broker_rack(), Some("eu-west-1a"));
         assert_eq!(c.broker_heartbeat_interval_ms(), 500);
         assert!(c.set("broker.session.timeout.ms", "0").is_err());
+    }
+
+    fn node(node_id: i32, listen: &[(&str, &str)], settings: &[(&str, &str)]) -> BrokerConfig {
+        let mut c = BrokerConfig::new("127.0.0.1:9092".parse().unwrap(), "d".into());
+        c.node_id = node_id;
+        c.listeners = listen
+            .iter()
+            .map(|(name, addr)| Listener {
+                name: name.to_string(),
+                listen: addr.parse().unwrap(),
+                advertise: ("localhost".to_string(), 0),
+                kind: ListenerKind::Client,
+            })
+            .collect();
+        for (k, v) in settings {
+            c.set(k, v).unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn roles_listeners_and_voters_must_make_a_node_and_refusals_name_the_fix() {
+        const VOTERS: &str = "1@h1:9093,2@h2:9093,3@h3:9093";
+        let client = ("PLAINTEXT", "127.0.0.1:9092");
+        let controller = ("CONTROLLER", "127.0.0.1:9093");
+        let accepted = |id, listen: &[(&str, &str)], roles, voters| {
+            let mut c = node(
+                id,
+                listen,
+                &[
+                    ("process.roles", roles),
+                    ("controller.quorum.voters", voters),
+                ],
+            );
+            c.apply_listener_roles().map(|()| c)
+        };
+        // With nothing set, a node is its own one-voter cluster, as always.
+        let mut alone = node(1, &[client], &[]);
+        alone.apply_listener_roles().unwrap();
+        assert_eq!(alone.process_roles(), ProcessRoles::Combined);
+
+        let c = accepted(1, &[client, controller], "broker,controller", VOTERS).unwrap();
+        assert_eq!(c.process_roles(), ProcessRoles::Combined);
+        let c = accepted(1, &[controller], "controller", VOTERS).unwrap();
+        assert_eq!(c.process_roles(), ProcessRoles::Controller);
+        assert!(!c.process_roles().is_broker());
+        let c = accepted(4, &[client, controller], "broker", VOTERS).unwrap();
+        assert_eq!(c.process_roles(), ProcessRoles::Broker);
+        assert!(!c.process_roles().is_voter());
+        // One controller-only voter is a quorum too.
+        accepted(1, &[controller], "controller", "1@h1:9093").unwrap();
+        accepted(2, &[client, controller], "broker", "1@h1:9093").unwrap();
+
+        for (id, listen, roles, voters, expected) in [
+            (
+                4,
+                &[client, controller][..],
+                "broker,controller",
+                VOTERS,
+                "process.roles=broker",
+            ),
+            (
+                4,
+                &[controller][..],
+                "controller",
+                VOTERS,
+                "not in controller.quorum.voters",
+            ),
+            (
+                1,
+                &[client, controller][..],
+                "controller",
+                VOTERS,
+                "remove it from `listen`",
+            ),
+            (
+                2,
+                &[client, controller][..],
+                "broker",
+                VOTERS,
+                "give it a node.id outside",
+            ),
+            (
+                4,
+                &[client, controller][..],
+                "broker",
+                "",
+                "controller.quorum.voters is empty",
+            ),
+            (
+                4,
+                &[client][..],
+                "broker",
+                VOTERS,
+                "CONTROLLER://0.0.0.0:9093",
+            ),
+            (
+                4,
+                &[controller][..],
+                "broker",
+                VOTERS,
+                "add one for clients",
+            ),
+            (1, &[client][..], "broker,controller", VOTERS, "has none"),
+        ] {
+            let e = accepted(id, listen, roles, voters)
+                .map(|_| ())
+                .expect_err(&format!(
+                    "node {id} as {roles} on {listen:?} with voters {voters:?}"
+                ));
+            assert!(e.contains(expected), "{e}");
+        }
+        assert!(check_value(
+            setting("process.roles").unwrap(),
+            "process.roles",
+            "observer"
+        )
+        .is_err());
     }
 }

@@ -157,49 +157,12 @@ pub struct Server {
 impl Server {
     /// Opens the data directory (recovering logs) and binds the listener.
     pub async fn bind(mut config: BrokerConfig) -> Result<Server, StartError> {
+        let (listeners, addrs) = open_and_bind(&mut config).await?;
         let dir = config.data_dir.display().to_string();
         let data_err = |source| StartError::DataDir {
             dir: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
-        // Fail early and clearly on a read-only or foreign directory.
-        let probe = config.data_dir.join(".caudal-write-check");
-        std::fs::write(&probe, b"")
-            .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(data_err)?;
-        // Before anything in the directory is opened (recovery writes to it).
-        meta_properties::check_node(&config.data_dir, config.node_id)?;
-        if config.listeners.is_empty() {
-            return Err(StartError::Listen {
-                addr: "(none)".into(),
-                source: io::Error::other("no listener configured"),
-            });
-        }
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for l in &mut config.listeners {
-            let bound = TcpListener::bind(l.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: l.listen.to_string(),
-                    source,
-                })?;
-            // Listening on port 0 picks a free port: advertise the one actually bound.
-            if l.advertise.1 == 0 {
-                if let Ok(addr) = bound.local_addr() {
-                    l.advertise.1 = addr.port();
-                }
-            }
-            listeners.push(bound);
-        }
-        let addrs = listeners
-            .iter()
-            .map(TcpListener::local_addr)
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| StartError::Listen {
-                addr: "(bound)".into(),
-                source,
-            })?;
         let mut client_listeners = Vec::new();
         let mut controller_listeners = Vec::new();
         for (index, (listener, l)) in listeners.into_iter().zip(&config.listeners).enumerate() {
@@ -245,7 +208,7 @@ impl Server {
         // A single node makes it at once, as it always has. A node of a cluster leaves it to
         // the first FindCoordinator, as Kafka does: at start the other brokers may not have
         // registered yet, and its partitions would all land on the first one up.
-        if config.quorum_voters().len() <= 1 {
+        if node.alone {
             coordinator_runtime::create_offsets_topic(&config, &topics)
                 .await
                 .map_err(data_err)?;
@@ -444,6 +407,96 @@ impl Server {
         })
         .await;
         tracing::info!("all logs synced; stopped");
+        stopped
+    }
+}
+
+/// Checks the data directory (writable, this node's) and binds every listener, in
+/// configuration order; a listener on port 0 is advertised at the port it got.
+async fn open_and_bind(
+    config: &mut BrokerConfig,
+) -> Result<(Vec<TcpListener>, Vec<std::net::SocketAddr>), StartError> {
+    let dir = config.data_dir.display().to_string();
+    let data_err = |source| StartError::DataDir {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+    // Fail early and clearly on a read-only or foreign directory.
+    let probe = config.data_dir.join(".caudal-write-check");
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(data_err)?;
+    // Before anything in the directory is opened (recovery writes to it).
+    meta_properties::check_node(&config.data_dir, config.node_id)?;
+    if config.listeners.is_empty() {
+        return Err(StartError::Listen {
+            addr: "(none)".into(),
+            source: io::Error::other("no listener configured"),
+        });
+    }
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    for l in &mut config.listeners {
+        let bound = TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: l.listen.to_string(),
+                source,
+            })?;
+        // Listening on port 0 picks a free port: advertise the one actually bound.
+        if l.advertise.1 == 0 {
+            if let Ok(addr) = bound.local_addr() {
+                l.advertise.1 = addr.port();
+            }
+        }
+        listeners.push(bound);
+    }
+    let addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|source| StartError::Listen {
+            addr: "(bound)".into(),
+            source,
+        })?;
+    Ok((listeners, addrs))
+}
+
+/// A controller-only node (`process.roles=controller`): a voter of the metadata quorum that
+/// runs the controller on its controller listener and nothing else. It serves no clients and
+/// never registers as a broker, so Metadata and DescribeCluster never list it.
+pub struct ControllerServer {
+    addrs: Vec<std::net::SocketAddr>,
+    node: node::ControllerNode,
+}
+
+impl ControllerServer {
+    /// Opens the data directory, binds the controller listeners and starts the quorum and the
+    /// controller; returns once the metadata log is bootstrapped.
+    pub async fn bind(mut config: BrokerConfig) -> Result<ControllerServer, StartError> {
+        let (listeners, addrs) = open_and_bind(&mut config).await?;
+        let node = node::ControllerNode::start(&config, listeners).await?;
+        Ok(ControllerServer { addrs, node })
+    }
+
+    /// Where every listener is bound, in configuration order.
+    pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Runs until `shutdown` resolves or the metadata quorum fails, then stops the controller
+    /// and the quorum.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Stopped {
+        let quorum_failed = self.node.quorum_failed();
+        let stopped = tokio::select! {
+            _ = shutdown => Stopped::Asked,
+            _ = quorum_failed => {
+                tracing::error!("the metadata quorum stopped (see the error above); shutting down");
+                Stopped::MetadataFailed
+            }
+        };
+        self.node.stop().await;
+        tracing::info!("stopped");
         stopped
     }
 }

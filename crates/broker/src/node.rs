@@ -5,15 +5,20 @@
 //! [`NoPeers`]. The first start bootstraps the metadata log (a fresh cluster id, or the takeover
 //! of a previous release's directory), every start completes the bootstrap's file steps, and
 //! the broker serves clients only once the controller has unfenced it.
+//!
+//! `process.roles` picks the parts: a voter runs the quorum as a voter and the controller; a
+//! broker-only node asks the leader to make it a learner (it receives the log on its
+//! controller listener) and runs no controller; a controller-only node ([`ControllerNode`])
+//! runs no broker and never registers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use caudal_metadata::bootstrap::{self, Bootstrap, BootstrapSettings};
 use caudal_metadata::controller::{
-    ControllerClock, ControllerService, ControllerServiceConfig, TopicConfigCheck,
+    ControllerClock, ControllerHandle, ControllerService, ControllerServiceConfig, TopicConfigCheck,
 };
 use caudal_metadata::quorum::{
     NoPeers, Quorum, QuorumConfig, QuorumError, RaftRpcServer, StatusWatch, TcpPeers,
@@ -25,7 +30,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::clean_shutdown;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ProcessRoles};
 use crate::controller_channel::{ControllerAddresses, ControllerChannel};
 use crate::controller_listener::{self, ControllerEndpoint, RaftRpc};
 use crate::coordinator_runtime::CoordinatorRuntime;
@@ -33,6 +38,7 @@ use crate::handlers::describe_quorum::QuorumDescriber;
 use crate::image_follower::Follower;
 use crate::lifecycle::{BrokerLifecycle, BrokerState, LifecycleConfig, ShutdownOutcome};
 use crate::replica_manager::ReplicaManager;
+use crate::routes::ListenerKind;
 use crate::StartError;
 
 /// The longest each step of a start may take before the start fails with a message naming it.
@@ -58,7 +64,10 @@ const TOPIC_CONFIG_CHECK: TopicConfigCheck = |key, value| {
 /// A running node's quorum, controller, registration and image follower.
 pub(crate) struct MetadataNode {
     quorum: Quorum,
-    controller: ControllerService,
+    /// The controller service, on a voter.
+    controller: Option<ControllerService>,
+    /// Whether this node is a cluster of one, with no quorum on the network.
+    pub alone: bool,
     /// The controller listener's accept loop, and what stops it.
     listener: JoinHandle<()>,
     listener_stop: watch::Sender<bool>,
@@ -97,120 +106,17 @@ impl MetadataNode {
         coordinators: Arc<CoordinatorRuntime>,
         controller_listeners: Vec<TcpListener>,
     ) -> Result<MetadataNode, StartError> {
-        let node_id =
-            u64::try_from(config.node_id).map_err(|_| StartError::NodeId(config.node_id))?;
-        let voters = config.quorum_voters();
-        let alone = voters.len() <= 1;
-        let quorum_config = quorum_timers(QuorumConfig::new(node_id), config.election_timeout_ms());
-        let quorum = if alone {
-            Quorum::start(&quorum_config, &config.data_dir, NoPeers).await?
-        } else {
-            let peers = TcpPeers::new(node_id, voters.clone(), None)
-                .with_max_frame_bytes(config.socket_request_max_bytes());
-            Quorum::start_over_tcp(&quorum_config, &config.data_dir, peers).await?
-        };
-        // Voters must answer each other before anything else: the leader is elected by them.
-        let (controller_tx, controller_rx) = watch::channel(None);
-        let (listener_stop, listener_stopped) = watch::channel(false);
-        let listener = controller_listener::spawn(
-            controller_listeners,
-            ControllerEndpoint {
-                raft: Arc::new(QuorumRpc(
-                    quorum
-                        .rpc_server(None)
-                        .with_max_frame_bytes(config.socket_request_max_bytes()),
-                )),
-                controller: controller_rx,
-                max_frame: config.socket_request_max_bytes(),
-                queued: config.queued_max_requests(),
-                quorum: QuorumDescriber::new(quorum.client(), config),
-            },
-            listener_stopped,
-        );
-        let voter_ids: BTreeSet<u64> = if alone {
-            BTreeSet::from([node_id])
-        } else {
-            voters.keys().copied().collect()
-        };
-        // One voter creates the quorum, the one of the lowest id, so two nodes started with
-        // different voter lists cannot each make their own.
-        if quorum.initialize_if_lowest(&voter_ids).await? {
-            if alone {
-                tracing::info!(
-                    node_id,
-                    "metadata quorum created, with this node its only voter"
-                );
-            } else {
-                tracing::info!(node_id, voters = ?voter_ids, "metadata quorum created");
-            }
-        } else if !alone {
-            tracing::info!(node_id, voters = ?voter_ids, "waiting for the metadata quorum to elect a leader");
-        }
-        let settings = BootstrapSettings {
-            node_id: config.node_id,
-            cluster_id: Some(config.cluster_id.clone()).filter(|id| !id.is_empty()),
-            voters: if alone {
-                BTreeSet::new()
-            } else {
-                voter_ids.clone()
-            },
-        };
-        let data_dir = config.data_dir.clone();
-        // The image is current once this node leads with its log applied, or, on a follower,
-        // once the leader's bootstrap entry has reached it (the controller then unfences this
-        // broker only when it has caught up).
-        let mut statuses = quorum.client().statuses();
-        let mut images = quorum.images();
-        step("the metadata quorum electing a leader and bootstrapping", async {
-            loop {
-                let s = statuses.current();
-                let image = images.borrow_and_update().clone();
-                let leading = s.is_leader && s.last_applied_index >= s.last_log_index;
-                if image.cluster_id().is_some() && (leading || (!alone && !s.is_leader)) {
-                    return Ok::<(), StartError>(());
-                }
-                if leading {
-                    let plan = {
-                        let (dir, settings) = (data_dir.clone(), settings.clone());
-                        blocking(move || Bootstrap::plan(&dir, &settings, &image)).await??
-                    };
-                    if let Some(bootstrap) = plan {
-                        match quorum.propose(bootstrap.entry()).await {
-                            Ok(_) => tracing::info!(
-                                cluster_id = bootstrap.cluster_id(),
-                                takeover = bootstrap.is_takeover(),
-                                "metadata log bootstrapped"
-                            ),
-                            // Leadership moved on: the next leader bootstraps.
-                            Err(QuorumError::NotLeader { .. }) => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                        continue;
-                    }
-                }
-                tokio::select! {
-                    changed = statuses.changed() => changed?,
-                    changed = images.changed() => changed.map_err(|_| QuorumError::Stopped("the quorum has shut down".into()))?,
-                }
-            }
-        })
-        .await??;
-        let image = quorum.image();
-        let cluster_id = image
-            .cluster_id()
-            .ok_or(StartError::NoClusterId)?
-            .to_string();
-        if let Some(configured) = settings.cluster_id.filter(|c| *c != cluster_id) {
-            return Err(StartError::OtherCluster {
-                configured,
-                found: cluster_id,
-            });
-        }
-        {
-            let (dir, image) = (data_dir.clone(), image.clone());
-            let node = config.node_id;
-            blocking(move || bootstrap::complete(&dir, &image, node)).await??;
-        }
+        let QuorumSide {
+            quorum,
+            listener,
+            listener_stop,
+            controller_tx,
+            cluster_id,
+            alone,
+            voters,
+            node_id,
+        } = QuorumSide::start(config, controller_listeners).await?;
+        let roles = config.process_roles();
 
         let follower = Follower {
             config: Arc::new(config.clone()),
@@ -230,33 +136,24 @@ impl MetadataNode {
         let (stop_follower, follower_stop) = oneshot::channel();
         let follower = follower.start(images, published, follower_stop);
 
-        let controller_config = ControllerConfig {
-            broker_session_timeout_ms: config.broker_session_timeout_ms(),
-            default_num_partitions: config.num_partitions(),
-            default_replication_factor: config.default_replication_factor(),
-            topic_config_check: Some(TOPIC_CONFIG_CHECK),
-            ..ControllerConfig::new(config.node_id)
-        };
-        let controller = ControllerService::start(
-            Controller::new(controller_config, IdSource::random()),
-            quorum.client(),
-            ControllerClock::monotonic(),
-            ControllerServiceConfig::default(),
-        );
-        controller_tx.send_replace(Some(controller.handle()));
-        let channel = if alone {
-            ControllerChannel::in_process(controller.handle())
-        } else {
-            let client = quorum.client();
-            ControllerChannel::network(
-                Some(controller.handle()),
-                ControllerAddresses {
-                    node_id,
-                    leader: Box::new(move || client.status().leader),
-                    voters,
-                    max_frame: config.socket_request_max_bytes(),
-                },
-            )
+        let controller = roles.is_voter().then(|| start_controller(config, &quorum));
+        if let Some(controller) = &controller {
+            controller_tx.send_replace(Some(controller.handle()));
+        }
+        let channel = match (&controller, alone) {
+            (Some(controller), true) => ControllerChannel::in_process(controller.handle()),
+            (local, _) => {
+                let client = quorum.client();
+                ControllerChannel::network(
+                    local.as_ref().map(ControllerService::handle),
+                    ControllerAddresses {
+                        node_id,
+                        leader: Box::new(move || client.status().leader),
+                        voters,
+                        max_frame: config.socket_request_max_bytes(),
+                    },
+                )
+            }
         };
         let data_dir = config.data_dir.clone();
         let previous_broker_epoch = blocking(move || clean_shutdown::take(&data_dir)).await?;
@@ -302,6 +199,7 @@ impl MetadataNode {
         Ok(MetadataNode {
             quorum,
             controller,
+            alone,
             listener,
             listener_stop,
             channel,
@@ -369,12 +267,7 @@ impl MetadataNode {
             }
         }
         let _ = stop_follower.send(());
-        controller.shutdown().await;
-        if let Err(e) = quorum.shutdown().await {
-            tracing::warn!(error = %e, "stopping the metadata quorum failed");
-        }
-        let _ = listener_stop.send(true);
-        let _ = listener.await;
+        stop_quorum(controller, quorum, listener_stop, listener).await;
         if tokio::time::timeout(FOLLOWER_STOP_TIMEOUT, &mut follower)
             .await
             .is_err()
@@ -383,6 +276,262 @@ impl MetadataNode {
             follower.abort();
         }
         broker_epoch
+    }
+}
+
+/// The part of a node every role runs: the quorum, the controller listener, the bootstrap.
+struct QuorumSide {
+    quorum: Quorum,
+    listener: JoinHandle<()>,
+    listener_stop: watch::Sender<bool>,
+    /// Where the controller service is handed to the listener once it runs.
+    controller_tx: watch::Sender<Option<ControllerHandle>>,
+    cluster_id: String,
+    alone: bool,
+    /// `controller.quorum.voters`.
+    voters: BTreeMap<u64, String>,
+    node_id: u64,
+}
+
+impl QuorumSide {
+    /// Starts the quorum and serves the controller listener; a voter creates the quorum if it
+    /// is the lowest-id one, a broker-only node asks to join it as a learner. Returns once the
+    /// log is bootstrapped and its file steps done here.
+    async fn start(
+        config: &BrokerConfig,
+        controller_listeners: Vec<TcpListener>,
+    ) -> Result<QuorumSide, StartError> {
+        let node_id =
+            u64::try_from(config.node_id).map_err(|_| StartError::NodeId(config.node_id))?;
+        let voters = config.quorum_voters();
+        let roles = config.process_roles();
+        // A node is a cluster of one with no network when it has no voters but itself and no
+        // controller listener: `caudal serve` with nothing set. Broker-only and
+        // controller-only nodes always have a controller listener.
+        let alone = voters.is_empty() || (voters.len() == 1 && controller_listeners.is_empty());
+        // The address a broker-only node asks the leader to send it the log at.
+        let learner_address = config
+            .listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Controller)
+            .map(|l| format!("{}:{}", l.advertise.0, l.advertise.1));
+        let quorum_config = quorum_timers(QuorumConfig::new(node_id), config.election_timeout_ms());
+        let quorum = if alone {
+            Quorum::start(&quorum_config, &config.data_dir, NoPeers).await?
+        } else {
+            let peers = TcpPeers::new(node_id, voters.clone(), None)
+                .with_max_frame_bytes(config.socket_request_max_bytes());
+            Quorum::start_over_tcp(&quorum_config, &config.data_dir, peers).await?
+        };
+        // Voters must answer each other before anything else: the leader is elected by them.
+        let (controller_tx, controller_rx) = watch::channel(None);
+        let (listener_stop, listener_stopped) = watch::channel(false);
+        let listener = controller_listener::spawn(
+            controller_listeners,
+            ControllerEndpoint {
+                raft: Arc::new(QuorumRpc(
+                    quorum
+                        .rpc_server(None)
+                        .with_max_frame_bytes(config.socket_request_max_bytes()),
+                )),
+                controller: controller_rx,
+                max_frame: config.socket_request_max_bytes(),
+                queued: config.queued_max_requests(),
+                quorum: QuorumDescriber::new(quorum.client(), config),
+            },
+            listener_stopped,
+        );
+        if !roles.is_voter() {
+            let address = learner_address.ok_or_else(|| {
+                StartError::Internal("a broker-only node needs a controller listener".into())
+            })?;
+            tracing::info!(node_id, %address, voters = ?voters.keys().collect::<Vec<_>>(), "joining the metadata quorum as a learner (broker-only node)");
+            quorum.join_as_learner(&address, START_STEP_TIMEOUT).await?;
+        }
+        let voter_ids: BTreeSet<u64> = if alone {
+            BTreeSet::from([node_id])
+        } else {
+            voters.keys().copied().collect()
+        };
+        // One voter creates the quorum, the one of the lowest id, so two nodes started with
+        // different voter lists cannot each make their own. A learner has joined already.
+        let initialised = roles.is_voter() && quorum.initialize_if_lowest(&voter_ids).await?;
+        if initialised && alone {
+            tracing::info!(
+                node_id,
+                "metadata quorum created, with this node its only voter"
+            );
+        } else if initialised {
+            tracing::info!(node_id, voters = ?voter_ids, "metadata quorum created");
+        } else if !alone && roles.is_voter() {
+            tracing::info!(node_id, voters = ?voter_ids, "waiting for the metadata quorum to elect a leader");
+        }
+        let settings = BootstrapSettings {
+            node_id: config.node_id,
+            cluster_id: Some(config.cluster_id.clone()).filter(|id| !id.is_empty()),
+            voters: if alone {
+                BTreeSet::new()
+            } else {
+                voter_ids.clone()
+            },
+        };
+        let data_dir = config.data_dir.clone();
+        // The image is current once this node leads with its log applied, or, on a follower,
+        // once the leader's bootstrap entry has reached it (the controller then unfences this
+        // broker only when it has caught up).
+        let mut statuses = quorum.client().statuses();
+        let mut images = quorum.images();
+        step("the metadata quorum electing a leader and bootstrapping", async {
+            loop {
+                let s = statuses.current();
+                let image = images.borrow_and_update().clone();
+                let leading = s.is_leader && s.last_applied_index >= s.last_log_index;
+                if image.cluster_id().is_some() && (leading || (!alone && !s.is_leader)) {
+                    return Ok::<(), StartError>(());
+                }
+                if leading {
+                    let plan = {
+                        let (dir, settings) = (data_dir.clone(), settings.clone());
+                        blocking(move || Bootstrap::plan(&dir, &settings, &image)).await??
+                    };
+                    if let Some(bootstrap) = plan {
+                        match quorum.propose(bootstrap.entry()).await {
+                            Ok(_) => tracing::info!(
+                                cluster_id = bootstrap.cluster_id(),
+                                takeover = bootstrap.is_takeover(),
+                                "metadata log bootstrapped"
+                            ),
+                            // Leadership moved on: the next leader bootstraps.
+                            Err(QuorumError::NotLeader { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    changed = statuses.changed() => changed?,
+                    changed = images.changed() => changed.map_err(|_| QuorumError::Stopped("the quorum has shut down".into()))?,
+                }
+            }
+        })
+        .await??;
+        let image = quorum.image();
+        let cluster_id = image
+            .cluster_id()
+            .ok_or(StartError::NoClusterId)?
+            .to_string();
+        if let Some(configured) = settings.cluster_id.filter(|c| *c != cluster_id) {
+            return Err(StartError::OtherCluster {
+                configured,
+                found: cluster_id,
+            });
+        }
+        {
+            let (dir, image) = (data_dir.clone(), image.clone());
+            let node = config.node_id;
+            blocking(move || bootstrap::complete(&dir, &image, node)).await??;
+        }
+        Ok(QuorumSide {
+            quorum,
+            listener,
+            listener_stop,
+            controller_tx,
+            cluster_id,
+            alone,
+            voters,
+            node_id,
+        })
+    }
+}
+
+/// The controller service of a voter: active while this node leads the quorum.
+fn start_controller(config: &BrokerConfig, quorum: &Quorum) -> ControllerService {
+    let controller_only = config.process_roles() == ProcessRoles::Controller;
+    let controller_config = ControllerConfig {
+        broker_session_timeout_ms: config.broker_session_timeout_ms(),
+        default_num_partitions: config.num_partitions(),
+        default_replication_factor: config.default_replication_factor(),
+        topic_config_check: Some(TOPIC_CONFIG_CHECK),
+        // No broker may take this node's id: the two would share it on the wire.
+        controller_only_node_ids: if controller_only {
+            BTreeSet::from([config.node_id])
+        } else {
+            BTreeSet::new()
+        },
+        ..ControllerConfig::new(config.node_id)
+    };
+    ControllerService::start(
+        Controller::new(controller_config, IdSource::random()),
+        quorum.client(),
+        ControllerClock::monotonic(),
+        ControllerServiceConfig::default(),
+    )
+}
+
+/// Stops the controller, then the quorum, then the controller listener.
+async fn stop_quorum(
+    controller: Option<ControllerService>,
+    quorum: Quorum,
+    listener_stop: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+) {
+    if let Some(controller) = controller {
+        controller.shutdown().await;
+    }
+    if let Err(e) = quorum.shutdown().await {
+        tracing::warn!(error = %e, "stopping the metadata quorum failed");
+    }
+    let _ = listener_stop.send(true);
+    let _ = listener.await;
+}
+
+/// A controller-only node (`process.roles=controller`): a voter of the quorum running the
+/// controller, serving only its controller listener. It has no broker: it never registers,
+/// leads no partition and holds no replica.
+pub(crate) struct ControllerNode {
+    quorum: Quorum,
+    controller: ControllerService,
+    listener: JoinHandle<()>,
+    listener_stop: watch::Sender<bool>,
+}
+
+impl ControllerNode {
+    /// Starts the quorum, the controller listener and the controller; returns once the log is
+    /// bootstrapped.
+    pub(crate) async fn start(
+        config: &BrokerConfig,
+        controller_listeners: Vec<TcpListener>,
+    ) -> Result<ControllerNode, StartError> {
+        let side = QuorumSide::start(config, controller_listeners).await?;
+        let controller = start_controller(config, &side.quorum);
+        side.controller_tx.send_replace(Some(controller.handle()));
+        tracing::info!(
+            node_id = side.node_id,
+            cluster_id = %side.cluster_id,
+            "controller-only node running"
+        );
+        Ok(ControllerNode {
+            quorum: side.quorum,
+            controller,
+            listener: side.listener,
+            listener_stop: side.listener_stop,
+        })
+    }
+
+    /// Resolves if the metadata quorum stops on its own (see [`MetadataNode::quorum_failed`]).
+    pub(crate) fn quorum_failed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut statuses = self.quorum.client().statuses();
+        async move { while statuses.changed().await.is_ok() {} }
+    }
+
+    pub(crate) async fn stop(self) {
+        stop_quorum(
+            Some(self.controller),
+            self.quorum,
+            self.listener_stop,
+            self.listener,
+        )
+        .await;
     }
 }
 

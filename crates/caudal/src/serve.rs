@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use caudal_broker::config::Listener;
+use caudal_broker::config::{Listener, ProcessRoles};
 use caudal_broker::ListenerKind;
-use caudal_broker::{BrokerConfig, Server, SETTINGS};
+use caudal_broker::{BrokerConfig, ControllerServer, Server, SETTINGS};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 
@@ -197,6 +197,9 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
         // already mean a clean shutdown, not the default action of the signal.
         let shutdown = shutdown_signal()?;
         let data_dir = config.data_dir.clone();
+        if config.process_roles() == ProcessRoles::Controller {
+            return run_controller_only(config, shutdown).await;
+        }
         let server = Server::bind(config).await?;
         let addrs = server.local_addrs()?;
         let broker = server.broker().clone();
@@ -231,6 +234,33 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// A controller-only node: the quorum and the controller on its controller listeners.
+async fn run_controller_only(
+    config: BrokerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listeners = config.listeners.clone();
+    let data_dir = config.data_dir.clone();
+    let server = ControllerServer::bind(config).await?;
+    let listening: Vec<String> = listeners
+        .iter()
+        .zip(server.local_addrs())
+        .map(|(l, addr)| format!("{} {addr}", l.name))
+        .collect();
+    tracing::info!(
+        "Caudal {} controller-only node listening on {}, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        listening.join(", "),
+        data_dir.display()
+    );
+    match server.run(shutdown).await {
+        caudal_broker::Stopped::Asked => Ok(()),
+        caudal_broker::Stopped::MetadataFailed => {
+            anyhow::bail!("stopped because the metadata log failed; see the log above")
+        }
+    }
 }
 
 /// Every partition keeps three files open (log, offset index, time index), so a broker with a
