@@ -80,22 +80,28 @@ def broker_factory(request, tmp_path, caudal_binary):
 
 @pytest.fixture
 def cluster_factory(request, tmp_path, caudal_binary):
-    """Returns start(n=3, settings=None) -> a running Cluster of n nodes, each a broker and a
-    voter, on free loopback ports. Every node is stopped at teardown; one that died on its own
-    during the test is reported as an error."""
+    """Returns start(n=3, settings=None, roles=None) -> a running Cluster of n nodes on free
+    loopback ports, node ids from 1. `roles` gives each node's `process.roles` ("broker,controller",
+    "broker" or "controller"); by default each is a broker and a voter. The voters are the nodes
+    with the controller role. Every node is stopped at teardown; one that died on its own during
+    the test is reported as an error."""
     nodes: list[Node] = []
     request.node._caudal_brokers = nodes
 
-    def start(n: int = 3, settings: dict[str, object] | None = None) -> Cluster:
+    def start(n: int = 3, settings: dict[str, object] | None = None,
+              roles: list[str] | None = None) -> Cluster:
         base = len(nodes)
+        roles = roles or ["broker,controller"] * n
+        assert len(roles) == n, "one process.roles per node"
         ports = [(free_port(), free_port()) for _ in range(n)]
-        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports)
+                          if "controller" in roles[i])
         members = []
         for i, (port, controller_port) in enumerate(ports):
             data_dir = tmp_path / f"node{base + i + 1}-data"
             data_dir.mkdir()
             node = Node(caudal_binary, data_dir, tmp_path / f"node{base + i + 1}.log", port,
-                        i + 1, controller_port, voters, settings)
+                        i + 1, controller_port, voters, settings, roles[i])
             nodes.append(node)
             members.append(node)
         cluster = Cluster(members)
@@ -105,20 +111,24 @@ def cluster_factory(request, tmp_path, caudal_binary):
     yield start
 
     errors = []
-    # Every node at once: one by one, the last would have no quorum left to confirm its stop.
+    # Every broker at once: one by one, the last would have no quorum left to confirm its stop.
+    # Controller-only nodes go after the brokers, as with Kafka: a broker stopping needs the
+    # controller to confirm its controlled shutdown.
     died = {id(n): n.died_unexpectedly() for n in nodes}
-    for node in nodes:
-        if node.is_running():
-            node._expected_exit = True
-            node.proc.send_signal(signal.SIGTERM)
-    for node in nodes:
-        code = died[id(node)]
-        if code is not None:
-            errors.append(f"node {node.node_id} exited on its own with code {code} during the test")
-        try:
-            node.cleanup()
-        except BrokerError as e:
-            errors.append(str(e))
+    for wave in ([n for n in nodes if n.is_broker], [n for n in nodes if not n.is_broker]):
+        for node in wave:
+            if node.is_running():
+                node._expected_exit = True
+                node.proc.send_signal(signal.SIGTERM)
+        for node in wave:
+            code = died[id(node)]
+            if code is not None:
+                errors.append(
+                    f"node {node.node_id} exited on its own with code {code} during the test")
+            try:
+                node.cleanup()
+            except BrokerError as e:
+                errors.append(str(e))
     if errors:
         pytest.fail("\n".join(errors), pytrace=False)
 

@@ -216,24 +216,40 @@ class Broker:
 
 class Node(Broker):
     """One node of a multi-node cluster: a client listener and a CONTROLLER listener, with
-    every voter's controller address in `controller.quorum.voters`."""
+    every voter's controller address in `controller.quorum.voters`. `roles` is its
+    `process.roles`: "broker,controller" (the default), "broker" (not a voter; it still has a
+    CONTROLLER listener, where the leader sends it the metadata log) or "controller" (only the
+    CONTROLLER listener, which `port` then names)."""
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int,
                  node_id: int, controller_port: int, voters: str,
-                 settings: dict[str, object] | None = None):
+                 settings: dict[str, object] | None = None, roles: str = "broker,controller"):
+        if roles == "controller":
+            port = controller_port
         super().__init__(binary, data_dir, log_path, port, settings)
         self.node_id = node_id
         self.controller_port = controller_port
         self.voters = voters
+        self.roles = roles
+
+    @property
+    def is_broker(self) -> bool:
+        return self.roles != "controller"
 
     def command(self) -> list[str]:
         addr = self.bootstrap
-        cmd = [str(self.binary), "serve",
-               "--listen", f"PLAINTEXT://{addr},CONTROLLER://127.0.0.1:{self.controller_port}",
-               "--advertise", f"PLAINTEXT://{addr}",
-               "--data-dir", str(self.data_dir),
-               "--node-id", str(self.node_id),
-               "--controller.quorum.voters", self.voters]
+        controller = f"CONTROLLER://127.0.0.1:{self.controller_port}"
+        cmd = [str(self.binary), "serve"]
+        if self.is_broker:
+            cmd += ["--listen", f"PLAINTEXT://{addr},{controller}",
+                    "--advertise", f"PLAINTEXT://{addr}"]
+        else:
+            cmd += ["--listen", controller]
+        cmd += ["--data-dir", str(self.data_dir),
+                "--node-id", str(self.node_id),
+                "--controller.quorum.voters", self.voters]
+        if self.roles != "broker,controller":
+            cmd += ["--process.roles", self.roles]
         for key, value in self.settings.items():
             if isinstance(value, bool):
                 value = "true" if value else "false"
@@ -242,14 +258,18 @@ class Node(Broker):
 
 
 class Cluster:
-    """N nodes, each a broker and a voter, on loopback ports."""
+    """N nodes on loopback ports, each a broker and a voter unless given other roles."""
 
     def __init__(self, nodes: list[Node]):
         self.nodes = nodes
 
     @property
+    def brokers(self) -> list[Node]:
+        return [n for n in self.nodes if n.is_broker]
+
+    @property
     def bootstrap(self) -> str:
-        return ",".join(n.bootstrap for n in self.nodes)
+        return ",".join(n.bootstrap for n in self.brokers)
 
     def node(self, node_id: int) -> Node:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -266,12 +286,18 @@ class Cluster:
         return [n for n in self.nodes if n.is_running()]
 
     def stop_all(self, timeout: float = STOP_TIMEOUT) -> list[int]:
-        """SIGTERM every node at once, then wait for each: stopped one by one, the last would
-        be left without a quorum to confirm its controlled shutdown. Returns the exit codes."""
-        for n in self.running():
-            n._expected_exit = True
-            n.proc.send_signal(signal.SIGTERM)
-        return [n.stop(timeout) for n in self.nodes]
+        """SIGTERM every broker at once, then wait for each: stopped one by one, the last would
+        be left without a quorum to confirm its controlled shutdown. Controller-only nodes stop
+        after the brokers, which need them to confirm. Returns the exit codes, in node order."""
+        codes = {}
+        for wave in (self.brokers, [n for n in self.nodes if not n.is_broker]):
+            for n in wave:
+                if n.is_running():
+                    n._expected_exit = True
+                    n.proc.send_signal(signal.SIGTERM)
+            for n in wave:
+                codes[n.node_id] = n.stop(timeout)
+        return [codes[n.node_id] for n in self.nodes]
 
 
 def require_binary() -> Path:

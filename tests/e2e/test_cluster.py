@@ -324,3 +324,61 @@ def test_all_three_restart_with_everything(cluster_factory):
                message="every partition led after the restart")
     got = consume(cluster.bootstrap, topic, 6)
     assert sorted(r.value for r in got) == sorted(v for _, v in messages)
+
+
+def test_a_controller_only_voter_serves_broker_only_nodes(cluster_factory):
+    """Node 1 is the only voter and runs no broker; nodes 2 and 3 are brokers that follow the
+    metadata log as learners. Clients see two brokers; the topic spreads over both; admin
+    requests reach the controller-only node; a broker-only node restarted catches up."""
+    cluster = cluster_factory(3, roles=["controller", "broker", "broker"])
+    controller, b2, b3 = cluster.nodes
+    for node in cluster.brokers:
+        md = admin(node.bootstrap).list_topics(timeout=10)
+        assert sorted(md.brokers) == [2, 3], f"node {node.node_id} lists {md.brokers}"
+    assert sorted(n.id for n in describe_cluster(b2.bootstrap).nodes) == [2, 3]
+    # Clients are never sent to the controller-only node.
+    assert controller_id(b3.bootstrap) in (2, 3)
+    log = controller.log_text()
+    for broker in (2, 3):
+        assert f"node_id={broker}" in log and "added to the metadata quorum as a learner" in log, \
+            f"the controller never added broker {broker} as a learner:\n{controller.log_tail()}"
+
+    topic = unique_topic("roles")
+    create_topic(b3.bootstrap, topic, partitions=4)
+    by_leader: dict[int, int] = {}
+    for leader in leaders(cluster.bootstrap, topic).values():
+        by_leader[leader] = by_leader.get(leader, 0) + 1
+    assert by_leader == {2: 2, 3: 2}, f"leaders of {topic}: {by_leader}"
+    first = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(200)]
+    produce_and_confirm(b2.bootstrap, topic, first, {"acks": "all"})
+
+    # A broker-only node restarted is a learner already: it catches up and leads again.
+    b3.restart()
+    wait_until(lambda: sorted(admin(b2.bootstrap).list_topics(timeout=10).brokers) == [2, 3],
+               timeout=30, message="broker 3 back in Metadata")
+    wait_until(lambda: set(leaders(cluster.bootstrap, topic).values()) == {2, 3}, timeout=30,
+               message="broker 3 leading its partitions again")
+    second = [(f"k{i}".encode(), f"w{i}".encode()) for i in range(200)]
+    produce_and_confirm(b3.bootstrap, topic, second, {"acks": "all"})
+    got = consume(b2.bootstrap, topic, 4)
+    assert sorted((r.key, r.value) for r in got) == sorted(first + second)
+
+
+def test_roles_that_contradict_the_voters_are_refused_at_start(tmp_path, caudal_binary):
+    """A broker-only node listed as a voter, and a controller-only node that is not, refuse to
+    start, naming the setting and the fix."""
+    voters = "1@127.0.0.1:19093"
+    cases = [
+        (1, "broker", "PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:0",
+         "node.id 1 is in controller.quorum.voters"),
+        (2, "controller", "CONTROLLER://127.0.0.1:0",
+         "node.id 2 is not in controller.quorum.voters"),
+    ]
+    for node_id, roles, listen, expected in cases:
+        out = subprocess.run(
+            [str(caudal_binary), "serve", "--listen", listen,
+             "--data-dir", str(tmp_path / f"refused-{node_id}"), "--node-id", str(node_id),
+             "--controller.quorum.voters", voters, "--process.roles", roles],
+            capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0, f"process.roles={roles} as node {node_id} started"
+        assert expected in out.stderr and "process.roles" in out.stderr, out.stderr
