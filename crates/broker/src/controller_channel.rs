@@ -12,6 +12,7 @@
 //! that waits for a slot within its timeout.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -296,32 +297,8 @@ impl ControllerChannel {
         request: ControllerRequest,
         timeout: Duration,
     ) -> Result<ResponseKind, ChannelError> {
-        let deadline = Instant::now() + timeout;
-        let mut leader = None;
-        let attempts = async {
-            let _slot = self
-                .inner
-                .in_flight
-                .acquire()
-                .await
-                .map_err(|_| ChannelError::Stopped)?;
-            let mut delays = self.inner.backoff.delays();
-            loop {
-                match self.inner.transport.call(request.clone()).await {
-                    Ok(response) => return Ok(response),
-                    Err(ControllerCallError::Stopped) => return Err(ChannelError::Stopped),
-                    Err(ControllerCallError::NotController { leader: known }) => {
-                        leader = known;
-                        self.inner.retries.fetch_add(1, Ordering::Relaxed);
-                        let delay = delays.next().unwrap_or(self.inner.backoff.max);
-                        tracing::debug!(leader = ?known, ?delay, "no active controller yet; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-            }
-        };
-        let outcome = tokio::time::timeout_at(deadline, attempts).await;
-        outcome.unwrap_or(Err(ChannelError::TimedOut { timeout, leader }))
+        self.with_retries(timeout, || self.inner.transport.call(request.clone()))
+            .await
     }
 
     /// Sends a request the quorum answers (DescribeQuorum) as itself to the quorum leader's
@@ -338,6 +315,20 @@ impl ControllerChannel {
         let Transport::Network(network) = &self.inner.transport else {
             return Ok(None);
         };
+        self.with_retries(timeout, || network.call_quorum_leader(api, version, &body))
+            .await
+    }
+
+    /// Runs `attempt` in an in-flight slot until it is answered, retrying with backoff while
+    /// it finds no active controller, for at most `timeout` (waiting for the slot included).
+    async fn with_retries<T, A>(
+        &self,
+        timeout: Duration,
+        mut attempt: impl FnMut() -> A,
+    ) -> Result<T, ChannelError>
+    where
+        A: Future<Output = Result<T, ControllerCallError>>,
+    {
         let deadline = Instant::now() + timeout;
         let mut leader = None;
         let attempts = async {
@@ -349,13 +340,14 @@ impl ControllerChannel {
                 .map_err(|_| ChannelError::Stopped)?;
             let mut delays = self.inner.backoff.delays();
             loop {
-                match network.call_quorum_leader(api, version, &body).await {
+                match attempt().await {
                     Ok(answer) => return Ok(answer),
                     Err(ControllerCallError::Stopped) => return Err(ChannelError::Stopped),
                     Err(ControllerCallError::NotController { leader: known }) => {
                         leader = known;
                         self.inner.retries.fetch_add(1, Ordering::Relaxed);
                         let delay = delays.next().unwrap_or(self.inner.backoff.max);
+                        tracing::debug!(leader = ?known, ?delay, "no active controller yet; retrying");
                         tokio::time::sleep(delay).await;
                     }
                 }
