@@ -193,11 +193,11 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
         let job = p.log().flush_job();
         match job {
             Some(job) => {
-                let result =
-                    tokio::task::spawn_blocking(move || job.run().map(|_| job.up_to)).await;
+                let result = tokio::task::spawn_blocking(move || job.run().map(|_| job)).await;
                 match result {
-                    Ok(Ok(up_to)) => {
-                        let done = p.log().flush_done(up_to);
+                    Ok(Ok(job)) => {
+                        let up_to = job.up_to;
+                        let done = p.log().flush_done(&job);
                         if let Err(e) = done {
                             tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "writing the recovery checkpoint failed");
                             if p.log().offline_reason().is_some() {

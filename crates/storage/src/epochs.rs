@@ -52,8 +52,9 @@ pub enum EpochFileError {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LeaderEpochCache {
     entries: Vec<EpochEntry>,
-    /// Changed since the file was last written durably.
-    dirty: bool,
+    /// Counts changes to the entries; the file durably holds the entries as of change `durable`.
+    changes: u64,
+    durable: u64,
 }
 
 impl LeaderEpochCache {
@@ -136,19 +137,30 @@ impl LeaderEpochCache {
         fs::rename(&tmp, &path)?;
         if durable {
             File::open(dir)?.sync_all()?;
-            self.dirty = false;
+            self.durable = self.changes;
         }
         Ok(())
     }
 
     /// Records that the last unsynced [`write`](Self::write) was made durable by the caller.
     pub fn mark_durable(&mut self) {
-        self.dirty = false;
+        self.durable = self.changes;
+    }
+
+    /// Counts the changes so far: what [`mark_durable_as_of`](Self::mark_durable_as_of) takes.
+    pub fn version(&self) -> u64 {
+        self.changes
+    }
+
+    /// Records that an unsynced [`write`](Self::write) made at `version` was made durable by
+    /// the caller; changes since then still need a write.
+    pub fn mark_durable_as_of(&mut self, version: u64) {
+        self.durable = self.durable.max(version.min(self.changes));
     }
 
     /// Whether there are changes the file does not hold durably.
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.changes != self.durable
     }
 
     pub fn entries(&self) -> &[EpochEntry] {
@@ -179,7 +191,7 @@ impl LeaderEpochCache {
             epoch,
             start_offset,
         });
-        self.dirty = true;
+        self.changes += 1;
     }
 
     /// Drops what the log no longer holds after it was truncated to `end_offset`: every entry
@@ -187,7 +199,9 @@ impl LeaderEpochCache {
     pub fn truncate_from_end(&mut self, end_offset: i64) {
         let before = self.entries.len();
         self.entries.retain(|e| e.start_offset < end_offset);
-        self.dirty |= self.entries.len() != before;
+        if self.entries.len() != before {
+            self.changes += 1;
+        }
     }
 
     /// Drops what lies below a new log start offset: entries before it go, except the last of
@@ -207,7 +221,7 @@ impl LeaderEpochCache {
         }
         self.entries.drain(..last_below);
         self.entries[0].start_offset = start_offset;
-        self.dirty = true;
+        self.changes += 1;
     }
 
     /// Where epoch `requested` ended, as OffsetForLeaderEpoch answers it: `(epoch, end offset)`

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{assign_offset, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN};
 use crate::compact::{CleanedRuns, CompactionPlan, CompactionReport, SegmentView};
 use crate::disk::{Disk, LogFile, OsDisk};
-use crate::epochs::LeaderEpochCache;
+use crate::epochs::{LeaderEpochCache, LEADER_EPOCH_CHECKPOINT_FILE};
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{LookupError, Segment, SegmentRecovery};
 
@@ -191,17 +191,42 @@ fn filled_buffer(len: usize) -> BytesMut {
     buf
 }
 
-/// Files to fsync so that every offset below `up_to` is durable; run it without the lock.
+/// The fsyncs that make every offset below `up_to` durable; run it without the lock, then hand
+/// it to [`PartitionLog::flush_done`].
 #[derive(Debug)]
 pub struct FlushJob {
     files: Vec<Arc<dyn LogFile>>,
+    /// The log's directory, when a file was created or renamed in it since its last fsync (a
+    /// segment roll, the epoch checkpoint).
+    dir: Option<PathBuf>,
+    /// The log's count of directory changes when the job was made.
+    dir_changes: u64,
+    /// Set when the job makes every sealed segment durable: the recovery point may then move.
+    checkpoint: Option<Checkpoint>,
     pub up_to: i64,
+}
+
+/// A recovery point a [`FlushJob`] makes true, and what must hold for it to be recorded.
+#[derive(Debug)]
+struct Checkpoint {
+    /// The base offset of the active segment: every segment below it is in the job.
+    at: i64,
+    /// The log's truncation count when the job was made; a truncation since voids the checkpoint.
+    truncations: u64,
+    /// The epoch checkpoint written (unsynced) for the job, and the cache's version it holds.
+    epochs: Option<(PathBuf, u64)>,
 }
 
 impl FlushJob {
     pub fn run(&self) -> io::Result<()> {
         for f in &self.files {
             f.sync_data()?;
+        }
+        if let Some((path, _)) = self.checkpoint.as_ref().and_then(|c| c.epochs.as_ref()) {
+            File::open(path)?.sync_all()?;
+        }
+        if let Some(dir) = &self.dir {
+            sync_dir(dir)?;
         }
         Ok(())
     }
@@ -229,6 +254,11 @@ pub struct PartitionLog {
     compacted_through: i64,
     /// Counts truncations, so a compaction pass built from records since cut away is dropped.
     truncations: u64,
+    /// Counts segment rolls, whose new files are durable only once the directory is fsync'd
+    /// (by the next flush, as appends to the new segment are); `dir_synced` is the count the
+    /// last directory fsync covered.
+    dir_changes: u64,
+    dir_synced: u64,
     last_compaction_ms: i64,
 }
 
@@ -424,6 +454,8 @@ impl PartitionLog {
             leader_epoch,
             compacted_through: 0,
             truncations: 0,
+            dir_changes: 0,
+            dir_synced: 0,
             last_compaction_ms: now_ms,
         };
         log.reload_producers(now_ms)?;
@@ -636,7 +668,9 @@ impl PartitionLog {
         Ok(info)
     }
 
-    /// Starts a new active segment at the log end offset.
+    /// Starts a new active segment at the log end offset. Nothing is fsync'd here: the files
+    /// are created and the old segment's last index entry written, and the next flush makes
+    /// them durable with the appends that follow (the directory included).
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
         let base = self.log_end_offset();
         self.active_mut().seal()?;
@@ -655,12 +689,7 @@ impl PartitionLog {
             }
         };
         self.segments.insert(base, segment);
-        if let Err(e) = sync_dir(&self.dir) {
-            self.mark_offline(format!(
-                "fsync of the directory after a segment roll failed: {e}"
-            ));
-            return Err(e);
-        }
+        self.dir_changes += 1;
         Ok(())
     }
 
@@ -780,42 +809,90 @@ impl PartitionLog {
             .map(|s| (s.offset_of_max_timestamp(), s.max_timestamp()))
     }
 
-    /// The fsyncs needed to make everything appended so far durable, if any.
-    pub fn flush_job(&self) -> Option<FlushJob> {
+    /// The fsyncs needed to make everything appended so far durable, if any. When they reach
+    /// the active segment and sealed segments lie past the recovery point, the job also syncs
+    /// those segments' indexes and the epoch checkpoint (written here, unsynced), so that
+    /// [`flush_done`](Self::flush_done) can move the recovery point without an fsync under the
+    /// caller's lock.
+    pub fn flush_job(&mut self) -> Option<FlushJob> {
         let up_to = self.log_end_offset();
         if up_to <= self.flushed_offset || self.offline.is_some() {
             return None;
         }
-        let files = self
+        let mut files: Vec<Arc<dyn LogFile>> = self
             .segments
             .values()
             .filter(|s| s.next_offset() > self.flushed_offset && !s.is_empty())
             .map(|s| s.log_file().clone())
             .collect();
-        Some(FlushJob { files, up_to })
+        let active_base = self.active().base_offset();
+        let checkpoint = (up_to >= active_base && self.recovery_point < active_base)
+            .then(|| self.checkpoint_for(active_base, &mut files))
+            .flatten();
+        let dir_changes = self.dir_changes;
+        let dir = (dir_changes != self.dir_synced
+            || checkpoint.as_ref().is_some_and(|c| c.epochs.is_some()))
+        .then(|| self.dir.clone());
+        Some(FlushJob {
+            files,
+            dir,
+            dir_changes,
+            checkpoint,
+            up_to,
+        })
     }
 
-    /// Records that a [`FlushJob`] finished; checkpoints the recovery point when a sealed segment
-    /// became durable.
-    pub fn flush_done(&mut self, up_to: i64) -> io::Result<()> {
-        self.flushed_offset = self.flushed_offset.max(up_to);
-        let active_base = self.active().base_offset();
-        if self.flushed_offset >= active_base && self.recovery_point < active_base {
-            let synced = self
-                .segments
-                .values()
-                .filter(|s| s.base_offset() < active_base && s.next_offset() > self.recovery_point)
-                .try_for_each(Segment::sync_all);
-            if let Err(e) = synced {
-                self.mark_offline(format!("fsync of a sealed segment failed: {e}"));
-                return Err(e);
+    /// Adds the sealed segments past the recovery point to `files` and writes the epoch
+    /// checkpoint if it changed; `None` (no checkpoint this time) if that write fails.
+    fn checkpoint_for(
+        &mut self,
+        active_base: i64,
+        files: &mut Vec<Arc<dyn LogFile>>,
+    ) -> Option<Checkpoint> {
+        for s in self.segments.range(..active_base).map(|(_, s)| s) {
+            if s.next_offset() > self.recovery_point {
+                files.extend(s.files().into_iter().cloned());
             }
-            // Segments below the recovery point are not walked at start: the epochs they began
-            // must be in the checkpoint first.
-            self.write_epochs_if_dirty()?;
-            write_recovery_point(&self.dir, active_base)?;
-            self.recovery_point = active_base;
         }
+        // Segments below the recovery point are not walked at start: the epochs they began
+        // must be in the checkpoint first.
+        let epochs = if self.epochs.is_dirty() {
+            let version = self.epochs.version();
+            if let Err(e) = self.epochs.write(&self.dir, false) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the leader epoch checkpoint; the recovery point stays");
+                return None;
+            }
+            Some((self.dir.join(LEADER_EPOCH_CHECKPOINT_FILE), version))
+        } else {
+            None
+        };
+        Some(Checkpoint {
+            at: active_base,
+            truncations: self.truncations,
+            epochs,
+        })
+    }
+
+    /// Records that a [`FlushJob`] finished; moves the recovery point when the job made the
+    /// sealed segments durable. The recovery point file is written unsynced: a lost or stale
+    /// one only makes the next start recover more.
+    pub fn flush_done(&mut self, job: &FlushJob) -> io::Result<()> {
+        self.flushed_offset = self.flushed_offset.max(job.up_to);
+        if job.dir.is_some() {
+            self.dir_synced = self.dir_synced.max(job.dir_changes);
+        }
+        let Some(c) = &job.checkpoint else {
+            return Ok(());
+        };
+        // A truncation since the job was made rewrote both checkpoints itself.
+        if c.truncations != self.truncations || self.recovery_point >= c.at {
+            return Ok(());
+        }
+        if let Some((_, version)) = c.epochs {
+            self.epochs.mark_durable_as_of(version);
+        }
+        write_offset_file(&self.dir, RECOVERY_POINT_FILE, c.at, false)?;
+        self.recovery_point = c.at;
         Ok(())
     }
 

@@ -60,7 +60,7 @@ fn flush(log: &mut PartitionLog) {
     if let Some(job) = log.flush_job() {
         match job.run() {
             Ok(()) => {
-                let _ = log.flush_done(job.up_to);
+                let _ = log.flush_done(&job);
             }
             Err(e) => log.flush_failed(&e),
         }

@@ -327,7 +327,7 @@ fn flush_jobs_cover_everything_appended() {
     let job = log.flush_job().unwrap();
     assert_eq!(job.up_to, 20);
     job.run().unwrap();
-    log.flush_done(job.up_to).unwrap();
+    log.flush_done(&job).unwrap();
     assert_eq!(log.flushed_offset(), 20);
     assert!(log.flush_job().is_none());
     // the recovery point moved past the sealed segments
@@ -337,6 +337,90 @@ fn flush_jobs_cover_everything_appended() {
         .parse()
         .unwrap();
     assert!(point > 0);
+}
+
+#[test]
+fn a_roll_leaves_its_fsyncs_to_the_next_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+    append_n(&mut log, 1, 2, 0);
+    let job = log.flush_job().unwrap();
+    assert!(job.dir.is_none() && job.checkpoint.is_none(), "{job:?}");
+    job.run().unwrap();
+    log.flush_done(&job).unwrap();
+    // Appends until the log rolls: the new segment's files are in the directory, not yet
+    // durably; the flush after the roll syncs the directory and the sealed segment's indexes.
+    let segments = log.segment_count();
+    while log.segment_count() == segments {
+        append_n(&mut log, 1, 2, 0);
+    }
+    let job = log.flush_job().unwrap();
+    assert_eq!(job.dir.as_deref(), Some(dir.path()));
+    let checkpoint = job
+        .checkpoint
+        .as_ref()
+        .expect("the sealed segment is checkpointed");
+    assert_eq!(checkpoint.at, log.active().base_offset());
+    assert_eq!(
+        job.files.len(),
+        1 + 3 + 1,
+        "the sealed segment's log twice, its indexes, the active log"
+    );
+    job.run().unwrap();
+    log.flush_done(&job).unwrap();
+    assert_eq!(log.recovery_point, checkpoint.at);
+    // Nothing rolled since: the next flush syncs data only.
+    append_n(&mut log, 1, 2, 0);
+    let job = log.flush_job().unwrap();
+    assert!(job.dir.is_none() && job.checkpoint.is_none(), "{job:?}");
+}
+
+#[test]
+fn a_truncation_during_a_flush_voids_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+    append_n(&mut log, 10, 2, 0);
+    let job = log.flush_job().unwrap();
+    assert!(job.checkpoint.is_some());
+    // While the job runs without the lock, a follower truncates its log to offset 4.
+    log.truncate_to(4, 0).unwrap();
+    let after_truncation = log.recovery_point;
+    job.run().unwrap();
+    log.flush_done(&job).unwrap();
+    assert_eq!(log.recovery_point, after_truncation);
+    assert!(log.recovery_point <= log.active().base_offset());
+    let on_disk: i64 = fs::read_to_string(dir.path().join("recovery-point"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(on_disk, after_truncation);
+}
+
+#[test]
+fn an_epoch_begun_during_a_flush_is_written_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+    log.set_leader_epoch(1);
+    append_n(&mut log, 10, 2, 0);
+    let job = log.flush_job().unwrap();
+    assert!(job.checkpoint.as_ref().is_some_and(|c| c.epochs.is_some()));
+    // A new leader epoch begins while the job runs: the checkpoint it wrote lacks it.
+    log.set_leader_epoch(2);
+    append_n(&mut log, 1, 2, 0);
+    job.run().unwrap();
+    log.flush_done(&job).unwrap();
+    assert!(log.epochs.is_dirty(), "epoch 2 is not in the file yet");
+    while log.recovery_point == log.active().base_offset() {
+        append_n(&mut log, 1, 2, 0);
+    }
+    let job = log.flush_job().unwrap();
+    job.run().unwrap();
+    log.flush_done(&job).unwrap();
+    assert!(!log.epochs.is_dirty());
+    let loaded = LeaderEpochCache::load(dir.path()).unwrap().unwrap();
+    assert_eq!(loaded.entries(), log.epochs.entries());
+    assert_eq!(loaded.entries().len(), 2);
 }
 
 proptest! {
@@ -779,7 +863,7 @@ mod truncation_and_epochs {
         // A roll made the first segments durable with their epochs; the rest only in memory.
         if let Some(job) = log.flush_job() {
             job.run().unwrap();
-            log.flush_done(job.up_to).unwrap();
+            log.flush_done(&job).unwrap();
         }
         log.set_leader_epoch(4);
         append_n(&mut log, 6, 3, 0);

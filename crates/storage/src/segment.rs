@@ -521,6 +521,11 @@ impl Segment {
         Ok(())
     }
 
+    /// The segment's log file and both index files, to fsync without the segment at hand.
+    pub fn files(&self) -> [&Arc<dyn LogFile>; 3] {
+        [&self.log, self.offset_index.file(), self.time_index.file()]
+    }
+
     /// fsyncs the log and both indexes.
     pub fn sync_all(&self) -> io::Result<()> {
         self.log.sync_data()?;

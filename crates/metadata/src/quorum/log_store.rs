@@ -269,7 +269,7 @@ impl Inner {
                 return Err(QuorumStoreError::io("syncing the metadata log")(e));
             }
             self.log
-                .flush_done(job.up_to)
+                .flush_done(&job)
                 .map_err(QuorumStoreError::io("checkpointing the metadata log"))?;
         }
         Ok(())
