@@ -72,6 +72,13 @@ pub enum AppendError {
     Io(#[from] io::Error),
     #[error("the partition is offline until a restart recovers it: {0}")]
     Offline(String),
+    /// A follower's append of a batch that starts below its log end: the leader's log and this
+    /// one disagree about offsets already written.
+    #[error("a batch at offset {base_offset} is below the log end offset {log_end_offset}")]
+    BelowLogEnd {
+        base_offset: i64,
+        log_end_offset: i64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -594,7 +601,6 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<AppendInfo, AppendError> {
         self.check_online().map_err(AppendError::Offline)?;
-        let len = valid.total_len as u64;
         let producer_header = crate::batch::BatchHeader::parse(batch)?;
         if let SequenceCheck::Duplicate {
             base_offset,
@@ -609,6 +615,34 @@ impl PartitionLog {
         }
         let base_offset = self.log_end_offset();
         let last_offset = base_offset + i64::from(valid.last_offset_delta);
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        header.copy_from_slice(&batch[..BATCH_HEADER_LEN]);
+        assign_offset(&mut header, base_offset, self.leader_epoch);
+        let body = &batch[BATCH_HEADER_LEN..valid.total_len];
+        if valid.rewrite_max_timestamp {
+            crate::batch::rewrite_max_timestamp(&mut header, body, valid.max_timestamp);
+        }
+        self.write_batch(&header, body, &valid, last_offset, now_ms)?;
+        self.producers.record(&producer_header, base_offset, now_ms);
+        self.epochs.assign(self.leader_epoch, base_offset);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            duplicate: false,
+        })
+    }
+
+    /// Writes one batch whose header carries its offsets, rolling first if the active segment
+    /// is full, too old, or cannot index `last_offset`.
+    fn write_batch(
+        &mut self,
+        header: &[u8; BATCH_HEADER_LEN],
+        body: &[u8],
+        valid: &ValidBatch,
+        last_offset: i64,
+        now_ms: i64,
+    ) -> Result<(), AppendError> {
+        let len = valid.total_len as u64;
         let active = self.active();
         let must_roll = !active.is_empty()
             && (active.size() + len > self.config.segment_bytes
@@ -617,16 +651,9 @@ impl PartitionLog {
         if must_roll {
             self.roll(now_ms)?;
         }
-        let mut header = [0u8; BATCH_HEADER_LEN];
-        header.copy_from_slice(&batch[..BATCH_HEADER_LEN]);
-        assign_offset(&mut header, base_offset, self.leader_epoch);
-        let body = &batch[BATCH_HEADER_LEN..valid.total_len];
-        if valid.rewrite_max_timestamp {
-            crate::batch::rewrite_max_timestamp(&mut header, body, valid.max_timestamp);
-        }
         let appended =
             self.active_mut()
-                .append(&header, body, valid.last_offset_delta, valid.max_timestamp);
+                .append(header, body, valid.last_offset_delta, valid.max_timestamp);
         if let Err(failure) = appended {
             if let Some(repair) = failure.repair_error {
                 self.mark_offline(format!(
@@ -636,13 +663,58 @@ impl PartitionLog {
             }
             return Err(AppendError::Io(failure.error));
         }
-        self.producers.record(&producer_header, base_offset, now_ms);
-        self.epochs.assign(self.leader_epoch, base_offset);
-        Ok(AppendInfo {
-            base_offset,
-            last_offset,
-            duplicate: false,
-        })
+        Ok(())
+    }
+
+    /// Appends what a leader sent this follower: whole batches with the offsets, leader epochs
+    /// and timestamps they carry, checked (lengths, CRC, framing) but not stamped again. The
+    /// producer states and the epoch cache follow them, unchecked, as Kafka's follower does. A
+    /// batch must start at or past the log end (a compacted leader's log has gaps). A partial
+    /// batch at the end of `records` (a response cut at its size limit) is left for the next
+    /// fetch. Returns the offsets appended, `None` if no whole batch came.
+    pub fn append_as_follower(
+        &mut self,
+        records: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<AppendInfo>, AppendError> {
+        self.check_online().map_err(AppendError::Offline)?;
+        let mut rest = records;
+        let mut info: Option<AppendInfo> = None;
+        while rest.len() >= BATCH_HEADER_LEN {
+            let parsed = crate::batch::BatchHeader::parse(rest)?;
+            if parsed.total_len()? > rest.len() {
+                break;
+            }
+            let valid = crate::batch::validate_batch(rest)?;
+            let base_offset = parsed.base_offset();
+            let log_end_offset = self.log_end_offset();
+            if base_offset < log_end_offset {
+                return Err(AppendError::BelowLogEnd {
+                    base_offset,
+                    log_end_offset,
+                });
+            }
+            let last_offset = base_offset + i64::from(valid.last_offset_delta);
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            header.copy_from_slice(&rest[..BATCH_HEADER_LEN]);
+            self.write_batch(
+                &header,
+                &rest[BATCH_HEADER_LEN..valid.total_len],
+                &valid,
+                last_offset,
+                now_ms,
+            )?;
+            self.producers.record(&parsed, base_offset, now_ms);
+            self.epochs
+                .assign(parsed.partition_leader_epoch(), base_offset);
+            info = Some(AppendInfo {
+                base_offset: info.map_or(base_offset, |i| i.base_offset),
+                last_offset,
+                duplicate: false,
+            });
+            rest = &rest[valid.total_len..];
+        }
+        Ok(info)
     }
 
     /// Validates and appends every batch in `records` (for the broker's own writes).

@@ -423,6 +423,163 @@ fn an_epoch_begun_during_a_flush_is_written_by_the_next() {
     assert_eq!(loaded.entries().len(), 2);
 }
 
+mod follower {
+    use super::*;
+    use crate::batch::tests::reseal;
+
+    /// An idempotent producer's batch: producer id 7, epoch 0, first sequence `seq`.
+    fn idempotent(values: &[&[u8]], seq: i32) -> Vec<u8> {
+        let mut b = batch(values, 1000);
+        b[43..51].copy_from_slice(&7i64.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        reseal(&mut b);
+        b
+    }
+
+    /// Everything `log` holds from `offset`, as a fetch would send it.
+    fn bytes_from(log: &mut PartitionLog, mut offset: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(plan) = log.read(offset, 1 << 20, i64::MAX, true).unwrap() {
+            let bytes = plan.read().unwrap();
+            for (_, h) in BatchIter::new(&bytes) {
+                offset = h.last_offset() + 1;
+            }
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+
+    /// A leader log with three epochs, an idempotent producer, and a few segments.
+    fn leader(dir: &Path) -> PartitionLog {
+        let (mut log, _) = PartitionLog::open(dir, config(400), 0).unwrap();
+        log.set_leader_epoch(1);
+        append_n(&mut log, 4, 2, 0);
+        log.set_leader_epoch(3);
+        for seq in 0..3 {
+            log.append(&idempotent(&[b"a", b"b"], seq * 2), 0).unwrap();
+        }
+        log.set_leader_epoch(4);
+        append_n(&mut log, 4, 3, 0);
+        log
+    }
+
+    #[test]
+    fn a_follower_keeps_the_leaders_batches_byte_for_byte() {
+        let (l, f) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = leader(l.path());
+        let (mut follower, _) = PartitionLog::open(f.path(), config(400), 0).unwrap();
+        let sent = bytes_from(&mut leader, 0);
+        let info = follower.append_as_follower(&sent, 0).unwrap().unwrap();
+        assert_eq!(
+            (info.base_offset, info.last_offset),
+            (0, leader.log_end_offset() - 1)
+        );
+        assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+        assert_eq!(bytes_from(&mut follower, 0), sent);
+        assert_eq!(follower.epochs().entries(), leader.epochs().entries());
+        assert_eq!(
+            follower.end_offset_for_epoch(3),
+            leader.end_offset_for_epoch(3)
+        );
+        // Made leader, the follower knows the producer's last batch: its retry is a duplicate.
+        follower.set_leader_epoch(5);
+        let retry = follower
+            .append(&idempotent(&[b"a", b"b"], 4), 0)
+            .unwrap()
+            .unwrap();
+        assert!(retry.duplicate, "{retry:?}");
+        // It survives a crash and a recovery the same.
+        drop(follower);
+        let (mut follower, _) = PartitionLog::open(f.path(), config(400), 0).unwrap();
+        assert_eq!(bytes_from(&mut follower, 0), sent);
+    }
+
+    #[test]
+    fn a_partial_batch_at_the_end_waits_for_the_next_fetch() {
+        let (l, f) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = leader(l.path());
+        let (mut follower, _) = PartitionLog::open(f.path(), config(400), 0).unwrap();
+        let sent = bytes_from(&mut leader, 0);
+        let first = BatchHeader::parse(&sent).unwrap().total_len().unwrap();
+        let info = follower
+            .append_as_follower(&sent[..first + 30], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.base_offset, 0);
+        assert_eq!(follower.log_end_offset(), info.last_offset + 1);
+        assert_eq!(
+            follower
+                .append_as_follower(&sent[first..first + 30], 0)
+                .unwrap(),
+            None
+        );
+        follower.append_as_follower(&sent[first..], 0).unwrap();
+        assert_eq!(bytes_from(&mut follower, 0), sent);
+    }
+
+    #[test]
+    fn a_batch_below_the_log_end_or_damaged_is_refused_and_changes_nothing() {
+        let (l, f) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = leader(l.path());
+        let (mut follower, _) = PartitionLog::open(f.path(), config(400), 0).unwrap();
+        let sent = bytes_from(&mut leader, 0);
+        follower.append_as_follower(&sent, 0).unwrap();
+        let end = follower.log_end_offset();
+        let again = follower.append_as_follower(&sent, 0);
+        assert!(
+            matches!(again, Err(AppendError::BelowLogEnd { base_offset: 0, log_end_offset }) if log_end_offset == end),
+            "{again:?}"
+        );
+        let mut next = batch(&[b"x"], 0);
+        next[..8].copy_from_slice(&end.to_be_bytes());
+        reseal(&mut next);
+        let mut damaged = next.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(matches!(
+            follower.append_as_follower(&damaged, 0),
+            Err(AppendError::Corrupt(_))
+        ));
+        assert_eq!(follower.log_end_offset(), end);
+        assert_eq!(bytes_from(&mut follower, 0), sent);
+        // A gap, as compaction leaves them: the batch lands at its own offset.
+        next[..8].copy_from_slice(&(end + 10).to_be_bytes());
+        reseal(&mut next);
+        follower.append_as_follower(&next, 0).unwrap();
+        assert_eq!(follower.log_end_offset(), end + 11);
+        assert_eq!(
+            read_all(&mut follower, end).last(),
+            Some(&(end + 10, end + 10))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// However a leader's log is cut into fetch responses (anywhere, partial batches
+        /// included), a follower that fetches from its own log end ends byte-identical.
+        #[test]
+        fn any_cuts_give_an_identical_follower(cuts in proptest::collection::vec(1usize..600, 1..40)) {
+            let (l, f) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut leader = leader(l.path());
+            let (mut follower, _) = PartitionLog::open(f.path(), config(400), 0).unwrap();
+            let sent = bytes_from(&mut leader, 0);
+            for cut in cuts.iter().cycle() {
+                if follower.log_end_offset() == leader.log_end_offset() {
+                    break;
+                }
+                let response = bytes_from(&mut leader, follower.log_end_offset());
+                // A response holds at least its first batch whole, as Kafka's do.
+                let first = BatchHeader::parse(&response).unwrap().total_len().unwrap();
+                let n = (*cut).max(first).min(response.len());
+                follower.append_as_follower(&response[..n], 0).unwrap();
+            }
+            prop_assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+            prop_assert_eq!(bytes_from(&mut follower, 0), sent);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     /// Whatever the batch sizes and wherever the file is cut, reopening keeps exactly the

@@ -199,6 +199,8 @@ fn refused(topic: &str, partition: i32, e: AppendError) -> (i16, String) {
             E::OutOfOrderSequenceNumber.code()
         }
         AppendError::Io(_) | AppendError::Offline(_) => E::KafkaStorageError.code(),
+        // Only a follower's append of a leader's batches can meet this.
+        AppendError::BelowLogEnd { .. } => E::UnknownServerError.code(),
     };
     match &e {
         AppendError::Io(io) => tracing::error!(topic, partition, error = %io, "append failed"),
