@@ -72,8 +72,8 @@ pub enum AppendError {
     Io(#[from] io::Error),
     #[error("the partition is offline until a restart recovers it: {0}")]
     Offline(String),
-    /// A follower's append of a batch that starts below its log end: the leader's log and this
-    /// one disagree about offsets already written.
+    /// A follower's append of a batch that starts below its log end (or below the end of the
+    /// batch before it, or whose offsets overflow): the leader's log and this one disagree.
     #[error("a batch at offset {base_offset} is below the log end offset {log_end_offset}")]
     BelowLogEnd {
         base_offset: i64,
@@ -622,7 +622,7 @@ impl PartitionLog {
         if valid.rewrite_max_timestamp {
             crate::batch::rewrite_max_timestamp(&mut header, body, valid.max_timestamp);
         }
-        self.write_batch(&header, body, &valid, last_offset, now_ms)?;
+        self.write_batch(&header, body, &valid, base_offset, last_offset, now_ms)?;
         self.producers.record(&producer_header, base_offset, now_ms);
         self.epochs.assign(self.leader_epoch, base_offset);
         Ok(AppendInfo {
@@ -633,23 +633,30 @@ impl PartitionLog {
     }
 
     /// Writes one batch whose header carries its offsets, rolling first if the active segment
-    /// is full, too old, or cannot index `last_offset`.
+    /// is full, too old, or cannot index `last_offset` (the new segment starts at the batch).
     fn write_batch(
         &mut self,
         header: &[u8; BATCH_HEADER_LEN],
         body: &[u8],
         valid: &ValidBatch,
+        base_offset: i64,
         last_offset: i64,
         now_ms: i64,
     ) -> Result<(), AppendError> {
         let len = valid.total_len as u64;
         let active = self.active();
-        let must_roll = !active.is_empty()
-            && (active.size() + len > self.config.segment_bytes
-                || now_ms - active.created_ms() >= self.config.segment_ms
-                || last_offset - active.base_offset() > i64::from(i32::MAX));
-        if must_roll {
-            self.roll(now_ms)?;
+        let beyond_index = last_offset - active.base_offset() > i64::from(i32::MAX);
+        if active.is_empty() {
+            if beyond_index {
+                // Only a follower meets this: a gap in the leader's log past what the empty
+                // active segment could index.
+                self.replace_empty_active(base_offset, now_ms)?;
+            }
+        } else if beyond_index
+            || active.size() + len > self.config.segment_bytes
+            || now_ms - active.created_ms() >= self.config.segment_ms
+        {
+            self.roll_at(base_offset, now_ms)?;
         }
         let appended =
             self.active_mut()
@@ -668,42 +675,29 @@ impl PartitionLog {
 
     /// Appends what a leader sent this follower: whole batches with the offsets, leader epochs
     /// and timestamps they carry, checked (lengths, CRC, framing) but not stamped again. The
-    /// producer states and the epoch cache follow them, unchecked, as Kafka's follower does. A
-    /// batch must start at or past the log end (a compacted leader's log has gaps). A partial
-    /// batch at the end of `records` (a response cut at its size limit) is left for the next
-    /// fetch. Returns the offsets appended, `None` if no whole batch came.
+    /// producer states and the epoch cache follow them, unchecked, as Kafka's follower does.
+    /// Batches must start at or past the log end and follow one another (a compacted leader's
+    /// log has gaps). Every batch is checked before any is written, so a refusal appends
+    /// nothing. A partial batch at the end of `records` (a response cut at its size limit) is
+    /// left for the next fetch. Returns the offsets appended, `None` if no whole batch came.
     pub fn append_as_follower(
         &mut self,
         records: &[u8],
         now_ms: i64,
     ) -> Result<Option<AppendInfo>, AppendError> {
         self.check_online().map_err(AppendError::Offline)?;
-        let mut rest = records;
+        let whole = self.check_follower_batches(records)?;
+        let mut rest = &records[..whole];
         let mut info: Option<AppendInfo> = None;
-        while rest.len() >= BATCH_HEADER_LEN {
+        while !rest.is_empty() {
             let parsed = crate::batch::BatchHeader::parse(rest)?;
-            if parsed.total_len()? > rest.len() {
-                break;
-            }
             let valid = crate::batch::validate_batch(rest)?;
             let base_offset = parsed.base_offset();
-            let log_end_offset = self.log_end_offset();
-            if base_offset < log_end_offset {
-                return Err(AppendError::BelowLogEnd {
-                    base_offset,
-                    log_end_offset,
-                });
-            }
             let last_offset = base_offset + i64::from(valid.last_offset_delta);
             let mut header = [0u8; BATCH_HEADER_LEN];
             header.copy_from_slice(&rest[..BATCH_HEADER_LEN]);
-            self.write_batch(
-                &header,
-                &rest[BATCH_HEADER_LEN..valid.total_len],
-                &valid,
-                last_offset,
-                now_ms,
-            )?;
+            let body = &rest[BATCH_HEADER_LEN..valid.total_len];
+            self.write_batch(&header, body, &valid, base_offset, last_offset, now_ms)?;
             self.producers.record(&parsed, base_offset, now_ms);
             self.epochs
                 .assign(parsed.partition_leader_epoch(), base_offset);
@@ -715,6 +709,36 @@ impl PartitionLog {
             rest = &rest[valid.total_len..];
         }
         Ok(info)
+    }
+
+    /// Checks the whole batches at the start of `records` for a follower's append: each one
+    /// intact and starting past the previous one's last offset, the first at or past the log
+    /// end. Returns how many bytes they take.
+    fn check_follower_batches(&self, records: &[u8]) -> Result<usize, AppendError> {
+        let mut at = 0;
+        let mut next = self.log_end_offset();
+        while records.len() - at >= BATCH_HEADER_LEN {
+            let rest = &records[at..];
+            if crate::batch::BatchHeader::parse(rest)?.total_len()? > rest.len() {
+                break;
+            }
+            let valid = crate::batch::validate_batch(rest)?;
+            let base_offset = crate::batch::BatchHeader::parse(rest)?.base_offset();
+            if base_offset < next {
+                return Err(AppendError::BelowLogEnd {
+                    base_offset,
+                    log_end_offset: next,
+                });
+            }
+            next = base_offset
+                .checked_add(i64::from(valid.last_offset_delta) + 1)
+                .ok_or(AppendError::BelowLogEnd {
+                    base_offset,
+                    log_end_offset: next,
+                })?;
+            at += valid.total_len;
+        }
+        Ok(at)
     }
 
     /// Validates and appends every batch in `records` (for the broker's own writes).
@@ -744,25 +768,46 @@ impl PartitionLog {
     /// are created and the old segment's last index entry written, and the next flush makes
     /// them durable with the appends that follow (the directory included).
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
-        let base = self.log_end_offset();
+        self.roll_at(self.log_end_offset(), now_ms)
+    }
+
+    /// [`roll`](Self::roll) to a new segment at `base`, at or past the log end.
+    fn roll_at(&mut self, base: i64, now_ms: i64) -> io::Result<()> {
         self.active_mut().seal()?;
-        let segment = match Segment::create(
+        let segment = self.create_segment(base, now_ms)?;
+        self.segments.insert(base, segment);
+        self.dir_changes += 1;
+        Ok(())
+    }
+
+    /// Replaces the empty active segment with one at `base`, past the log end.
+    fn replace_empty_active(&mut self, base: i64, now_ms: i64) -> io::Result<()> {
+        let segment = self.create_segment(base, now_ms)?;
+        let empty = self.segments.pop_last();
+        self.segments.insert(base, segment);
+        self.dir_changes += 1;
+        if let Some((old, empty)) = empty {
+            if let Err(e) = empty.delete() {
+                // Empty files below the new active segment: the next start reads them as an
+                // empty segment.
+                tracing::warn!(dir = %self.dir.display(), base = old, error = %e, "could not remove an empty segment");
+            }
+        }
+        Ok(())
+    }
+
+    fn create_segment(&self, base: i64, now_ms: i64) -> io::Result<Segment> {
+        Segment::create(
             &*self.disk,
             &self.dir,
             base,
             self.config.index_interval_bytes,
             now_ms,
-        ) {
-            Ok(segment) => segment,
-            Err(e) => {
-                // Leave nothing half-made behind: the old segment stays active.
-                remove_segment_files(&self.dir, base);
-                return Err(e);
-            }
-        };
-        self.segments.insert(base, segment);
-        self.dir_changes += 1;
-        Ok(())
+        )
+        .inspect_err(|_| {
+            // Leave nothing half-made behind: the old segment stays active.
+            remove_segment_files(&self.dir, base);
+        })
     }
 
     /// Plans a read from `offset`: whole batches, up to `max_bytes` (or the first batch whatever

@@ -541,6 +541,20 @@ mod follower {
             follower.append_as_follower(&damaged, 0),
             Err(AppendError::Corrupt(_))
         ));
+        // A good batch followed by a damaged one: nothing is appended.
+        let mut run = next.clone();
+        run.extend_from_slice(&damaged);
+        assert!(matches!(
+            follower.append_as_follower(&run, 0),
+            Err(AppendError::Corrupt(_))
+        ));
+        // Two batches out of order: nothing is appended.
+        let mut run = next.clone();
+        run.extend_from_slice(&next);
+        assert!(matches!(
+            follower.append_as_follower(&run, 0),
+            Err(AppendError::BelowLogEnd { .. })
+        ));
         assert_eq!(follower.log_end_offset(), end);
         assert_eq!(bytes_from(&mut follower, 0), sent);
         // A gap, as compaction leaves them: the batch lands at its own offset.
@@ -1155,4 +1169,37 @@ mod truncation_and_epochs {
         let (log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
         assert_eq!((log.log_start_offset(), log.log_end_offset()), (7, 7));
     }
+}
+
+#[test]
+fn a_follower_keeps_gaps_wider_than_a_segment_can_index() {
+    use crate::batch::tests::reseal;
+    let at = |offset: i64| {
+        let mut b = batch(&[b"x"], 0);
+        b[..8].copy_from_slice(&offset.to_be_bytes());
+        reseal(&mut b);
+        b
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    // The empty active segment at 0 cannot index offset 5e9: it gives way to one there.
+    let far = 5_000_000_000;
+    log.append_as_follower(&at(far), 0).unwrap();
+    assert_eq!((log.log_end_offset(), log.segment_count()), (far + 1, 1));
+    // From a segment with data, the log rolls to a segment at the batch.
+    let farther = 3 * far;
+    log.append_as_follower(&at(farther), 0).unwrap();
+    assert_eq!(
+        (log.log_end_offset(), log.segment_count()),
+        (farther + 1, 2)
+    );
+    assert_eq!(read_all(&mut log, 0), vec![(far, far), (farther, farther)]);
+    drop(log);
+    let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+    // Reopened, the log starts at its first segment, as Kafka's does.
+    assert_eq!(log.log_start_offset(), far);
+    assert_eq!(
+        read_all(&mut log, far),
+        vec![(far, far), (farther, farther)]
+    );
 }
