@@ -8,9 +8,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError as E;
 
+use caudal_metadata::PartitionRegistration;
 use caudal_storage::{AppendError, AppendInfo, PartitionLog, ValidBatch};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
+
+use crate::replica_state::{
+    BrokerStatus, Diverging, FollowerFetch, LeaderState, Proposal, ReplicaSettings,
+};
 
 #[derive(Debug)]
 pub struct Partition {
@@ -32,6 +37,12 @@ pub struct Partition {
     /// Whether this replica leads the partition: only a leader takes produce and serves
     /// consumers.
     leader: AtomicBool,
+    /// The leader's view of its followers (`replica_state.rs`) while this replica leads a
+    /// partition with more than one replica; `None` otherwise. Never locked while the log is.
+    replication: Mutex<Option<LeaderState>>,
+    /// Whether `replication` holds a state: a single replica's appends skip its lock and move
+    /// the high watermark themselves.
+    replicated: AtomicBool,
 }
 
 impl Partition {
@@ -51,6 +62,8 @@ impl Partition {
             durable,
             flush_wanted: flush_wanted.clone(),
             appended: Notify::new(),
+            replication: Mutex::new(None),
+            replicated: AtomicBool::new(false),
         });
         tokio::spawn(flusher(Arc::downgrade(&partition), flush_wanted));
         partition
@@ -73,18 +86,139 @@ impl Partition {
         valid: ValidBatch,
         now_ms: i64,
     ) -> Result<(AppendInfo, i64), AppendError> {
-        let appended = {
+        let replicated = self.replicated.load(Ordering::Acquire);
+        let (appended, end) = {
             let mut log = self.log();
             let info = log.append_validated(batch, valid, now_ms)?;
-            // The only replica has it: it is committed (the next release moves this by ISR).
-            self.high_watermark
-                .fetch_max(log.log_end_offset(), Ordering::AcqRel);
-            (info, log.log_start_offset())
+            let end = log.log_end_offset();
+            if !replicated {
+                // The only replica has it: it is committed.
+                self.high_watermark.fetch_max(end, Ordering::AcqRel);
+            }
+            ((info, log.log_start_offset()), end)
         };
+        if replicated {
+            self.update_high_watermark(end, now_ms);
+        }
         if !appended.0.duplicate {
             self.appended.notify_waiters();
         }
         Ok(appended)
+    }
+
+    fn replication(&self) -> MutexGuard<'_, Option<LeaderState>> {
+        self.replication
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves the high watermark as the followers allow, given the log's end.
+    fn update_high_watermark(&self, log_end_offset: i64, now_ms: i64) {
+        let moved = match self.replication().as_mut() {
+            Some(state) => state
+                .update_high_watermark(log_end_offset, now_ms)
+                .then(|| state.high_watermark()),
+            None => None,
+        };
+        if let Some(hw) = moved {
+            self.high_watermark.fetch_max(hw, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes the partition's replicas and ISR from the image while this replica leads it: a
+    /// new leader epoch starts a new leader state (every follower's position unknown until it
+    /// fetches), a change under the same epoch (an ISR change) updates it. A partition of one
+    /// replica, or one this replica does not lead, has none.
+    pub fn set_replicas(
+        &self,
+        local_id: i32,
+        registration: &PartitionRegistration,
+        settings: ReplicaSettings,
+        now_ms: i64,
+    ) {
+        let mut state = self.replication();
+        if registration.leader != local_id || registration.replicas.len() <= 1 {
+            *state = None;
+            self.replicated.store(false, Ordering::Release);
+            return;
+        }
+        match state.as_mut() {
+            Some(s) if s.leader_epoch() == registration.leader_epoch => s.image_changed(
+                registration.partition_epoch,
+                &registration.replicas,
+                &registration.isr,
+                now_ms,
+            ),
+            _ => {
+                let end = self.log().log_end_offset();
+                *state = Some(LeaderState::new(
+                    local_id,
+                    registration.leader_epoch,
+                    registration.partition_epoch,
+                    &registration.replicas,
+                    &registration.isr,
+                    end,
+                    self.high_watermark(),
+                    settings,
+                    now_ms,
+                ));
+            }
+        }
+        self.replicated.store(true, Ordering::Release);
+    }
+
+    /// Checks a follower's fetch of this partition before anything is read: the error code
+    /// to answer it with, or where the follower's log leaves this one (answer with that and no
+    /// records). `broker` is the image's registration of the follower's broker.
+    pub fn check_follower_fetch(
+        &self,
+        fetch: &FollowerFetch,
+        broker: Option<BrokerStatus>,
+    ) -> Result<Option<Diverging>, i16> {
+        if !self.is_leader() {
+            return Err(E::NotLeaderOrFollower.code());
+        }
+        self.check_leader_epoch(fetch.current_leader_epoch)?;
+        let (log_start_offset, epoch_end) = {
+            let log = self.log();
+            let epoch_end = (fetch.last_fetched_epoch >= 0)
+                .then(|| log.end_offset_for_epoch(fetch.last_fetched_epoch));
+            (log.log_start_offset(), epoch_end)
+        };
+        match self.replication().as_ref() {
+            Some(state) => state
+                .check_fetch(fetch, log_start_offset, broker, |_| {
+                    epoch_end.unwrap_or((-1, -1))
+                })
+                .map_err(|refusal| refusal.code()),
+            // Led here with no followers: whoever asks is not one.
+            None if fetch.current_leader_epoch >= 0 => Err(E::UnknownLeaderEpoch.code()),
+            None => Err(E::NotLeaderOrFollower.code()),
+        }
+    }
+
+    /// Records a follower's fetch that [`check_follower_fetch`](Self::check_follower_fetch)
+    /// let through; `leader_end` is this log's end read before the fetch's read. Moves the
+    /// high watermark if the follower's position allows (waking the fetches waiting on it),
+    /// and returns an ISR change to propose to the controller, if any.
+    pub fn record_follower_fetch(
+        &self,
+        fetch: &FollowerFetch,
+        leader_end: i64,
+        brokers: impl Fn(i32) -> Option<BrokerStatus>,
+        now_ms: i64,
+    ) -> Option<Proposal> {
+        let (moved, proposal) = {
+            let mut state = self.replication();
+            let state = state.as_mut()?;
+            let (moved, proposal) = state.record_fetch(fetch, leader_end, brokers, now_ms);
+            (moved.then(|| state.high_watermark()), proposal)
+        };
+        if let Some(hw) = moved {
+            self.high_watermark.fetch_max(hw, Ordering::AcqRel);
+            self.appended.notify_waiters();
+        }
+        proposal
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -131,6 +265,10 @@ impl Partition {
             };
             was_leader != leader || old_epoch != epoch
         };
+        if !leader {
+            *self.replication() = None;
+            self.replicated.store(false, Ordering::Release);
+        }
         if changed {
             self.appended.notify_waiters();
         }
@@ -237,6 +375,7 @@ pub(crate) mod tests {
     use caudal_storage::{LogConfig, PartitionLog};
 
     use super::*;
+    use crate::replica_state::Diverging;
 
     fn batch(value: &[u8]) -> bytes::BytesMut {
         let record = (
@@ -278,6 +417,131 @@ pub(crate) mod tests {
         assert!(
             ready(&mut waiting),
             "not woken by its own partition's append"
+        );
+    }
+
+    fn append(p: &Partition, value: &[u8]) {
+        let bytes = batch(value);
+        let valid = p.log().validate(&bytes).unwrap();
+        p.append(&bytes, valid, 0).unwrap();
+    }
+
+    /// Leader 1 at `epoch` of replicas [1, 2], both in the ISR.
+    fn lead_with_follower(p: &Partition, epoch: i32) {
+        p.set_leadership(true, epoch);
+        let registration = PartitionRegistration {
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+            leader: 1,
+            leader_epoch: epoch,
+            partition_epoch: epoch,
+        };
+        let settings = ReplicaSettings {
+            max_lag_ms: 30_000,
+            min_insync_replicas: 1,
+        };
+        p.set_replicas(1, &registration, settings, 0);
+    }
+
+    fn follower_fetch(fetch_offset: i64, epoch: i32, last_fetched_epoch: i32) -> FollowerFetch {
+        FollowerFetch {
+            replica_id: 2,
+            broker_epoch: -1,
+            current_leader_epoch: epoch,
+            fetch_offset,
+            last_fetched_epoch,
+        }
+    }
+
+    const BROKER_2: BrokerStatus = BrokerStatus {
+        epoch: 7,
+        active: true,
+    };
+
+    #[tokio::test]
+    async fn with_a_follower_the_high_watermark_moves_when_the_follower_has_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path(), 0);
+        lead_with_follower(&p, 1);
+        append(&p, b"a");
+        append(&p, b"b");
+        assert_eq!(p.high_watermark(), 0, "the follower has nothing yet");
+        let waiting = p.next_append();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        let f = follower_fetch(1, 1, 1);
+        assert_eq!(p.check_follower_fetch(&f, Some(BROKER_2)), Ok(None));
+        p.record_follower_fetch(&f, 2, |_| Some(BROKER_2), 10);
+        assert_eq!(p.high_watermark(), 1);
+        assert!(
+            ready(&mut waiting),
+            "consumers waiting on the high watermark wake"
+        );
+        p.record_follower_fetch(&follower_fetch(2, 1, 1), 2, |_| Some(BROKER_2), 20);
+        assert_eq!(p.high_watermark(), 2);
+        // A single replica again: appends move it themselves.
+        p.set_replicas(
+            1,
+            &PartitionRegistration {
+                replicas: vec![1],
+                isr: vec![1],
+                leader: 1,
+                leader_epoch: 1,
+                partition_epoch: 2,
+            },
+            ReplicaSettings {
+                max_lag_ms: 30_000,
+                min_insync_replicas: 1,
+            },
+            30,
+        );
+        append(&p, b"c");
+        assert_eq!(p.high_watermark(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_follower_fetch_is_checked_against_the_leaders_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path(), 0);
+        // Epoch 1 holds offsets 0 and 1, epoch 3 begins at 2.
+        lead_with_follower(&p, 1);
+        append(&p, b"a");
+        append(&p, b"b");
+        lead_with_follower(&p, 3);
+        append(&p, b"c");
+        let check = |f: FollowerFetch| p.check_follower_fetch(&f, Some(BROKER_2));
+        assert_eq!(check(follower_fetch(2, 3, 1)), Ok(None));
+        // A follower that wrote offsets 2 and 3 under epoch 2 as a deposed leader.
+        assert_eq!(
+            check(follower_fetch(4, 3, 2)),
+            Ok(Some(Diverging {
+                epoch: 1,
+                end_offset: 2
+            }))
+        );
+        assert_eq!(
+            check(follower_fetch(2, 1, 1)),
+            Err(E::FencedLeaderEpoch.code())
+        );
+        assert_eq!(
+            check(follower_fetch(2, 4, 1)),
+            Err(E::UnknownLeaderEpoch.code())
+        );
+        let stranger = FollowerFetch {
+            replica_id: 5,
+            ..follower_fetch(2, 3, 1)
+        };
+        assert_eq!(check(stranger), Err(E::UnknownLeaderEpoch.code()));
+        p.become_follower();
+        assert_eq!(
+            check(follower_fetch(2, 3, 1)),
+            Err(E::NotLeaderOrFollower.code())
+        );
+        // A single replica has no followers to serve.
+        let single = partition(dir.path(), 1);
+        assert_eq!(
+            single.check_follower_fetch(&follower_fetch(0, -1, -1), Some(BROKER_2)),
+            Err(E::NotLeaderOrFollower.code())
         );
     }
 }

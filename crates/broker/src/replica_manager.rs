@@ -27,6 +27,7 @@ use crate::partition_dirs::{
     self, create_partition_dir, open_existing_log, partition_dir, read_partition_metadata,
     set_aside, write_partition_metadata,
 };
+use crate::replica_state::ReplicaSettings;
 
 /// What opening the logs of new local replicas needs.
 #[derive(Debug, Clone)]
@@ -37,6 +38,14 @@ pub struct LogContext<'a> {
     pub disk: Arc<dyn Disk>,
     pub now_ms: i64,
 }
+
+/// Kafka's defaults for the ISR rules (`replica.lag.time.max.ms`, `min.insync.replicas`).
+/// Until replicas are served (a replication factor above 1 is still refused) no partition
+/// has followers, and the settings are not read from the configs yet.
+const REPLICA_SETTINGS: ReplicaSettings = ReplicaSettings {
+    max_lag_ms: 30_000,
+    min_insync_replicas: 1,
+};
 
 /// What [`ReplicaManager::apply_changes`] did, by partition.
 #[derive(Debug, Default)]
@@ -176,11 +185,23 @@ impl ReplicaManager {
         {
             if let Some(p) = self.get(*id) {
                 p.set_leadership(leader, registration.leader_epoch);
+                p.set_replicas(
+                    ctx.config.node_id,
+                    registration,
+                    REPLICA_SETTINGS,
+                    ctx.now_ms,
+                );
                 continue;
             }
             match self.open_replica(image, *id, ctx) {
                 Ok((p, created)) => {
                     p.set_leadership(leader, registration.leader_epoch);
+                    p.set_replicas(
+                        ctx.config.node_id,
+                        registration,
+                        REPLICA_SETTINGS,
+                        ctx.now_ms,
+                    );
                     log_new_replica(&p, registration, leader, created);
                     self.write().insert(*id, p);
                     if created {

@@ -101,6 +101,8 @@ struct Follower {
     last_fetch_ms: i64,
     /// The broker epoch of its last fetch; `None` before one.
     broker_epoch: Option<i64>,
+    /// Whether, at its last fetch, its broker could join the ISR (see `LeaderState::eligible`).
+    eligible: bool,
 }
 
 impl Follower {
@@ -111,6 +113,7 @@ impl Follower {
             last_fetch_leader_end: -1,
             last_fetch_ms: caught_up_ms,
             broker_epoch: None,
+            eligible: false,
         }
     }
 
@@ -309,32 +312,20 @@ impl LeaderState {
         f.last_fetch_ms = now_ms;
         f.log_end_offset = fetch.fetch_offset;
         f.broker_epoch = Some(fetch.broker_epoch);
-        let moved = self.update_high_watermark(leader_end, &brokers, now_ms);
-        let proposal = self.maybe_expand(fetch.replica_id, &brokers);
+        // May join the ISR: its broker active, fetching with its registration's broker epoch
+        // (or none).
+        f.eligible = brokers(fetch.replica_id).is_some_and(|b| {
+            b.active && (fetch.broker_epoch == -1 || fetch.broker_epoch == b.epoch)
+        });
+        let moved = self.update_high_watermark(leader_end, now_ms);
+        let proposal = self.maybe_expand(fetch.replica_id);
         (moved, proposal)
-    }
-
-    /// Whether `id` may join the ISR as its broker is now: active, and fetching with the
-    /// registration's broker epoch (or none).
-    fn eligible(&self, id: i32, brokers: &impl Fn(i32) -> Option<BrokerStatus>) -> bool {
-        let Some(f) = self.followers.get(&id) else {
-            return false;
-        };
-        match (brokers(id), f.broker_epoch) {
-            (Some(b), Some(fetched)) => b.active && (fetched == -1 || fetched == b.epoch),
-            _ => false,
-        }
     }
 
     /// Moves the high watermark to what every maximal-ISR member (and every caught-up eligible
     /// follower, so that it can join) has, never back, and not at all while the committed ISR
     /// is below `min.insync.replicas`. Call it after each append too. Returns whether it moved.
-    pub fn update_high_watermark(
-        &mut self,
-        leader_end: i64,
-        brokers: &impl Fn(i32) -> Option<BrokerStatus>,
-        now_ms: i64,
-    ) -> bool {
+    pub fn update_high_watermark(&mut self, leader_end: i64, now_ms: i64) -> bool {
         if !self.enough_replicas() {
             return false;
         }
@@ -343,8 +334,7 @@ impl LeaderState {
         for (id, f) in &self.followers {
             if f.log_end_offset < new
                 && (maximal.contains(id)
-                    || (f.caught_up(leader_end, now_ms, self.settings.max_lag_ms)
-                        && self.eligible(*id, brokers)))
+                    || (f.eligible && f.caught_up(leader_end, now_ms, self.settings.max_lag_ms)))
             {
                 new = f.log_end_offset;
             }
@@ -357,11 +347,7 @@ impl LeaderState {
         }
     }
 
-    fn maybe_expand(
-        &mut self,
-        id: i32,
-        brokers: &impl Fn(i32) -> Option<BrokerStatus>,
-    ) -> Option<Proposal> {
+    fn maybe_expand(&mut self, id: i32) -> Option<Proposal> {
         let Isr::Committed(committed) = &self.isr else {
             return None;
         };
@@ -369,7 +355,7 @@ impl LeaderState {
         if committed.contains(&id)
             || f.log_end_offset < self.high_watermark
             || f.log_end_offset < self.epoch_start_offset
-            || !self.eligible(id, brokers)
+            || !f.eligible
         {
             return None;
         }

@@ -177,7 +177,7 @@ fn a_member_silent_past_the_lag_time_is_proposed_out_and_counts_until_committed(
         partition_epoch: 8,
         isr: vec![1, 2],
     });
-    assert!(l.update_high_watermark(400, &all_active, 31_600));
+    assert!(l.update_high_watermark(400, 31_600));
     assert_eq!(l.high_watermark(), 400);
 }
 
@@ -283,7 +283,7 @@ fn below_min_insync_replicas_nothing_is_appended_and_the_high_watermark_stays() 
     let mut l = leader(&[1], 2);
     assert!(!l.enough_replicas());
     l.record_fetch(&fetch(2, 100), 150, all_active, 10);
-    assert!(!l.update_high_watermark(150, &all_active, 10));
+    assert!(!l.update_high_watermark(150, 10));
     assert_eq!(l.high_watermark(), 100);
     // With two in the ISR an acks=all write waits for both.
     let mut l = leader(&[1, 2], 2);

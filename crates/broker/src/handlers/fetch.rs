@@ -19,13 +19,14 @@ use caudal_storage::ReadError;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ResponseKind, TopicName};
 
 use super::leader_hints::LeaderHints;
 use super::{str_bytes, Reply};
 use crate::partition::Partition;
+use crate::replica_state::{BrokerStatus, FollowerFetch};
 use crate::Broker;
 
 /// Fetch v13 and later name topics by id.
@@ -46,6 +47,10 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
             + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
         let targets = Arc::new(resolve(&broker, &request, version));
+        let follower = follower_of(&broker, &request, version);
+        // A follower's position is recorded from the first read only, as Kafka's leader does:
+        // the passes after a wait read again what the same fetch asked for.
+        let mut first_pass = true;
         let request = Arc::new(request);
         // Wakers, armed only once a read came up short: a fetch that finds its data at once
         // (the busy consumer's) allocates none. Armed before the next read, so that an append
@@ -59,12 +64,23 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
             let last = stopping || tokio::time::Instant::now() >= deadline;
             // Nothing to wait for with min_bytes 0: answer at once, as Kafka does.
-            if last || min_bytes == 0 || !at_end(&request, &targets) {
-                let read = match read_once(&request, version, &targets, Reads::CachedOnly) {
+            if last || min_bytes == 0 || !at_end(&request, &targets, follower.is_some()) {
+                let read = match read_once(&request, version, &targets, follower, Reads::CachedOnly)
+                {
                     Some(read) => read,
-                    None => read_off_workers(request.clone(), version, targets.clone()).await,
+                    None => {
+                        read_off_workers(request.clone(), version, targets.clone(), follower).await
+                    }
                 };
-                let (mut response, bytes, any_error) = read;
+                let Pass {
+                    mut response,
+                    bytes,
+                    any_error,
+                    followed,
+                } = read;
+                if std::mem::take(&mut first_pass) {
+                    record_followers(&broker, &followed);
+                }
                 if bytes >= min_bytes || any_error || last {
                     if any_error && version >= LEADER_HINTS_SINCE {
                         add_leader_hints(&broker, &mut response, version, listener);
@@ -87,6 +103,63 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
             armed = false;
         }
     })
+}
+
+/// Fetch v15 and later name the follower in `ReplicaState`, with its broker epoch (KIP-903).
+const REPLICA_STATE_SINCE: i16 = 15;
+
+/// Who sends a follower's fetch: its broker id and epoch, and its broker as the image has it.
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    id: i32,
+    broker_epoch: i64,
+    status: Option<BrokerStatus>,
+}
+
+/// The follower a fetch comes from, if it is a replica's (Kafka's follower fetch): the id in
+/// `ReplicaState` from v15, `ReplicaId` before; consumers send -1.
+fn follower_of(broker: &Broker, request: &FetchRequest, version: i16) -> Option<Follower> {
+    let (id, broker_epoch) = if version >= REPLICA_STATE_SINCE {
+        let state = &request.replica_state;
+        (state.replica_id.0, state.replica_epoch)
+    } else {
+        (request.replica_id.0, -1)
+    };
+    (id >= 0).then(|| Follower {
+        id,
+        broker_epoch,
+        status: broker_status(&broker.topics.image(), id),
+    })
+}
+
+/// What the ISR rules need of a broker's registration.
+fn broker_status(image: &caudal_metadata::MetadataImage, id: i32) -> Option<BrokerStatus> {
+    image.broker(id).map(|b| BrokerStatus {
+        epoch: b.epoch,
+        active: !b.fenced && !b.in_controlled_shutdown,
+    })
+}
+
+/// Records each follower's position after its fetch's first read. The ISR changes this may
+/// propose are sent to the controller by the AlterPartition sender (`docs/design/replication.md`,
+/// step 5); until then a proposal stays pending.
+fn record_followers(broker: &Broker, followed: &[Followed]) {
+    if followed.is_empty() {
+        return;
+    }
+    let image = broker.topics.image();
+    let now = crate::now_ms();
+    for f in followed {
+        let proposal = f.partition.record_follower_fetch(
+            &f.fetch,
+            f.leader_end,
+            |id| broker_status(&image, id),
+            now,
+        );
+        if let Some(proposal) = proposal {
+            tracing::debug!(topic = %f.partition.topic, partition = f.partition.index, ?proposal, "ISR change proposed");
+        }
+    }
 }
 
 /// KIP-951: for each partition answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH, the
@@ -157,8 +230,9 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
 }
 
 /// Whether every partition of the fetch is known, led here at the epoch the client knows, online
-/// and asked for at its high watermark: nothing to read, and nothing wrong to report.
-fn at_end(request: &FetchRequest, targets: &Targets) -> bool {
+/// and asked for at its high watermark (a follower: at the log end): nothing to read, and
+/// nothing wrong to report.
+fn at_end(request: &FetchRequest, targets: &Targets, follower: bool) -> bool {
     request
         .topics
         .iter()
@@ -166,7 +240,12 @@ fn at_end(request: &FetchRequest, targets: &Targets) -> bool {
         .all(|(topic, targets)| {
             topic.partitions.iter().zip(targets).all(|(fp, target)| {
                 target.as_ref().is_ok_and(|p| {
-                    fp.fetch_offset == p.high_watermark()
+                    let end = if follower {
+                        p.log().log_end_offset()
+                    } else {
+                        p.high_watermark()
+                    };
+                    fp.fetch_offset == end
                         && p.is_leader()
                         && p.check_leader_epoch(fp.current_leader_epoch).is_ok()
                         && p.log().offline_reason().is_none()
@@ -180,21 +259,26 @@ async fn read_off_workers(
     request: Arc<FetchRequest>,
     version: i16,
     targets: Arc<Targets>,
-) -> (FetchResponse, usize, bool) {
-    let read =
-        tokio::task::spawn_blocking(move || read_once(&request, version, &targets, Reads::Disk));
-    match read.await {
-        Ok(Some(read)) => read,
+    follower: Option<Follower>,
+) -> Pass {
+    let read = tokio::task::spawn_blocking(move || {
+        read_once(&request, version, &targets, follower, Reads::Disk)
+    });
+    let failed = match read.await {
+        Ok(Some(read)) => return read,
         Ok(None) => {
             tracing::error!("a fetch's read from disk gave up");
-            let response = FetchResponse::default().with_error_code(E::UnknownServerError.code());
-            (response, 0, true)
+            Pass::default()
         }
         Err(e) => {
             tracing::error!(error = %e, "a fetch's read did not complete");
-            let response = FetchResponse::default().with_error_code(E::UnknownServerError.code());
-            (response, 0, true)
+            Pass::default()
         }
+    };
+    Pass {
+        response: FetchResponse::default().with_error_code(E::UnknownServerError.code()),
+        any_error: true,
+        ..failed
     }
 }
 
@@ -245,15 +329,38 @@ impl Reads {
     }
 }
 
-/// One pass over the requested partitions: returns the response, the record bytes in it, and
-/// whether any partition has an error (which answers the fetch at once, as in Kafka). `None`
-/// when `reads` is [`Reads::CachedOnly`] and some bytes are not cached.
+/// A follower's read of one partition, to record once the pass is done.
+#[derive(Debug)]
+struct Followed {
+    partition: Arc<Partition>,
+    fetch: FollowerFetch,
+    /// The leader's log end before the read.
+    leader_end: i64,
+}
+
+/// What one pass over the requested partitions made.
+#[derive(Debug, Default)]
+struct Pass {
+    response: FetchResponse,
+    /// The record bytes in it.
+    bytes: usize,
+    /// A partition has an error or a diverging epoch: the fetch is answered at once, as Kafka
+    /// does.
+    any_error: bool,
+    followed: Vec<Followed>,
+}
+
+/// One pass over the requested partitions. `None` when `reads` is [`Reads::CachedOnly`] and
+/// some bytes are not cached. A follower reads up to the log end, after its epochs and
+/// divergence are checked.
 fn read_once(
     request: &FetchRequest,
     version: i16,
     targets: &Targets,
+    follower: Option<Follower>,
     reads: Reads,
-) -> Option<(FetchResponse, usize, bool)> {
+) -> Option<Pass> {
+    let mut followed = Vec::new();
     let mut remaining = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut total = 0usize;
     let mut any_error = false;
@@ -273,15 +380,45 @@ fn read_once(
                 } else {
                     None
                 });
+            let follower_fetch = follower.map(|f| FollowerFetch {
+                replica_id: f.id,
+                broker_epoch: f.broker_epoch,
+                current_leader_epoch: fp.current_leader_epoch,
+                fetch_offset: fp.fetch_offset,
+                last_fetched_epoch: fp.last_fetched_epoch,
+            });
             // Checked at every pass: leadership can move while a fetch waits.
-            let partition = match target.as_ref().map_err(|code| *code).and_then(|p| {
-                if !p.is_leader() {
-                    return Err(E::NotLeaderOrFollower.code());
+            let checked = target.as_ref().map_err(|code| *code).and_then(|p| {
+                match (&follower_fetch, follower) {
+                    (Some(ff), Some(f)) => Ok((p, p.check_follower_fetch(ff, f.status)?)),
+                    _ => {
+                        if !p.is_leader() {
+                            return Err(E::NotLeaderOrFollower.code());
+                        }
+                        p.check_leader_epoch(fp.current_leader_epoch)?;
+                        Ok((p, None))
+                    }
                 }
-                p.check_leader_epoch(fp.current_leader_epoch)?;
-                Ok(p)
-            }) {
-                Ok(p) => p,
+            });
+            let partition = match checked {
+                Ok((p, None)) => p,
+                Ok((p, Some(diverging))) => {
+                    // No records: the follower truncates first.
+                    any_error = true;
+                    let hw = p.high_watermark();
+                    let log_start_offset = p.log().log_start_offset();
+                    partitions.push(
+                        base.with_high_watermark(hw)
+                            .with_last_stable_offset(hw)
+                            .with_log_start_offset(log_start_offset)
+                            .with_diverging_epoch(
+                                EpochEndOffset::default()
+                                    .with_epoch(diverging.epoch)
+                                    .with_end_offset(diverging.end_offset),
+                            ),
+                    );
+                    continue;
+                }
                 Err(code) => {
                     any_error = true;
                     partitions.push(base.with_error_code(code));
@@ -297,8 +434,20 @@ fn read_once(
             let (plan, high_watermark, log_start_offset) = {
                 let hw = partition.high_watermark();
                 let mut log = partition.log();
+                // A follower reads up to the log end; consumers up to the high watermark.
+                let up_to = match follower_fetch {
+                    Some(fetch) => {
+                        followed.push(Followed {
+                            partition: partition.clone(),
+                            fetch,
+                            leader_end: log.log_end_offset(),
+                        });
+                        i64::MAX
+                    }
+                    None => hw,
+                };
                 (
-                    log.read(fp.fetch_offset, limit, hw, min_one),
+                    log.read(fp.fetch_offset, limit, up_to, min_one),
                     hw,
                     log.log_start_offset(),
                 )
@@ -345,7 +494,12 @@ fn read_once(
     let response = FetchResponse::default()
         .with_session_id(0)
         .with_responses(responses);
-    Some((response, total, any_error))
+    Some(Pass {
+        response,
+        bytes: total,
+        any_error,
+        followed,
+    })
 }
 
 fn topic_response(
@@ -441,6 +595,81 @@ mod tests {
             panic!("the fetch kept waiting after its topic was deleted");
         };
         assert_eq!(error_code(answer), E::NotLeaderOrFollower.code());
+    }
+
+    fn partition_data(answer: Option<ResponseKind>) -> PartitionData {
+        let Some(ResponseKind::Fetch(mut response)) = answer else {
+            panic!("not a fetch response: {answer:?}");
+        };
+        response.responses.remove(0).partitions.remove(0)
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_to_the_log_end_and_its_position_moves_the_high_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, broker, partition, mut consumer) = broker_with_topic(dir.path(), 0).await;
+        consumer.topics[0].topic_id = partition.topic_id;
+        let local = broker.config.node_id;
+        let epoch = partition.leader_epoch();
+        // Replicas beyond the leader are not served yet: this one is made by hand.
+        let registration = caudal_metadata::PartitionRegistration {
+            replicas: vec![local, local + 1],
+            isr: vec![local, local + 1],
+            leader: local,
+            leader_epoch: epoch,
+            partition_epoch: 0,
+        };
+        let settings = crate::replica_state::ReplicaSettings {
+            max_lag_ms: 30_000,
+            min_insync_replicas: 1,
+        };
+        partition.set_replicas(local, &registration, settings, crate::now_ms());
+        let end = partition.high_watermark();
+        for value in [&b"a"[..], b"b"] {
+            let bytes = crate::coordinator_runtime::encode_batch(
+                &[(
+                    Bytes::from_static(b"k"),
+                    Some(Bytes::copy_from_slice(value)),
+                )],
+                0,
+            )
+            .unwrap();
+            let valid = partition.log().validate(&bytes).unwrap();
+            partition.append(&bytes, valid, 0).unwrap();
+        }
+        let follower = |fetch_offset: i64| {
+            let mut request = consumer.clone().with_replica_state(
+                kafka_protocol::messages::fetch_request::ReplicaState::default()
+                    .with_replica_id(BrokerId(local + 1)),
+            );
+            request.topics[0].partitions[0].fetch_offset = fetch_offset;
+            request.topics[0].partitions[0].current_leader_epoch = epoch;
+            request
+        };
+        let consumed = partition_data(handle(broker.clone(), consumer.clone(), 15, 0).await);
+        assert_eq!(consumed.error_code, 0);
+        assert_eq!(consumed.high_watermark, end);
+        assert!(
+            consumed.records.unwrap_or_default().is_empty(),
+            "past the high watermark"
+        );
+        // The follower reads both batches, past the high watermark.
+        let fetched = partition_data(handle(broker.clone(), follower(end), 15, 0).await);
+        assert_eq!(fetched.error_code, 0);
+        assert!(!fetched.records.unwrap_or_default().is_empty());
+        assert_eq!(partition.high_watermark(), end);
+        // Its next fetch says it has them: they are committed, and consumers read them.
+        let fetched = partition_data(handle(broker.clone(), follower(end + 2), 15, 0).await);
+        assert_eq!(fetched.error_code, 0);
+        assert_eq!(partition.high_watermark(), end + 2);
+        let consumed = partition_data(handle(broker.clone(), consumer.clone(), 15, 0).await);
+        assert_eq!(consumed.high_watermark, end + 2);
+        assert!(!consumed.records.unwrap_or_default().is_empty());
+        // A broker that is no replica is told so.
+        let mut stranger = follower(end);
+        stranger.replica_state.replica_id = BrokerId(local + 7);
+        let refused = partition_data(handle(broker, stranger, 15, 0).await);
+        assert_eq!(refused.error_code, E::UnknownLeaderEpoch.code());
     }
 
     #[tokio::test]
