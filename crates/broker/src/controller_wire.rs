@@ -88,6 +88,12 @@ fn body_of(request: &ControllerRequest) -> (RequestKind, ApiKey, i16, bool) {
             v,
             false,
         ),
+        ControllerRequest::AlterPartition(r, v) => (
+            RequestKind::AlterPartition(r),
+            ApiKey::AlterPartition,
+            v,
+            false,
+        ),
     }
 }
 
@@ -234,6 +240,7 @@ pub fn read_answer(frame: Bytes, shape: Shape, correlation_id: i32) -> Result<An
         (ResponseKind::BrokerHeartbeat(r), _) => r.error_code,
         (ResponseKind::UnregisterBroker(r), _) => r.error_code,
         (ResponseKind::AllocateProducerIds(r), _) => r.error_code,
+        (ResponseKind::AlterPartition(r), _) => r.error_code,
         _ => 0,
     };
     Ok(if code == not_controller {
@@ -268,6 +275,7 @@ pub fn served(api: ApiKey, body: RequestKind, version: i16) -> Result<Served, Re
         RequestKind::AllocateProducerIds(r) => {
             direct(ControllerRequest::AllocateProducerIds(r, version))
         }
+        RequestKind::AlterPartition(r) => direct(ControllerRequest::AlterPartition(r, version)),
         RequestKind::Envelope(envelope) => {
             let inner = caudal_protocol::decode_request(envelope.request_data)
                 .map_err(|e| Refusal::Malformed(e.to_string()))?;
@@ -322,6 +330,9 @@ pub fn not_controller(request: &ControllerRequest) -> Option<ResponseKind> {
         ),
         ControllerRequest::AllocateProducerIds(..) => ResponseKind::AllocateProducerIds(
             AllocateProducerIdsResponse::default().with_error_code(code),
+        ),
+        ControllerRequest::AlterPartition(..) => ResponseKind::AlterPartition(
+            kafka_protocol::messages::AlterPartitionResponse::default().with_error_code(code),
         ),
         _ => return None,
     })

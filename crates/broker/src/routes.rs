@@ -235,6 +235,8 @@ routes! {
         => |_r, _cx| controller_only(ApiKey::UnregisterBroker)?;
     AllocateProducerIds on CONTROLLER, forwarded: false
         => |_r, _cx| controller_only(ApiKey::AllocateProducerIds)?;
+    AlterPartition on CONTROLLER, forwarded: false
+        => |_r, _cx| controller_only(ApiKey::AlterPartition)?;
 }
 
 /// The "handler" of an API the controller listener's own loop serves: refused here.
@@ -300,6 +302,7 @@ mod tests {
         ApiKey::BrokerHeartbeat,
         ApiKey::UnregisterBroker,
         ApiKey::AllocateProducerIds,
+        ApiKey::AlterPartition,
     ];
 
     #[test]

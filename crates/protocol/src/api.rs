@@ -44,6 +44,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::BrokerHeartbeat, 0, 1),
     (ApiKey::UnregisterBroker, 0, 0),
     (ApiKey::AllocateProducerIds, 0, 0),
+    (ApiKey::AlterPartition, 2, 3),
 ];
 
 /// The version range served for `api`, or `None` if the API is not served at all. A `const fn`,
@@ -74,7 +75,7 @@ mod tests {
             );
         }
         assert_eq!(supported_range(ApiKey::SaslHandshake), None);
-        assert_eq!(supported_range(ApiKey::AlterPartition), None);
+        assert_eq!(supported_range(ApiKey::AlterPartitionReassignments), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! CreateTopics of one name cannot both pass. Broker sessions live in this memory only; a new
 //! active controller starts them afresh in [`Controller::activate`].
 
+mod alter_partition;
 mod brokers;
 pub mod partition_change;
 mod producer_ids;
@@ -17,9 +18,9 @@ mod topics;
 use std::collections::BTreeSet;
 
 use kafka_protocol::messages::{
-    AllocateProducerIdsRequest, BrokerHeartbeatRequest, BrokerRegistrationRequest,
-    BrokerRegistrationResponse, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    ResponseKind, UnregisterBrokerRequest,
+    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerHeartbeatRequest,
+    BrokerRegistrationRequest, BrokerRegistrationResponse, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteTopicsRequest, ResponseKind, UnregisterBrokerRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -150,6 +151,7 @@ pub enum ControllerRequest {
     Heartbeat(BrokerHeartbeatRequest, i16),
     UnregisterBroker(UnregisterBrokerRequest, i16),
     AllocateProducerIds(AllocateProducerIdsRequest, i16),
+    AlterPartition(AlterPartitionRequest, i16),
 }
 
 /// What one request decided: the records to propose as one entry (possibly none) and the answer.
@@ -276,6 +278,9 @@ impl Controller {
             }
             ControllerRequest::AllocateProducerIds(request, _) => {
                 producer_ids::allocate(image, request)
+            }
+            ControllerRequest::AlterPartition(request, version) => {
+                alter_partition::alter_partition(image, request, version)
             }
         }
     }

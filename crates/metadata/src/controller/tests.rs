@@ -1491,3 +1491,201 @@ mod histories {
         }
     }
 }
+
+// ---- AlterPartition ----
+
+mod alter_partition {
+    use kafka_protocol::messages::alter_partition_request::{
+        BrokerState, PartitionData, TopicData,
+    };
+    use kafka_protocol::messages::{AlterPartitionRequest, AlterPartitionResponse};
+
+    use super::*;
+    use crate::image::PartitionRegistration;
+
+    /// Three live brokers and topic "t" with partition 0 on [1, 2, 3], led by 1, ISR [1, 2, 3].
+    fn cluster() -> (Cluster, Uuid, [i64; 3]) {
+        let mut cluster = replicated();
+        let epochs = [1, 2, 3].map(|id| cluster.live_broker(id, None));
+        assert_eq!(
+            cluster
+                .create_one(assigned("t", &[(0, &[1, 2, 3])]))
+                .error_code,
+            0
+        );
+        let id = cluster.topic("t").id;
+        (cluster, id, epochs)
+    }
+
+    fn partition(cluster: &Cluster) -> PartitionRegistration {
+        let p = &cluster.topic("t").partitions[0];
+        PartitionRegistration {
+            replicas: p.replicas.clone(),
+            isr: p.isr.clone(),
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+        }
+    }
+
+    /// Broker `sender` asks for ISR `isr` (with broker epochs) at the partition's epochs.
+    fn ask(
+        cluster: &mut Cluster,
+        topic_id: Uuid,
+        sender: (i32, i64),
+        isr: &[(i32, i64)],
+        adjust: impl FnOnce(PartitionData) -> PartitionData,
+    ) -> (AlterPartitionResponse, Vec<MetadataRecord>) {
+        let current = partition(cluster);
+        let data = PartitionData::default()
+            .with_partition_index(0)
+            .with_leader_epoch(current.leader_epoch)
+            .with_partition_epoch(current.partition_epoch)
+            .with_new_isr_with_epochs(
+                isr.iter()
+                    .map(|(b, e)| {
+                        BrokerState::default()
+                            .with_broker_id(BrokerId(*b))
+                            .with_broker_epoch(*e)
+                    })
+                    .collect(),
+            );
+        let request = AlterPartitionRequest::default()
+            .with_broker_id(BrokerId(sender.0))
+            .with_broker_epoch(sender.1)
+            .with_topics(vec![TopicData::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![adjust(data)])]);
+        match cluster.handle(ControllerRequest::AlterPartition(request, 3)) {
+            (ResponseKind::AlterPartition(r), records) => (r, records),
+            (other, _) => panic!("not an AlterPartition response: {other:?}"),
+        }
+    }
+
+    /// The partition's error code; 0 when the whole request was refused (no partitions).
+    fn code(response: &AlterPartitionResponse) -> i16 {
+        response
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or(0, |p| p.error_code)
+    }
+
+    #[test]
+    fn the_leader_shrinks_and_grows_the_isr_and_each_change_moves_the_partition_epoch() {
+        let (mut cluster, id, [e1, e2, e3]) = cluster();
+        let before = partition(&cluster);
+        let (response, records) = ask(&mut cluster, id, (1, e1), &[(1, -1), (2, e2)], |p| p);
+        assert_eq!(code(&response), 0, "{response:?}");
+        assert_eq!(records.len(), 1, "{records:?}");
+        let after = partition(&cluster);
+        assert_eq!(after.isr, vec![1, 2]);
+        assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+        assert_eq!(
+            after.leader_epoch, before.leader_epoch,
+            "an ISR change keeps the leader epoch"
+        );
+        let answered = &response.topics[0].partitions[0];
+        assert_eq!(answered.partition_epoch, after.partition_epoch);
+        assert_eq!(answered.isr, vec![BrokerId(1), BrokerId(2)]);
+        let (response, _) = ask(
+            &mut cluster,
+            id,
+            (1, e1),
+            &[(1, -1), (2, e2), (3, e3)],
+            |p| p,
+        );
+        assert_eq!(code(&response), 0);
+        assert_eq!(partition(&cluster).isr, vec![1, 2, 3]);
+        // The same ISR again: nothing written, the same partition epoch.
+        let epoch = partition(&cluster).partition_epoch;
+        let (response, records) = ask(
+            &mut cluster,
+            id,
+            (1, e1),
+            &[(1, -1), (2, e2), (3, e3)],
+            |p| p,
+        );
+        assert_eq!((code(&response), records.len()), (0, 0));
+        assert_eq!(response.topics[0].partitions[0].partition_epoch, epoch);
+    }
+
+    #[test]
+    fn requests_are_refused_as_kafka_refuses_them() {
+        let (mut cluster, id, [e1, e2, e3]) = cluster();
+        let isr = [(1, -1), (2, e2)];
+        let mut refused =
+            |sender, isr: &[(i32, i64)], adjust: fn(PartitionData) -> PartitionData| {
+                let (response, records) = ask(&mut cluster, id, sender, isr, adjust);
+                assert!(records.is_empty(), "{records:?}");
+                (response.error_code, code(&response))
+            };
+        let ok = |p| p;
+        let none = 0;
+        assert_eq!(
+            refused((1, e1 + 100), &isr, ok),
+            (E::StaleBrokerEpoch.code(), none)
+        );
+        assert_eq!(
+            refused((1, e1), &isr, |p| {
+                let e = p.leader_epoch;
+                p.with_leader_epoch(e + 1)
+            }),
+            (none, E::NotController.code())
+        );
+        assert_eq!(
+            refused((1, e1), &isr, |p| {
+                let e = p.leader_epoch;
+                p.with_leader_epoch(e - 1)
+            }),
+            (none, E::FencedLeaderEpoch.code())
+        );
+        assert_eq!(
+            refused((2, e2), &isr, ok),
+            (none, E::InvalidRequest.code()),
+            "not the leader"
+        );
+        assert_eq!(
+            refused((1, e1), &isr, |p| {
+                let e = p.partition_epoch;
+                p.with_partition_epoch(e - 1)
+            }),
+            (none, E::InvalidUpdateVersion.code())
+        );
+        assert_eq!(
+            refused((1, e1), &[(1, -1), (4, 1)], ok),
+            (none, E::InvalidRequest.code()),
+            "not a replica"
+        );
+        assert_eq!(
+            refused((1, e1), &[(2, e2), (3, e3)], ok),
+            (none, E::InvalidRequest.code()),
+            "without the leader"
+        );
+        assert_eq!(
+            refused((1, e1), &[(1, -1), (2, e2 - 1)], ok),
+            (none, E::IneligibleReplica.code()),
+            "an old incarnation"
+        );
+        let mut p = partition(&cluster);
+        assert_eq!(p.isr, vec![1, 2, 3], "nothing changed");
+        // A fenced broker may not join.
+        let (response, _) = ask(&mut cluster, id, (1, e1), &[(1, -1), (2, e2)], |p| p);
+        assert_eq!(code(&response), 0);
+        cluster.now_ms += TIMEOUT_MS;
+        cluster.heartbeat(1, e1);
+        cluster.heartbeat(2, e2);
+        cluster.tick();
+        assert!(cluster.image.broker(3).is_some_and(|b| b.fenced));
+        let (response, _) = ask(
+            &mut cluster,
+            id,
+            (1, e1),
+            &[(1, -1), (2, e2), (3, e3)],
+            |p| p,
+        );
+        assert_eq!(code(&response), E::IneligibleReplica.code());
+        p = partition(&cluster);
+        assert_eq!(p.isr, vec![1, 2]);
+    }
+}
