@@ -16,6 +16,7 @@ pub mod coordinator_runtime;
 pub mod disk_space;
 pub mod handlers;
 mod image_follower;
+pub mod isr_sender;
 pub mod lifecycle;
 pub use caudal_metadata::meta_properties;
 mod node;
@@ -61,6 +62,8 @@ pub struct Broker {
     /// The partitions this broker keeps a replica of.
     pub replicas: Arc<ReplicaManager>,
     pub producer_ids: producer_ids::ProducerIds,
+    /// Where partition leaders send their ISR changes for the controller.
+    pub isr: isr_sender::IsrSender,
     /// The group coordinator's shards, one per `__consumer_offsets` partition this broker leads.
     pub groups: Arc<coordinator_runtime::CoordinatorRuntime>,
     /// Refuses produce while the data directory's filesystem is nearly full.
@@ -206,6 +209,13 @@ impl Server {
             node.lifecycle_statuses(),
             ADMIN_TIMEOUT,
         );
+        let isr = isr_sender::IsrSender::start(
+            node.channel.clone(),
+            config.node_id,
+            node.lifecycle_statuses(),
+            &replicas,
+            replica_manager::REPLICA_SETTINGS.max_lag_ms,
+        );
         // A single node makes it at once, as it always has. A node of a cluster leaves it to
         // the first FindCoordinator, as Kafka does: at start the other brokers may not have
         // registered yet, and its partitions would all land on the first one up.
@@ -235,6 +245,7 @@ impl Server {
             topics,
             replicas,
             producer_ids,
+            isr,
             groups,
             free_space,
             shutting_down: Notify::new(),

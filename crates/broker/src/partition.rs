@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use crate::replica_state::{
-    BrokerStatus, Diverging, FollowerFetch, LeaderState, Proposal, ReplicaSettings,
+    AlterOutcome, BrokerStatus, Diverging, FollowerFetch, LeaderState, Proposal, ReplicaSettings,
 };
 
 #[derive(Debug)]
@@ -165,6 +165,74 @@ impl Partition {
             }
         }
         self.replicated.store(true, Ordering::Release);
+    }
+
+    /// Whether an `acks=all` produce may append: the committed ISR holds at least
+    /// `min.insync.replicas` (else NOT_ENOUGH_REPLICAS, nothing appended).
+    pub fn enough_replicas(&self) -> bool {
+        !self.replicated.load(Ordering::Acquire)
+            || self
+                .replication()
+                .as_ref()
+                .is_none_or(LeaderState::enough_replicas)
+    }
+
+    /// Waits until every in-sync replica has the offsets below `end_offset` (the high watermark
+    /// passed them), as an `acks=all` produce must. Kafka's error code if the partition stops
+    /// being led here (NOT_LEADER_OR_FOLLOWER) or the ISR shrank below `min.insync.replicas`
+    /// meanwhile (NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    pub async fn wait_replicated(&self, end_offset: i64) -> Result<(), i16> {
+        loop {
+            let moved = self.next_append();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if !self.is_leader() {
+                return Err(E::NotLeaderOrFollower.code());
+            }
+            if self.high_watermark() >= end_offset && !self.replicated.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let acknowledged = self
+                .replication()
+                .as_ref()
+                .map(|s| s.acknowledged(end_offset - 1));
+            match acknowledged {
+                None | Some(Some(true)) => return Ok(()),
+                Some(Some(false)) => return Err(E::NotEnoughReplicasAfterAppend.code()),
+                Some(None) => {}
+            }
+            moved.await;
+        }
+    }
+
+    /// Takes the controller's answer to this partition's ISR proposal and returns the proposal
+    /// to send again, if any. A committed change may let the high watermark move.
+    pub fn alter_partition_done(&self, outcome: AlterOutcome, now_ms: i64) -> Option<Proposal> {
+        let end = self.log().log_end_offset();
+        let (again, moved) = {
+            let mut state = self.replication();
+            let state = state.as_mut()?;
+            let again = state.alter_partition_done(outcome);
+            let moved = state
+                .update_high_watermark(end, now_ms)
+                .then(|| state.high_watermark());
+            (again, moved)
+        };
+        if let Some(hw) = moved {
+            self.high_watermark.fetch_max(hw, Ordering::AcqRel);
+            self.appended.notify_waiters();
+        }
+        again
+    }
+
+    /// Proposes taking the followers that lag out of the ISR, if any do and no proposal is in
+    /// flight (see `LeaderState::maybe_shrink`).
+    pub fn maybe_shrink_isr(&self, now_ms: i64) -> Option<Proposal> {
+        if !self.replicated.load(Ordering::Acquire) {
+            return None;
+        }
+        let end = self.log().log_end_offset();
+        self.replication().as_mut()?.maybe_shrink(end, now_ms)
     }
 
     /// Checks a follower's fetch of this partition before anything is read: the error code
@@ -428,17 +496,22 @@ pub(crate) mod tests {
 
     /// Leader 1 at `epoch` of replicas [1, 2], both in the ISR.
     fn lead_with_follower(p: &Partition, epoch: i32) {
+        lead_with(p, epoch, &[1, 2], 1);
+    }
+
+    /// Leader 1 at `epoch` of replicas [1, 2], ISR `isr`, `min.insync.replicas` as given.
+    fn lead_with(p: &Partition, epoch: i32, isr: &[i32], min_insync_replicas: usize) {
         p.set_leadership(true, epoch);
         let registration = PartitionRegistration {
             replicas: vec![1, 2],
-            isr: vec![1, 2],
+            isr: isr.to_vec(),
             leader: 1,
             leader_epoch: epoch,
             partition_epoch: epoch,
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,
-            min_insync_replicas: 1,
+            min_insync_replicas,
         };
         p.set_replicas(1, &registration, settings, 0);
     }
@@ -497,6 +570,35 @@ pub(crate) mod tests {
         );
         append(&p, b"c");
         assert_eq!(p.high_watermark(), 3);
+    }
+
+    #[tokio::test]
+    async fn acks_all_waits_for_the_isr_and_honours_min_insync_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path(), 0);
+        lead_with(&p, 1, &[1, 2], 2);
+        assert!(p.enough_replicas());
+        append(&p, b"a");
+        let waiting = p.wait_replicated(1);
+        tokio::pin!(waiting);
+        assert!(!ready(&mut waiting), "answered before the follower has it");
+        p.record_follower_fetch(&follower_fetch(1, 1, 1), 1, |_| Some(BROKER_2), 10);
+        assert!(ready(&mut waiting), "not answered once the follower has it");
+        // The ISR shrinks to the leader alone: acks=all is refused before the append, and a
+        // write already waiting is not acknowledged (the high watermark holds while the ISR is
+        // below the minimum; the produce times out, as Kafka's does).
+        append(&p, b"b");
+        let waiting = p.wait_replicated(2);
+        tokio::pin!(waiting);
+        assert!(!ready(&mut waiting));
+        lead_with(&p, 1, &[1], 2);
+        assert!(!p.enough_replicas());
+        p.record_follower_fetch(&follower_fetch(2, 1, 1), 2, |_| Some(BROKER_2), 20);
+        assert_eq!(p.high_watermark(), 1);
+        assert!(!ready(&mut waiting));
+        // Leadership goes: the waiting write is told.
+        p.become_follower();
+        assert!(ready(&mut waiting));
     }
 
     #[tokio::test]

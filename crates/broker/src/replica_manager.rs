@@ -42,7 +42,7 @@ pub struct LogContext<'a> {
 /// Kafka's defaults for the ISR rules (`replica.lag.time.max.ms`, `min.insync.replicas`).
 /// Until replicas are served (a replication factor above 1 is still refused) no partition
 /// has followers, and the settings are not read from the configs yet.
-const REPLICA_SETTINGS: ReplicaSettings = ReplicaSettings {
+pub(crate) const REPLICA_SETTINGS: ReplicaSettings = ReplicaSettings {
     max_lag_ms: 30_000,
     min_insync_replicas: 1,
 };

@@ -140,9 +140,8 @@ fn broker_status(image: &caudal_metadata::MetadataImage, id: i32) -> Option<Brok
     })
 }
 
-/// Records each follower's position after its fetch's first read. The ISR changes this may
-/// propose are sent to the controller by the AlterPartition sender (`docs/design/replication.md`,
-/// step 5); until then a proposal stays pending.
+/// Records each follower's position after its fetch's first read, and sends the ISR changes
+/// this proposes to the controller.
 fn record_followers(broker: &Broker, followed: &[Followed]) {
     if followed.is_empty() {
         return;
@@ -157,7 +156,7 @@ fn record_followers(broker: &Broker, followed: &[Followed]) {
             now,
         );
         if let Some(proposal) = proposal {
-            tracing::debug!(topic = %f.partition.topic, partition = f.partition.index, ?proposal, "ISR change proposed");
+            broker.isr.send(f.partition.clone(), proposal);
         }
     }
 }

@@ -101,6 +101,10 @@ pub async fn handle(
                 ));
                 continue;
             }
+            if acks == -1 && !partition.enough_replicas() {
+                partition_responses.push(failed(index, E::NotEnoughReplicas.code(), None));
+                continue;
+            }
             if let Err(full) = broker.free_space.admit(records.len() as u64, now) {
                 partition_responses.push(failed(
                     index,
@@ -172,9 +176,17 @@ pub async fn handle(
         .unwrap_or_default();
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1));
     Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + timeout;
         for (t, p, partition, end) in durable_waits {
-            let code = match tokio::time::timeout(timeout, partition.wait_durable(end)).await {
-                Ok(Ok(())) => continue,
+            // On disk here, then on every in-sync replica.
+            let code = match tokio::time::timeout_at(deadline, partition.wait_durable(end)).await {
+                Ok(Ok(())) => {
+                    match tokio::time::timeout_at(deadline, partition.wait_replicated(end)).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(code)) => code,
+                        Err(_) => E::RequestTimedOut.code(),
+                    }
+                }
                 Ok(Err(_)) => E::KafkaStorageError.code(),
                 Err(_) => E::RequestTimedOut.code(),
             };
