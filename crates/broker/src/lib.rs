@@ -23,6 +23,7 @@ mod node;
 pub mod partition;
 mod partition_dirs;
 pub mod producer_ids;
+pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod replica_state;
 pub mod routes;

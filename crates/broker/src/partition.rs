@@ -167,6 +167,19 @@ impl Partition {
         self.replicated.store(true, Ordering::Release);
     }
 
+    /// A follower takes the leader's high watermark, as far as its own log reaches (Kafka's
+    /// follower: it may move back if the leader's did).
+    pub fn follow_high_watermark(&self, leader_high_watermark: i64) {
+        let end = self.log().log_end_offset();
+        self.high_watermark
+            .store(leader_high_watermark.min(end), Ordering::Release);
+    }
+
+    /// Keeps the high watermark at or below `offset` (the log was truncated there).
+    pub fn cap_high_watermark(&self, offset: i64) {
+        self.high_watermark.fetch_min(offset, Ordering::AcqRel);
+    }
+
     /// Whether an `acks=all` produce may append: the committed ISR holds at least
     /// `min.insync.replicas` (else NOT_ENOUGH_REPLICAS, nothing appended).
     pub fn enough_replicas(&self) -> bool {

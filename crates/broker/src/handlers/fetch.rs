@@ -420,6 +420,17 @@ fn read_once(
                 }
                 Err(code) => {
                     any_error = true;
+                    // A follower below the log start starts again there: tell it where.
+                    let base = match (target, follower) {
+                        (Ok(p), Some(_)) if code == E::OffsetOutOfRange.code() => {
+                            let hw = p.high_watermark();
+                            let log_start_offset = p.log().log_start_offset();
+                            base.with_high_watermark(hw)
+                                .with_last_stable_offset(hw)
+                                .with_log_start_offset(log_start_offset)
+                        }
+                        _ => base,
+                    };
                     partitions.push(base.with_error_code(code));
                     continue;
                 }
