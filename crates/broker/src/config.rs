@@ -104,6 +104,7 @@ pub const SETTINGS: &[Setting] = &[
     s("broker.rack", None, Str, "", 0, "The broker's rack, given to the controller at registration so replicas spread over racks; empty for none."),
     Setting { choices: &["broker,controller", "controller,broker", "broker", "controller"], ..s("process.roles", None, Str, "broker,controller", 0, "What this node is. broker,controller (combined): a voter of the controller quorum that also serves clients; it must be in controller.quorum.voters. controller: a voter that runs only the quorum and the controller, on its CONTROLLER listener alone; it must be in controller.quorum.voters, `listen` holds only listeners named in controller.listener.names, and it never registers as a broker. broker: a broker that is not a voter; it must not be in controller.quorum.voters, asks the quorum leader to send it the metadata log (as a learner, Kafka's observer), and needs a listener named in controller.listener.names where the leader sends it (advertise it at an address the voters reach).") },
     s("controller.quorum.voters", None, Str, "", 0, "The controller quorum's voters as ID@HOST:PORT,... (each voter's CONTROLLER listener), the same on every node, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093. Empty: this node alone is its cluster."),
+    s("inter.broker.listener.name", None, Str, "", 0, "The listener (by name in `listen`) whose advertised address other brokers use to fetch from this one as followers. Empty: the first listener that is not a controller listener. In a container network, name the listener the containers reach (INTERNAL in docker-compose.cluster.yml)."),
     s("controller.listener.names", None, Str, "CONTROLLER", 0, "The listeners (by name in `listen`) that serve the controller quorum and brokers' requests to the controller, not clients."),
     s("controller.quorum.election.timeout.ms", None, Int, "1000", 10, "A voter that hears nothing from the quorum leader stands for election after 1.5 to 2 times this (randomised, so that voters rarely stand at once); Kafka's voters stand after their fetch timeout, twice this by default."),
 ];
@@ -419,6 +420,19 @@ impl BrokerConfig {
             .and_then(|(v, _)| parse_voters(v).ok())
             .unwrap_or_default()
     }
+    /// `inter.broker.listener.name`, or the first client listener's name when unset.
+    pub fn inter_broker_listener_name(&self) -> String {
+        match self.get("inter.broker.listener.name") {
+            Some((name, _)) if !name.trim().is_empty() => name.trim().to_string(),
+            _ => self
+                .listeners
+                .iter()
+                .find(|l| l.kind == ListenerKind::Client)
+                .or(self.listeners.first())
+                .map_or_else(|| "PLAINTEXT".to_string(), |l| l.name.clone()),
+        }
+    }
+
     /// `controller.listener.names`.
     pub fn controller_listener_names(&self) -> Vec<String> {
         self.get("controller.listener.names")

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::coordinator_runtime::{CoordinatorRuntime, ShardChanges, OFFSETS_TOPIC};
+use crate::replica_fetcher::ReplicaFetchers;
 use crate::replica_manager::{tp, LogContext, ReplicaManager};
 
 /// What the follower works with.
@@ -25,6 +26,8 @@ pub(crate) struct Follower {
     pub disk: Arc<dyn Disk>,
     pub replicas: Arc<ReplicaManager>,
     pub coordinators: Arc<CoordinatorRuntime>,
+    /// Fetch the partitions other brokers lead; told after each image is applied.
+    pub fetchers: Arc<ReplicaFetchers>,
 }
 
 impl Follower {
@@ -163,6 +166,7 @@ impl Follower {
                             tracing::error!(error = %e, "applying a metadata change to the local replicas failed")
                         }
                     }
+                    follower.fetchers.update(&new, &follower.replicas.all());
                     published.send_replace(new);
                     continue;
                 }

@@ -36,7 +36,10 @@ use crate::controller_listener::{self, ControllerEndpoint, RaftRpc};
 use crate::coordinator_runtime::CoordinatorRuntime;
 use crate::handlers::describe_quorum::QuorumDescriber;
 use crate::image_follower::Follower;
-use crate::lifecycle::{BrokerLifecycle, BrokerState, LifecycleConfig, ShutdownOutcome};
+use crate::lifecycle::{
+    BrokerLifecycle, BrokerState, LifecycleConfig, LifecycleStatus, ShutdownOutcome,
+};
+use crate::replica_fetcher::ReplicaFetchers;
 use crate::replica_manager::ReplicaManager;
 use crate::routes::ListenerKind;
 use crate::StartError;
@@ -118,11 +121,21 @@ impl MetadataNode {
         } = QuorumSide::start(config, controller_listeners).await?;
         let roles = config.process_roles();
 
+        // Followers report this broker's epoch, known once the lifecycle has registered.
+        let registration: Arc<std::sync::OnceLock<watch::Receiver<LifecycleStatus>>> =
+            Arc::default();
+        let epoch_source = registration.clone();
+        let fetchers = Arc::new(ReplicaFetchers::new(
+            config.node_id,
+            config.inter_broker_listener_name(),
+            move || epoch_source.get().map_or(-1, |s| s.borrow().broker_epoch),
+        ));
         let follower = Follower {
             config: Arc::new(config.clone()),
             disk,
             replicas: replicas.clone(),
             coordinators: coordinators.clone(),
+            fetchers: fetchers.clone(),
         };
         let images = quorum.images();
         let image = quorum.image();
@@ -132,6 +145,7 @@ impl MetadataNode {
         })
         .await?;
         coordinators.apply(shards);
+        fetchers.update(&image, &replicas.all());
         let (published, applied) = watch::channel(image);
         let (stop_follower, follower_stop) = oneshot::channel();
         let follower = follower.start(images, published, follower_stop);
@@ -167,6 +181,7 @@ impl MetadataNode {
             channel.clone(),
             Arc::new(move || i64::try_from(offset.borrow().provenance().index).unwrap_or(i64::MAX)),
         );
+        let _ = registration.set(lifecycle.statuses());
         let mut lifecycle_statuses = lifecycle.statuses();
         step(
             "the controller unfencing this broker",

@@ -111,6 +111,96 @@ impl Fetcher {
     }
 }
 
+/// The fetchers of this broker, one per leader it follows partitions of, made and dropped as the
+/// metadata image changes.
+pub struct ReplicaFetchers {
+    node_id: i32,
+    /// The leaders' listener to fetch from (`inter.broker.listener.name`).
+    listener: String,
+    broker_epoch: Arc<dyn Fn() -> i64 + Send + Sync>,
+    fetchers: Mutex<std::collections::HashMap<i32, Fetcher>>,
+}
+
+impl std::fmt::Debug for ReplicaFetchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaFetchers")
+            .field("node_id", &self.node_id)
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaFetchers {
+    pub fn new(
+        node_id: i32,
+        listener: String,
+        broker_epoch: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> ReplicaFetchers {
+        ReplicaFetchers {
+            node_id,
+            listener,
+            broker_epoch: Arc::new(broker_epoch),
+            fetchers: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Follows what `image` says: each local replica that another broker leads is fetched from
+    /// that leader (at its address on the inter-broker listener, at the partition's leader
+    /// epoch); the rest are not. Call it on the runtime, after the image's replica changes are
+    /// applied.
+    pub fn update(&self, image: &caudal_metadata::MetadataImage, local: &[Arc<Partition>]) {
+        let mut wanted: std::collections::HashMap<i32, (String, Vec<Followed>)> =
+            std::collections::HashMap::new();
+        for p in local {
+            let Some(registration) = image.topic(p.topic_id).and_then(|t| {
+                usize::try_from(p.index)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i))
+            }) else {
+                continue;
+            };
+            let leader = registration.leader;
+            if leader < 0 || leader == self.node_id {
+                continue;
+            }
+            let Some(endpoint) = image
+                .broker(leader)
+                .and_then(|b| b.endpoints.iter().find(|e| e.name == self.listener))
+            else {
+                tracing::warn!(leader, listener = %self.listener, "a partition leader has no endpoint on the inter-broker listener; its partitions are not fetched");
+                continue;
+            };
+            let entry = wanted
+                .entry(leader)
+                .or_insert_with(|| (format!("{}:{}", endpoint.host, endpoint.port), Vec::new()));
+            entry.1.push(Followed {
+                partition: p.clone(),
+                leader_epoch: registration.leader_epoch,
+            });
+        }
+        let mut fetchers = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
+        fetchers.retain(|leader, fetcher| {
+            wanted
+                .get(leader)
+                .is_some_and(|(address, _)| address == fetcher.address())
+        });
+        for (leader, (address, followed)) in wanted {
+            let fetcher = fetchers.entry(leader).or_insert_with(|| {
+                let epoch = self.broker_epoch.clone();
+                Fetcher::start(address, self.node_id, move || epoch())
+            });
+            let keep: std::collections::HashSet<(Uuid, i32)> = followed
+                .iter()
+                .map(|f| (f.partition.topic_id, f.partition.index))
+                .collect();
+            fetcher.locked().retain(|key, _| keep.contains(key));
+            for f in followed {
+                fetcher.follow(f);
+            }
+        }
+    }
+}
+
 async fn run(
     address: String,
     node_id: i32,
@@ -272,7 +362,15 @@ fn apply(partition: &Partition, data: PartitionData) -> bool {
         );
     }
     let records = data.records.unwrap_or_default();
-    let appended = partition.log().append_as_follower(&records, now);
+    let appended = {
+        let mut log = partition.log();
+        // Leadership changes under the log lock: once this replica leads, the old leader's
+        // answers are not its to store.
+        if partition.is_leader() {
+            return false;
+        }
+        log.append_as_follower(&records, now)
+    };
     match appended {
         Ok(_) => {
             partition.follow_high_watermark(data.high_watermark);
@@ -288,6 +386,9 @@ fn apply(partition: &Partition, data: PartitionData) -> bool {
 /// The leader's log and this one left each other at `epoch`: keep only what both have.
 fn truncate_diverged(partition: &Partition, epoch: i32, leader_end: i64, now: i64) -> bool {
     let mut log = partition.log();
+    if partition.is_leader() {
+        return false;
+    }
     let (local_epoch, local_end) = log.end_offset_for_epoch(epoch);
     let target = if local_epoch == epoch {
         local_end.min(leader_end)
@@ -316,6 +417,9 @@ fn truncate_diverged(partition: &Partition, epoch: i32, leader_end: i64, now: i6
 /// its end (this replica has a tail the leader lacks: keep what the leader had committed).
 fn out_of_range(partition: &Partition, data: &PartitionData, now: i64) -> bool {
     let mut log = partition.log();
+    if partition.is_leader() {
+        return false;
+    }
     let end = log.log_end_offset();
     let result = if data.log_start_offset > end {
         log.truncate_fully_and_start_at(data.log_start_offset, now)
