@@ -39,9 +39,8 @@ pub struct LogContext<'a> {
     pub now_ms: i64,
 }
 
-/// Kafka's defaults for the ISR rules (`replica.lag.time.max.ms`, `min.insync.replicas`).
-/// Until replicas are served (a replication factor above 1 is still refused) no partition
-/// has followers, and the settings are not read from the configs yet.
+/// Kafka's defaults for the ISR rules (`replica.lag.time.max.ms`, `min.insync.replicas`). Not
+/// read from the configs yet: a topic's `min.insync.replicas` is 1 whatever it says.
 pub(crate) const REPLICA_SETTINGS: ReplicaSettings = ReplicaSettings {
     max_lag_ms: 30_000,
     min_insync_replicas: 1,

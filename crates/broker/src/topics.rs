@@ -229,17 +229,19 @@ impl Topics {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Option<Arc<Topic>>, TopicError> {
-        self.create_placed(name, partitions, Vec::new(), configs, validate_only)
+        self.create_placed(name, partitions, -1, Vec::new(), configs, validate_only)
             .await
     }
 
-    /// As [`create`](Self::create); with `assignments` (one per partition, numbered from 0)
+    /// As [`create`](Self::create), with `replication_factor` replicas of each partition (-1:
+    /// `default.replication.factor`); with `assignments` (one per partition, numbered from 0)
     /// the partitions go to the brokers named there rather than where the controller would
-    /// place them.
+    /// place them, and the factor is theirs.
     pub async fn create_placed(
         &self,
         name: &str,
         partitions: i32,
+        replication_factor: i16,
         assignments: Vec<CreatableReplicaAssignment>,
         configs: BTreeMap<String, String>,
         validate_only: bool,
@@ -255,7 +257,7 @@ impl Topics {
         let topic = CreatableTopic::default()
             .with_name(TopicName(str_bytes(name)))
             .with_num_partitions(if explicit { -1 } else { partitions })
-            .with_replication_factor(-1)
+            .with_replication_factor(if explicit { -1 } else { replication_factor })
             .with_assignments(assignments)
             .with_configs(
                 configs

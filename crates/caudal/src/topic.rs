@@ -31,6 +31,7 @@ pub fn command() -> Command {
                 .about("Create a topic")
                 .arg(Arg::new("topic").required(true).help("Topic name: letters, digits, '.', '_' and '-', at most 249 characters"))
                 .arg(Arg::new("partitions").long("partitions").short('p').value_name("N").value_parser(clap::value_parser!(i32)).help("Partitions [default: the broker's num.partitions]"))
+                .arg(Arg::new("replication-factor").long("replication-factor").short('r').value_name("N").value_parser(clap::value_parser!(i16).range(1..)).help("Replicas of each partition, on different brokers [default: the broker's default.replication.factor]"))
                 .arg(Arg::new("config").long("config").value_name("KEY=VALUE").action(ArgAction::Append).help("A topic config, e.g. retention.ms=86400000 (repeatable)"))
                 .arg(Arg::new("if-not-exists").long("if-not-exists").action(ArgAction::SetTrue).help("Succeed if the topic already exists")),
         )
@@ -121,7 +122,11 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
     let t = CreatableTopic::default()
         .with_name(name(topic))
         .with_num_partitions(m.get_one::<i32>("partitions").copied().unwrap_or(-1))
-        .with_replication_factor(-1)
+        .with_replication_factor(
+            m.get_one::<i16>("replication-factor")
+                .copied()
+                .unwrap_or(-1),
+        )
         .with_configs(configs);
     let req = CreateTopicsRequest::default()
         .with_topics(vec![t])
@@ -135,8 +140,8 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
     let result = r.topics.first().context("empty CreateTopics response")?;
     match result.error_code {
         0 => println!(
-            "created topic {topic} with {} partition(s)",
-            result.num_partitions
+            "created topic {topic} with {} partition(s) of {} replica(s)",
+            result.num_partitions, result.replication_factor
         ),
         36 if m.get_flag("if-not-exists") => println!("topic {topic} already exists"),
         code => bail!(

@@ -34,21 +34,11 @@ pub async fn handle(
                 .with_error_code(code)
                 .with_error_message(Some(str_bytes(message)))
         };
-        let replication = if topic.replication_factor == -1 {
+        let mut replication = if topic.replication_factor == -1 {
             broker.config.default_replication_factor()
         } else {
             topic.replication_factor
         };
-        if replication != 1 && topic.assignments.is_empty() {
-            results.push(fail(
-                E::InvalidReplicationFactor.code(),
-                format!(
-                    "replication factor {replication}: Caudal keeps one replica of each \
-                     partition until replication is served; use 1"
-                ),
-            ));
-            continue;
-        }
         let mut partitions = if topic.num_partitions == -1 {
             broker.config.num_partitions()
         } else {
@@ -62,21 +52,23 @@ pub async fn handle(
                 ));
                 continue;
             }
-            // Which brokers exist is the controller's to check; one replica each is ours.
-            let valid = topic
-                .assignments
-                .iter()
-                .enumerate()
-                .all(|(i, a)| a.partition_index == i as i32 && a.broker_ids.len() == 1);
+            // Which brokers exist is the controller's to check; the shape is ours.
+            let factor = topic.assignments.first().map_or(0, |a| a.broker_ids.len());
+            let valid =
+                factor > 0
+                    && topic.assignments.iter().enumerate().all(|(i, a)| {
+                        a.partition_index == i as i32 && a.broker_ids.len() == factor
+                    });
             if !valid {
                 results.push(fail(
                     E::InvalidReplicaAssignment.code(),
-                    "partitions must be numbered from 0 and each placed on one broker (one \
-                     replica each until replication is served)"
+                    "partitions must be numbered from 0 and each placed on the same number of \
+                     brokers"
                         .into(),
                 ));
                 continue;
             }
+            replication = i16::try_from(factor).unwrap_or(i16::MAX);
             partitions = topic.assignments.len() as i32;
         }
         let mut configs = BTreeMap::new();
@@ -105,6 +97,11 @@ pub async fn handle(
             .create_placed(
                 &name,
                 partitions,
+                if topic.assignments.is_empty() {
+                    replication
+                } else {
+                    -1
+                },
                 topic.assignments.clone(),
                 configs.clone(),
                 request.validate_only,
@@ -114,7 +111,7 @@ pub async fn handle(
             Ok(topic) => {
                 let mut ok = result
                     .with_num_partitions(partitions)
-                    .with_replication_factor(1);
+                    .with_replication_factor(replication);
                 if let Some(t) = &topic {
                     ok = ok.with_topic_id(t.id);
                 }

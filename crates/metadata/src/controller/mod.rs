@@ -59,8 +59,7 @@ pub struct ControllerConfig {
     pub default_num_partitions: i32,
     /// Replicas of a topic created with `replication_factor: -1`.
     pub default_replication_factor: i16,
-    /// The largest replication factor served. 1 until replicas are served (issue 9): the design
-    /// refuses to claim an ISR that is not real.
+    /// The largest replication factor served (placement also needs as many live brokers).
     pub max_replication_factor: i16,
     /// The broker's topic config rules; `None` accepts any non-empty key with a value.
     pub topic_config_check: Option<TopicConfigCheck>,
@@ -85,7 +84,7 @@ impl ControllerConfig {
             max_bytes_per_decision: Self::DEFAULT_MAX_BYTES_PER_DECISION,
             default_num_partitions: 1,
             default_replication_factor: 1,
-            max_replication_factor: 1,
+            max_replication_factor: i16::MAX,
             topic_config_check: None,
             controller_only_node_ids: BTreeSet::new(),
         }

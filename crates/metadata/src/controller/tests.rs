@@ -279,10 +279,9 @@ fn message(result: &CreatableTopicResult) -> String {
         .unwrap_or_default()
 }
 
-/// Allows the replication factors the placement and ISR rules are written for, which the
-/// default configuration refuses until replicas are served.
+/// A cluster for the placement and ISR rules of replicated topics.
 fn replicated() -> Cluster {
-    Cluster::with_config(|c| c.max_replication_factor = 3)
+    Cluster::new()
 }
 
 // ---- registration ----
@@ -925,10 +924,19 @@ fn create_topics_refuses_bad_counts_and_factors() {
         assert_eq!(result.error_code, code.code(), "{partitions} x {factor}");
     }
     cluster.live_broker(2, None);
-    let result = cluster.create_one(topic("t", 1, 2));
+    let result = cluster.create_one(topic("t", 1, 3));
+    assert_eq!(
+        result.error_code,
+        E::InvalidReplicationFactor.code(),
+        "three replicas on two brokers"
+    );
+    let mut capped = Cluster::with_config(|c| c.max_replication_factor = 1);
+    capped.live_broker(1, None);
+    capped.live_broker(2, None);
+    let result = capped.create_one(topic("t", 1, 2));
     assert_eq!(result.error_code, E::InvalidReplicationFactor.code());
     assert!(
-        message(&result).contains("replicas are served from the next release"),
+        message(&result).contains("above the largest served, 1"),
         "{}",
         message(&result)
     );
@@ -1015,7 +1023,7 @@ fn explicit_assignments_follow_kafkas_rules() {
     );
 
     // Above the served factor, an assignment is refused like a factor.
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::with_config(|c| c.max_replication_factor = 1);
     cluster.live_broker(1, None);
     cluster.live_broker(2, None);
     let result = cluster.create_one(assigned("t", &[(0, &[1, 2][..])]));

@@ -457,7 +457,10 @@ fn plan_topic(
     if replication_factor > config.max_replication_factor {
         return Err(refuse(
             E::InvalidReplicationFactor,
-            format!("replication factor {replication_factor} is refused: replicas are served from the next release"),
+            format!(
+                "replication factor {replication_factor} is above the largest served, {}",
+                config.max_replication_factor
+            ),
         ));
     }
 

@@ -1,0 +1,93 @@
+"""Replicated partitions on three real `caudal` processes: followers fetch from the leader and keep
+byte-identical logs, acks=all is answered once every in-sync replica has the batch, and a
+leader killed with kill -9 loses nothing that was acknowledged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from confluent_kafka.admin import NewTopic
+
+from support import admin, consume, produce_and_confirm, unique_topic, wait_until
+
+# Failover tests wait out a session; a shorter one keeps them quick without changing what
+# they show.
+FAST = {"broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500}
+
+
+def create_replicated(bootstrap: str, topic: str, partitions: int = 1, replicas: int = 3) -> None:
+    a = admin(bootstrap)
+    fs = a.create_topics([NewTopic(topic, num_partitions=partitions,
+                                   replication_factor=replicas)], request_timeout=15)
+    fs[topic].result(timeout=20)
+    wait_until(lambda: topic in a.list_topics(topic, timeout=10).topics
+               and len(a.list_topics(topic, timeout=10).topics[topic].partitions) == partitions,
+               message=f"topic {topic} in metadata")
+
+
+def partition_state(bootstrap: str, topic: str, partition: int = 0):
+    md = admin(bootstrap).list_topics(topic, timeout=10)
+    p = md.topics[topic].partitions[partition]
+    return p.leader, sorted(p.replicas), sorted(p.isrs)
+
+
+def log_bytes(data_dir: Path, topic: str, partition: int = 0) -> bytes:
+    """A replica's whole log, its segments in offset order."""
+    d = data_dir / f"{topic}-{partition}"
+    return b"".join(f.read_bytes() for f in sorted(d.glob("*.log")))
+
+
+def test_three_replicas_keep_identical_logs_and_acks_all_waits_for_them(cluster_factory):
+    cluster = cluster_factory(3)
+    topic = unique_topic("replicated")
+    create_replicated(cluster.bootstrap, topic)
+    leader, replicas, isr = partition_state(cluster.bootstrap, topic)
+    assert replicas == [1, 2, 3] and isr == [1, 2, 3], (leader, replicas, isr)
+
+    messages = [(f"k{i}".encode(), f"value-{i}".encode()) for i in range(500)]
+    log = produce_and_confirm(cluster.bootstrap, topic, messages, {"acks": "all"})
+    assert len(log.ok) == len(messages) and not log.failed, log.failed[:3]
+    got = consume(cluster.nodes[0].bootstrap, topic, 1)
+    assert [(r.key, r.value) for r in got] == messages
+
+    # Every replica holds the leader's log byte for byte.
+    wanted = log_bytes(cluster.node(leader).data_dir, topic)
+    assert len(wanted) > 0
+    for node in cluster.nodes:
+        wait_until(lambda: log_bytes(node.data_dir, topic) == wanted, timeout=20,
+                   message=f"node {node.node_id}'s replica equal to the leader's")
+    assert partition_state(cluster.bootstrap, topic)[2] == [1, 2, 3]
+
+
+def test_a_killed_leader_loses_no_acknowledged_write_and_rejoins_the_isr(cluster_factory):
+    cluster = cluster_factory(3, settings=FAST)
+    topic = unique_topic("failover")
+    create_replicated(cluster.bootstrap, topic)
+    first = [(f"k{i}".encode(), f"before-{i}".encode()) for i in range(300)]
+    log = produce_and_confirm(cluster.bootstrap, topic, first, {"acks": "all"})
+    assert len(log.ok) == len(first) and not log.failed
+
+    old_leader, _, _ = partition_state(cluster.bootstrap, topic)
+    cluster.node(old_leader).kill9()
+    survivors = [n for n in cluster.nodes if n.node_id != old_leader]
+    bootstrap = ",".join(n.bootstrap for n in survivors)
+
+    def moved() -> bool:
+        leader, _, isr = partition_state(bootstrap, topic)
+        return leader not in (-1, old_leader) and old_leader not in isr
+    wait_until(moved, timeout=30, message="a new leader elected from the ISR")
+
+    second = [(f"k{i}".encode(), f"after-{i}".encode()) for i in range(300)]
+    log = produce_and_confirm(bootstrap, topic, second, {"acks": "all"})
+    assert len(log.ok) == len(second) and not log.failed, log.failed[:3]
+    got = consume(bootstrap, topic, 1)
+    assert [(r.key, r.value) for r in got] == first + second, "an acknowledged write was lost"
+
+    # The old leader returns as a follower, catches up and is taken back into the ISR.
+    cluster.node(old_leader).restart()
+    wait_until(lambda: partition_state(bootstrap, topic)[2] == [1, 2, 3], timeout=60,
+               message="the old leader back in the ISR")
+    leader, _, _ = partition_state(bootstrap, topic)
+    wanted = log_bytes(cluster.node(leader).data_dir, topic)
+    wait_until(lambda: log_bytes(cluster.node(old_leader).data_dir, topic) == wanted, timeout=20,
+               message="the returned replica equal to the leader's")
