@@ -178,6 +178,17 @@ def test_cluster_tour_runs(reader, cluster_sessions, caudal_binary):
         f"the new topic is not led by the two live brokers:\n{survivors}"
     assert leaders_in(survivors, "tour-spread") == {"1", "3", "none"}, \
         f"node 2's partitions are not shown offline:\n{survivors}"
+    replicated = output_of("caudal topic describe tour-replicated -b 127.0.0.1:29092")
+    assert {",".join(sorted(isr.split(","))) for isr in column_in(replicated, "tour-replicated", 3)} \
+        == {"1,2,3"}, \
+        f"tour-replicated is not in sync on all three:\n{replicated}"
+    assert leaders_in(survivors, "tour-replicated") <= {"1", "3"}, \
+        f"tour-replicated has no leader without node 2:\n{survivors}"
+    assert "2" not in ",".join(column_in(survivors, "tour-replicated", 3)), \
+        f"node 2 is still in the ISR while down:\n{survivors}"
+    kept = [line for line in output_of("kcat -b 127.0.0.1:19092 -C -t tour-replicated").splitlines()
+            if line in ("alpha", "beta", "gamma")]
+    assert kept == ["alpha", "beta", "gamma"], f"tour-replicated lost records: {kept}"
     # Twelve records over the six partitions, all back after node 2's return.
     for command in ["kcat -b 127.0.0.1:29092 -C -t tour-spread", "kcat -b 127.0.0.1:19092 -C -t tour-spread"]:
         records = [line for line in output_of(command).splitlines() if line.startswith("partition ")]
@@ -188,8 +199,14 @@ def test_cluster_tour_runs(reader, cluster_sessions, caudal_binary):
 
 def leaders_in(output: str, topic: str) -> set[str]:
     """The LEADER column of `caudal topic describe <topic>` within `output`."""
+    return column_in(output, topic, 1)
+
+
+def column_in(output: str, topic: str, column: int) -> set[str]:
+    """Column `column` (0: PARTITION, 1: LEADER, 2: REPLICAS, 3: ISR) of `caudal topic describe
+    <topic>` within `output`."""
     section = output.split(f"Topic {topic}:", 1)[1].split("\n\n", 1)[0]
-    return {line.split()[1] for line in section.splitlines() if re.match(r"\d+\s", line)}
+    return {line.split()[column] for line in section.splitlines() if re.match(r"\d+\s", line)}
 
 
 def node_logs(reader: Path) -> str:
