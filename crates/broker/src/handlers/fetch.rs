@@ -63,8 +63,15 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
             stop.as_mut().enable();
             let stopping = broker.stopping.load(std::sync::atomic::Ordering::SeqCst);
             let last = stopping || tokio::time::Instant::now() >= deadline;
-            // Nothing to wait for with min_bytes 0: answer at once, as Kafka does.
-            if last || min_bytes == 0 || !at_end(&request, &targets, follower.is_some()) {
+            // Nothing to wait for with min_bytes 0: answer at once, as Kafka does. A follower's
+            // first pass always reads, even at the log end: its fetch offset is its position,
+            // which may move the high watermark now rather than after the wait.
+            let record_now = first_pass && follower.is_some();
+            if last
+                || min_bytes == 0
+                || record_now
+                || !at_end(&request, &targets, follower.is_some())
+            {
                 let read = match read_once(&request, version, &targets, follower, Reads::CachedOnly)
                 {
                     Some(read) => read,
@@ -680,6 +687,50 @@ mod tests {
         stranger.replica_state.replica_id = BrokerId(local + 7);
         let refused = partition_data(handle(broker, stranger, 15, 0).await);
         assert_eq!(refused.error_code, E::UnknownLeaderEpoch.code());
+    }
+
+    #[tokio::test]
+    async fn a_caught_up_followers_position_counts_before_its_fetch_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, broker, partition, mut request) = broker_with_topic(dir.path(), 1).await;
+        request.topics[0].topic_id = partition.topic_id;
+        let local = broker.config.node_id;
+        let epoch = partition.leader_epoch();
+        let registration = caudal_metadata::PartitionRegistration {
+            replicas: vec![local, local + 1],
+            isr: vec![local, local + 1],
+            leader: local,
+            leader_epoch: epoch,
+            partition_epoch: 0,
+        };
+        let settings = crate::replica_state::ReplicaSettings {
+            max_lag_ms: 30_000,
+            min_insync_replicas: 1,
+        };
+        partition.set_replicas(local, &registration, settings, crate::now_ms());
+        let end = partition.high_watermark();
+        let bytes = crate::coordinator_runtime::encode_batch(
+            &[(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
+            0,
+        )
+        .unwrap();
+        let valid = partition.log().validate(&bytes).unwrap();
+        partition.append(&bytes, valid, 0).unwrap();
+        // The follower has the batch and asks for what comes next: nothing yet, so its fetch
+        // waits, but the leader has its position at once and the batch is committed.
+        let mut request = request.with_replica_state(
+            kafka_protocol::messages::fetch_request::ReplicaState::default()
+                .with_replica_id(BrokerId(local + 1)),
+        );
+        request.topics[0].partitions[0].fetch_offset = end + 1;
+        request.topics[0].partitions[0].current_leader_epoch = epoch;
+        let fetch = handle(broker, request, 15, 0);
+        tokio::pin!(fetch);
+        assert!(
+            poll(&mut fetch).is_pending(),
+            "a caught-up follower's fetch waits"
+        );
+        assert_eq!(partition.high_watermark(), end + 1);
     }
 
     #[tokio::test]
