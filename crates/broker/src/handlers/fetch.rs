@@ -452,22 +452,24 @@ fn read_once(
                 let hw = partition.high_watermark();
                 let mut log = partition.log();
                 // A follower reads up to the log end; consumers up to the high watermark.
-                let up_to = match follower_fetch {
-                    Some(fetch) => {
-                        followed.push(Followed {
-                            partition: partition.clone(),
-                            fetch,
-                            leader_end: log.log_end_offset(),
-                        });
-                        i64::MAX
-                    }
-                    None => hw,
+                let up_to = if follower_fetch.is_some() {
+                    i64::MAX
+                } else {
+                    hw
                 };
-                (
-                    log.read(fp.fetch_offset, limit, up_to, min_one),
-                    hw,
-                    log.log_start_offset(),
-                )
+                let leader_end = log.log_end_offset();
+                let plan = log.read(fp.fetch_offset, limit, up_to, min_one);
+                // Only a position inside the log counts, as with Kafka (whose read refuses the
+                // rest before the follower's state moves): a fetch offset past the log end must
+                // not vouch for records the follower does not have.
+                if let (Some(fetch), Ok(_)) = (follower_fetch, &plan) {
+                    followed.push(Followed {
+                        partition: partition.clone(),
+                        fetch,
+                        leader_end,
+                    });
+                }
+                (plan, hw, log.log_start_offset())
             };
             let base = base
                 .with_high_watermark(high_watermark)
@@ -621,14 +623,11 @@ mod tests {
         response.responses.remove(0).partitions.remove(0)
     }
 
-    #[tokio::test]
-    async fn a_follower_reads_to_the_log_end_and_its_position_moves_the_high_watermark() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_server, broker, partition, mut consumer) = broker_with_topic(dir.path(), 0).await;
-        consumer.topics[0].topic_id = partition.topic_id;
+    /// Gives `partition` a follower, broker `local + 1`, in its ISR, as the image would (the
+    /// single node has no second broker to place it on). Returns this broker's id and the epoch.
+    fn with_follower(broker: &Broker, partition: &Partition) -> (i32, i32) {
         let local = broker.config.node_id;
         let epoch = partition.leader_epoch();
-        // Replicas beyond the leader are not served yet: this one is made by hand.
         let registration = caudal_metadata::PartitionRegistration {
             replicas: vec![local, local + 1],
             isr: vec![local, local + 1],
@@ -641,6 +640,44 @@ mod tests {
             min_insync_replicas: 1,
         };
         partition.set_replicas(local, &registration, settings, crate::now_ms());
+        (local, epoch)
+    }
+
+    #[tokio::test]
+    async fn a_follower_fetch_past_the_log_end_is_refused_and_vouches_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, broker, partition, mut request) = broker_with_topic(dir.path(), 0).await;
+        request.topics[0].topic_id = partition.topic_id;
+        let (local, epoch) = with_follower(&broker, &partition);
+        let end = partition.high_watermark();
+        let bytes = crate::coordinator_runtime::encode_batch(
+            &[(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
+            0,
+        )
+        .unwrap();
+        let valid = partition.log().validate(&bytes).unwrap();
+        partition.append(&bytes, valid, 0).unwrap();
+        let mut request = request.with_replica_state(
+            kafka_protocol::messages::fetch_request::ReplicaState::default()
+                .with_replica_id(BrokerId(local + 1)),
+        );
+        request.topics[0].partitions[0].fetch_offset = end + 5;
+        request.topics[0].partitions[0].current_leader_epoch = epoch;
+        let answer = partition_data(handle(broker, request, 15, 0).await);
+        assert_eq!(answer.error_code, E::OffsetOutOfRange.code());
+        assert_eq!(
+            partition.high_watermark(),
+            end,
+            "the follower does not have the record"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_to_the_log_end_and_its_position_moves_the_high_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, broker, partition, mut consumer) = broker_with_topic(dir.path(), 0).await;
+        consumer.topics[0].topic_id = partition.topic_id;
+        let (local, epoch) = with_follower(&broker, &partition);
         let end = partition.high_watermark();
         for value in [&b"a"[..], b"b"] {
             let bytes = crate::coordinator_runtime::encode_batch(
@@ -694,20 +731,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_server, broker, partition, mut request) = broker_with_topic(dir.path(), 1).await;
         request.topics[0].topic_id = partition.topic_id;
-        let local = broker.config.node_id;
-        let epoch = partition.leader_epoch();
-        let registration = caudal_metadata::PartitionRegistration {
-            replicas: vec![local, local + 1],
-            isr: vec![local, local + 1],
-            leader: local,
-            leader_epoch: epoch,
-            partition_epoch: 0,
-        };
-        let settings = crate::replica_state::ReplicaSettings {
-            max_lag_ms: 30_000,
-            min_insync_replicas: 1,
-        };
-        partition.set_replicas(local, &registration, settings, crate::now_ms());
+        let (local, epoch) = with_follower(&broker, &partition);
         let end = partition.high_watermark();
         let bytes = crate::coordinator_runtime::encode_batch(
             &[(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
