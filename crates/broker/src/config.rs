@@ -84,9 +84,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { choices: &["delete"], ..s("log.cleanup.policy", Some("cleanup.policy"), Str, "delete", 0, "What happens to old segments: delete (compaction is not available yet).") },
     Setting { choices: &["CreateTime"], ..s("log.message.timestamp.type", Some("message.timestamp.type"), Str, "CreateTime", 0, "Which timestamp records carry: the producer's (CreateTime).") },
     Setting { choices: &["producer"], ..s("compression.type", Some("compression.type"), Str, "producer", 0, "Batches are stored with the producer's compression.") },
-    s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "Replicas that must have a batch before acks=all is answered."),
+    s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "In-sync replicas a partition needs for acks=all: with fewer, produce with acks=all is refused with NOT_ENOUGH_REPLICAS and nothing is appended."),
+    s("replica.lag.time.max.ms", None, Long, "30000", 1, "A follower that has not caught up with the leader's log end for this long is taken out of the ISR; it is taken back once it has."),
     s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
     s("offsets.topic.num.partitions", None, Int, "50", 1, "Partitions of __consumer_offsets, where groups and committed offsets are kept. Fixed once the topic exists."),
+    s("offsets.topic.replication.factor", None, Int, "3", 1, "Replicas of each __consumer_offsets partition, where groups and committed offsets are kept; a cluster of fewer live brokers when the topic is made gets one per broker. Fixed once the topic exists."),
+    s("offsets.commit.timeout.ms", None, Int, "5000", 1, "How long an offset commit (and any other write of the group coordinator) waits for every in-sync replica of its __consumer_offsets partition before it is answered COORDINATOR_NOT_AVAILABLE."),
     s("offsets.topic.segment.bytes", None, Int, "104857600", 1024, "Segment size of __consumer_offsets, which is compacted segment by segment."),
     s("log.cleaner.backoff.ms", None, Long, "15000", 1, "How often compacted topics (such as __consumer_offsets) are cleaned."),
     s("offsets.retention.minutes", None, Int, "10080", 1, "How long committed offsets are kept after their group becomes empty."),
@@ -378,6 +381,13 @@ impl BrokerConfig {
     pub fn offsets_retention_check_interval_ms(&self) -> i64 {
         self.number("offsets.retention.check.interval.ms")
     }
+    pub fn offsets_topic_replication_factor(&self) -> i16 {
+        self.number("offsets.topic.replication.factor")
+            .clamp(1, i64::from(i16::MAX)) as i16
+    }
+    pub fn offsets_commit_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("offsets.commit.timeout.ms").max(1) as u64)
+    }
     pub fn offsets_topic_partitions(&self) -> i32 {
         self.number("offsets.topic.num.partitions") as i32
     }
@@ -604,6 +614,27 @@ impl BrokerConfig {
         let setting = setting_for_topic_key(topic_key)?;
         self.get(setting.key)
             .map(|(v, explicit)| (v, if explicit { 4 } else { 5 }))
+    }
+
+    /// The ISR rules for a topic with `overrides`: the broker's `replica.lag.time.max.ms` and
+    /// the topic's `min.insync.replicas`.
+    pub fn replica_settings(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> crate::replica_state::ReplicaSettings {
+        let min_insync = self
+            .topic_value(overrides, "min.insync.replicas")
+            .and_then(|(v, _)| v.parse::<usize>().ok())
+            .unwrap_or(1);
+        crate::replica_state::ReplicaSettings {
+            max_lag_ms: self.replica_lag_time_max_ms(),
+            min_insync_replicas: min_insync.max(1),
+        }
+    }
+
+    /// `replica.lag.time.max.ms`.
+    pub fn replica_lag_time_max_ms(&self) -> i64 {
+        self.number("replica.lag.time.max.ms").max(1)
     }
 
     /// The partition log settings for a topic with `overrides`.

@@ -500,10 +500,17 @@ pub async fn create_offsets_topic(config: &BrokerConfig, topics: &Topics) -> io:
             config.offsets_topic_segment_bytes().to_string(),
         ),
     ]);
+    // offsets.topic.replication.factor, or one replica per live broker in a smaller cluster.
+    let live = i16::try_from(topics.live_brokers())
+        .unwrap_or(i16::MAX)
+        .max(1);
+    let replication_factor = config.offsets_topic_replication_factor().min(live);
     let created = topics
-        .create(
+        .create_placed(
             OFFSETS_TOPIC,
             config.offsets_topic_partitions(),
+            replication_factor,
+            Vec::new(),
             configs,
             false,
         )
@@ -519,12 +526,53 @@ pub async fn create_offsets_topic(config: &BrokerConfig, topics: &Topics) -> io:
     }
 }
 
-/// Waits for the append in `wait`, if any, to be durable.
-pub async fn wait_durable(wait: Option<DurableWait>) -> io::Result<()> {
-    match wait {
-        Some((partition, end)) => partition.wait_durable(end).await,
-        None => Ok(()),
+/// Why a coordinator's write was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("fsync: {0}")]
+    Io(#[from] io::Error),
+    /// Kafka's code from the partition: its leadership moved, or its ISR shrank below
+    /// `min.insync.replicas`.
+    #[error("not replicated: error code {0}")]
+    Replication(i16),
+    #[error("not on every in-sync replica within offsets.commit.timeout.ms")]
+    TimedOut,
+}
+
+impl CommitError {
+    /// Kafka's answer to the request whose write failed: NOT_COORDINATOR if the partition's
+    /// leadership moved (the client looks for the new coordinator), else
+    /// COORDINATOR_NOT_AVAILABLE; both are retried.
+    pub fn code(&self) -> i16 {
+        use kafka_protocol::error::ResponseError as E;
+        match self {
+            CommitError::Replication(code) if *code == E::NotLeaderOrFollower.code() => {
+                NOT_COORDINATOR
+            }
+            _ => E::CoordinatorNotAvailable.code(),
+        }
     }
+}
+
+/// Waits for the append in `wait`, if any, to be durable here and then on every in-sync
+/// replica of its partition (Kafka's coordinator writes with acks=all), for at most `timeout`.
+pub async fn wait_committed(
+    wait: Option<DurableWait>,
+    timeout: std::time::Duration,
+) -> Result<(), CommitError> {
+    let Some((partition, end)) = wait else {
+        return Ok(());
+    };
+    let committed = async {
+        partition.wait_durable(end).await?;
+        partition
+            .wait_replicated(end)
+            .await
+            .map_err(CommitError::Replication)
+    };
+    tokio::time::timeout(timeout, committed)
+        .await
+        .unwrap_or(Err(CommitError::TimedOut))
 }
 
 /// Appends records as one uncompressed batch; returns the log end offset after it.
@@ -534,16 +582,7 @@ fn append_records(
     now: Ms,
 ) -> io::Result<i64> {
     let batch = encode_batch(records, now)?;
-    let mut log = partition.log();
-    // The follower makes the replica a follower before it resigns the shard: a request in
-    // between must not write to a log this broker no longer leads.
-    if !partition.is_leader() {
-        return Err(io::Error::other(
-            "this broker no longer leads the partition",
-        ));
-    }
-    log.append(&batch, now).map_err(io::Error::other)?;
-    Ok(log.log_end_offset())
+    partition.append_own(&batch, now)
 }
 
 /// `(key, value)` records as one uncompressed batch, as the broker writes its own records.

@@ -215,7 +215,7 @@ impl Server {
             config.node_id,
             node.lifecycle_statuses(),
             &replicas,
-            replica_manager::REPLICA_SETTINGS.max_lag_ms,
+            config.replica_lag_time_max_ms(),
         );
         // A single node makes it at once, as it always has. A node of a cluster leaves it to
         // the first FindCoordinator, as Kafka does: at start the other brokers may not have

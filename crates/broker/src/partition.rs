@@ -3,7 +3,7 @@
 //! high watermark).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError as E;
@@ -43,6 +43,9 @@ pub struct Partition {
     /// Whether `replication` holds a state: a single replica's appends skip its lock and move
     /// the high watermark themselves.
     replicated: AtomicBool,
+    /// The topic's `min.insync.replicas`, which a partition of one replica checks too: with
+    /// more than 1, `acks=all` is refused there, as Kafka refuses it.
+    min_insync_replicas: AtomicUsize,
 }
 
 impl Partition {
@@ -64,6 +67,7 @@ impl Partition {
             appended: Notify::new(),
             replication: Mutex::new(None),
             replicated: AtomicBool::new(false),
+            min_insync_replicas: AtomicUsize::new(1),
         });
         tokio::spawn(flusher(Arc::downgrade(&partition), flush_wanted));
         partition
@@ -106,6 +110,33 @@ impl Partition {
         Ok(appended)
     }
 
+    /// Appends records the broker made itself (the group coordinator's) as the leader, and
+    /// moves the high watermark as [`append`](Self::append) does; returns the log end after
+    /// them. Refused once this replica no longer leads: the image follower makes it a follower
+    /// before the coordinator gives up the shard, and a write in between must not land.
+    pub fn append_own(&self, batch: &[u8], now_ms: i64) -> std::io::Result<i64> {
+        let replicated = self.replicated.load(Ordering::Acquire);
+        let end = {
+            let mut log = self.log();
+            if !self.is_leader() {
+                return Err(std::io::Error::other(
+                    "this broker no longer leads the partition",
+                ));
+            }
+            log.append(batch, now_ms).map_err(std::io::Error::other)?;
+            let end = log.log_end_offset();
+            if !replicated {
+                self.high_watermark.fetch_max(end, Ordering::AcqRel);
+            }
+            end
+        };
+        if replicated {
+            self.update_high_watermark(end, now_ms);
+        }
+        self.appended.notify_waiters();
+        Ok(end)
+    }
+
     fn replication(&self) -> MutexGuard<'_, Option<LeaderState>> {
         self.replication
             .lock()
@@ -136,6 +167,8 @@ impl Partition {
         settings: ReplicaSettings,
         now_ms: i64,
     ) {
+        self.min_insync_replicas
+            .store(settings.min_insync_replicas, Ordering::Release);
         let mut state = self.replication();
         if registration.leader != local_id || registration.replicas.len() <= 1 {
             *state = None;
@@ -143,12 +176,15 @@ impl Partition {
             return;
         }
         match state.as_mut() {
-            Some(s) if s.leader_epoch() == registration.leader_epoch => s.image_changed(
-                registration.partition_epoch,
-                &registration.replicas,
-                &registration.isr,
-                now_ms,
-            ),
+            Some(s) if s.leader_epoch() == registration.leader_epoch => {
+                s.set_settings(settings);
+                s.image_changed(
+                    registration.partition_epoch,
+                    &registration.replicas,
+                    &registration.isr,
+                    now_ms,
+                )
+            }
             _ => {
                 let end = self.log().log_end_offset();
                 *state = Some(LeaderState::new(
@@ -164,7 +200,22 @@ impl Partition {
                 ));
             }
         }
+        drop(state);
         self.replicated.store(true, Ordering::Release);
+        // A smaller ISR (a member fenced) may let the high watermark move without an append,
+        // and the produce requests waiting on the old ISR look again.
+        let end = self.log().log_end_offset();
+        self.update_high_watermark(end, now_ms);
+        self.appended.notify_waiters();
+    }
+
+    /// A topic config changed: the ISR rules read the new settings from now on.
+    pub fn set_replica_settings(&self, settings: ReplicaSettings) {
+        self.min_insync_replicas
+            .store(settings.min_insync_replicas, Ordering::Release);
+        if let Some(s) = self.replication().as_mut() {
+            s.set_settings(settings);
+        }
     }
 
     /// A follower takes the leader's high watermark, as far as its own log reaches (Kafka's
@@ -175,6 +226,16 @@ impl Partition {
             .store(leader_high_watermark.min(end), Ordering::Release);
     }
 
+    /// Sets the high watermark back to the log start, for a replica of a replicated partition
+    /// opened from disk: its log may end with batches no other replica has (they were never
+    /// acknowledged), and consumers must not read them until the ISR has them. As a leader,
+    /// the high watermark moves up again as soon as the followers report their positions; as a
+    /// follower, it takes the leader's.
+    pub fn forget_high_watermark(&self) {
+        let start = self.log().log_start_offset();
+        self.high_watermark.store(start, Ordering::Release);
+    }
+
     /// Keeps the high watermark at or below `offset` (the log was truncated there).
     pub fn cap_high_watermark(&self, offset: i64) {
         self.high_watermark.fetch_min(offset, Ordering::AcqRel);
@@ -183,11 +244,12 @@ impl Partition {
     /// Whether an `acks=all` produce may append: the committed ISR holds at least
     /// `min.insync.replicas` (else NOT_ENOUGH_REPLICAS, nothing appended).
     pub fn enough_replicas(&self) -> bool {
-        !self.replicated.load(Ordering::Acquire)
-            || self
-                .replication()
-                .as_ref()
-                .is_none_or(LeaderState::enough_replicas)
+        if !self.replicated.load(Ordering::Acquire) {
+            return self.min_insync_replicas.load(Ordering::Acquire) <= 1;
+        }
+        self.replication()
+            .as_ref()
+            .is_none_or(LeaderState::enough_replicas)
     }
 
     /// Waits until every in-sync replica has the offsets below `end_offset` (the high watermark
@@ -583,6 +645,80 @@ pub(crate) mod tests {
         );
         append(&p, b"c");
         assert_eq!(p.high_watermark(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_single_replica_refuses_acks_all_when_min_insync_replicas_is_above_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path(), 0);
+        let only = |min_insync_replicas| {
+            p.set_replicas(
+                1,
+                &PartitionRegistration {
+                    replicas: vec![1],
+                    isr: vec![1],
+                    leader: 1,
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                },
+                ReplicaSettings {
+                    max_lag_ms: 30_000,
+                    min_insync_replicas,
+                },
+                0,
+            )
+        };
+        only(2);
+        assert!(
+            !p.enough_replicas(),
+            "Kafka refuses: 1 in-sync replica, 2 wanted"
+        );
+        only(1);
+        assert!(p.enough_replicas());
+        // An altered topic config applies to the open partition.
+        p.set_replica_settings(ReplicaSettings {
+            max_lag_ms: 30_000,
+            min_insync_replicas: 2,
+        });
+        assert!(!p.enough_replicas());
+    }
+
+    #[tokio::test]
+    async fn a_replica_opened_from_disk_learns_its_high_watermark_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path(), 0);
+        append(&p, b"a");
+        append(&p, b"b");
+        assert_eq!(p.high_watermark(), 2);
+        // Reopened as the leader of two replicas: its tail may be on no other replica.
+        p.forget_high_watermark();
+        lead_with(&p, 2, &[1, 2], 1);
+        assert_eq!(
+            p.high_watermark(),
+            0,
+            "nothing is known to be on the follower"
+        );
+        p.record_follower_fetch(&follower_fetch(1, 2, 1), 2, |_| Some(BROKER_2), 10);
+        assert_eq!(p.high_watermark(), 1);
+        // The follower, silent past replica.lag.time.max.ms, leaves the ISR: the leader
+        // alone has everything.
+        let registration = PartitionRegistration {
+            replicas: vec![1, 2],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 2,
+            partition_epoch: 3,
+        };
+        let settings = ReplicaSettings {
+            max_lag_ms: 30_000,
+            min_insync_replicas: 1,
+        };
+        p.set_replicas(1, &registration, settings, 40_000);
+        assert_eq!(
+            p.high_watermark(),
+            2,
+            "the smaller ISR moves it without an append"
+        );
     }
 
     #[tokio::test]

@@ -39,12 +39,19 @@ pub struct LogContext<'a> {
     pub now_ms: i64,
 }
 
-/// Kafka's defaults for the ISR rules (`replica.lag.time.max.ms`, `min.insync.replicas`). Not
-/// read from the configs yet: a topic's `min.insync.replicas` is 1 whatever it says.
-pub(crate) const REPLICA_SETTINGS: ReplicaSettings = ReplicaSettings {
-    max_lag_ms: 30_000,
-    min_insync_replicas: 1,
-};
+/// The ISR rules of topic `topic_id`: its `min.insync.replicas` over the broker's.
+fn replica_settings(
+    image: &MetadataImage,
+    topic_id: Uuid,
+    config: &BrokerConfig,
+) -> ReplicaSettings {
+    let no_overrides = BTreeMap::new();
+    let overrides = image
+        .topic(topic_id)
+        .and_then(|t| image.config(&ConfigResource::topic(&t.name)))
+        .unwrap_or(&no_overrides);
+    config.replica_settings(overrides)
+}
 
 /// What [`ReplicaManager::apply_changes`] did, by partition.
 #[derive(Debug, Default)]
@@ -182,25 +189,21 @@ impl ReplicaManager {
         for ((id, registration), leader) in
             wanted.chain(changes.followers.iter().map(|c| (c, false)))
         {
+            let settings = replica_settings(image, id.topic_id, ctx.config);
             if let Some(p) = self.get(*id) {
                 p.set_leadership(leader, registration.leader_epoch);
-                p.set_replicas(
-                    ctx.config.node_id,
-                    registration,
-                    REPLICA_SETTINGS,
-                    ctx.now_ms,
-                );
+                p.set_replicas(ctx.config.node_id, registration, settings, ctx.now_ms);
                 continue;
             }
             match self.open_replica(image, *id, ctx) {
                 Ok((p, created)) => {
+                    if registration.replicas.len() > 1 {
+                        // Opened from disk, the log's end is not known to be on the other
+                        // replicas: what consumers may read is learnt again from them.
+                        p.forget_high_watermark();
+                    }
                     p.set_leadership(leader, registration.leader_epoch);
-                    p.set_replicas(
-                        ctx.config.node_id,
-                        registration,
-                        REPLICA_SETTINGS,
-                        ctx.now_ms,
-                    );
+                    p.set_replicas(ctx.config.node_id, registration, settings, ctx.now_ms);
                     log_new_replica(&p, registration, leader, created);
                     self.write().insert(*id, p);
                     if created {
@@ -273,7 +276,7 @@ impl ReplicaManager {
         config: &BrokerConfig,
     ) -> usize {
         let no_overrides = BTreeMap::new();
-        let wanted: HashMap<Uuid, caudal_storage::LogConfig> = topics
+        let wanted: HashMap<Uuid, (caudal_storage::LogConfig, ReplicaSettings)> = topics
             .iter()
             .map(|(topic_id, name)| {
                 // The image's name for the id, should the caller's be stale.
@@ -281,7 +284,11 @@ impl ReplicaManager {
                 let overrides = image
                     .config(&ConfigResource::topic(name))
                     .unwrap_or(&no_overrides);
-                (*topic_id, config.log_config(overrides))
+                let settings = (
+                    config.log_config(overrides),
+                    config.replica_settings(overrides),
+                );
+                (*topic_id, settings)
             })
             .collect();
         let affected: Vec<Arc<Partition>> = self
@@ -292,9 +299,10 @@ impl ReplicaManager {
             .collect();
         let mut changed = 0;
         for p in affected {
-            let Some(log_config) = wanted.get(&p.topic_id) else {
+            let Some((log_config, replica_settings)) = wanted.get(&p.topic_id) else {
                 continue;
             };
+            p.set_replica_settings(*replica_settings);
             let mut log = p.log();
             if log.config() != log_config {
                 tracing::info!(topic = %p.topic, partition = p.index, config = ?log_config, "topic config changed; applied to the open log");

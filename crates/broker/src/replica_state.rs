@@ -197,6 +197,11 @@ impl LeaderState {
     pub fn leader_epoch(&self) -> i32 {
         self.leader_epoch
     }
+
+    /// The topic's settings changed (an altered `min.insync.replicas`).
+    pub fn set_settings(&mut self, settings: ReplicaSettings) {
+        self.settings = settings;
+    }
     pub fn partition_epoch(&self) -> i32 {
         self.partition_epoch
     }
@@ -222,11 +227,10 @@ impl LeaderState {
         }
     }
 
+    /// `min.insync.replicas`, as Kafka reads it: a partition with fewer replicas than that
+    /// never takes `acks=all`.
     fn effective_min_isr(&self) -> usize {
-        self.settings
-            .min_insync_replicas
-            .min(self.replicas.len())
-            .max(1)
+        self.settings.min_insync_replicas.max(1)
     }
 
     /// Whether an `acks=all` produce may append: the committed ISR is at least

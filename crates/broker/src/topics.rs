@@ -146,6 +146,11 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// Brokers registered and not fenced, in the image applied here.
+    pub fn live_brokers(&self) -> usize {
+        self.applied.borrow().live_brokers().count()
+    }
+
     /// Topics read from `applied` and changed through `channel`, for the broker of `config`.
     pub fn new(
         config: &BrokerConfig,

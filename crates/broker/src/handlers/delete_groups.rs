@@ -3,7 +3,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, ResponseKind};
 
-use crate::coordinator_runtime::wait_durable;
+use crate::coordinator_runtime::wait_committed;
 use crate::{now_ms, Broker};
 
 pub async fn handle(broker: &Arc<Broker>, request: DeleteGroupsRequest) -> ResponseKind {
@@ -17,9 +17,9 @@ pub async fn handle(broker: &Arc<Broker>, request: DeleteGroupsRequest) -> Respo
             }
         });
         let (error, wait) = ran.unwrap_or_else(|e| (e.code(), None));
-        let error = match wait_durable(wait).await {
+        let error = match wait_committed(wait, broker.config.offsets_commit_timeout()).await {
             Ok(()) => error,
-            Err(_) => kafka_protocol::error::ResponseError::CoordinatorNotAvailable.code(),
+            Err(e) => e.code(),
         };
         results.push(
             DeletableGroupResult::default()

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{
 };
 
 use super::Reply;
-use crate::coordinator_runtime::{wait_durable, OFFSETS_TOPIC};
+use crate::coordinator_runtime::{wait_committed, OFFSETS_TOPIC};
 use crate::{now_ms, Broker};
 
 pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
@@ -88,13 +88,14 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetCommitRequest) -> Reply {
                 .with_error_code(error),
         );
     }
+    let timeout = broker.config.offsets_commit_timeout();
     Box::pin(async move {
-        if let Err(e) = wait_durable(wait).await {
-            tracing::error!(error = %e, "committed offsets could not be made durable");
+        if let Err(e) = wait_committed(wait, timeout).await {
+            tracing::warn!(error = %e, "committed offsets were not written to every in-sync replica; the commit is answered with an error and retried");
             for t in &mut topics {
                 for p in &mut t.partitions {
                     if p.error_code == 0 {
-                        p.error_code = E::CoordinatorNotAvailable.code();
+                        p.error_code = e.code();
                     }
                 }
             }

@@ -8,7 +8,7 @@ use kafka_protocol::messages::offset_delete_response::{
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse, ResponseKind};
 
-use crate::coordinator_runtime::wait_durable;
+use crate::coordinator_runtime::wait_committed;
 use crate::{now_ms, Broker};
 
 pub async fn handle(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> ResponseKind {
@@ -41,7 +41,11 @@ pub async fn handle(broker: &Arc<Broker>, request: OffsetDeleteRequest) -> Respo
         }
     });
     let (result, wait) = ran.unwrap_or_else(|e| (Err(e.code()), None));
-    let _ = wait_durable(wait).await;
+    let committed = wait_committed(wait, broker.config.offsets_commit_timeout()).await;
+    let result = match committed {
+        Ok(()) => result,
+        Err(e) => Err(e.code()),
+    };
     let errors = match result {
         Ok(errors) => errors,
         Err(code) => {
