@@ -8,10 +8,12 @@ failing test.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 
+import netns
 from harness import Broker, BrokerError, Cluster, Node, free_port, require_binary
 
 
@@ -80,8 +82,9 @@ def broker_factory(request, tmp_path, caudal_binary):
 
 @pytest.fixture
 def cluster_factory(request, tmp_path, caudal_binary):
-    """Returns start(n=3, settings=None, roles=None) -> a running Cluster of n nodes on free
-    loopback ports, node ids from 1. `roles` gives each node's `process.roles` ("broker,controller",
+    """Returns start(n=3, settings=None, roles=None, network=None) -> a running Cluster of n nodes
+    on free loopback ports, node ids from 1; with a `netns.Network`, node i runs in its
+    namespace i, at its address. `roles` gives each node's `process.roles` ("broker,controller",
     "broker" or "controller"); by default each is a broker and a voter. The voters are the nodes
     with the controller role. Every node is stopped at teardown; one that died on its own during
     the test is reported as an error."""
@@ -89,19 +92,26 @@ def cluster_factory(request, tmp_path, caudal_binary):
     request.node._caudal_brokers = nodes
 
     def start(n: int = 3, settings: dict[str, object] | None = None,
-              roles: list[str] | None = None) -> Cluster:
+              roles: list[str] | None = None, network=None) -> Cluster:
         base = len(nodes)
         roles = roles or ["broker,controller"] * n
         assert len(roles) == n, "one process.roles per node"
-        ports = [(free_port(), free_port()) for _ in range(n)]
-        voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports)
+        if network is None:
+            ports = [(free_port(), free_port()) for _ in range(n)]
+            hosts = ["127.0.0.1"] * n
+        else:
+            # Each node on its own host (netns.py): the same ports on every address.
+            ports = [(9092, 9093)] * n
+            hosts = [network.address(i + 1) for i in range(n)]
+        voters = ",".join(f"{i + 1}@{hosts[i]}:{c}" for i, (_, c) in enumerate(ports)
                           if "controller" in roles[i])
         members = []
         for i, (port, controller_port) in enumerate(ports):
             data_dir = tmp_path / f"node{base + i + 1}-data"
             data_dir.mkdir()
             node = Node(caudal_binary, data_dir, tmp_path / f"node{base + i + 1}.log", port,
-                        i + 1, controller_port, voters, settings, roles[i])
+                        i + 1, controller_port, voters, settings, roles[i], address=hosts[i],
+                        netns=None if network is None else network.namespace(i + 1))
             nodes.append(node)
             members.append(node)
         cluster = Cluster(members)
@@ -134,6 +144,22 @@ def cluster_factory(request, tmp_path, caudal_binary):
 
 
 @pytest.fixture
+def network():
+    """Three network namespaces on a bridge (netns.py), removed at teardown. Skipped where they
+    cannot be made (not root), except under CI=true, where that fails the test."""
+    why = netns.available()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI runs the network fault tests, but {why}", pytrace=False)
+        pytest.skip(why)
+    net = netns.Network(3)
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture
 def broker(broker_factory) -> Broker:
     """A running broker with default settings."""
     return broker_factory()
@@ -147,3 +173,12 @@ def pytest_runtest_makereport(item, call):
         for i, b in enumerate(getattr(item, "_caudal_brokers", [])):
             report.sections.append(
                 (f"caudal broker {i} log ({b.log_path})", b.log_tail()))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault scenarios' figures (test_faults.py), one line each."""
+    figures = getattr(config, "_caudal_fault_figures", [])
+    if figures:
+        terminalreporter.section("fault scenarios")
+        for name, summary in figures:
+            terminalreporter.write_line(f"{name}: {summary}")

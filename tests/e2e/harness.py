@@ -36,9 +36,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_accepts(port: int, timeout: float = 0.5) -> bool:
+def port_accepts(port: int, timeout: float = 0.5, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -132,7 +132,7 @@ class Broker:
                     f"broker exited with code {code} before accepting connections on "
                     f"{self.bootstrap}\n--- broker log ---\n{self.log_tail()}")
             # The port opens before the logs are recovered; the start-up line says all is done.
-            if (port_accepts(self.port, timeout=0.2)
+            if (port_accepts(self.port, timeout=0.2, host=self.host)
                     and self.log_text().count(" listening on ") >= self.starts):
                 return
             time.sleep(0.05)
@@ -223,7 +223,8 @@ class Node(Broker):
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int,
                  node_id: int, controller_port: int, voters: str,
-                 settings: dict[str, object] | None = None, roles: str = "broker,controller"):
+                 settings: dict[str, object] | None = None, roles: str = "broker,controller",
+                 address: str = "127.0.0.1", netns: str | None = None):
         if roles == "controller":
             port = controller_port
         super().__init__(binary, data_dir, log_path, port, settings)
@@ -231,6 +232,14 @@ class Node(Broker):
         self.controller_port = controller_port
         self.voters = voters
         self.roles = roles
+        # A node in a network namespace of its own (netns.py) listens on that namespace's
+        # address and is started through `ip netns exec`.
+        self.address = address
+        self.netns = netns
+
+    @property
+    def host(self) -> str:
+        return self.address
 
     @property
     def is_broker(self) -> bool:
@@ -238,8 +247,10 @@ class Node(Broker):
 
     def command(self) -> list[str]:
         addr = self.bootstrap
-        controller = f"CONTROLLER://127.0.0.1:{self.controller_port}"
+        controller = f"CONTROLLER://{self.host}:{self.controller_port}"
         cmd = [str(self.binary), "serve"]
+        if self.netns is not None:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
         if self.is_broker:
             cmd += ["--listen", f"PLAINTEXT://{addr},{controller}",
                     "--advertise", f"PLAINTEXT://{addr}"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from support import admin, consume, produce_and_confirm, unique_topic, wait_until
+from support import (RDKAFKA_LOG, admin, consume, produce_and_confirm, unique_topic,
+                     wait_until)
 
 # Failover tests wait out a session; a shorter one keeps them quick without changing what
 # they show.
@@ -91,3 +93,53 @@ def test_a_killed_leader_loses_no_acknowledged_write_and_rejoins_the_isr(cluster
     wanted = log_bytes(cluster.node(leader).data_dir, topic)
     wait_until(lambda: log_bytes(cluster.node(old_leader).data_dir, topic) == wanted, timeout=20,
                message="the returned replica equal to the leader's")
+
+
+def test_group_offsets_are_replicated_and_the_coordinator_moves_with_its_partition(
+        cluster_factory):
+    cluster = cluster_factory(3, settings=FAST)
+    topic = unique_topic("offsets-moved")
+    create_replicated(cluster.bootstrap, topic, partitions=2)
+    produce_and_confirm(cluster.bootstrap, topic,
+                        [(None, f"v{i}".encode()) for i in range(20)], {"acks": "all"})
+    group = unique_topic("group")
+    positions = [TopicPartition(topic, 0, 7), TopicPartition(topic, 1, 4)]
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
+                  "enable.auto.commit": False, "logger": RDKAFKA_LOG})
+    try:
+        c.commit(offsets=positions, asynchronous=False)
+    finally:
+        c.close()
+
+    # __consumer_offsets has a replica on each of the three brokers, all in sync.
+    offsets = admin(cluster.bootstrap).list_topics("__consumer_offsets", timeout=10)
+    parts = offsets.topics["__consumer_offsets"].partitions.values()
+    assert parts and all(sorted(p.replicas) == [1, 2, 3] for p in parts)
+
+    def coordinator(bootstrap: str) -> int:
+        a = admin(bootstrap)  # kept alive until the answer is in
+        d = a.describe_consumer_groups([group], request_timeout=10)[group]
+        return d.result(timeout=15).coordinator.id
+    old = coordinator(cluster.bootstrap)
+    wait_until(lambda: all(sorted(p.isrs) == [1, 2, 3] for p in admin(cluster.bootstrap)
+                           .list_topics("__consumer_offsets", timeout=10)
+                           .topics["__consumer_offsets"].partitions.values()),
+               timeout=20, message="every __consumer_offsets replica in sync")
+    cluster.node(old).kill9()
+    survivors = ",".join(n.bootstrap for n in cluster.nodes if n.node_id != old)
+
+    # Another broker leads the group's partition now, rebuilds the group from its replica and
+    # answers for it with the offsets committed before.
+    wait_until(lambda: coordinator(survivors) not in (-1, old), timeout=30,
+               message="a new coordinator for the group")
+
+    def committed() -> list[tuple[int, int]]:
+        c = Consumer({"bootstrap.servers": survivors, "group.id": group,
+                      "enable.auto.commit": False, "logger": RDKAFKA_LOG})
+        try:
+            got = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
+            return sorted((p.partition, p.offset) for p in got)
+        finally:
+            c.close()
+    assert wait_until(lambda: committed() == [(0, 7), (1, 4)], timeout=30,
+                      message="the committed offsets from the new coordinator")
