@@ -4,11 +4,13 @@ leader killed with kill -9 loses nothing that was acknowledged."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from harness import caudal_bin
 from support import (RDKAFKA_LOG, admin, consume, produce_and_confirm, unique_topic,
                      wait_until)
 
@@ -78,6 +80,16 @@ def test_a_killed_leader_loses_no_acknowledged_write_and_rejoins_the_isr(cluster
         leader, _, isr = partition_state(bootstrap, topic)
         return leader not in (-1, old_leader) and old_leader not in isr
     wait_until(moved, timeout=30, message="a new leader elected from the ISR")
+    # The operator's view: the partition is under-replicated while its old leader is away.
+    described = subprocess.run(
+        [str(caudal_bin()), "topic", "--bootstrap", bootstrap, "describe", topic,
+         "--under-replicated"], capture_output=True, text=True, timeout=30)
+    assert described.returncode == 0, described.stderr
+    assert "1 partition(s)" in described.stdout and "1 under-replicated" in described.stdout, \
+        described.stdout
+    row = next(line.split() for line in described.stdout.splitlines()
+               if line.split()[:1] == ["0"])
+    assert sorted(row[2].split(",")) == ["1", "2", "3"] and str(old_leader) not in row[3], row
 
     second = [(f"k{i}".encode(), f"after-{i}".encode()) for i in range(300)]
     log = produce_and_confirm(bootstrap, topic, second, {"acks": "all"})

@@ -42,6 +42,30 @@ impl Client {
         })
     }
 
+    /// Connects to the first broker of a comma-separated `--bootstrap` list that answers, as
+    /// Kafka's tools take `--bootstrap-server host1:9092,host2:9092`.
+    pub async fn connect_any(bootstrap: &str) -> anyhow::Result<Client> {
+        let mut failures = Vec::new();
+        for address in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Client::connect(address).await {
+                Ok(client) => return Ok(client),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        match failures.len() {
+            0 => anyhow::bail!("--bootstrap is empty: give HOST:PORT[,HOST:PORT...]"),
+            1 => anyhow::bail!("{}", failures[0]),
+            _ => anyhow::bail!(
+                "no broker of --bootstrap answered:\n  {}",
+                failures.join("\n  ")
+            ),
+        }
+    }
+
     pub async fn send(
         &mut self,
         api: ApiKey,
@@ -100,11 +124,11 @@ pub fn bootstrap_arg() -> clap::Arg {
     clap::Arg::new("bootstrap")
         .long("bootstrap")
         .short('b')
-        .value_name("HOST:PORT")
+        .value_name("HOST:PORT[,HOST:PORT...]")
         .env("CAUDAL_BOOTSTRAP")
         .default_value("127.0.0.1:9092")
         .global(true)
-        .help("A broker to ask")
+        .help("Brokers to ask, the first that answers")
 }
 
 /// Connects to `--bootstrap` and runs `command` with the cluster it leads to, on a small
@@ -122,7 +146,7 @@ where
             .get_one::<String>("bootstrap")
             .cloned()
             .unwrap_or_default();
-        command(Cluster::new(Client::connect(&bootstrap).await?)).await
+        command(Cluster::new(Client::connect_any(&bootstrap).await?)).await
     })
 }
 

@@ -35,7 +35,7 @@ pub fn command() -> Command {
                 .arg(Arg::new("config").long("config").value_name("KEY=VALUE").action(ArgAction::Append).help("A topic config, e.g. retention.ms=86400000 (repeatable)"))
                 .arg(Arg::new("if-not-exists").long("if-not-exists").action(ArgAction::SetTrue).help("Succeed if the topic already exists")),
         )
-        .subcommand(Command::new("describe").about("Show a topic's partitions, offsets and configs").arg(Arg::new("topic").required(true).num_args(1..)))
+        .subcommand(Command::new("describe").about("Show a topic's partitions (leader, replicas, in-sync replicas), offsets and configs").arg(Arg::new("topic").required(true).num_args(1..)).arg(Arg::new("under-replicated").long("under-replicated").action(ArgAction::SetTrue).help("Only the partitions whose in-sync replicas (ISR) are fewer than their replicas, as kafka-topics --under-replicated-partitions")))
         .subcommand(Command::new("delete").about("Delete topics and all their data").arg(Arg::new("topic").required(true).num_args(1..)))
 }
 
@@ -45,8 +45,9 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
             Some(("list", sub)) => list(cluster.any(), sub.get_flag("internal")).await,
             Some(("create", sub)) => create(cluster.any(), sub).await,
             Some(("describe", sub)) => {
+                let under_replicated = sub.get_flag("under-replicated");
                 for t in sub.get_many::<String>("topic").into_iter().flatten() {
-                    describe(&mut cluster, t).await?;
+                    describe(&mut cluster, t, under_replicated).await?;
                 }
                 Ok(())
             }
@@ -157,18 +158,31 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn describe(cluster: &mut Cluster, topic: &str) -> anyhow::Result<()> {
+async fn describe(
+    cluster: &mut Cluster,
+    topic: &str,
+    only_under_replicated: bool,
+) -> anyhow::Result<()> {
     let md = metadata(cluster.any(), Some(vec![topic.to_string()])).await?;
     let t = md.topics.first().context("empty Metadata response")?;
     if t.error_code != 0 {
         bail!("topic {topic}: {}", error_name(t.error_code));
     }
+    let under_replicated =
+        |p: &&kafka_protocol::messages::metadata_response::MetadataResponsePartition| {
+            p.isr_nodes.len() < p.replica_nodes.len()
+        };
     println!(
-        "Topic {topic}: {} partition(s), id {}",
+        "Topic {topic}: {} partition(s), id {}, {} under-replicated",
         t.partitions.len(),
-        t.topic_id
+        t.topic_id,
+        t.partitions.iter().filter(under_replicated).count()
     );
-    let mut parts: Vec<_> = t.partitions.iter().collect();
+    let mut parts: Vec<_> = t
+        .partitions
+        .iter()
+        .filter(|p| !only_under_replicated || under_replicated(p))
+        .collect();
     parts.sort_by_key(|p| p.partition_index);
     // Log start and end offsets per partition, from each partition's leader.
     let partitions = std::collections::BTreeMap::from([(
