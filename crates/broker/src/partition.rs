@@ -591,6 +591,22 @@ pub(crate) mod tests {
         p.set_replicas(1, &registration, settings, 0);
     }
 
+    /// Leader 1 at epoch 1 of a partition of one replica.
+    fn lead_alone(p: &Partition, partition_epoch: i32, min_insync_replicas: usize, now_ms: i64) {
+        let registration = PartitionRegistration {
+            replicas: vec![1],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch,
+        };
+        let settings = ReplicaSettings {
+            max_lag_ms: 30_000,
+            min_insync_replicas,
+        };
+        p.set_replicas(1, &registration, settings, now_ms);
+    }
+
     fn follower_fetch(fetch_offset: i64, epoch: i32, last_fetched_epoch: i32) -> FollowerFetch {
         FollowerFetch {
             replica_id: 2,
@@ -628,21 +644,7 @@ pub(crate) mod tests {
         p.record_follower_fetch(&follower_fetch(2, 1, 1), 2, |_| Some(BROKER_2), 20);
         assert_eq!(p.high_watermark(), 2);
         // A single replica again: appends move it themselves.
-        p.set_replicas(
-            1,
-            &PartitionRegistration {
-                replicas: vec![1],
-                isr: vec![1],
-                leader: 1,
-                leader_epoch: 1,
-                partition_epoch: 2,
-            },
-            ReplicaSettings {
-                max_lag_ms: 30_000,
-                min_insync_replicas: 1,
-            },
-            30,
-        );
+        lead_alone(&p, 2, 1, 30);
         append(&p, b"c");
         assert_eq!(p.high_watermark(), 3);
     }
@@ -651,29 +653,12 @@ pub(crate) mod tests {
     async fn a_single_replica_refuses_acks_all_when_min_insync_replicas_is_above_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = partition(dir.path(), 0);
-        let only = |min_insync_replicas| {
-            p.set_replicas(
-                1,
-                &PartitionRegistration {
-                    replicas: vec![1],
-                    isr: vec![1],
-                    leader: 1,
-                    leader_epoch: 1,
-                    partition_epoch: 1,
-                },
-                ReplicaSettings {
-                    max_lag_ms: 30_000,
-                    min_insync_replicas,
-                },
-                0,
-            )
-        };
-        only(2);
+        lead_alone(&p, 1, 2, 0);
         assert!(
             !p.enough_replicas(),
             "Kafka refuses: 1 in-sync replica, 2 wanted"
         );
-        only(1);
+        lead_alone(&p, 1, 1, 0);
         assert!(p.enough_replicas());
         // An altered topic config applies to the open partition.
         p.set_replica_settings(ReplicaSettings {
