@@ -194,6 +194,12 @@ def test_cluster_tour_runs(reader, cluster_sessions, caudal_binary):
         records = [line for line in output_of(command).splitlines() if line.startswith("partition ")]
         assert len(records) == 12 and {r.split(":")[0] for r in records} == \
             {f"partition {p}" for p in range(6)}, f"{command}:\n" + "\n".join(records)
+    # After elect-leaders, every partition of tour-replicated is led by its preferred replica.
+    balanced = output_of("caudal topic describe tour-replicated -b 127.0.0.1:39092")
+    section = balanced.split("Topic tour-replicated:", 1)[1]
+    rows = [line.split() for line in section.splitlines() if re.match(r"\d+\s", line)]
+    assert len(rows) == 2 and all(row[1] == row[2].split(",")[0] for row in rows), \
+        f"tour-replicated not led by its preferred replicas:\n{balanced}"
     assert not (reader / "caudal-cluster").exists(), "the tour leaves caudal-cluster behind"
 
 

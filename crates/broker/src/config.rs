@@ -85,6 +85,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { choices: &["CreateTime"], ..s("log.message.timestamp.type", Some("message.timestamp.type"), Str, "CreateTime", 0, "Which timestamp records carry: the producer's (CreateTime).") },
     Setting { choices: &["producer"], ..s("compression.type", Some("compression.type"), Str, "producer", 0, "Batches are stored with the producer's compression.") },
     s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "In-sync replicas a partition needs for acks=all: with fewer, produce with acks=all is refused with NOT_ENOUGH_REPLICAS and nothing is appended."),
+    s("auto.leader.rebalance.enable", None, Boolean, "true", 0, "The controller gives each partition's leadership back to its preferred replica (the first in its replica list) once that replica is alive and in the ISR again, checking every leader.imbalance.check.interval.seconds."),
+    s("leader.imbalance.check.interval.seconds", None, Long, "300", 1, "How often the controller looks for partitions not led by their preferred replica (with auto.leader.rebalance.enable)."),
     s("replica.lag.time.max.ms", None, Long, "30000", 1, "A follower that has not caught up with the leader's log end for this long is taken out of the ISR; it is taken back once it has."),
     s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
     s("offsets.topic.num.partitions", None, Int, "50", 1, "Partitions of __consumer_offsets, where groups and committed offsets are kept. Fixed once the topic exists."),
@@ -419,6 +421,17 @@ impl BrokerConfig {
     /// `broker.heartbeat.interval.ms`.
     pub fn broker_heartbeat_interval_ms(&self) -> u64 {
         self.number("broker.heartbeat.interval.ms").max(1) as u64
+    }
+    /// `auto.leader.rebalance.enable`.
+    pub fn auto_leader_rebalance(&self) -> bool {
+        self.get("auto.leader.rebalance.enable")
+            .is_none_or(|(v, _)| v == "true")
+    }
+    /// `leader.imbalance.check.interval.seconds`, in milliseconds.
+    pub fn leader_imbalance_check_interval_ms(&self) -> i64 {
+        self.number("leader.imbalance.check.interval.seconds")
+            .max(1)
+            .saturating_mul(1000)
     }
     /// `broker.session.timeout.ms`.
     pub fn broker_session_timeout_ms(&self) -> i64 {

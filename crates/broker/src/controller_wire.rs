@@ -2,7 +2,7 @@
 //! listener and how the answer comes back.
 //!
 //! Registration, heartbeats, unregistration and producer-id blocks go as themselves; the admin
-//! requests a broker forwards (CreateTopics, DeleteTopics, CreatePartitions) go inside an
+//! requests a broker forwards (CreateTopics, DeleteTopics, CreatePartitions, ElectLeaders) go inside an
 //! Envelope, as Kafka 4's brokers forward them: the inner request with its own header, answered
 //! by the inner response with its own header.
 
@@ -64,6 +64,9 @@ fn body_of(request: &ControllerRequest) -> (RequestKind, ApiKey, i16, bool) {
             v,
             true,
         ),
+        ControllerRequest::ElectLeaders(r, v) => {
+            (RequestKind::ElectLeaders(r), ApiKey::ElectLeaders, v, true)
+        }
         ControllerRequest::RegisterBroker(r, v) => (
             RequestKind::BrokerRegistration(r),
             ApiKey::BrokerRegistration,
@@ -284,6 +287,7 @@ pub fn served(api: ApiKey, body: RequestKind, version: i16) -> Result<Served, Re
                 RequestKind::CreateTopics(r) => ControllerRequest::CreateTopics(r, v),
                 RequestKind::DeleteTopics(r) => ControllerRequest::DeleteTopics(r, v),
                 RequestKind::CreatePartitions(r) => ControllerRequest::CreatePartitions(r, v),
+                RequestKind::ElectLeaders(r) => ControllerRequest::ElectLeaders(r, v),
                 _ => return Err(Refusal::NotForwardable(inner.api_key)),
             };
             Ok(Served {

@@ -467,6 +467,8 @@ fn start_controller(config: &BrokerConfig, quorum: &Quorum) -> ControllerService
         default_num_partitions: config.num_partitions(),
         default_replication_factor: config.default_replication_factor(),
         topic_config_check: Some(TOPIC_CONFIG_CHECK),
+        auto_leader_rebalance: config.auto_leader_rebalance(),
+        leader_imbalance_check_interval_ms: config.leader_imbalance_check_interval_ms(),
         // No broker may take this node's id: the two would share it on the wire.
         controller_only_node_ids: if controller_only {
             BTreeSet::from([config.node_id])

@@ -223,6 +223,10 @@ routes! {
         ));
     ConsumerGroupDescribe on CLIENT, forwarded: false
         => |r, cx| ready(handlers::consumer_group_describe::handle(cx.broker, r));
+    DescribeLogDirs on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::describe_log_dirs::handle(cx.broker, r, cx.version));
+    ElectLeaders on CLIENT, forwarded: true
+        => |r, cx| ready(handlers::elect_leaders::handle(cx.broker, r, cx.version).await);
     DescribeQuorum on ALL, forwarded: true
         => |r, cx| handlers::describe_quorum::handle(cx.broker, r, cx.version);
     Envelope on CONTROLLER, forwarded: false
@@ -444,6 +448,7 @@ mod tests {
                 ApiKey::CreateTopics,
                 ApiKey::DeleteTopics,
                 ApiKey::CreatePartitions,
+                ApiKey::ElectLeaders,
                 ApiKey::DescribeQuorum,
             ]
         );

@@ -23,7 +23,8 @@ use kafka_protocol::messages::create_topics_request::{
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ResponseKind, TopicName,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest,
+    ElectLeadersResponse, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -429,6 +430,30 @@ impl Topics {
     }
 
     /// The timeout requests to the controller carry.
+    /// Has the controller run the leader elections of `request` (ElectLeaders at `version`) and
+    /// returns its answer once this broker applied them, or after the change timeout if it has
+    /// not yet (the elections stand either way; Kafka's brokers answer without waiting).
+    pub async fn elect_leaders(
+        &self,
+        request: ElectLeadersRequest,
+        version: i16,
+    ) -> Result<ElectLeadersResponse, TopicError> {
+        let answer = self
+            .channel
+            .call(
+                ControllerRequest::ElectLeaders(request, version),
+                self.timeout,
+            )
+            .await?;
+        let ResponseKind::ElectLeaders(response) = answer else {
+            return Err(unexpected(&answer));
+        };
+        if let Err(e) = self.wait_applied(|_| true).await {
+            tracing::info!(error = %e, "leader elections made; this broker has not applied them yet");
+        }
+        Ok(response)
+    }
+
     fn timeout_ms(&self) -> i32 {
         i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX)
     }

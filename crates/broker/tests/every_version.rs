@@ -395,6 +395,49 @@ async fn every_api_answers_at_every_advertised_version() {
                         r.results[0].error_message
                     );
                 }
+                ApiKey::ElectLeaders => {
+                    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+                    let req = ElectLeadersRequest::default().with_topic_partitions(Some(vec![
+                        TopicPartitions::default()
+                            .with_topic(topic("t"))
+                            .with_partitions(vec![0]),
+                    ]));
+                    let ResponseKind::ElectLeaders(r) =
+                        c.send(api, v, &RequestKind::ElectLeaders(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    let p = &r.replica_election_results[0].partition_result[0];
+                    assert_eq!(
+                        (p.partition_id, p.error_code),
+                        (0, 84),
+                        "{what}: ELECTION_NOT_NEEDED on a single node"
+                    );
+                }
+                ApiKey::DescribeLogDirs => {
+                    let ResponseKind::DescribeLogDirs(r) = c
+                        .send(
+                            api,
+                            v,
+                            &RequestKind::DescribeLogDirs(
+                                DescribeLogDirsRequest::default().with_topics(None),
+                            ),
+                        )
+                        .await
+                    else {
+                        panic!()
+                    };
+                    let dir = &r.results[0];
+                    assert_eq!(dir.error_code, 0, "{what}");
+                    assert!(
+                        dir.topics.iter().any(|t| t.name.0.as_str() == "t"),
+                        "{what}: topic t listed"
+                    );
+                    if v >= 4 {
+                        assert!(dir.total_bytes > 0 && dir.usable_bytes > 0, "{what}");
+                    }
+                }
                 ApiKey::DescribeConfigs => {
                     let req = DescribeConfigsRequest::default()
                         .with_include_synonyms(v >= 1)

@@ -10,7 +10,7 @@ use caudal_protocol::kafka_protocol::messages::describe_quorum_request::{
 use caudal_protocol::kafka_protocol::messages::describe_quorum_response::ReplicaState;
 use caudal_protocol::kafka_protocol::messages::*;
 use caudal_protocol::kafka_protocol::protocol::StrBytes;
-use clap::{ArgMatches, Command};
+use clap::{Arg, ArgMatches, Command};
 
 use crate::client::{bootstrap_arg, error_name, print_table, with_cluster, Cluster};
 
@@ -18,8 +18,10 @@ pub fn command() -> Command {
     Command::new("cluster")
         .about("Show the state of a cluster: its controllers and brokers")
         .long_about(
-            "Show the state of a cluster, like Kafka's kafka-metadata-quorum and kafka-cluster tools.\n\n\
-             Examples:\n  caudal cluster status\n  caudal cluster status --bootstrap node-2:9092",
+            "Show the state of a cluster, like Kafka's kafka-metadata-quorum and kafka-cluster tools, \
+             and move partition leaderships, like kafka-leader-election.\n\n\
+             Examples:\n  caudal cluster status\n  caudal cluster status --bootstrap node-2:9092\n  \
+             caudal cluster elect-leaders\n  caudal cluster elect-leaders --topic orders --partition 0",
         )
         .subcommand_required(true)
         .arg_required_else_help(true)
@@ -40,12 +42,52 @@ pub fn command() -> Command {
                      none), and how many partitions it leads.",
                 ),
         )
+        .subcommand(
+            Command::new("elect-leaders")
+                .about("Move partition leaderships: back to preferred replicas, or unclean to any live one")
+                .long_about(
+                    "Ask the controller to elect partition leaders, like Kafka's kafka-leader-election.\n\n\
+                     preferred (the default): each partition named (every partition when none is) \
+                     goes back to its preferred replica, the first in its replica list, if that \
+                     replica is alive and in the ISR. After a broker restarts, its partitions are \
+                     led by others until this runs, or until the controller does it itself \
+                     (auto.leader.rebalance.enable, every leader.imbalance.check.interval.seconds).\n\n\
+                     unclean: a partition without a leader, because every in-sync replica is down, \
+                     gets any live replica as leader. Records that replica lacks of the lost \
+                     in-sync replicas are gone for good, even acknowledged ones: use it only when \
+                     availability matters more than those records.\n\n\
+                     Prints one row per partition: elected, or why not. Exits with an error if \
+                     any election failed (a partition that already has the wanted leader is not \
+                     a failure).",
+                )
+                .arg(
+                    Arg::new("election-type")
+                        .long("election-type")
+                        .value_parser(["preferred", "unclean"])
+                        .default_value("preferred")
+                        .help("Which election: preferred or unclean"),
+                )
+                .arg(
+                    Arg::new("topic")
+                        .long("topic")
+                        .help("Elect for this topic only (every topic if not given)"),
+                )
+                .arg(
+                    Arg::new("partition")
+                        .long("partition")
+                        .requires("topic")
+                        .value_parser(clap::value_parser!(i32))
+                        .action(clap::ArgAction::Append)
+                        .help("Elect for this partition of --topic only; may be repeated"),
+                ),
+        )
 }
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
     with_cluster(m, |mut cluster| async move {
         match m.subcommand() {
             Some(("status", _)) => status(&mut cluster).await,
+            Some(("elect-leaders", sub)) => elect_leaders(&mut cluster, sub).await,
             _ => Ok(()),
         }
     })
@@ -225,6 +267,89 @@ async fn status(cluster: &mut Cluster) -> anyhow::Result<()> {
             &["BROKER", "ADDRESS", "RACK", "STATE", "PARTITIONS-LED"],
             &rows,
         );
+    }
+    Ok(())
+}
+
+async fn elect_leaders(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
+    use caudal_protocol::kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    let unclean = m.get_one::<String>("election-type").map(String::as_str) == Some("unclean");
+    let topic = m.get_one::<String>("topic");
+    let partitions: Vec<i32> = m
+        .get_many::<i32>("partition")
+        .map(|ps| ps.copied().collect())
+        .unwrap_or_default();
+    let asked = match topic {
+        None => None,
+        Some(topic) => {
+            let partitions = if partitions.is_empty() {
+                let metadata = cluster.metadata(Some(std::slice::from_ref(topic))).await?;
+                match metadata.topics.first() {
+                    Some(t) if t.error_code == 0 => {
+                        t.partitions.iter().map(|p| p.partition_index).collect()
+                    }
+                    Some(t) => bail!("topic {topic}: {}", error_name(t.error_code)),
+                    None => bail!("topic {topic}: no metadata"),
+                }
+            } else {
+                partitions
+            };
+            Some(vec![TopicPartitions::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.clone())))
+                .with_partitions(partitions)])
+        }
+    };
+    let request = ElectLeadersRequest::default()
+        .with_election_type(i8::from(unclean))
+        .with_topic_partitions(asked)
+        .with_timeout_ms(30_000);
+    let response = match cluster
+        .any()
+        .send(ApiKey::ElectLeaders, 2, RequestKind::ElectLeaders(request))
+        .await?
+    {
+        ResponseKind::ElectLeaders(r) => r,
+        _ => bail!("unexpected response to ElectLeaders"),
+    };
+    if response.error_code != 0 {
+        bail!(
+            "leader election failed: {}",
+            error_name(response.error_code)
+        );
+    }
+    let not_needed =
+        caudal_protocol::kafka_protocol::error::ResponseError::ElectionNotNeeded.code();
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for topic in &response.replica_election_results {
+        for p in &topic.partition_result {
+            let result = match p.error_code {
+                0 => "elected".to_string(),
+                code if code == not_needed => {
+                    "already led by the replica this election would pick".to_string()
+                }
+                code => {
+                    failed += 1;
+                    match &p.error_message {
+                        Some(m) => format!("{}: {}", error_name(code), m.as_str()),
+                        None => error_name(code),
+                    }
+                }
+            };
+            rows.push(vec![
+                topic.topic.to_string(),
+                p.partition_id.to_string(),
+                result,
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        println!("Every partition already has the leader this election would give it.");
+        return Ok(());
+    }
+    print_table(&["TOPIC", "PARTITION", "RESULT"], &rows);
+    if failed > 0 {
+        bail!("{failed} of {} elections failed", rows.len());
     }
     Ok(())
 }

@@ -36,6 +36,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    // Forwarded to the active controller in an Envelope, as CreateTopics.
+    (ApiKey::ElectLeaders, 0, 2),
     // Served on client and controller listeners: brokers forward it to the active controller.
     (ApiKey::DescribeQuorum, 0, 2),
     // Served on controller listeners only: what brokers send the active controller.

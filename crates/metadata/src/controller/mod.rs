@@ -10,6 +10,7 @@
 
 mod alter_partition;
 mod brokers;
+pub mod elect_leaders;
 pub mod partition_change;
 mod producer_ids;
 pub mod service;
@@ -20,7 +21,8 @@ use std::collections::BTreeSet;
 use kafka_protocol::messages::{
     AllocateProducerIdsRequest, AlterPartitionRequest, BrokerHeartbeatRequest,
     BrokerRegistrationRequest, BrokerRegistrationResponse, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteTopicsRequest, ResponseKind, UnregisterBrokerRequest,
+    CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest, ResponseKind,
+    UnregisterBrokerRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -30,6 +32,7 @@ use crate::placement::Start;
 use crate::records::MetadataRecord;
 
 pub use brokers::BrokerSessions;
+pub use elect_leaders::{ElectionType, MAX_ELECTIONS_PER_BALANCE};
 pub use partition_change::{partition_change, BrokerEvent, PartitionChange};
 pub use producer_ids::PRODUCER_ID_BLOCK_SIZE;
 pub use service::{
@@ -66,6 +69,12 @@ pub struct ControllerConfig {
     /// Ids of voters that run only the controller role: no broker may register with one, as
     /// the two would share a node id on the wire.
     pub controller_only_node_ids: BTreeSet<i32>,
+    /// Kafka's `auto.leader.rebalance.enable`: leadership goes back to each partition's
+    /// preferred replica (its first) once that replica is alive and in the ISR again.
+    pub auto_leader_rebalance: bool,
+    /// Kafka's `leader.imbalance.check.interval.seconds`, in milliseconds: how often the
+    /// controller looks for partitions to give back to their preferred replica.
+    pub leader_imbalance_check_interval_ms: i64,
 }
 
 impl ControllerConfig {
@@ -75,6 +84,8 @@ impl ControllerConfig {
     pub const DEFAULT_MAX_RECORDS_PER_DECISION: usize = 100_000;
     /// At most this many bytes of encoded records in one decision.
     pub const DEFAULT_MAX_BYTES_PER_DECISION: usize = 16 << 20;
+    /// Kafka's default `leader.imbalance.check.interval.seconds` (300), in milliseconds.
+    pub const DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS: i64 = 300_000;
 
     pub fn new(node_id: i32) -> ControllerConfig {
         ControllerConfig {
@@ -87,6 +98,8 @@ impl ControllerConfig {
             max_replication_factor: i16::MAX,
             topic_config_check: None,
             controller_only_node_ids: BTreeSet::new(),
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval_ms: Self::DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -151,6 +164,7 @@ pub enum ControllerRequest {
     UnregisterBroker(UnregisterBrokerRequest, i16),
     AllocateProducerIds(AllocateProducerIdsRequest, i16),
     AlterPartition(AlterPartitionRequest, i16),
+    ElectLeaders(ElectLeadersRequest, i16),
 }
 
 /// What one request decided: the records to propose as one entry (possibly none) and the answer.
@@ -216,6 +230,8 @@ pub struct Controller {
     config: ControllerConfig,
     sessions: BrokerSessions,
     ids: IdSource,
+    /// When the next preferred-leader balancing pass is due; `None` when balancing is off.
+    next_balance_ms: Option<i64>,
 }
 
 impl Controller {
@@ -224,6 +240,7 @@ impl Controller {
             config,
             sessions: BrokerSessions::default(),
             ids,
+            next_balance_ms: None,
         }
     }
 
@@ -241,6 +258,10 @@ impl Controller {
             self.sessions
                 .touch(broker.id, broker.incarnation_id, now_ms);
         }
+        self.next_balance_ms = self
+            .config
+            .auto_leader_rebalance
+            .then(|| now_ms.saturating_add(self.config.leader_imbalance_check_interval_ms.max(1)));
         tracing::info!(
             node_id = self.config.node_id,
             brokers = image.brokers().len(),
@@ -281,20 +302,51 @@ impl Controller {
             ControllerRequest::AlterPartition(request, version) => {
                 alter_partition::alter_partition(image, request, version)
             }
+            ControllerRequest::ElectLeaders(request, version) => elect_leaders::elect_leaders(
+                image,
+                request,
+                version,
+                self.config.max_records_per_decision,
+            ),
         }
     }
 
-    /// Fences brokers whose session expired by `now_ms`, moving their leaderships. Called at
-    /// [`Controller::next_deadline`]; what does not fit one decision's bound is left for the
-    /// next call (the deadline then stays in the past).
+    /// Fences brokers whose session expired by `now_ms`, moving their leaderships, and, when
+    /// a balancing pass is due and nothing was fenced, gives partitions back to their preferred
+    /// replicas. Called at [`Controller::next_deadline`]; what does not fit one decision's bound
+    /// is left for the next call (the deadline then stays in the past).
     pub fn tick(&mut self, image: &MetadataImage, now_ms: i64) -> Vec<MetadataRecord> {
-        brokers::fence_expired(self, image, now_ms)
+        let fenced = brokers::fence_expired(self, image, now_ms);
+        if !fenced.is_empty() {
+            // Balance on the image that has the fencing applied, at the next call.
+            return fenced;
+        }
+        match self.next_balance_ms {
+            Some(due) if due <= now_ms => {
+                let max = MAX_ELECTIONS_PER_BALANCE.min(self.config.max_records_per_decision);
+                let records = elect_leaders::balance(image, max);
+                // A full pass may have left partitions over: the next one runs at once.
+                self.next_balance_ms = Some(if records.len() >= max {
+                    now_ms
+                } else {
+                    now_ms.saturating_add(self.config.leader_imbalance_check_interval_ms.max(1))
+                });
+                records
+            }
+            _ => Vec::new(),
+        }
     }
 
-    /// When [`Controller::tick`] next has something to do; `None` while no session can expire.
+    /// When [`Controller::tick`] next has something to do; `None` while no session can expire
+    /// and balancing is off.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.sessions
-            .next_deadline(self.config.broker_session_timeout_ms)
+        let sessions = self
+            .sessions
+            .next_deadline(self.config.broker_session_timeout_ms);
+        match (sessions, self.next_balance_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -18,8 +18,8 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
     AllocateProducerIdsRequest, AllocateProducerIdsResponse, BrokerHeartbeatRequest,
     BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ResponseKind, TopicName,
-    UnregisterBrokerRequest, UnregisterBrokerResponse,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest,
+    ResponseKind, TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use uuid::Uuid;
 
@@ -755,7 +755,7 @@ fn a_fenced_broker_may_shut_down_at_once() {
 
 #[test]
 fn unregistering_removes_the_broker_and_its_leaderships() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::with_config(|c| c.auto_leader_rebalance = false);
     cluster.live_broker(1, None);
     assert_eq!(cluster.create_one(topic("t", 1, 1)).error_code, 0);
     let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(1));
@@ -776,6 +776,222 @@ fn unregistering_removes_the_broker_and_its_leaderships() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- leader elections ----
+
+fn elect(
+    cluster: &mut Cluster,
+    election: ElectionType,
+    partitions: Option<&[(&str, &[i32])]>,
+) -> Vec<(String, i32, i16)> {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    let request = ElectLeadersRequest::default()
+        .with_election_type(election.code())
+        .with_topic_partitions(partitions.map(|ps| {
+            ps.iter()
+                .map(|(t, p)| {
+                    TopicPartitions::default()
+                        .with_topic(TopicName(str_bytes(*t)))
+                        .with_partitions(p.to_vec())
+                })
+                .collect()
+        }));
+    match cluster
+        .handle(ControllerRequest::ElectLeaders(request, 2))
+        .0
+    {
+        ResponseKind::ElectLeaders(r) => {
+            assert_eq!(r.error_code, 0);
+            r.replica_election_results
+                .iter()
+                .flat_map(|t| {
+                    t.partition_result
+                        .iter()
+                        .map(|p| (t.topic.to_string(), p.partition_id, p.error_code))
+                })
+                .collect()
+        }
+        other => panic!("not an ElectLeaders response: {other:?}"),
+    }
+}
+
+/// Brokers 1 to 3 with topic `t` on replicas [1, 2, 3] (preferred leader 1), whose leadership
+/// moved to 2 when 1 was fenced; 1 is back, unfenced but out of the ISR.
+fn moved_leader(auto_rebalance: bool) -> (Cluster, i64) {
+    let mut cluster = Cluster::with_config(|c| c.auto_leader_rebalance = auto_rebalance);
+    let e1 = cluster.live_broker(1, None);
+    let e2 = cluster.live_broker(2, None);
+    let e3 = cluster.live_broker(3, None);
+    assert_eq!(
+        cluster
+            .create_one(assigned("t", &[(0, &[1, 2, 3])]))
+            .error_code,
+        0
+    );
+    cluster.now_ms += TIMEOUT_MS / 2;
+    cluster.heartbeat(2, e2);
+    cluster.heartbeat(3, e3);
+    cluster.now_ms += TIMEOUT_MS / 2;
+    cluster.tick();
+    assert_eq!(cluster.leaders("t"), vec![2]);
+    assert_eq!(cluster.topic("t").partitions[0].isr, vec![2, 3]);
+    let _ = e1;
+    let e1 = cluster.register(1, None);
+    cluster.heartbeat(1, e1);
+    cluster.heartbeat(2, e2);
+    cluster.heartbeat(3, e3);
+    (cluster, e1)
+}
+
+/// The leader takes broker 1 back into the ISR, as it does once 1 caught up.
+fn rejoin(cluster: &mut Cluster, broker_id: i32) {
+    use kafka_protocol::messages::alter_partition_request::{PartitionData, TopicData};
+    let t = cluster.topic("t");
+    let p = &t.partitions[0];
+    let mut isr = p.isr.clone();
+    isr.push(broker_id);
+    let request = kafka_protocol::messages::AlterPartitionRequest::default()
+        .with_broker_id(BrokerId(p.leader))
+        .with_broker_epoch(-1)
+        .with_topics(vec![TopicData::default()
+            .with_topic_id(t.id)
+            .with_partitions(vec![PartitionData::default()
+                .with_partition_index(0)
+                .with_leader_epoch(p.leader_epoch)
+                .with_partition_epoch(p.partition_epoch)
+                .with_new_isr(isr.into_iter().map(BrokerId).collect())])]);
+    cluster.handle(ControllerRequest::AlterPartition(request, 2));
+}
+
+#[test]
+fn a_preferred_election_needs_the_preferred_replica_in_the_isr() {
+    let (mut cluster, _) = moved_leader(false);
+    let asked: &[(&str, &[i32])] = &[("t", &[0]), ("t", &[7]), ("nope", &[0])];
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Preferred, Some(asked)),
+        vec![
+            ("t".into(), 0, E::PreferredLeaderNotAvailable.code()),
+            ("t".into(), 7, E::UnknownTopicOrPartition.code()),
+            ("nope".into(), 0, E::UnknownTopicOrPartition.code()),
+        ]
+    );
+    rejoin(&mut cluster, 1);
+    let epoch = cluster.topic("t").partitions[0].leader_epoch;
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Preferred, Some(&[("t", &[0])])),
+        vec![("t".into(), 0, 0)]
+    );
+    assert_eq!(cluster.leaders("t"), vec![1]);
+    assert_eq!(cluster.topic("t").partitions[0].leader_epoch, epoch + 1);
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Preferred, Some(&[("t", &[0])])),
+        vec![("t".into(), 0, E::ElectionNotNeeded.code())]
+    );
+    // With no partitions named, those needing nothing are left out.
+    assert_eq!(elect(&mut cluster, ElectionType::Preferred, None), vec![]);
+}
+
+#[test]
+fn an_unclean_election_takes_a_live_replica_outside_the_isr_only_when_leaderless() {
+    let mut cluster = Cluster::with_config(|c| c.auto_leader_rebalance = false);
+    let e1 = cluster.live_broker(1, None);
+    let e2 = cluster.live_broker(2, None);
+    assert_eq!(
+        cluster
+            .create_one(assigned("t", &[(0, &[1, 2])]))
+            .error_code,
+        0
+    );
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Unclean, Some(&[("t", &[0])])),
+        vec![("t".into(), 0, E::ElectionNotNeeded.code())],
+        "a partition with a leader needs no unclean election"
+    );
+    // Broker 2 is fenced (ISR [1]), then broker 1: leaderless, ISR [1].
+    cluster.now_ms += TIMEOUT_MS / 2;
+    cluster.heartbeat(1, e1);
+    cluster.now_ms += TIMEOUT_MS / 2;
+    cluster.tick();
+    cluster.now_ms += TIMEOUT_MS;
+    cluster.tick();
+    assert_eq!(cluster.leaders("t"), vec![-1]);
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Unclean, None),
+        vec![("t".into(), 0, E::EligibleLeadersNotAvailable.code())],
+        "no replica alive"
+    );
+    let _ = e2;
+    let e2 = cluster.register(2, None);
+    cluster.heartbeat(2, e2);
+    assert_eq!(cluster.leaders("t"), vec![-1], "no clean leader");
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Preferred, None),
+        vec![("t".into(), 0, E::PreferredLeaderNotAvailable.code())]
+    );
+    assert_eq!(
+        elect(&mut cluster, ElectionType::Unclean, None),
+        vec![("t".into(), 0, 0)]
+    );
+    assert_eq!(cluster.leaders("t"), vec![2]);
+    assert_eq!(cluster.topic("t").partitions[0].isr, vec![2]);
+}
+
+#[test]
+fn an_unknown_election_type_is_an_invalid_request() {
+    let mut cluster = Cluster::new();
+    let request = ElectLeadersRequest::default().with_election_type(5);
+    match cluster.handle(ControllerRequest::ElectLeaders(request, 1)) {
+        (ResponseKind::ElectLeaders(r), records) => {
+            assert_eq!(r.error_code, E::InvalidRequest.code());
+            assert!(records.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn balancing_gives_leadership_back_to_the_preferred_replica_at_the_interval() {
+    let interval = ControllerConfig::DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS;
+    let (mut cluster, e1) = moved_leader(true);
+    rejoin(&mut cluster, 1);
+    assert_eq!(cluster.leaders("t"), vec![2]);
+    // The first pass is due one interval after activation (at 1_000).
+    let due = 1_000 + interval;
+    assert!(cluster.controller.next_deadline().is_some_and(|d| d <= due));
+    // Keep the sessions alive up to the pass.
+    while cluster.now_ms + TIMEOUT_MS / 2 < due {
+        cluster.now_ms += TIMEOUT_MS / 2;
+        for b in 1..=3 {
+            let epoch = cluster.image.broker(b).map_or(e1, |r| r.epoch);
+            cluster.heartbeat(b, epoch);
+        }
+        assert!(cluster.tick().is_empty(), "nothing due before the pass");
+    }
+    cluster.now_ms = due;
+    let records = cluster.tick();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(cluster.leaders("t"), vec![1]);
+    assert_eq!(
+        cluster.controller.next_deadline().map(|d| d > due),
+        Some(true)
+    );
+}
+
+#[test]
+fn balancing_leaves_a_partition_whose_preferred_replica_cannot_lead() {
+    let (mut cluster, _) = moved_leader(true);
+    cluster.now_ms = 1_000 + ControllerConfig::DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS;
+    // Every broker went silent; fencing comes first, and then the pass finds nothing to do:
+    // broker 1 is not in the ISR.
+    for _ in 0..4 {
+        cluster.tick();
+    }
+    assert!(cluster
+        .controller
+        .next_deadline()
+        .is_some_and(|d| d > cluster.now_ms));
+    assert_ne!(cluster.leaders("t"), vec![1]);
 }
 
 // ---- CreateTopics ----
