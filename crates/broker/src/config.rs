@@ -87,6 +87,7 @@ pub const SETTINGS: &[Setting] = &[
     s("min.insync.replicas", Some("min.insync.replicas"), Int, "1", 1, "In-sync replicas a partition needs for acks=all: with fewer, produce with acks=all is refused with NOT_ENOUGH_REPLICAS and nothing is appended."),
     s("auto.leader.rebalance.enable", None, Boolean, "true", 0, "The controller gives each partition's leadership back to its preferred replica (the first in its replica list) once that replica is alive and in the ISR again, checking every leader.imbalance.check.interval.seconds."),
     s("leader.imbalance.check.interval.seconds", None, Long, "300", 1, "How often the controller looks for partitions not led by their preferred replica (with auto.leader.rebalance.enable)."),
+    s("leader.replication.throttled.rate", None, Long, "9223372036854775807", 1, "Bytes per second a leader sends to the replicas a reassignment is adding (caudal cluster reassign), all partitions together, so that moving replicas leaves room for clients and in-sync followers. Kafka throttles the replicas its reassignment tool lists in leader.replication.throttled.replicas; Caudal throttles exactly the moving ones. The default is no limit."),
     s("replica.lag.time.max.ms", None, Long, "30000", 1, "A follower that has not caught up with the leader's log end for this long is taken out of the ISR; it is taken back once it has."),
     s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
     s("offsets.topic.num.partitions", None, Int, "50", 1, "Partitions of __consumer_offsets, where groups and committed offsets are kept. Fixed once the topic exists."),
@@ -421,6 +422,10 @@ impl BrokerConfig {
     /// `broker.heartbeat.interval.ms`.
     pub fn broker_heartbeat_interval_ms(&self) -> u64 {
         self.number("broker.heartbeat.interval.ms").max(1) as u64
+    }
+    /// `leader.replication.throttled.rate`, in bytes per second; `i64::MAX`: no limit.
+    pub fn leader_replication_throttled_rate(&self) -> i64 {
+        self.number("leader.replication.throttled.rate").max(1)
     }
     /// `auto.leader.rebalance.enable`.
     pub fn auto_leader_rebalance(&self) -> bool {

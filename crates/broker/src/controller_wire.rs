@@ -2,7 +2,8 @@
 //! listener and how the answer comes back.
 //!
 //! Registration, heartbeats, unregistration and producer-id blocks go as themselves; the admin
-//! requests a broker forwards (CreateTopics, DeleteTopics, CreatePartitions, ElectLeaders) go inside an
+//! requests a broker forwards (CreateTopics, DeleteTopics, CreatePartitions, ElectLeaders,
+//! AlterPartitionReassignments) go inside an
 //! Envelope, as Kafka 4's brokers forward them: the inner request with its own header, answered
 //! by the inner response with its own header.
 
@@ -67,6 +68,12 @@ fn body_of(request: &ControllerRequest) -> (RequestKind, ApiKey, i16, bool) {
         ControllerRequest::ElectLeaders(r, v) => {
             (RequestKind::ElectLeaders(r), ApiKey::ElectLeaders, v, true)
         }
+        ControllerRequest::AlterPartitionReassignments(r, v) => (
+            RequestKind::AlterPartitionReassignments(r),
+            ApiKey::AlterPartitionReassignments,
+            v,
+            true,
+        ),
         ControllerRequest::RegisterBroker(r, v) => (
             RequestKind::BrokerRegistration(r),
             ApiKey::BrokerRegistration,
@@ -288,6 +295,9 @@ pub fn served(api: ApiKey, body: RequestKind, version: i16) -> Result<Served, Re
                 RequestKind::DeleteTopics(r) => ControllerRequest::DeleteTopics(r, v),
                 RequestKind::CreatePartitions(r) => ControllerRequest::CreatePartitions(r, v),
                 RequestKind::ElectLeaders(r) => ControllerRequest::ElectLeaders(r, v),
+                RequestKind::AlterPartitionReassignments(r) => {
+                    ControllerRequest::AlterPartitionReassignments(r, v)
+                }
                 _ => return Err(Refusal::NotForwardable(inner.api_key)),
             };
             Ok(Served {

@@ -27,6 +27,7 @@ pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod replica_state;
 pub mod routes;
+pub mod throttle;
 pub mod topics;
 
 use std::io;
@@ -69,6 +70,8 @@ pub struct Broker {
     pub groups: Arc<coordinator_runtime::CoordinatorRuntime>,
     /// Refuses produce while the data directory's filesystem is nearly full.
     pub free_space: disk_space::FreeSpaceGuard,
+    /// `leader.replication.throttled.rate`, for the replicas reassignments add.
+    pub replication_throttle: Arc<throttle::ReplicationThrottle>,
     /// Woken when shutdown starts, so long-polling fetches answer at once.
     pub shutting_down: Notify,
     /// Set when shutdown starts: long-polling fetches answer at once.
@@ -238,6 +241,9 @@ impl Server {
                 "loaded groups and committed offsets from __consumer_offsets"
             );
         }
+        let replication_throttle = Arc::new(throttle::ReplicationThrottle::new(
+            config.leader_replication_throttled_rate(),
+        ));
         let quorum = handlers::describe_quorum::QuorumDescriber::new(node.quorum_client(), &config)
             .forwarding(node.channel.clone());
         let broker = Arc::new(Broker {
@@ -249,6 +255,7 @@ impl Server {
             isr,
             groups,
             free_space,
+            replication_throttle,
             shutting_down: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             creating_offsets_topic: std::sync::atomic::AtomicBool::new(false),

@@ -46,6 +46,9 @@ pub struct Partition {
     /// The topic's `min.insync.replicas`, which a partition of one replica checks too: with
     /// more than 1, `acks=all` is refused there, as Kafka refuses it.
     min_insync_replicas: AtomicUsize,
+    /// The replicas a reassignment is adding, whose fetches `leader.replication.throttled.rate`
+    /// limits; empty otherwise.
+    adding: Mutex<Vec<i32>>,
 }
 
 impl Partition {
@@ -68,6 +71,7 @@ impl Partition {
             replication: Mutex::new(None),
             replicated: AtomicBool::new(false),
             min_insync_replicas: AtomicUsize::new(1),
+            adding: Mutex::new(Vec::new()),
         });
         tokio::spawn(flusher(Arc::downgrade(&partition), flush_wanted));
         partition
@@ -169,6 +173,12 @@ impl Partition {
     ) {
         self.min_insync_replicas
             .store(settings.min_insync_replicas, Ordering::Release);
+        {
+            let mut adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+            if *adding != registration.adding {
+                adding.clone_from(&registration.adding);
+            }
+        }
         let mut state = self.replication();
         if registration.leader != local_id || registration.replicas.len() <= 1 {
             *state = None;
@@ -207,6 +217,15 @@ impl Partition {
         let end = self.log().log_end_offset();
         self.update_high_watermark(end, now_ms);
         self.appended.notify_waiters();
+    }
+
+    /// Whether `replica_id` is being added to this partition by a reassignment: its fetches are
+    /// throttled.
+    pub fn is_adding(&self, replica_id: i32) -> bool {
+        self.adding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&replica_id)
     }
 
     /// A topic config changed: the ISR rules read the new settings from now on.
@@ -583,6 +602,8 @@ pub(crate) mod tests {
             leader: 1,
             leader_epoch: epoch,
             partition_epoch: epoch,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,
@@ -599,6 +620,8 @@ pub(crate) mod tests {
             leader: 1,
             leader_epoch: 1,
             partition_epoch,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,
@@ -693,6 +716,8 @@ pub(crate) mod tests {
             leader: 1,
             leader_epoch: 2,
             partition_epoch: 3,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,

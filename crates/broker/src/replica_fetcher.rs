@@ -521,6 +521,8 @@ mod tests {
             leader: local,
             leader_epoch: epoch,
             partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,

@@ -227,6 +227,10 @@ routes! {
         => |r, cx| ready(handlers::describe_log_dirs::handle(cx.broker, r, cx.version));
     ElectLeaders on CLIENT, forwarded: true
         => |r, cx| ready(handlers::elect_leaders::handle(cx.broker, r, cx.version).await);
+    AlterPartitionReassignments on CLIENT, forwarded: true
+        => |r, cx| ready(handlers::reassignments::alter(cx.broker, r, cx.version).await);
+    ListPartitionReassignments on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::reassignments::list(cx.broker, r));
     DescribeQuorum on ALL, forwarded: true
         => |r, cx| handlers::describe_quorum::handle(cx.broker, r, cx.version);
     Envelope on CONTROLLER, forwarded: false
@@ -449,6 +453,7 @@ mod tests {
                 ApiKey::DeleteTopics,
                 ApiKey::CreatePartitions,
                 ApiKey::ElectLeaders,
+                ApiKey::AlterPartitionReassignments,
                 ApiKey::DescribeQuorum,
             ]
         );

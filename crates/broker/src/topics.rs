@@ -23,6 +23,7 @@ use kafka_protocol::messages::create_topics_request::{
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest,
     ElectLeadersResponse, ResponseKind, TopicName,
 };
@@ -450,6 +451,30 @@ impl Topics {
         };
         if let Err(e) = self.wait_applied(|_| true).await {
             tracing::info!(error = %e, "leader elections made; this broker has not applied them yet");
+        }
+        Ok(response)
+    }
+
+    /// Has the controller start, change or cancel the reassignments of `request`
+    /// (AlterPartitionReassignments at `version`) and returns its answer once this broker
+    /// applied them, or after the change timeout if it has not yet.
+    pub async fn alter_reassignments(
+        &self,
+        request: AlterPartitionReassignmentsRequest,
+        version: i16,
+    ) -> Result<AlterPartitionReassignmentsResponse, TopicError> {
+        let answer = self
+            .channel
+            .call(
+                ControllerRequest::AlterPartitionReassignments(request, version),
+                self.timeout,
+            )
+            .await?;
+        let ResponseKind::AlterPartitionReassignments(response) = answer else {
+            return Err(unexpected(&answer));
+        };
+        if let Err(e) = self.wait_applied(|_| true).await {
+            tracing::info!(error = %e, "reassignments changed; this broker has not applied them yet");
         }
         Ok(response)
     }

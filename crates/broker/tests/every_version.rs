@@ -415,6 +415,37 @@ async fn every_api_answers_at_every_advertised_version() {
                         "{what}: ELECTION_NOT_NEEDED on a single node"
                     );
                 }
+                ApiKey::AlterPartitionReassignments => {
+                    use kafka_protocol::messages::alter_partition_reassignments_request::{
+                        ReassignablePartition, ReassignableTopic,
+                    };
+                    // Cancelling where nothing moves: Kafka's NO_REASSIGNMENT_IN_PROGRESS.
+                    let req = AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                        ReassignableTopic::default()
+                            .with_name(topic("t"))
+                            .with_partitions(vec![ReassignablePartition::default()
+                                .with_partition_index(0)
+                                .with_replicas(None)]),
+                    ]);
+                    let ResponseKind::AlterPartitionReassignments(r) = c
+                        .send(api, v, &RequestKind::AlterPartitionReassignments(req))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    assert_eq!(r.responses[0].partitions[0].error_code, 85, "{what}");
+                }
+                ApiKey::ListPartitionReassignments => {
+                    let req = ListPartitionReassignmentsRequest::default().with_topics(None);
+                    let ResponseKind::ListPartitionReassignments(r) = c
+                        .send(api, v, &RequestKind::ListPartitionReassignments(req))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!((r.error_code, r.topics.len()), (0, 0), "{what}");
+                }
                 ApiKey::DescribeLogDirs => {
                     let ResponseKind::DescribeLogDirs(r) = c
                         .send(

@@ -10,7 +10,7 @@ use caudal_protocol::kafka_protocol::messages::describe_quorum_request::{
 use caudal_protocol::kafka_protocol::messages::describe_quorum_response::ReplicaState;
 use caudal_protocol::kafka_protocol::messages::*;
 use caudal_protocol::kafka_protocol::protocol::StrBytes;
-use clap::{Arg, ArgMatches, Command};
+use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::client::{bootstrap_arg, error_name, print_table, with_cluster, Cluster};
 
@@ -19,9 +19,12 @@ pub fn command() -> Command {
         .about("Show the state of a cluster: its controllers and brokers")
         .long_about(
             "Show the state of a cluster, like Kafka's kafka-metadata-quorum and kafka-cluster tools, \
-             and move partition leaderships, like kafka-leader-election.\n\n\
+             move partition leaderships, like kafka-leader-election, and move replicas between brokers, \
+             like kafka-reassign-partitions.\n\n\
              Examples:\n  caudal cluster status\n  caudal cluster status --bootstrap node-2:9092\n  \
-             caudal cluster elect-leaders\n  caudal cluster elect-leaders --topic orders --partition 0",
+             caudal cluster elect-leaders\n  caudal cluster elect-leaders --topic orders --partition 0\n  \
+             caudal cluster reassign --topic orders --partition 0 --replicas 2,3,4 --wait\n  \
+             caudal cluster reassign --list",
         )
         .subcommand_required(true)
         .arg_required_else_help(true)
@@ -81,6 +84,75 @@ pub fn command() -> Command {
                         .help("Elect for this partition of --topic only; may be repeated"),
                 ),
         )
+        .subcommand(
+            Command::new("reassign")
+                .about("Move partition replicas to other brokers, list moves under way, or cancel them")
+                .long_about(
+                    "Move the replicas of partitions to other brokers, like Kafka's \
+                     kafka-reassign-partitions (AlterPartitionReassignments).\n\n\
+                     Give the new replicas of one partition with --topic, --partition and \
+                     --replicas (the first is its preferred leader), or of many with \
+                     --reassignment-json-file, in Kafka's format: \
+                     {\"version\":1,\"partitions\":[{\"topic\":\"orders\",\"partition\":0,\"replicas\":[2,3,4]}]}.\n\n\
+                     The new replicas copy the partition from its leader while clients carry on; \
+                     once all of them are in the ISR the old ones are removed and deleted, and \
+                     a leader that is removed hands over to the first new replica. Copying is \
+                     limited to leader.replication.throttled.rate bytes per second on each \
+                     leader (unlimited by default). --wait shows progress until every move is \
+                     done. --list shows the moves under way; --cancel takes the partitions \
+                     named back to the replicas they had.",
+                )
+                .arg(Arg::new("topic").long("topic").help("The topic of the partition to move"))
+                .arg(
+                    Arg::new("partition")
+                        .long("partition")
+                        .requires("topic")
+                        .value_parser(clap::value_parser!(i32))
+                        .help("The partition to move"),
+                )
+                .arg(
+                    Arg::new("replicas")
+                        .long("replicas")
+                        .value_name("BROKER,BROKER,...")
+                        .requires("partition")
+                        .help("The partition's new replicas, its preferred leader first"),
+                )
+                .arg(
+                    Arg::new("reassignment-json-file")
+                        .long("reassignment-json-file")
+                        .value_name("FILE")
+                        .conflicts_with("topic")
+                        .help("Kafka's reassignment JSON: the new replicas of many partitions"),
+                )
+                .arg(
+                    Arg::new("cancel")
+                        .long("cancel")
+                        .action(ArgAction::SetTrue)
+                        .conflicts_with("replicas")
+                        .help("Cancel the moves of the partitions named (by --topic and --partition, or the file)"),
+                )
+                .arg(
+                    Arg::new("list")
+                        .long("list")
+                        .action(ArgAction::SetTrue)
+                        .conflicts_with_all(["topic", "reassignment-json-file", "cancel"])
+                        .help("List the moves under way"),
+                )
+                .arg(
+                    Arg::new("wait")
+                        .long("wait")
+                        .action(ArgAction::SetTrue)
+                        .help("After starting the moves, show progress until they are done"),
+                )
+                .arg(
+                    Arg::new("timeout")
+                        .long("timeout")
+                        .value_name("SECONDS")
+                        .value_parser(clap::value_parser!(u64))
+                        .default_value("600")
+                        .help("With --wait: give up after this long (the moves go on)"),
+                ),
+        )
 }
 
 pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
@@ -88,6 +160,7 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
         match m.subcommand() {
             Some(("status", _)) => status(&mut cluster).await,
             Some(("elect-leaders", sub)) => elect_leaders(&mut cluster, sub).await,
+            Some(("reassign", sub)) => reassign(&mut cluster, sub).await,
             _ => Ok(()),
         }
     })
@@ -350,6 +423,252 @@ async fn elect_leaders(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<
     print_table(&["TOPIC", "PARTITION", "RESULT"], &rows);
     if failed > 0 {
         bail!("{failed} of {} elections failed", rows.len());
+    }
+    Ok(())
+}
+
+/// One partition of Kafka's reassignment JSON file.
+#[derive(serde::Deserialize)]
+struct Move {
+    topic: String,
+    partition: i32,
+    #[serde(default)]
+    replicas: Option<Vec<i32>>,
+}
+
+#[derive(serde::Deserialize)]
+struct MoveFile {
+    partitions: Vec<Move>,
+}
+
+/// The moves asked for on the command line: `replicas` is `None` to cancel.
+fn moves(m: &ArgMatches) -> anyhow::Result<Vec<Move>> {
+    use anyhow::Context;
+    let cancel = m.get_flag("cancel");
+    if let Some(path) = m.get_one::<String>("reassignment-json-file") {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let file: MoveFile = serde_json::from_str(&text).with_context(|| {
+            format!("{path} is not Kafka's reassignment JSON ({{\"version\":1,\"partitions\":[{{\"topic\":...,\"partition\":...,\"replicas\":[...]}}]}})")
+        })?;
+        let mut moves = file.partitions;
+        for mv in &mut moves {
+            if cancel {
+                mv.replicas = None;
+            } else if mv.replicas.is_none() {
+                bail!(
+                    "{path}: partition {} of {} has no replicas",
+                    mv.partition,
+                    mv.topic
+                );
+            }
+        }
+        return Ok(moves);
+    }
+    let (Some(topic), Some(partition)) =
+        (m.get_one::<String>("topic"), m.get_one::<i32>("partition"))
+    else {
+        bail!("name a partition with --topic and --partition, or give --reassignment-json-file or --list");
+    };
+    let replicas = match (m.get_one::<String>("replicas"), cancel) {
+        (_, true) => None,
+        (Some(list), false) => Some(
+            list.split(',')
+                .map(|b| {
+                    b.trim()
+                        .parse::<i32>()
+                        .with_context(|| format!("--replicas: {b:?} is not a broker id"))
+                })
+                .collect::<anyhow::Result<Vec<i32>>>()?,
+        ),
+        (None, false) => bail!("give the partition's new replicas with --replicas, or --cancel"),
+    };
+    Ok(vec![Move {
+        topic: topic.clone(),
+        partition: *partition,
+        replicas,
+    }])
+}
+
+/// The moves under way: (topic, partition, replicas, adding, removing).
+async fn ongoing(
+    cluster: &mut Cluster,
+) -> anyhow::Result<Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)>> {
+    let request = ListPartitionReassignmentsRequest::default()
+        .with_topics(None)
+        .with_timeout_ms(30_000);
+    let response = match cluster
+        .any()
+        .send(
+            ApiKey::ListPartitionReassignments,
+            0,
+            RequestKind::ListPartitionReassignments(request),
+        )
+        .await?
+    {
+        ResponseKind::ListPartitionReassignments(r) => r,
+        _ => bail!("unexpected response to ListPartitionReassignments"),
+    };
+    if response.error_code != 0 {
+        bail!(
+            "listing reassignments failed: {}",
+            error_name(response.error_code)
+        );
+    }
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<i32>>();
+    Ok(response
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    ids(&p.replicas),
+                    ids(&p.adding_replicas),
+                    ids(&p.removing_replicas),
+                )
+            })
+        })
+        .collect())
+}
+
+fn joined(ids: &[i32]) -> String {
+    if ids.is_empty() {
+        return "-".to_string();
+    }
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+async fn reassign(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
+    use caudal_protocol::kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    if m.get_flag("list") {
+        let moves = ongoing(cluster).await?;
+        if moves.is_empty() {
+            println!("No reassignment is under way.");
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = moves
+            .iter()
+            .map(|(t, p, r, a, x)| vec![t.clone(), p.to_string(), joined(r), joined(a), joined(x)])
+            .collect();
+        print_table(
+            &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+            &rows,
+        );
+        return Ok(());
+    }
+    let moves = moves(m)?;
+    let mut topics: BTreeMap<String, Vec<ReassignablePartition>> = BTreeMap::new();
+    for mv in &moves {
+        topics.entry(mv.topic.clone()).or_default().push(
+            ReassignablePartition::default()
+                .with_partition_index(mv.partition)
+                .with_replicas(
+                    mv.replicas
+                        .as_ref()
+                        .map(|r| r.iter().copied().map(BrokerId).collect()),
+                ),
+        );
+    }
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_allow_replication_factor_change(true)
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    ReassignableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name)))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response = match cluster
+        .any()
+        .send(
+            ApiKey::AlterPartitionReassignments,
+            1,
+            RequestKind::AlterPartitionReassignments(request),
+        )
+        .await?
+    {
+        ResponseKind::AlterPartitionReassignments(r) => r,
+        _ => bail!("unexpected response to AlterPartitionReassignments"),
+    };
+    if response.error_code != 0 {
+        bail!(
+            "reassignment failed: {}{}",
+            error_name(response.error_code),
+            response
+                .error_message
+                .as_ref()
+                .map(|m| format!(": {}", m.as_str()))
+                .unwrap_or_default()
+        );
+    }
+    let cancel = m.get_flag("cancel");
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for t in &response.responses {
+        for p in &t.partitions {
+            let result = match p.error_code {
+                0 if cancel => "cancelled".to_string(),
+                0 => "started".to_string(),
+                code => {
+                    failed += 1;
+                    match &p.error_message {
+                        Some(msg) => format!("{}: {}", error_name(code), msg.as_str()),
+                        None => error_name(code),
+                    }
+                }
+            };
+            rows.push(vec![
+                t.name.to_string(),
+                p.partition_index.to_string(),
+                result,
+            ]);
+        }
+    }
+    print_table(&["TOPIC", "PARTITION", "RESULT"], &rows);
+    if failed > 0 {
+        bail!(
+            "{failed} of {} partitions could not be reassigned",
+            rows.len()
+        );
+    }
+    if m.get_flag("wait") && !cancel {
+        let timeout =
+            std::time::Duration::from_secs(m.get_one::<u64>("timeout").copied().unwrap_or(600));
+        let started = std::time::Instant::now();
+        let asked: std::collections::BTreeSet<(String, i32)> = moves
+            .iter()
+            .map(|mv| (mv.topic.clone(), mv.partition))
+            .collect();
+        let mut last = usize::MAX;
+        loop {
+            let left = ongoing(cluster)
+                .await?
+                .into_iter()
+                .filter(|(t, p, ..)| asked.contains(&(t.clone(), *p)))
+                .count();
+            if left == 0 {
+                println!(
+                    "Every move is done ({:.1} s).",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if left != last {
+                println!("{left} of {} partition(s) still copying...", asked.len());
+                last = left;
+            }
+            if started.elapsed() >= timeout {
+                bail!("{left} move(s) still under way after {} s; they go on (see caudal cluster reassign --list)", timeout.as_secs());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
     Ok(())
 }

@@ -100,6 +100,19 @@ pub enum MetadataRecord {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replicas: Option<Vec<i32>>,
     },
+    /// A partition's reassignment (AlterPartitionReassignments): the replicas being added and
+    /// removed, both empty once it completes or is cancelled. Its replicas list is the target's
+    /// followed by the removing ones (a `PartitionChange` in the same entry, which moves the
+    /// epochs). In snapshots it follows the partition's `Partition` record.
+    PartitionReassignment {
+        v: u16,
+        topic_id: Uuid,
+        partition: i32,
+        #[serde(default)]
+        adding: Vec<i32>,
+        #[serde(default)]
+        removing: Vec<i32>,
+    },
     /// A topic and its partitions are deleted, and with them the topic's config overrides.
     RemoveTopic { v: u16, topic_id: Uuid },
     /// A config override of a resource; `value: None` removes it.
@@ -144,6 +157,7 @@ impl MetadataRecord {
             MetadataRecord::Topic { .. } => "Topic",
             MetadataRecord::Partition { .. } => "Partition",
             MetadataRecord::PartitionChange { .. } => "PartitionChange",
+            MetadataRecord::PartitionReassignment { .. } => "PartitionReassignment",
             MetadataRecord::RemoveTopic { .. } => "RemoveTopic",
             MetadataRecord::Config { .. } => "Config",
             MetadataRecord::ProducerIds { .. } => "ProducerIds",
@@ -161,6 +175,7 @@ impl MetadataRecord {
             | MetadataRecord::Topic { v, .. }
             | MetadataRecord::Partition { v, .. }
             | MetadataRecord::PartitionChange { v, .. }
+            | MetadataRecord::PartitionReassignment { v, .. }
             | MetadataRecord::RemoveTopic { v, .. }
             | MetadataRecord::Config { v, .. }
             | MetadataRecord::ProducerIds { v, .. } => v,
@@ -300,6 +315,11 @@ mod tests {
             r#"{"type":"PartitionChange","v":0,"topic_id":"00000000-0000-0000-0000-0000000000aa",
                 "partition":1,"replicas":[1,2]}"#,
             r#"{"type":"PartitionChange","v":0,"topic_id":"00000000-0000-0000-0000-0000000000aa","partition":1,"leader":"keep","replicas":[1,2]}"#,
+        ),
+        (
+            r#"{"type":"PartitionReassignment","v":0,"topic_id":"00000000-0000-0000-0000-0000000000aa",
+                "partition":1,"adding":[4],"removing":[1]}"#,
+            r#"{"type":"PartitionReassignment","v":0,"topic_id":"00000000-0000-0000-0000-0000000000aa","partition":1,"adding":[4],"removing":[1]}"#,
         ),
         (
             r#"{"type":"RemoveTopic","v":0,"topic_id":"00000000-0000-0000-0000-0000000000aa"}"#,

@@ -39,6 +39,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeLogDirs, 1, 4),
     // Forwarded to the active controller in an Envelope, as CreateTopics.
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
     // Served on client and controller listeners: brokers forward it to the active controller.
     (ApiKey::DescribeQuorum, 0, 2),
     // Served on controller listeners only: what brokers send the active controller.
@@ -78,7 +80,7 @@ mod tests {
             );
         }
         assert_eq!(supported_range(ApiKey::SaslHandshake), None);
-        assert_eq!(supported_range(ApiKey::AlterPartitionReassignments), None);
+        assert_eq!(supported_range(ApiKey::DeleteRecords), None);
     }
 
     #[test]

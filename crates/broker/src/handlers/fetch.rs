@@ -27,6 +27,7 @@ use super::leader_hints::LeaderHints;
 use super::{str_bytes, Reply};
 use crate::partition::Partition;
 use crate::replica_state::{BrokerStatus, FollowerFetch};
+use crate::throttle::ReplicationThrottle;
 use crate::Broker;
 
 /// Fetch v13 and later name topics by id.
@@ -72,11 +73,25 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
                 || record_now
                 || !at_end(&request, &targets, follower.is_some())
             {
-                let read = match read_once(&request, version, &targets, follower, Reads::CachedOnly)
-                {
+                let throttle = &broker.replication_throttle;
+                let read = match read_once(
+                    &request,
+                    version,
+                    &targets,
+                    follower,
+                    throttle,
+                    Reads::CachedOnly,
+                ) {
                     Some(read) => read,
                     None => {
-                        read_off_workers(request.clone(), version, targets.clone(), follower).await
+                        read_off_workers(
+                            request.clone(),
+                            version,
+                            targets.clone(),
+                            follower,
+                            throttle.clone(),
+                        )
+                        .await
                     }
                 };
                 let Pass {
@@ -84,7 +99,9 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
                     bytes,
                     any_error,
                     followed,
+                    throttled_bytes,
                 } = read;
+                throttle.record(throttled_bytes);
                 if std::mem::take(&mut first_pass) {
                     record_followers(&broker, &followed);
                 }
@@ -266,9 +283,17 @@ async fn read_off_workers(
     version: i16,
     targets: Arc<Targets>,
     follower: Option<Follower>,
+    throttle: Arc<ReplicationThrottle>,
 ) -> Pass {
     let read = tokio::task::spawn_blocking(move || {
-        read_once(&request, version, &targets, follower, Reads::Disk)
+        read_once(
+            &request,
+            version,
+            &targets,
+            follower,
+            &throttle,
+            Reads::Disk,
+        )
     });
     let failed = match read.await {
         Ok(Some(read)) => return read,
@@ -354,6 +379,8 @@ struct Pass {
     /// does.
     any_error: bool,
     followed: Vec<Followed>,
+    /// Record bytes sent to replicas under `leader.replication.throttled.rate`.
+    throttled_bytes: usize,
 }
 
 /// One pass over the requested partitions. `None` when `reads` is [`Reads::CachedOnly`] and
@@ -364,9 +391,14 @@ fn read_once(
     version: i16,
     targets: &Targets,
     follower: Option<Follower>,
+    throttle: &ReplicationThrottle,
     reads: Reads,
 ) -> Option<Pass> {
     let mut followed = Vec::new();
+    let mut throttled_bytes = 0usize;
+    // Decided once per pass: the replicas a reassignment adds get data while the leader's
+    // `leader.replication.throttled.rate` allows.
+    let throttle_open = throttle.allows();
     let mut remaining = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut total = 0usize;
     let mut any_error = false;
@@ -448,11 +480,15 @@ fn read_once(
             // Kafka returns at least one batch (the first partition with data), whatever the
             // limits, so a consumer can always make progress.
             let min_one = total == 0;
+            let throttled = follower.is_some_and(|f| partition.is_adding(f.id));
             let (plan, high_watermark, log_start_offset) = {
                 let hw = partition.high_watermark();
                 let mut log = partition.log();
-                // A follower reads up to the log end; consumers up to the high watermark.
-                let up_to = if follower_fetch.is_some() {
+                // A follower reads up to the log end; consumers up to the high watermark. A
+                // throttled replica over the rate reads nothing this time (its position counts).
+                let up_to = if throttled && !throttle_open {
+                    fp.fetch_offset
+                } else if follower_fetch.is_some() {
                     i64::MAX
                 } else {
                     hw
@@ -504,6 +540,9 @@ fn read_once(
                     continue;
                 }
             };
+            if throttled {
+                throttled_bytes += records.len();
+            }
             total += records.len();
             remaining = remaining.saturating_sub(records.len());
             partitions.push(base.with_records(Some(records)));
@@ -518,6 +557,7 @@ fn read_once(
         bytes: total,
         any_error,
         followed,
+        throttled_bytes,
     })
 }
 
@@ -634,6 +674,8 @@ mod tests {
             leader: local,
             leader_epoch: epoch,
             partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         let settings = crate::replica_state::ReplicaSettings {
             max_lag_ms: 30_000,

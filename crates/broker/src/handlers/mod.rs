@@ -29,6 +29,7 @@ pub(crate) mod offset_delete;
 pub(crate) mod offset_fetch;
 pub(crate) mod offset_for_leader_epoch;
 pub(crate) mod produce;
+pub(crate) mod reassignments;
 pub(crate) mod sync_group;
 
 use std::future::Future;

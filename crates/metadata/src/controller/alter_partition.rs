@@ -88,6 +88,42 @@ fn decide(
     }
     let isr: Vec<i32> = new_isr.iter().map(|(id, _)| *id).collect();
     let mut partition_epoch = current.partition_epoch;
+    if let Some(done) =
+        super::reassignments::complete(image, topic_id, p.partition_index, current, &isr)
+    {
+        // The ISR now holds every target replica: the reassignment completes with this change.
+        let moved_leader = done.iter().any(|r| {
+            matches!(
+                r,
+                MetadataRecord::PartitionChange {
+                    leader: LeaderChange::To(_) | LeaderChange::NoLeader,
+                    ..
+                }
+            )
+        });
+        let final_isr = done.iter().find_map(|r| match r {
+            MetadataRecord::PartitionChange { isr, .. } => isr.clone(),
+            _ => None,
+        });
+        records.extend(done);
+        if moved_leader {
+            // Kafka's answer when the change took the leadership from the sender.
+            return refused(E::NewLeaderElected.code());
+        }
+        return alter_partition_response::PartitionData::default()
+            .with_partition_index(p.partition_index)
+            .with_leader_id(BrokerId(current.leader))
+            .with_leader_epoch(current.leader_epoch)
+            .with_isr(
+                final_isr
+                    .unwrap_or_else(|| current.isr.clone())
+                    .into_iter()
+                    .map(BrokerId)
+                    .collect(),
+            )
+            .with_leader_recovery_state(0)
+            .with_partition_epoch(partition_epoch.wrapping_add(1));
+    }
     if isr != current.isr {
         records.push(MetadataRecord::PartitionChange {
             v: RECORD_VERSION,

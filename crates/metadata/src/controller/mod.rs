@@ -13,16 +13,17 @@ mod brokers;
 pub mod elect_leaders;
 pub mod partition_change;
 mod producer_ids;
+mod reassignments;
 pub mod service;
 mod topics;
 
 use std::collections::BTreeSet;
 
 use kafka_protocol::messages::{
-    AllocateProducerIdsRequest, AlterPartitionRequest, BrokerHeartbeatRequest,
-    BrokerRegistrationRequest, BrokerRegistrationResponse, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest, ResponseKind,
-    UnregisterBrokerRequest,
+    AllocateProducerIdsRequest, AlterPartitionReassignmentsRequest, AlterPartitionRequest,
+    BrokerHeartbeatRequest, BrokerRegistrationRequest, BrokerRegistrationResponse,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest,
+    ResponseKind, UnregisterBrokerRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -165,6 +166,7 @@ pub enum ControllerRequest {
     AllocateProducerIds(AllocateProducerIdsRequest, i16),
     AlterPartition(AlterPartitionRequest, i16),
     ElectLeaders(ElectLeadersRequest, i16),
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest, i16),
 }
 
 /// What one request decided: the records to propose as one entry (possibly none) and the answer.
@@ -308,6 +310,14 @@ impl Controller {
                 version,
                 self.config.max_records_per_decision,
             ),
+            ControllerRequest::AlterPartitionReassignments(request, version) => {
+                reassignments::alter_partition_reassignments(
+                    image,
+                    request,
+                    version,
+                    self.config.max_records_per_decision,
+                )
+            }
         }
     }
 

@@ -1562,6 +1562,232 @@ fn replayed_leader_changes_bump_epochs_once_per_move() {
     assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (2, 1, 1));
 }
 
+// ---- reassignments ----
+
+/// Asks for partition `index` of `name` to move to `replicas` (`None`: cancel); its error code.
+fn reassign(cluster: &mut Cluster, name: &str, index: i32, replicas: Option<&[i32]>) -> i16 {
+    reassign_with(cluster, name, index, replicas, 0, false).0
+}
+
+fn reassign_with(
+    cluster: &mut Cluster,
+    name: &str,
+    index: i32,
+    replicas: Option<&[i32]>,
+    version: i16,
+    allow_factor_change: bool,
+) -> (i16, Vec<MetadataRecord>) {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    let request = kafka_protocol::messages::AlterPartitionReassignmentsRequest::default()
+        .with_allow_replication_factor_change(allow_factor_change)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(str_bytes(name)))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(index)
+                .with_replicas(
+                    replicas.map(|r| r.iter().copied().map(BrokerId).collect()),
+                )])]);
+    match cluster.handle(ControllerRequest::AlterPartitionReassignments(
+        request, version,
+    )) {
+        (ResponseKind::AlterPartitionReassignments(r), records) => {
+            assert_eq!(r.error_code, 0);
+            (r.responses[0].partitions[0].error_code, records)
+        }
+        other => panic!("not an AlterPartitionReassignments response: {other:?}"),
+    }
+}
+
+/// The leader of partition 0 of `name` asks for every alive replica in the ISR; the error code
+/// of its answer, if it has a leader.
+fn catch_up(cluster: &mut Cluster, name: &str) -> Option<i16> {
+    use kafka_protocol::messages::alter_partition_request::{
+        BrokerState, PartitionData, TopicData,
+    };
+    let t = Arc::clone(cluster.image.topic_by_name(name)?);
+    let p = &t.partitions[0];
+    if p.leader < 0 {
+        return None;
+    }
+    let alive = |b: &i32| {
+        cluster
+            .image
+            .broker(*b)
+            .is_some_and(|r| !r.fenced && !r.in_controlled_shutdown)
+    };
+    let isr: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|b| *b == p.leader || alive(b))
+        .collect();
+    let request = kafka_protocol::messages::AlterPartitionRequest::default()
+        .with_broker_id(BrokerId(p.leader))
+        .with_broker_epoch(-1)
+        .with_topics(vec![TopicData::default()
+            .with_topic_id(t.id)
+            .with_partitions(vec![PartitionData::default()
+                .with_partition_index(0)
+                .with_leader_epoch(p.leader_epoch)
+                .with_partition_epoch(p.partition_epoch)
+                .with_new_isr_with_epochs(
+                    isr.into_iter()
+                        .map(|b| {
+                            BrokerState::default()
+                                .with_broker_id(BrokerId(b))
+                                .with_broker_epoch(-1)
+                        })
+                        .collect(),
+                )])]);
+    match cluster
+        .handle(ControllerRequest::AlterPartition(request, 3))
+        .0
+    {
+        ResponseKind::AlterPartition(r) => Some(
+            r.topics
+                .first()
+                .and_then(|t| t.partitions.first())
+                .map_or(r.error_code, |p| p.error_code),
+        ),
+        other => panic!("not an AlterPartition response: {other:?}"),
+    }
+}
+
+#[test]
+fn a_reassignment_adds_first_and_removes_once_the_new_replicas_are_in_sync() {
+    let mut cluster = replicated();
+    for b in 1..=3 {
+        cluster.live_broker(b, None);
+    }
+    assert_eq!(
+        cluster
+            .create_one(assigned("t", &[(0, &[1, 2])]))
+            .error_code,
+        0
+    );
+    assert_eq!(reassign(&mut cluster, "t", 0, Some(&[3, 2])), 0);
+    let p = cluster.topic("t").partitions[0].clone();
+    assert_eq!(
+        (
+            p.replicas.as_slice(),
+            p.adding.as_slice(),
+            p.removing.as_slice()
+        ),
+        (&[3, 2, 1][..], &[3][..], &[1][..])
+    );
+    assert_eq!(
+        (p.leader, p.isr.as_slice()),
+        (1, &[1, 2][..]),
+        "leader and ISR untouched"
+    );
+    // A snapshot keeps the reassignment.
+    let mut fresh = Cluster::new();
+    fresh.image = Arc::new(MetadataImage::empty());
+    fresh.commit(&crate::image::writer::image_records(&cluster.image));
+    assert_eq!(fresh.topic("t").partitions[0], p);
+
+    // Broker 3 caught up: the leader takes it in, the reassignment completes in the same
+    // change, and leader 1, removed, hands over to the first new replica.
+    let epoch = p.leader_epoch;
+    assert_eq!(
+        catch_up(&mut cluster, "t"),
+        Some(E::NewLeaderElected.code())
+    );
+    let p = cluster.topic("t").partitions[0].clone();
+    assert_eq!(
+        (p.replicas.as_slice(), p.isr.as_slice(), p.leader),
+        (&[3, 2][..], &[3, 2][..], 3)
+    );
+    assert!(!p.is_reassigning());
+    assert_eq!(p.leader_epoch, epoch + 1);
+    assert_eq!(
+        reassign(&mut cluster, "t", 0, None),
+        E::NoReassignmentInProgress.code()
+    );
+}
+
+#[test]
+fn a_reassignment_that_only_removes_completes_at_once_and_a_cancel_reverts() {
+    let mut cluster = replicated();
+    for b in 1..=4 {
+        cluster.live_broker(b, None);
+    }
+    assert_eq!(
+        cluster
+            .create_one(assigned("t", &[(0, &[1, 2, 3])]))
+            .error_code,
+        0
+    );
+    assert_eq!(reassign(&mut cluster, "t", 0, Some(&[2, 1])), 0);
+    let p = cluster.topic("t").partitions[0].clone();
+    assert_eq!(
+        (p.replicas.as_slice(), p.isr.as_slice(), p.leader),
+        (&[2, 1][..], &[1, 2][..], 1)
+    );
+    assert!(!p.is_reassigning());
+
+    assert_eq!(reassign(&mut cluster, "t", 0, Some(&[4, 1])), 0);
+    assert!(cluster.topic("t").partitions[0].is_reassigning());
+    assert_eq!(reassign(&mut cluster, "t", 0, None), 0);
+    // Back to the replicas before, in the order the move kept them (as Kafka reverts).
+    let p = cluster.topic("t").partitions[0].clone();
+    assert_eq!(
+        (p.replicas.as_slice(), p.isr.as_slice(), p.leader),
+        (&[1, 2][..], &[1, 2][..], 1)
+    );
+    assert!(!p.is_reassigning());
+}
+
+#[test]
+fn reassignments_are_refused_with_kafkas_codes() {
+    let mut cluster = replicated();
+    for b in 1..=3 {
+        cluster.live_broker(b, None);
+    }
+    assert_eq!(
+        cluster
+            .create_one(assigned("t", &[(0, &[1, 2])]))
+            .error_code,
+        0
+    );
+    let bad = E::InvalidReplicaAssignment.code();
+    assert_eq!(
+        reassign(&mut cluster, "t", 0, Some(&[])),
+        bad,
+        "no replicas"
+    );
+    assert_eq!(
+        reassign(&mut cluster, "t", 0, Some(&[3, 3])),
+        bad,
+        "a broker twice"
+    );
+    assert_eq!(
+        reassign(&mut cluster, "t", 0, Some(&[9])),
+        bad,
+        "an unknown broker"
+    );
+    assert_eq!(
+        reassign(&mut cluster, "t", 1, Some(&[1])),
+        E::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        reassign(&mut cluster, "nope", 0, Some(&[1])),
+        E::UnknownTopicOrPartition.code()
+    );
+    // v1 may forbid changing the replication factor; v0 always allows it.
+    let (code, records) = reassign_with(&mut cluster, "t", 0, Some(&[1, 2, 3]), 1, false);
+    assert_eq!(
+        (code, records.len()),
+        (E::InvalidReplicationFactor.code(), 0)
+    );
+    assert_eq!(
+        reassign_with(&mut cluster, "t", 0, Some(&[1, 2, 3]), 1, true).0,
+        0
+    );
+}
+
 // ---- any history ----
 
 mod histories {
@@ -1585,6 +1811,14 @@ mod histories {
             partitions: i32,
             replication_factor: i16,
         },
+        /// Reassign partition 0 of the `topic`th topic to `replicas` (`None`: cancel).
+        Reassign {
+            topic: usize,
+            replicas: Option<Vec<i32>>,
+        },
+        /// The leader of partition 0 of the `topic`th topic takes every alive replica into
+        /// the ISR, as once they have caught up.
+        CatchUp(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1601,6 +1835,9 @@ mod histories {
                 partitions,
                 replication_factor
             }),
+            2 => (0..4usize, proptest::option::weighted(0.8, vec(1..=4i32, 1..=3)))
+                .prop_map(|(topic, replicas)| Op::Reassign { topic, replicas }),
+            3 => (0..4usize).prop_map(Op::CatchUp),
         ]
     }
 
@@ -1618,6 +1855,20 @@ mod histories {
                 prop_assert!(
                     p.isr.iter().all(|b| p.replicas.contains(b)),
                     "the ISR is made of replicas: {}",
+                    at
+                );
+                prop_assert!(
+                    p.adding
+                        .iter()
+                        .chain(&p.removing)
+                        .all(|b| p.replicas.contains(b))
+                        && !p.adding.iter().any(|b| p.removing.contains(b)),
+                    "replicas being added and removed are replicas, and not both: {}",
+                    at
+                );
+                prop_assert!(
+                    !p.is_reassigning() || !p.target_replicas().iter().all(|b| p.isr.contains(b)),
+                    "a reassignment whose target is all in the ISR has completed: {}",
                     at
                 );
                 if p.leader >= 0 {
@@ -1679,6 +1930,21 @@ mod histories {
                         partitions,
                         replication_factor,
                     ));
+                }
+                Op::Reassign { topic, replicas } => {
+                    if topic < topics {
+                        reassign(
+                            &mut cluster,
+                            &format!("t{}", topic + 1),
+                            0,
+                            replicas.as_deref(),
+                        );
+                    }
+                }
+                Op::CatchUp(topic) => {
+                    if topic < topics {
+                        catch_up(&mut cluster, &format!("t{}", topic + 1));
+                    }
                 }
             }
             // The runtime ticks whenever a deadline has passed.
@@ -1749,6 +2015,8 @@ mod alter_partition {
             leader: p.leader,
             leader_epoch: p.leader_epoch,
             partition_epoch: p.partition_epoch,
+            adding: Vec::new(),
+            removing: Vec::new(),
         }
     }
 

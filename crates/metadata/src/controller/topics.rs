@@ -88,12 +88,12 @@ fn collision_key(name: &str) -> Option<String> {
 
 /// A topic's (or partition's) refusal: Kafka's error code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Refusal {
-    code: i16,
-    message: String,
+pub(super) struct Refusal {
+    pub(super) code: i16,
+    pub(super) message: String,
 }
 
-fn refuse(error: E, message: impl Into<String>) -> Refusal {
+pub(super) fn refuse(error: E, message: impl Into<String>) -> Refusal {
     Refusal {
         code: error.code(),
         message: message.into(),
@@ -114,7 +114,7 @@ fn placement_brokers(image: &MetadataImage) -> Vec<PlacementBroker> {
         .collect()
 }
 
-fn alive(image: &MetadataImage, broker_id: i32) -> bool {
+pub(super) fn alive(image: &MetadataImage, broker_id: i32) -> bool {
     image
         .broker(broker_id)
         .is_some_and(|b| !b.fenced && !b.in_controlled_shutdown)
@@ -150,7 +150,7 @@ fn partition_record(
 }
 
 /// Checks one partition's hand-made replica list.
-fn check_assignment(
+pub(super) fn check_assignment(
     image: &MetadataImage,
     partition: i32,
     replicas: &[BrokerId],

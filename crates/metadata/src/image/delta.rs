@@ -222,6 +222,8 @@ impl MetadataDelta {
                     leader: *leader,
                     leader_epoch: *leader_epoch,
                     partition_epoch: *partition_epoch,
+                    adding: Vec::new(),
+                    removing: Vec::new(),
                 };
                 let topic = self.topic_mut(*topic_id)?;
                 match topic.partitions.get_mut(index) {
@@ -265,6 +267,28 @@ impl MetadataDelta {
                     current.replicas = replicas.clone();
                 }
                 current.partition_epoch = current.partition_epoch.wrapping_add(1);
+                topic.touched.insert(index);
+            }
+            MetadataRecord::PartitionReassignment {
+                topic_id,
+                partition,
+                adding,
+                removing,
+                ..
+            } => {
+                let unknown = ReplayError::UnknownPartition {
+                    topic_id: *topic_id,
+                    partition: *partition,
+                };
+                let count = self.partition_count(*topic_id)?;
+                let index = usize::try_from(*partition)
+                    .ok()
+                    .filter(|i| *i < count)
+                    .ok_or_else(|| unknown.clone())?;
+                let topic = self.topic_mut(*topic_id)?;
+                let current = topic.partitions.get_mut(index).ok_or(unknown)?;
+                current.adding = adding.clone();
+                current.removing = removing.clone();
                 topic.touched.insert(index);
             }
             MetadataRecord::RemoveTopic { topic_id, .. } => self.remove_topic(*topic_id)?,

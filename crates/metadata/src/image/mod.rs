@@ -78,6 +78,35 @@ pub struct PartitionRegistration {
     pub leader: i32,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// While a reassignment moves the partition: replicas being added (not yet in sync) and
+    /// replicas to remove once the target replicas are all in the ISR; both empty otherwise.
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+impl PartitionRegistration {
+    /// Whether a reassignment is moving this partition.
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas the partition will have: all of them but those being removed.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|b| !self.removing.contains(b))
+            .collect()
+    }
+
+    /// The replicas it had before its reassignment: all of them but those being added.
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|b| !self.adding.contains(b))
+            .collect()
+    }
 }
 
 // Written by hand only so that tests can count copies: the promise that a delta copies a
@@ -92,6 +121,8 @@ impl Clone for PartitionRegistration {
             leader: self.leader,
             leader_epoch: self.leader_epoch,
             partition_epoch: self.partition_epoch,
+            adding: self.adding.clone(),
+            removing: self.removing.clone(),
         }
     }
 }

@@ -62,6 +62,15 @@ pub fn image_records(image: &MetadataImage) -> Vec<MetadataRecord> {
                 leader_epoch: registration.leader_epoch,
                 partition_epoch: registration.partition_epoch,
             });
+            if registration.is_reassigning() {
+                records.push(MetadataRecord::PartitionReassignment {
+                    v: V,
+                    topic_id: topic.id,
+                    partition,
+                    adding: registration.adding.clone(),
+                    removing: registration.removing.clone(),
+                });
+            }
         }
     }
     let mut configs: Vec<_> = image.configs().collect();
