@@ -262,6 +262,9 @@ class Node(Broker):
         if self.roles != "broker,controller":
             cmd += ["--process.roles", self.roles]
         for key, value in self.settings.items():
+            if callable(value):
+                # A setting that differs per node (broker.rack): a function of the node id.
+                value = value(self.node_id)
             if isinstance(value, bool):
                 value = "true" if value else "false"
             cmd += [f"--{key}", str(value)]

@@ -107,6 +107,7 @@ pub const SETTINGS: &[Setting] = &[
     s("group.consumer.assignors", None, Str, "uniform,range", 0, "Server-side assignors of consumer-protocol groups, the default first: uniform, range (or Kafka's class names)."),
     s("broker.heartbeat.interval.ms", None, Int, "2000", 1, "How often the broker heartbeats to the controller (once the broker runs on the metadata quorum)."),
     s("broker.session.timeout.ms", None, Int, "9000", 1, "How long the controller waits without a heartbeat before it fences a broker and moves its partition leaderships."),
+    Setting { choices: &["", "org.apache.kafka.common.replica.RackAwareReplicaSelector", "org.apache.kafka.common.replica.LeaderSelector"], ..s("replica.selector.class", None, Str, "", 0, "How a partition leader picks the replica a consumer should fetch from (KIP-392). Empty or LeaderSelector: always the leader. org.apache.kafka.common.replica.RackAwareReplicaSelector: a consumer whose client.rack is not the leader's rack is sent to an in-sync replica in its rack, if there is one, and reads from it up to that replica's high watermark.") },
     s("broker.rack", None, Str, "", 0, "The broker's rack, given to the controller at registration so replicas spread over racks; empty for none."),
     Setting { choices: &["broker,controller", "controller,broker", "broker", "controller"], ..s("process.roles", None, Str, "broker,controller", 0, "What this node is. broker,controller (combined): a voter of the controller quorum that also serves clients; it must be in controller.quorum.voters. controller: a voter that runs only the quorum and the controller, on its CONTROLLER listener alone; it must be in controller.quorum.voters, `listen` holds only listeners named in controller.listener.names, and it never registers as a broker. broker: a broker that is not a voter; it must not be in controller.quorum.voters, asks the quorum leader to send it the metadata log (as a learner, Kafka's observer), and needs a listener named in controller.listener.names where the leader sends it (advertise it at an address the voters reach).") },
     s("controller.quorum.voters", None, Str, "", 0, "The controller quorum's voters as ID@HOST:PORT,... (each voter's CONTROLLER listener), the same on every node, e.g. 1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093. Empty: this node alone is its cluster."),
@@ -426,6 +427,11 @@ impl BrokerConfig {
     /// `leader.replication.throttled.rate`, in bytes per second; `i64::MAX`: no limit.
     pub fn leader_replication_throttled_rate(&self) -> i64 {
         self.number("leader.replication.throttled.rate").max(1)
+    }
+    /// Whether `replica.selector.class` is Kafka's rack-aware selector (KIP-392).
+    pub fn rack_aware_replica_selector(&self) -> bool {
+        self.get("replica.selector.class")
+            .is_some_and(|(v, _)| v.ends_with(".RackAwareReplicaSelector"))
     }
     /// `auto.leader.rebalance.enable`.
     pub fn auto_leader_rebalance(&self) -> bool {

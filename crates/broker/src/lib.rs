@@ -93,6 +93,15 @@ impl Broker {
         self.replicas.leader(replica_manager::tp(topic.id, index))
     }
 
+    /// The partition `index` of `topic` as this broker keeps it, leading or following: what
+    /// consumers that may fetch from followers (Fetch v11 and later, KIP-392) read.
+    pub fn local_partition(&self, topic: &Topic, index: i32) -> Result<Arc<Partition>, i16> {
+        if !topic.has_partition(index) {
+            return Err(kafka_protocol::error::ResponseError::UnknownTopicOrPartition.code());
+        }
+        self.replicas.local(replica_manager::tp(topic.id, index))
+    }
+
     /// Creates `__consumer_offsets` in the background, unless a creation is already under way:
     /// Kafka creates it on the first FindCoordinator that finds it missing, answering
     /// COORDINATOR_NOT_AVAILABLE meanwhile.

@@ -241,8 +241,11 @@ impl Partition {
     /// follower: it may move back if the leader's did).
     pub fn follow_high_watermark(&self, leader_high_watermark: i64) {
         let end = self.log().log_end_offset();
-        self.high_watermark
-            .store(leader_high_watermark.min(end), Ordering::Release);
+        let new = leader_high_watermark.min(end);
+        if self.high_watermark.swap(new, Ordering::AcqRel) != new {
+            // Consumers reading from this follower (KIP-392) wait on it.
+            self.appended.notify_waiters();
+        }
     }
 
     /// Sets the high watermark back to the log start, for a replica of a replicated partition

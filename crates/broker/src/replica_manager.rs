@@ -117,6 +117,12 @@ impl ReplicaManager {
             .ok_or(E::NotLeaderOrFollower.code())
     }
 
+    /// The local replica of a partition, leader or follower; NOT_LEADER_OR_FOLLOWER where this
+    /// broker keeps none.
+    pub fn local(&self, tp: TopicIdPartition) -> Result<Arc<Partition>, i16> {
+        self.get(tp).ok_or(E::NotLeaderOrFollower.code())
+    }
+
     /// Takes over opened replicas (tests build them by hand; the broker opens replicas from the
     /// metadata image).
     #[cfg(test)]

@@ -37,18 +37,30 @@ const READ_COMMITTED: i8 = 1;
 /// later its address too (KIP-951).
 const LEADER_HINTS_SINCE: i16 = 12;
 const NODE_ENDPOINTS_SINCE: i16 = 16;
+/// Fetch v11 and later carry the consumer's rack and may be served by a follower (KIP-392).
+const FOLLOWER_READS_SINCE: i16 = 11;
 
 /// The partitions of a fetch, resolved once: per topic of the request, per partition, the
 /// partition or the error code to answer for it.
 type Targets = Vec<Vec<Result<Arc<Partition>, i16>>>;
+/// Per partition of a fetch, the replica to send the consumer to (KIP-392); empty for none.
+type Preferred = Vec<Vec<Option<i32>>>;
 
 pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener: usize) -> Reply {
     Box::pin(async move {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-        let targets = Arc::new(resolve(&broker, &request, version));
         let follower = follower_of(&broker, &request, version);
+        // A consumer that knows of KIP-392 may read from any replica kept here.
+        let any_replica = follower.is_none() && version >= FOLLOWER_READS_SINCE;
+        let targets = Arc::new(resolve(&broker, &request, version, any_replica));
+        let preferred = Arc::new(preferred_read_replicas(
+            &broker,
+            &request,
+            any_replica,
+            &targets,
+        ));
         // A follower's position is recorded from the first read only, as Kafka's leader does:
         // the passes after a wait read again what the same fetch asked for.
         let mut first_pass = true;
@@ -71,14 +83,14 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
             if last
                 || min_bytes == 0
                 || record_now
-                || !at_end(&request, &targets, follower.is_some())
+                || !at_end(&request, &targets, follower.is_some(), any_replica)
             {
                 let throttle = &broker.replication_throttle;
                 let read = match read_once(
                     &request,
                     version,
                     &targets,
-                    follower,
+                    (follower, &preferred),
                     throttle,
                     Reads::CachedOnly,
                 ) {
@@ -88,7 +100,7 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
                             request.clone(),
                             version,
                             targets.clone(),
-                            follower,
+                            (follower, preferred.clone()),
                             throttle.clone(),
                         )
                         .await
@@ -223,8 +235,52 @@ fn add_leader_hints(broker: &Broker, response: &mut FetchResponse, version: i16,
     }
 }
 
-/// Looks up the topics and partitions of a fetch.
-fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
+/// For each partition of a consumer's fetch that this broker leads, the replica the consumer
+/// should read from instead (KIP-392, `replica.selector.class` rack-aware): an in-sync replica
+/// in the consumer's rack (`client.rack`), when the leader is in another. Empty when no
+/// partition has one to give.
+fn preferred_read_replicas(
+    broker: &Broker,
+    request: &FetchRequest,
+    any_replica: bool,
+    targets: &Targets,
+) -> Preferred {
+    let rack = request.rack_id.as_str();
+    if !any_replica || rack.is_empty() || !broker.config.rack_aware_replica_selector() {
+        return Vec::new();
+    }
+    let image = broker.topics.image();
+    let local = broker.config.node_id;
+    if image
+        .broker(local)
+        .is_some_and(|b| b.rack.as_deref() == Some(rack))
+    {
+        return Vec::new();
+    }
+    targets
+        .iter()
+        .map(|topic| {
+            topic
+                .iter()
+                .map(|target| {
+                    let p = target.as_ref().ok().filter(|p| p.is_leader())?;
+                    let registration = image.partition(p.topic_id, p.index)?;
+                    registration.replicas.iter().copied().find(|r| {
+                        *r != local
+                            && registration.isr.contains(r)
+                            && image
+                                .broker(*r)
+                                .is_some_and(|b| !b.fenced && b.rack.as_deref() == Some(rack))
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Looks up the topics and partitions of a fetch: the replicas this broker leads, or with
+/// `any_replica` the ones it follows too.
+fn resolve(broker: &Broker, request: &FetchRequest, version: i16, any_replica: bool) -> Targets {
     request
         .topics
         .iter()
@@ -244,6 +300,7 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
                 .partitions
                 .iter()
                 .map(|fp| match &topic {
+                    Ok(t) if any_replica => broker.local_partition(t, fp.partition),
                     Ok(t) => broker.leader_partition(t, fp.partition),
                     Err(code) => Err(*code),
                 })
@@ -255,7 +312,7 @@ fn resolve(broker: &Broker, request: &FetchRequest, version: i16) -> Targets {
 /// Whether every partition of the fetch is known, led here at the epoch the client knows, online
 /// and asked for at its high watermark (a follower: at the log end): nothing to read, and
 /// nothing wrong to report.
-fn at_end(request: &FetchRequest, targets: &Targets, follower: bool) -> bool {
+fn at_end(request: &FetchRequest, targets: &Targets, follower: bool, any_replica: bool) -> bool {
     request
         .topics
         .iter()
@@ -269,7 +326,7 @@ fn at_end(request: &FetchRequest, targets: &Targets, follower: bool) -> bool {
                         p.high_watermark()
                     };
                     fp.fetch_offset == end
-                        && p.is_leader()
+                        && (any_replica || p.is_leader())
                         && p.check_leader_epoch(fp.current_leader_epoch).is_ok()
                         && p.log().offline_reason().is_none()
                 })
@@ -282,7 +339,7 @@ async fn read_off_workers(
     request: Arc<FetchRequest>,
     version: i16,
     targets: Arc<Targets>,
-    follower: Option<Follower>,
+    (follower, preferred): (Option<Follower>, Arc<Preferred>),
     throttle: Arc<ReplicationThrottle>,
 ) -> Pass {
     let read = tokio::task::spawn_blocking(move || {
@@ -290,7 +347,7 @@ async fn read_off_workers(
             &request,
             version,
             &targets,
-            follower,
+            (follower, &preferred),
             &throttle,
             Reads::Disk,
         )
@@ -390,7 +447,7 @@ fn read_once(
     request: &FetchRequest,
     version: i16,
     targets: &Targets,
-    follower: Option<Follower>,
+    (follower, preferred): (Option<Follower>, &Preferred),
     throttle: &ReplicationThrottle,
     reads: Reads,
 ) -> Option<Pass> {
@@ -404,9 +461,10 @@ fn read_once(
     let mut any_error = false;
     let read_committed = request.isolation_level == READ_COMMITTED;
     let mut responses = Vec::with_capacity(request.topics.len());
-    for (fetch_topic, topic_targets) in request.topics.iter().zip(targets) {
+    let any_replica = follower.is_none() && version >= FOLLOWER_READS_SINCE;
+    for (t, (fetch_topic, topic_targets)) in request.topics.iter().zip(targets).enumerate() {
         let mut partitions = Vec::with_capacity(fetch_topic.partitions.len());
-        for (fp, target) in fetch_topic.partitions.iter().zip(topic_targets) {
+        for (i, (fp, target)) in fetch_topic.partitions.iter().zip(topic_targets).enumerate() {
             let base = PartitionData::default()
                 .with_partition_index(fp.partition)
                 .with_high_watermark(-1)
@@ -430,7 +488,7 @@ fn read_once(
                 match (&follower_fetch, follower) {
                     (Some(ff), Some(f)) => Ok((p, p.check_follower_fetch(ff, f.status)?)),
                     _ => {
-                        if !p.is_leader() {
+                        if !p.is_leader() && !any_replica {
                             return Err(E::NotLeaderOrFollower.code());
                         }
                         p.check_leader_epoch(fp.current_leader_epoch)?;
@@ -474,6 +532,20 @@ fn read_once(
                     continue;
                 }
             };
+            if let Some(replica) = preferred.get(t).and_then(|ps| ps.get(i)).copied().flatten() {
+                // KIP-392: the consumer reads from a replica in its rack; it is told at once,
+                // with no records, as Kafka's leader answers.
+                any_error = true;
+                let hw = partition.high_watermark();
+                let log_start_offset = partition.log().log_start_offset();
+                partitions.push(
+                    base.with_high_watermark(hw)
+                        .with_last_stable_offset(hw)
+                        .with_log_start_offset(log_start_offset)
+                        .with_preferred_read_replica(BrokerId(replica)),
+                );
+                continue;
+            }
             let limit = usize::try_from(fp.partition_max_bytes)
                 .unwrap_or(0)
                 .min(remaining);
