@@ -430,55 +430,52 @@ impl Topics {
         Ok(())
     }
 
-    /// The timeout requests to the controller carry.
-    /// Has the controller run the leader elections of `request` (ElectLeaders at `version`) and
-    /// returns its answer once this broker applied them, or after the change timeout if it has
-    /// not yet (the elections stand either way; Kafka's brokers answer without waiting).
+    /// Has the controller decide a partition change an operator asks for (leader elections,
+    /// reassignments) and returns its answer once this broker applied it, or after the change
+    /// timeout if it has not yet: the change stands either way, and Kafka's brokers answer
+    /// without waiting.
+    async fn operate(&self, request: ControllerRequest) -> Result<ResponseKind, TopicError> {
+        let answer = self.channel.call(request, self.timeout).await?;
+        if let Err(e) = self.wait_applied(|_| true).await {
+            tracing::info!(error = %e, "partition change made; this broker has not applied it yet");
+        }
+        Ok(answer)
+    }
+
+    /// The leader elections of `request` (ElectLeaders at `version`), as [`Topics::operate`].
     pub async fn elect_leaders(
         &self,
         request: ElectLeadersRequest,
         version: i16,
     ) -> Result<ElectLeadersResponse, TopicError> {
-        let answer = self
-            .channel
-            .call(
-                ControllerRequest::ElectLeaders(request, version),
-                self.timeout,
-            )
-            .await?;
-        let ResponseKind::ElectLeaders(response) = answer else {
-            return Err(unexpected(&answer));
-        };
-        if let Err(e) = self.wait_applied(|_| true).await {
-            tracing::info!(error = %e, "leader elections made; this broker has not applied them yet");
+        match self
+            .operate(ControllerRequest::ElectLeaders(request, version))
+            .await?
+        {
+            ResponseKind::ElectLeaders(response) => Ok(response),
+            other => Err(unexpected(&other)),
         }
-        Ok(response)
     }
 
-    /// Has the controller start, change or cancel the reassignments of `request`
-    /// (AlterPartitionReassignments at `version`) and returns its answer once this broker
-    /// applied them, or after the change timeout if it has not yet.
+    /// The reassignments of `request` (AlterPartitionReassignments at `version`) started,
+    /// changed or cancelled, as [`Topics::operate`].
     pub async fn alter_reassignments(
         &self,
         request: AlterPartitionReassignmentsRequest,
         version: i16,
     ) -> Result<AlterPartitionReassignmentsResponse, TopicError> {
-        let answer = self
-            .channel
-            .call(
-                ControllerRequest::AlterPartitionReassignments(request, version),
-                self.timeout,
-            )
-            .await?;
-        let ResponseKind::AlterPartitionReassignments(response) = answer else {
-            return Err(unexpected(&answer));
-        };
-        if let Err(e) = self.wait_applied(|_| true).await {
-            tracing::info!(error = %e, "reassignments changed; this broker has not applied them yet");
+        match self
+            .operate(ControllerRequest::AlterPartitionReassignments(
+                request, version,
+            ))
+            .await?
+        {
+            ResponseKind::AlterPartitionReassignments(response) => Ok(response),
+            other => Err(unexpected(&other)),
         }
-        Ok(response)
     }
 
+    /// The timeout requests to the controller carry.
     fn timeout_ms(&self) -> i32 {
         i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX)
     }

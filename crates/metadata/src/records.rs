@@ -362,7 +362,7 @@ mod tests {
         }
         assert_eq!(
             kinds.len(),
-            11,
+            12,
             "every record kind needs a fixture: {kinds:?}"
         );
     }

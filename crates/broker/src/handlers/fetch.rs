@@ -488,7 +488,9 @@ fn read_once(
                 match (&follower_fetch, follower) {
                     (Some(ff), Some(f)) => Ok((p, p.check_follower_fetch(ff, f.status)?)),
                     _ => {
-                        if !p.is_leader() && !any_replica {
+                        // A follower serves KIP-392 consumers while its log is online; one
+                        // retired (deleted) or offline sends them back to the leader.
+                        if !p.is_leader() && (!any_replica || p.log().offline_reason().is_some()) {
                             return Err(E::NotLeaderOrFollower.code());
                         }
                         p.check_leader_epoch(fp.current_leader_epoch)?;
@@ -700,9 +702,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_fetch_answers_as_soon_as_its_partition_stops_leading() {
+        // Before KIP-392 (Fetch v10) a consumer reads from the leader only.
         let dir = tempfile::tempdir().unwrap();
         let (_server, broker, partition, request) = broker_with_topic(dir.path(), 1).await;
-        let fetch = handle(broker, request, 12, 0);
+        let fetch = handle(broker, request, 10, 0);
         tokio::pin!(fetch);
         // Nothing to read: the fetch waits (its first pass arms the wakers, the second parks).
         assert!(poll(&mut fetch).is_pending());
@@ -712,6 +715,22 @@ mod tests {
             panic!("the fetch kept waiting after its partition stopped leading here");
         };
         assert_eq!(error_code(answer), E::NotLeaderOrFollower.code());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_kip_392_fetch_answers_when_the_leadership_it_knew_ends() {
+        // From v11 a follower may serve the consumer, but not at a leader epoch that is over.
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, broker, partition, request) = broker_with_topic(dir.path(), 1).await;
+        let fetch = handle(broker, request, 12, 0);
+        tokio::pin!(fetch);
+        assert!(poll(&mut fetch).is_pending());
+        assert!(poll(&mut fetch).is_pending());
+        partition.set_leadership(false, 1);
+        let Poll::Ready(answer) = poll(&mut fetch) else {
+            panic!("the fetch kept waiting after the leadership it knew ended");
+        };
+        assert_eq!(error_code(answer), E::FencedLeaderEpoch.code());
     }
 
     #[tokio::test]

@@ -239,18 +239,7 @@ impl MetadataDelta {
                 isr,
                 replicas,
                 ..
-            } => {
-                let unknown = ReplayError::UnknownPartition {
-                    topic_id: *topic_id,
-                    partition: *partition,
-                };
-                let count = self.partition_count(*topic_id)?;
-                let index = usize::try_from(*partition)
-                    .ok()
-                    .filter(|i| *i < count)
-                    .ok_or_else(|| unknown.clone())?;
-                let topic = self.topic_mut(*topic_id)?;
-                let current = topic.partitions.get_mut(index).ok_or(unknown)?;
+            } => self.change_partition(*topic_id, *partition, |current| {
                 let new_leader = match leader {
                     LeaderChange::Keep => current.leader,
                     LeaderChange::NoLeader => -1,
@@ -267,30 +256,17 @@ impl MetadataDelta {
                     current.replicas = replicas.clone();
                 }
                 current.partition_epoch = current.partition_epoch.wrapping_add(1);
-                topic.touched.insert(index);
-            }
+            })?,
             MetadataRecord::PartitionReassignment {
                 topic_id,
                 partition,
                 adding,
                 removing,
                 ..
-            } => {
-                let unknown = ReplayError::UnknownPartition {
-                    topic_id: *topic_id,
-                    partition: *partition,
-                };
-                let count = self.partition_count(*topic_id)?;
-                let index = usize::try_from(*partition)
-                    .ok()
-                    .filter(|i| *i < count)
-                    .ok_or_else(|| unknown.clone())?;
-                let topic = self.topic_mut(*topic_id)?;
-                let current = topic.partitions.get_mut(index).ok_or(unknown)?;
+            } => self.change_partition(*topic_id, *partition, |current| {
                 current.adding = adding.clone();
                 current.removing = removing.clone();
-                topic.touched.insert(index);
-            }
+            })?,
             MetadataRecord::RemoveTopic { topic_id, .. } => self.remove_topic(*topic_id)?,
             MetadataRecord::Config {
                 resource_type,
@@ -375,6 +351,28 @@ impl MetadataDelta {
 
     /// The topic to change, copying the base's partitions at its first change in this delta:
     /// the only copy of them the delta makes, however many partitions change.
+    /// Applies `change` to an existing partition's registration and marks it touched.
+    fn change_partition(
+        &mut self,
+        topic_id: Uuid,
+        partition: i32,
+        change: impl FnOnce(&mut PartitionRegistration),
+    ) -> Result<(), ReplayError> {
+        let unknown = ReplayError::UnknownPartition {
+            topic_id,
+            partition,
+        };
+        let count = self.partition_count(topic_id)?;
+        let index = usize::try_from(partition)
+            .ok()
+            .filter(|i| *i < count)
+            .ok_or_else(|| unknown.clone())?;
+        let topic = self.topic_mut(topic_id)?;
+        change(topic.partitions.get_mut(index).ok_or(unknown)?);
+        topic.touched.insert(index);
+        Ok(())
+    }
+
     fn topic_mut(&mut self, topic_id: Uuid) -> Result<&mut TopicDelta, ReplayError> {
         if !self.topics.changed.contains_key(&topic_id) {
             let base = self
