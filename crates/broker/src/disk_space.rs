@@ -144,11 +144,7 @@ pub fn check_metadata_room(dir: &Path, records: usize) -> Result<(), String> {
 }
 
 /// Free bytes (available to unprivileged users) and total bytes of the filesystem of `path`.
-pub fn filesystem_bytes(path: &Path) -> io::Result<(u64, u64)> {
-    statvfs(path)
-}
-
-fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
+pub fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
     let mut st = MaybeUninit::<libc::statvfs>::uninit();

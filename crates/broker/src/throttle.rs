@@ -48,6 +48,11 @@ impl ReplicationThrottle {
         bucket
     }
 
+    /// Whether a rate is set at all.
+    pub fn is_limited(&self) -> bool {
+        self.rate.is_some()
+    }
+
     /// Whether a throttled replica may be sent data now.
     pub fn allows(&self) -> bool {
         self.rate.is_none() || self.refill(Instant::now()).tokens > 0.0

@@ -344,6 +344,14 @@ async fn status(cluster: &mut Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A partition's error for a result table: Kafka's name and the broker's message, if any.
+fn error_text(code: i16, message: Option<&StrBytes>) -> String {
+    match message {
+        Some(m) => format!("{}: {}", error_name(code), m.as_str()),
+        None => error_name(code),
+    }
+}
+
 async fn elect_leaders(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
     use caudal_protocol::kafka_protocol::messages::elect_leaders_request::TopicPartitions;
     let unclean = m.get_one::<String>("election-type").map(String::as_str) == Some("unclean");
@@ -403,10 +411,7 @@ async fn elect_leaders(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<
                 }
                 code => {
                     failed += 1;
-                    match &p.error_message {
-                        Some(m) => format!("{}: {}", error_name(code), m.as_str()),
-                        None => error_name(code),
-                    }
+                    error_text(code, p.error_message.as_ref())
                 }
             };
             rows.push(vec![
@@ -618,10 +623,7 @@ async fn reassign(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
                 0 => "started".to_string(),
                 code => {
                     failed += 1;
-                    match &p.error_message {
-                        Some(msg) => format!("{}: {}", error_name(code), msg.as_str()),
-                        None => error_name(code),
-                    }
+                    error_text(code, p.error_message.as_ref())
                 }
             };
             rows.push(vec![

@@ -3,7 +3,7 @@
 //! Kafka's offset lag of a replica that is not a future replica (Caudal has none: no moves
 //! between directories) is how far its log end is below its high watermark, never negative.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError as E;
@@ -21,10 +21,12 @@ use crate::Broker;
 const SPACE_SINCE: i16 = 4;
 
 pub fn handle(broker: &Arc<Broker>, request: DescribeLogDirsRequest, version: i16) -> ResponseKind {
-    let wanted: Option<BTreeMap<String, Vec<i32>>> = request.topics.map(|topics| {
+    // Sets, so that a request naming many partitions costs a lookup per local replica, not a
+    // scan of the request per local replica.
+    let wanted: Option<BTreeMap<String, BTreeSet<i32>>> = request.topics.map(|topics| {
         topics
             .into_iter()
-            .map(|t| (t.topic.0.to_string(), t.partitions))
+            .map(|t| (t.topic.0.to_string(), t.partitions.into_iter().collect()))
             .collect()
     });
     let mut topics: BTreeMap<String, Vec<DescribeLogDirsPartition>> = BTreeMap::new();
@@ -64,7 +66,7 @@ pub fn handle(broker: &Arc<Broker>, request: DescribeLogDirsRequest, version: i1
                 .collect(),
         );
     if version >= SPACE_SINCE {
-        result = match crate::disk_space::filesystem_bytes(dir) {
+        result = match crate::disk_space::statvfs(dir) {
             Ok((free, total)) => result
                 .with_total_bytes(i64::try_from(total).unwrap_or(i64::MAX))
                 .with_usable_bytes(i64::try_from(free).unwrap_or(i64::MAX)),

@@ -43,7 +43,7 @@ const FOLLOWER_READS_SINCE: i16 = 11;
 /// The partitions of a fetch, resolved once: per topic of the request, per partition, the
 /// partition or the error code to answer for it.
 type Targets = Vec<Vec<Result<Arc<Partition>, i16>>>;
-/// Per partition of a fetch, the replica to send the consumer to (KIP-392); empty for none.
+/// Per partition of a fetch, the replica to send the consumer to (KIP-392).
 type Preferred = Vec<Vec<Option<i32>>>;
 
 pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener: usize) -> Reply {
@@ -55,12 +55,8 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
         // A consumer that knows of KIP-392 may read from any replica kept here.
         let any_replica = follower.is_none() && version >= FOLLOWER_READS_SINCE;
         let targets = Arc::new(resolve(&broker, &request, version, any_replica));
-        let preferred = Arc::new(preferred_read_replicas(
-            &broker,
-            &request,
-            any_replica,
-            &targets,
-        ));
+        let preferred =
+            preferred_read_replicas(&broker, &request, any_replica, &targets).map(Arc::new);
         // A follower's position is recorded from the first read only, as Kafka's leader does:
         // the passes after a wait read again what the same fetch asked for.
         let mut first_pass = true;
@@ -90,7 +86,7 @@ pub fn handle(broker: Arc<Broker>, request: FetchRequest, version: i16, listener
                     &request,
                     version,
                     &targets,
-                    (follower, &preferred),
+                    (follower, preferred.as_deref()),
                     throttle,
                     Reads::CachedOnly,
                 ) {
@@ -237,17 +233,17 @@ fn add_leader_hints(broker: &Broker, response: &mut FetchResponse, version: i16,
 
 /// For each partition of a consumer's fetch that this broker leads, the replica the consumer
 /// should read from instead (KIP-392, `replica.selector.class` rack-aware): an in-sync replica
-/// in the consumer's rack (`client.rack`), when the leader is in another. Empty when no
-/// partition has one to give.
+/// in the consumer's rack (`client.rack`), when the leader is in another. `None` (nothing
+/// allocated) unless the selector is on and the consumer names a rack other than this broker's.
 fn preferred_read_replicas(
     broker: &Broker,
     request: &FetchRequest,
     any_replica: bool,
     targets: &Targets,
-) -> Preferred {
+) -> Option<Preferred> {
     let rack = request.rack_id.as_str();
     if !any_replica || rack.is_empty() || !broker.config.rack_aware_replica_selector() {
-        return Vec::new();
+        return None;
     }
     let image = broker.topics.image();
     let local = broker.config.node_id;
@@ -255,9 +251,9 @@ fn preferred_read_replicas(
         .broker(local)
         .is_some_and(|b| b.rack.as_deref() == Some(rack))
     {
-        return Vec::new();
+        return None;
     }
-    targets
+    let preferred = targets
         .iter()
         .map(|topic| {
             topic
@@ -275,7 +271,8 @@ fn preferred_read_replicas(
                 })
                 .collect()
         })
-        .collect()
+        .collect();
+    Some(preferred)
 }
 
 /// Looks up the topics and partitions of a fetch: the replicas this broker leads, or with
@@ -339,7 +336,7 @@ async fn read_off_workers(
     request: Arc<FetchRequest>,
     version: i16,
     targets: Arc<Targets>,
-    (follower, preferred): (Option<Follower>, Arc<Preferred>),
+    (follower, preferred): (Option<Follower>, Option<Arc<Preferred>>),
     throttle: Arc<ReplicationThrottle>,
 ) -> Pass {
     let read = tokio::task::spawn_blocking(move || {
@@ -347,7 +344,7 @@ async fn read_off_workers(
             &request,
             version,
             &targets,
-            (follower, &preferred),
+            (follower, preferred.as_deref()),
             &throttle,
             Reads::Disk,
         )
@@ -447,7 +444,7 @@ fn read_once(
     request: &FetchRequest,
     version: i16,
     targets: &Targets,
-    (follower, preferred): (Option<Follower>, &Preferred),
+    (follower, preferred): (Option<Follower>, Option<&Preferred>),
     throttle: &ReplicationThrottle,
     reads: Reads,
 ) -> Option<Pass> {
@@ -455,6 +452,8 @@ fn read_once(
     let mut throttled_bytes = 0usize;
     // Decided once per pass: the replicas a reassignment adds get data while the leader's
     // `leader.replication.throttled.rate` allows.
+    // Without a rate nothing is throttled, and no partition's list of adding replicas is read.
+    let throttle_limited = throttle.is_limited();
     let throttle_open = throttle.allows();
     let mut remaining = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut total = 0usize;
@@ -534,7 +533,12 @@ fn read_once(
                     continue;
                 }
             };
-            if let Some(replica) = preferred.get(t).and_then(|ps| ps.get(i)).copied().flatten() {
+            if let Some(replica) = preferred
+                .and_then(|p| p.get(t))
+                .and_then(|ps| ps.get(i))
+                .copied()
+                .flatten()
+            {
                 // KIP-392: the consumer reads from a replica in its rack; it is told at once,
                 // with no records, as Kafka's leader answers.
                 any_error = true;
@@ -554,7 +558,7 @@ fn read_once(
             // Kafka returns at least one batch (the first partition with data), whatever the
             // limits, so a consumer can always make progress.
             let min_one = total == 0;
-            let throttled = follower.is_some_and(|f| partition.is_adding(f.id));
+            let throttled = throttle_limited && follower.is_some_and(|f| partition.is_adding(f.id));
             let (plan, high_watermark, log_start_offset) = {
                 let hw = partition.high_watermark();
                 let mut log = partition.log();

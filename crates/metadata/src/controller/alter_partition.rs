@@ -92,21 +92,8 @@ fn decide(
         super::reassignments::complete(image, topic_id, p.partition_index, current, &isr)
     {
         // The ISR now holds every target replica: the reassignment completes with this change.
-        let moved_leader = done.iter().any(|r| {
-            matches!(
-                r,
-                MetadataRecord::PartitionChange {
-                    leader: LeaderChange::To(_) | LeaderChange::NoLeader,
-                    ..
-                }
-            )
-        });
-        let final_isr = done.iter().find_map(|r| match r {
-            MetadataRecord::PartitionChange { isr, .. } => isr.clone(),
-            _ => None,
-        });
-        records.extend(done);
-        if moved_leader {
+        records.extend(done.records);
+        if done.leader_moved {
             // Kafka's answer when the change took the leadership from the sender.
             return refused(E::NewLeaderElected.code());
         }
@@ -114,13 +101,7 @@ fn decide(
             .with_partition_index(p.partition_index)
             .with_leader_id(BrokerId(current.leader))
             .with_leader_epoch(current.leader_epoch)
-            .with_isr(
-                final_isr
-                    .unwrap_or_else(|| current.isr.clone())
-                    .into_iter()
-                    .map(BrokerId)
-                    .collect(),
-            )
+            .with_isr(done.isr.into_iter().map(BrokerId).collect())
             .with_leader_recovery_state(0)
             .with_partition_epoch(partition_epoch.wrapping_add(1));
     }

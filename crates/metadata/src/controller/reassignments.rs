@@ -126,7 +126,7 @@ fn reassign(
         ..current.clone()
     };
     if let Some(done) = complete(image, topic_id, index, &moving, &current.isr) {
-        return Ok(done);
+        return Ok(done.records);
     }
     if moving == *current {
         return Ok(Vec::new());
@@ -178,18 +178,26 @@ fn cancel(
         ));
     }
     tracing::info!(%topic_id, partition = index, replicas = ?replicas, "reassignment cancelled");
-    Ok(finish(image, topic_id, index, current, replicas, isr))
+    Ok(finish(image, topic_id, index, current, replicas, isr).records)
 }
 
-/// The records completing `p`'s reassignment once `isr` holds every target replica; `None`
-/// while it does not, or when `p` is not being reassigned.
+/// How a reassignment ended: its records, and whether the leadership moved and the ISR it
+/// leaves, for an AlterPartition answer.
+pub(crate) struct Completion {
+    pub(crate) records: Vec<MetadataRecord>,
+    pub(crate) leader_moved: bool,
+    pub(crate) isr: Vec<i32>,
+}
+
+/// The completion of `p`'s reassignment once `isr` holds every target replica; `None` while it
+/// does not, or when `p` is not being reassigned.
 pub(crate) fn complete(
     image: &MetadataImage,
     topic_id: Uuid,
     index: i32,
     p: &PartitionRegistration,
     isr: &[i32],
-) -> Option<Vec<MetadataRecord>> {
+) -> Option<Completion> {
     if !p.is_reassigning() {
         return None;
     }
@@ -211,7 +219,7 @@ fn finish(
     p: &PartitionRegistration,
     replicas: Vec<i32>,
     isr: Vec<i32>,
-) -> Vec<MetadataRecord> {
+) -> Completion {
     let leader = if p.leader >= 0 && isr.contains(&p.leader) {
         LeaderChange::Keep
     } else {
@@ -220,20 +228,17 @@ fn finish(
             .find(|b| isr.contains(b) && alive(image, **b))
         {
             Some(b) => LeaderChange::To(*b),
+            None if p.leader == -1 => LeaderChange::Keep,
             None => LeaderChange::NoLeader,
         }
     };
-    let leader = match leader {
-        LeaderChange::NoLeader if p.leader == -1 => LeaderChange::Keep,
-        other => other,
-    };
-    vec![
+    let records = vec![
         MetadataRecord::PartitionChange {
             v: RECORD_VERSION,
             topic_id,
             partition: index,
             leader,
-            isr: (isr != p.isr).then_some(isr),
+            isr: (isr != p.isr).then(|| isr.clone()),
             replicas: Some(replicas),
         },
         MetadataRecord::PartitionReassignment {
@@ -243,5 +248,10 @@ fn finish(
             adding: Vec::new(),
             removing: Vec::new(),
         },
-    ]
+    ];
+    Completion {
+        records,
+        leader_moved: leader != LeaderChange::Keep,
+        isr,
+    }
 }
