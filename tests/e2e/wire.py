@@ -430,10 +430,11 @@ class ProducePartitionResult:
 
 
 def produce(conn: Connection, topic: str, partition: int, records: bytes, version: int = 3,
-            correlation_id: int = 13) -> ProducePartitionResult:
-    """Produce v3 to v8 (one request layout; the responses grow) of one batch."""
+            correlation_id: int = 13, timeout_ms: int = 10000) -> ProducePartitionResult:
+    """Produce v3 to v8 (one request layout; the responses grow) of one batch, acks=all."""
     assert 3 <= version <= 8, version
-    r = conn.request(PRODUCE, version, produce_v3_body(topic, partition, records), correlation_id)
+    body = produce_v3_body(topic, partition, records, timeout_ms=timeout_ms)
+    r = conn.request(PRODUCE, version, body, correlation_id)
     results = []
     for _ in range(r.i32()):
         name = r.string()
