@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from confluent_kafka import TopicPartition
 
 import wire
+from harness import caudal_bin
 from support import (DeliveryLog, admin, by_partition, consume, consumer, create_topic, flush,
                      produce_and_confirm, producer, topic_partition_counts, unique_topic)
 
@@ -203,6 +206,59 @@ def test_kill9_under_idempotent_load_keeps_every_acked_value_once_in_order(broke
         assert values == sorted(values), f"partition {part}: values out of order"
         assert values == list(range(part, sent, PARTITIONS)), \
             f"partition {part}: not every value sent was stored once"
+
+
+def test_a_retry_after_a_restart_is_recognised_though_its_batch_lies_segments_back(
+        broker_factory):
+    """An idempotent producer's last batch lies several segments back when the broker is killed:
+    after the restart its retry is answered with the original offsets, not stored again, and a
+    gap in its sequence is still refused. The producer snapshot written at each segment roll
+    carries its state; `caudal log dump` shows it."""
+    b = broker_factory({"log.segment.bytes": 8192})
+    topic = unique_topic("idem-old")
+    create_topic(b.bootstrap, topic)
+    producer_id = 4242
+
+    def idempotent(sequence: int, values: list[bytes]) -> bytes:
+        return wire.build_record_batch(wire.BatchSpec(
+            records=[(None, v) for v in values], producer_id=producer_id, producer_epoch=0,
+            base_sequence=sequence))
+
+    first = idempotent(0, [b"a", b"b", b"c"])
+    fillers = 200
+    with wire.Connection(b.host, b.port) as conn:
+        answer = wire.produce(conn, topic, 0, first, version=8)
+        assert (answer.error_code, answer.base_offset) == (wire.NONE, 0), answer
+        for i in range(fillers):
+            plain = wire.build_batch([f"filler {i:04d} ".encode() * 8])
+            assert wire.produce(conn, topic, 0, plain, version=8).error_code == wire.NONE
+    end = 3 + fillers
+    partition_dir = b.data_dir / f"{topic}-0"
+    assert len(list(partition_dir.glob("*.log"))) >= 4, "the filler did not roll segments"
+    newest = sorted(partition_dir.glob("*.snapshot"))[-1]
+    shown = dump_log(newest)
+    assert (f"producerId: {producer_id} producerEpoch: 0 firstSequence: 0 lastSequence: 2 "
+            "baseOffset: 0 lastOffset: 2") in shown, shown
+
+    b.kill9()
+    b.restart()
+    with wire.Connection(b.host, b.port) as conn:
+        again = wire.produce(conn, topic, 0, first, version=8)
+        assert (again.error_code, again.base_offset) == (wire.NONE, 0), \
+            f"the retry was not recognised: {again}"
+        gap = wire.produce(conn, topic, 0, idempotent(7, [b"x"]), version=8)
+        assert gap.error_code == wire.OUT_OF_ORDER_SEQUENCE_NUMBER, gap
+        following = wire.produce(conn, topic, 0, idempotent(3, [b"d"]), version=8)
+        assert (following.error_code, following.base_offset) == (wire.NONE, end), following
+    values = [r.value for r in consume(b.bootstrap, topic, [0], timeout=30)]
+    assert values[:3] == [b"a", b"b", b"c"] and values[-1] == b"d" and len(values) == end + 1
+
+
+def dump_log(path) -> str:
+    r = subprocess.run([str(caudal_bin()), "log", "dump", str(path)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 def test_an_index_pointing_between_batches_is_rebuilt_and_reads_stay_right(broker_factory):

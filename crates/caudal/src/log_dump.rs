@@ -1,7 +1,8 @@
 //! `caudal log dump`: what is inside a partition's files, like Kafka's `kafka-dump-log`.
 //! Segments (`.log`) show every batch (offsets, timestamps, producer, compression, CRC) and,
 //! unless `--batches-only`, every record (offset, timestamp, key, value, headers); indexes
-//! (`.index`, `.timeindex`) show their entries.
+//! (`.index`, `.timeindex`) show their entries; producer snapshots (`.snapshot`) each
+//! idempotent producer's epoch and last batch.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use caudal_protocol::kafka_protocol::records::RecordBatchDecoder;
 use caudal_storage::batch::BatchIter;
+use caudal_storage::producers::ProducerStates;
 use caudal_storage::validate_batch;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
@@ -19,16 +21,17 @@ pub fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(
             Command::new("dump")
-                .about("Print the batches and records of a segment (.log) or the entries of an index (.index, .timeindex)")
+                .about("Print the batches and records of a segment (.log), the entries of an index (.index, .timeindex) or a producer snapshot (.snapshot)")
                 .long_about(
                     "Print what a partition's files hold, like Kafka's kafka-dump-log.\n\n\
                      A partition lives in <data-dir>/<topic>-<partition>/ as segments named by their first offset:\n  \
                      00000000000000000000.log        the record batches, as producers sent them\n  \
                      00000000000000000000.index      offset -> position in the .log, every few KiB\n  \
-                     00000000000000000000.timeindex  timestamp -> offset\n\n\
+                     00000000000000000000.timeindex  timestamp -> offset\n  \
+                     00000000000000004096.snapshot   idempotent producers as of that offset (written at each\n                                     segment roll and at a clean shutdown)\n\n\
                      Examples:\n  caudal log dump caudal-data/orders-0/00000000000000000000.log\n  caudal log dump caudal-data/orders-0/*.index",
                 )
-                .arg(Arg::new("files").required(true).num_args(1..).value_parser(clap::value_parser!(PathBuf)).help("Segment or index files"))
+                .arg(Arg::new("files").required(true).num_args(1..).value_parser(clap::value_parser!(PathBuf)).help("Segment, index or producer snapshot files"))
                 .arg(Arg::new("batches-only").long("batches-only").action(ArgAction::SetTrue).help("Print batch headers only, not each record"))
                 .arg(Arg::new("max-bytes").long("max-bytes").default_value("80").value_parser(clap::value_parser!(usize)).help("Show at most this many bytes of each key and value")),
         )
@@ -45,7 +48,11 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
             Some("log") => dump_segment(file, records, max)?,
             Some("index") => dump_index(file, 8)?,
             Some("timeindex") => dump_index(file, 12)?,
-            _ => bail!("{}: not a .log, .index or .timeindex file", file.display()),
+            Some("snapshot") => dump_snapshot(file)?,
+            _ => bail!(
+                "{}: not a .log, .index, .timeindex or .snapshot file",
+                file.display()
+            ),
         };
         print!("{out}");
     }
@@ -62,6 +69,28 @@ fn base_offset_of(path: &Path) -> anyhow::Result<i64> {
                 path.display()
             )
         })
+}
+
+fn dump_snapshot(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let states = ProducerStates::from_snapshot(&bytes)
+        .with_context(|| format!("{}: not a readable producer snapshot", path.display()))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Dumping {} (producer state as of offset {}, {} producers)",
+        path.display(),
+        base_offset_of(path)?,
+        states.len()
+    );
+    for p in states.summaries() {
+        let _ = writeln!(
+            out,
+            "producerId: {} producerEpoch: {} firstSequence: {} lastSequence: {} baseOffset: {} lastOffset: {} lastAppendMs: {}",
+            p.producer_id, p.epoch, p.first_sequence, p.last_sequence, p.base_offset, p.last_offset, p.last_append_ms
+        );
+    }
+    Ok(out)
 }
 
 fn compression_name(codec: i16) -> &'static str {

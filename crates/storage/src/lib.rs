@@ -13,6 +13,7 @@ pub mod index;
 pub mod log;
 pub mod producers;
 pub mod segment;
+mod snapshots;
 
 pub use batch::{validate_batch, validate_produced_batch, BatchError, BatchHeader, ValidBatch};
 pub use disk::{Disk, LogFile, OsDisk};

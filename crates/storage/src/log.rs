@@ -14,6 +14,7 @@ use crate::disk::{Disk, LogFile, OsDisk};
 use crate::epochs::{LeaderEpochCache, LEADER_EPOCH_CHECKPOINT_FILE};
 use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{LookupError, Segment, SegmentRecovery};
+use crate::snapshots;
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 /// The log start offset, once it has been moved inside a segment (DeleteRecords, a Raft purge).
@@ -466,19 +467,61 @@ impl PartitionLog {
             last_compaction_ms: now_ms,
         };
         log.reload_producers(now_ms)?;
+        log.remove_stray_snapshots();
         // What is on disk now survived a restart; count it as flushed.
         log.flushed_offset = log.log_end_offset();
         Ok((log, report))
     }
 
-    /// Idempotent producers' recent batches come back from the active segment's headers, so
-    /// a retry that arrives after a restart (or a truncation) is still recognised.
+    /// Idempotent producers' state comes back from the newest producer snapshot at or below the
+    /// log end, and the batches after it; without a readable snapshot, from every segment. A
+    /// retry that arrives after a restart (or a truncation) is still recognised, however many
+    /// segments ago its producer last wrote. Snapshots past the log end (written before a
+    /// truncation, or before a crash lost what they follow) are removed first.
     fn reload_producers(&mut self, now_ms: i64) -> io::Result<()> {
-        let mut producers = ProducerStates::default();
-        self.active()
-            .for_each_header(|h| producers.record(h, h.base_offset(), now_ms))?;
+        let end = self.log_end_offset();
+        let first_base = self.segments.keys().next().copied().unwrap_or(0);
+        let offsets = snapshots::list(&self.dir)?;
+        snapshots::remove(&self.dir, &offsets, |o| o > end || o < first_base);
+        let (from, mut producers) = snapshots::load_latest(&self.dir, &offsets, first_base, end)
+            .unwrap_or((i64::MIN, ProducerStates::default()));
+        for seg in self.segments.values().filter(|s| s.next_offset() > from) {
+            seg.for_each_header(|h| {
+                if h.base_offset() >= from {
+                    producers.record(h, h.base_offset(), now_ms);
+                }
+            })?;
+        }
         self.producers = producers;
         Ok(())
+    }
+
+    /// Writes the producer snapshot at `offset`, the log end or a new segment's base; `durable`
+    /// syncs it. A failure costs only replay at the next start, so it is logged, not returned.
+    fn snapshot_producers(&self, offset: i64, durable: bool) {
+        if let Err(e) = snapshots::write(&self.dir, offset, &self.producers, durable) {
+            tracing::warn!(dir = %self.dir.display(), offset, error = %e, "could not write a producer state snapshot; the next start replays more of the log");
+        }
+    }
+
+    /// Keeps the snapshots at segment bases (a truncation may need them) and the newest one (a
+    /// clean close's, at the log end); removes the rest.
+    fn remove_stray_snapshots(&self) {
+        let Ok(offsets) = snapshots::list(&self.dir) else {
+            return;
+        };
+        let newest = offsets.last().copied();
+        snapshots::remove(&self.dir, &offsets, |o| {
+            Some(o) != newest && !self.segments.contains_key(&o)
+        });
+    }
+
+    /// Removes the snapshots below the first segment: the batches they follow are gone.
+    fn remove_snapshots_below_start(&self) {
+        let first_base = self.segments.keys().next().copied().unwrap_or(0);
+        if let Ok(offsets) = snapshots::list(&self.dir) {
+            snapshots::remove(&self.dir, &offsets, |o| o < first_base);
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -777,6 +820,8 @@ impl PartitionLog {
         let segment = self.create_segment(base, now_ms)?;
         self.segments.insert(base, segment);
         self.dir_changes += 1;
+        // The producers as of the new segment's base: a start replays from here at most.
+        self.snapshot_producers(base, false);
         Ok(())
     }
 
@@ -1033,6 +1078,7 @@ impl PartitionLog {
         }
         self.write_epochs_if_dirty()?;
         let end = self.log_end_offset();
+        self.snapshot_producers(end, true);
         write_recovery_point(&self.dir, end)?;
         self.recovery_point = end;
         self.flushed_offset = end;
@@ -1050,7 +1096,9 @@ impl PartitionLog {
         if self.epochs.is_dirty() {
             self.epochs.write(&self.dir, false)?;
         }
-        Ok(self.log_end_offset())
+        let end = self.log_end_offset();
+        self.snapshot_producers(end, false);
+        Ok(end)
     }
 
     /// The second half of [`prepare_close`](Self::prepare_close): everything below `up_to`
@@ -1231,6 +1279,9 @@ impl PartitionLog {
             self.log_start_offset = self.log_start_offset.max(first);
         }
         self.epochs.truncate_from_start(self.log_start_offset);
+        if deleted > 0 {
+            self.remove_snapshots_below_start();
+        }
         Ok(deleted)
     }
 
@@ -1307,6 +1358,11 @@ impl PartitionLog {
         }
         self.flushed_offset = self.flushed_offset.min(end);
         self.compacted_through = self.compacted_through.min(end);
+        if whole {
+            // The log starts again: what producers did in the old one says nothing of the new.
+            let offsets = snapshots::list(&self.dir)?;
+            snapshots::remove(&self.dir, &offsets, |_| true);
+        }
         self.reload_producers(now_ms)?;
         self.write_epochs_if_dirty()?;
         // The recovery point must not vouch for a segment that is active again: later appends
@@ -1350,6 +1406,7 @@ impl PartitionLog {
                 seg.delete()?;
             }
         }
+        self.remove_snapshots_below_start();
         Ok(())
     }
 

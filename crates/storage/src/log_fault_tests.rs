@@ -222,6 +222,8 @@ fn a_segment_roll_that_cannot_create_its_files_leaves_nothing_behind() {
         .iter()
         .flat_map(|s| ["index", "log", "timeindex"].map(|e| format!("{s}.{e}")))
         .collect();
+    // The roll that succeeded snapshotted the producers at its base.
+    expected.push(format!("{}.snapshot", stems[1]));
     expected.sort();
     assert_eq!(
         files, expected,

@@ -1203,3 +1203,179 @@ fn a_follower_keeps_gaps_wider_than_a_segment_can_index() {
         vec![(far, far), (farther, farther)]
     );
 }
+
+mod producer_snapshots {
+    use super::*;
+    use crate::batch::tests::reseal;
+
+    /// A batch of producer `pid` (epoch 0) with `count` records from sequence `seq`.
+    fn idempotent(pid: i64, seq: i32, count: usize) -> Vec<u8> {
+        let values: Vec<Vec<u8>> = (0..count)
+            .map(|i| format!("p{pid}-{i}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let mut b = batch(&refs, 1000);
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        reseal(&mut b);
+        b
+    }
+
+    fn snapshot_offsets(dir: &Path) -> Vec<i64> {
+        snapshots::list(dir).unwrap()
+    }
+
+    fn bases(log: &PartitionLog) -> Vec<i64> {
+        log.segments.keys().copied().collect()
+    }
+
+    /// Producer 7 writes two batches (offsets 0-1 and 2-3), then plain batches fill several
+    /// segments.
+    fn written_long_ago(dir: &Path) -> PartitionLog {
+        let (mut log, _) = PartitionLog::open(dir, config(400), 0).unwrap();
+        log.append(&idempotent(7, 0, 2), 0).unwrap();
+        log.append(&idempotent(7, 2, 2), 0).unwrap();
+        append_n(&mut log, 30, 2, 0);
+        assert!(log.segment_count() >= 4, "{:?}", bases(&log));
+        log
+    }
+
+    #[test]
+    fn every_roll_snapshots_the_producers_at_the_new_segments_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = written_long_ago(dir.path());
+        assert_eq!(snapshot_offsets(dir.path()), bases(&log)[1..].to_vec());
+        let newest = *bases(&log).last().unwrap();
+        let bytes = std::fs::read(snapshots::tests_path(dir.path(), newest)).unwrap();
+        assert_eq!(ProducerStates::from_snapshot(&bytes).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_retry_after_a_crash_is_recognised_however_many_segments_ago_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = written_long_ago(dir.path());
+        let end = log.log_end_offset();
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        let retry = log.append(&idempotent(7, 2, 2), 0).unwrap().unwrap();
+        assert!(retry.duplicate, "{retry:?}");
+        assert_eq!((retry.base_offset, retry.last_offset), (2, 3));
+        assert_eq!(log.log_end_offset(), end, "the retry was stored again");
+        assert!(matches!(
+            log.append(&idempotent(7, 9, 1), 0),
+            Err(AppendError::Sequence(SequenceError::OutOfOrder {
+                expected: 4,
+                got: 9,
+                ..
+            }))
+        ));
+        let next = log.append(&idempotent(7, 4, 1), 0).unwrap().unwrap();
+        assert!(!next.duplicate);
+        assert_eq!(next.base_offset, end);
+    }
+
+    #[test]
+    fn a_clean_close_snapshots_the_log_end_and_the_next_start_starts_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = written_long_ago(dir.path());
+        log.append(&idempotent(8, 0, 1), 0).unwrap();
+        let end = log.log_end_offset();
+        log.close().unwrap();
+        assert_eq!(snapshot_offsets(dir.path()).last(), Some(&end));
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert!(
+            log.append(&idempotent(8, 0, 1), 0)
+                .unwrap()
+                .unwrap()
+                .duplicate
+        );
+        assert!(
+            log.append(&idempotent(7, 2, 2), 0)
+                .unwrap()
+                .unwrap()
+                .duplicate
+        );
+        // Once a later roll snapshots, the close's snapshot (at no segment base) goes at the
+        // next start.
+        append_n(&mut log, 10, 2, 0);
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        let offsets = snapshot_offsets(dir.path());
+        assert!(
+            offsets.iter().all(|o| bases(&log).contains(o)),
+            "{offsets:?}"
+        );
+    }
+
+    #[test]
+    fn a_truncation_goes_back_to_the_snapshot_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = written_long_ago(dir.path());
+        let cut = log.log_end_offset();
+        log.append(&idempotent(7, 4, 2), 0).unwrap();
+        append_n(&mut log, 20, 2, 0);
+        let before = snapshot_offsets(dir.path());
+        assert!(before.iter().any(|&o| o > cut));
+        log.truncate_to(cut, 0).unwrap();
+        assert!(snapshot_offsets(dir.path()).iter().all(|&o| o <= cut));
+        // The truncated batch is gone from the producer's state too: sent again, it is new.
+        // And the state before it is known: a gap is still refused.
+        assert!(matches!(
+            log.append(&idempotent(7, 6, 1), 0),
+            Err(AppendError::Sequence(SequenceError::OutOfOrder {
+                expected: 4,
+                ..
+            }))
+        ));
+        let again = log.append(&idempotent(7, 4, 2), 0).unwrap().unwrap();
+        assert!(!again.duplicate);
+        assert_eq!(again.base_offset, cut);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_falls_back_to_an_older_one_or_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = written_long_ago(dir.path());
+        drop(log);
+        for offset in snapshot_offsets(dir.path()).into_iter().rev().take(2) {
+            std::fs::write(snapshots::tests_path(dir.path(), offset), b"torn").unwrap();
+        }
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert!(
+            log.append(&idempotent(7, 2, 2), 0)
+                .unwrap()
+                .unwrap()
+                .duplicate
+        );
+        // With no snapshot at all, every segment is replayed.
+        drop(log);
+        for offset in snapshot_offsets(dir.path()) {
+            std::fs::remove_file(snapshots::tests_path(dir.path(), offset)).unwrap();
+        }
+        let (mut log, _) = PartitionLog::open(dir.path(), config(400), 0).unwrap();
+        assert!(
+            log.append(&idempotent(7, 2, 2), 0)
+                .unwrap()
+                .unwrap()
+                .duplicate
+        );
+    }
+
+    #[test]
+    fn snapshots_go_with_the_segments_retention_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(400);
+        cfg.retention_bytes = 1200;
+        let (mut log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+        append_n(&mut log, 40, 2, 0);
+        assert!(log.apply_retention(0).unwrap() > 0);
+        let first = bases(&log)[0];
+        let offsets = snapshot_offsets(dir.path());
+        assert!(
+            !offsets.is_empty() && offsets.iter().all(|&o| o >= first),
+            "{offsets:?}"
+        );
+    }
+}
