@@ -15,6 +15,29 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+/// Replaces `dir/name` with `bytes`: written to a temporary file beside it and renamed over it,
+/// so a crash leaves the old file or the new one, never a mix. With `durable`, the file and the
+/// directory are fsync'd. A failed write removes the temporary file (the disk may be full).
+pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Opens the files of a log.
 pub trait Disk: Send + Sync + fmt::Debug {
     /// Opens `path` for positioned reads and appends, creating it if `create` is set.

@@ -9,8 +9,8 @@
 //! epochs, so the log rebuilds the entries of the segments it recovers at start. It is made
 //! durable before the log's recovery point moves past new entries, and at a clean close.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The file name, as Kafka names it.
@@ -117,26 +117,12 @@ impl LeaderEpochCache {
     /// of the file and the directory if `durable`. Without, the cache stays dirty until
     /// [`mark_durable`](Self::mark_durable) says a sync of the whole filesystem covered it.
     pub fn write(&mut self, dir: &Path, durable: bool) -> io::Result<()> {
-        let path = dir.join(LEADER_EPOCH_CHECKPOINT_FILE);
-        let tmp = dir.join(format!("{LEADER_EPOCH_CHECKPOINT_FILE}.tmp"));
         let mut text = format!("0\n{}\n", self.entries.len());
         for e in &self.entries {
             text.push_str(&format!("{} {}\n", e.epoch, e.start_offset));
         }
-        let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            if durable {
-                f.sync_all()?;
-            }
-            Ok(())
-        });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fs::rename(&tmp, &path)?;
+        crate::disk::replace_file(dir, LEADER_EPOCH_CHECKPOINT_FILE, text.as_bytes(), durable)?;
         if durable {
-            File::open(dir)?.sync_all()?;
             self.durable = self.changes;
         }
         Ok(())

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -1462,24 +1462,7 @@ fn read_offset_file(dir: &Path, name: &str) -> i64 {
 /// Writes an offset file: a temporary file renamed over the old one, synced with its directory
 /// if `durable`.
 fn write_offset_file(dir: &Path, name: &str, offset: i64, durable: bool) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let written = File::create(&tmp).and_then(|mut f| {
-        writeln!(f, "{offset}")?;
-        if durable {
-            f.sync_all()?;
-        }
-        Ok(())
-    });
-    if let Err(e) = written {
-        // The old checkpoint stays; give back what the new one took (the disk may be full).
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    crate::disk::replace_file(dir, name, format!("{offset}\n").as_bytes(), durable)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

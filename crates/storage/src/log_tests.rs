@@ -1222,6 +1222,22 @@ mod producer_snapshots {
         b
     }
 
+    /// Producer 7's state says its next batch starts at sequence 4: a gap is refused, and that
+    /// batch is appended (not taken for a retry) at `end`.
+    fn next_of_producer_7_is_sequence_4(log: &mut PartitionLog, end: i64) {
+        assert!(matches!(
+            log.append(&idempotent(7, 9, 1), 0),
+            Err(AppendError::Sequence(SequenceError::OutOfOrder {
+                expected: 4,
+                got: 9,
+                ..
+            }))
+        ));
+        let next = log.append(&idempotent(7, 4, 2), 0).unwrap().unwrap();
+        assert!(!next.duplicate);
+        assert_eq!(next.base_offset, end);
+    }
+
     fn snapshot_offsets(dir: &Path) -> Vec<i64> {
         snapshots::list(dir).unwrap()
     }
@@ -1262,17 +1278,7 @@ mod producer_snapshots {
         assert!(retry.duplicate, "{retry:?}");
         assert_eq!((retry.base_offset, retry.last_offset), (2, 3));
         assert_eq!(log.log_end_offset(), end, "the retry was stored again");
-        assert!(matches!(
-            log.append(&idempotent(7, 9, 1), 0),
-            Err(AppendError::Sequence(SequenceError::OutOfOrder {
-                expected: 4,
-                got: 9,
-                ..
-            }))
-        ));
-        let next = log.append(&idempotent(7, 4, 1), 0).unwrap().unwrap();
-        assert!(!next.duplicate);
-        assert_eq!(next.base_offset, end);
+        next_of_producer_7_is_sequence_4(&mut log, end);
     }
 
     #[test]
@@ -1320,18 +1326,9 @@ mod producer_snapshots {
         assert!(before.iter().any(|&o| o > cut));
         log.truncate_to(cut, 0).unwrap();
         assert!(snapshot_offsets(dir.path()).iter().all(|&o| o <= cut));
-        // The truncated batch is gone from the producer's state too: sent again, it is new.
-        // And the state before it is known: a gap is still refused.
-        assert!(matches!(
-            log.append(&idempotent(7, 6, 1), 0),
-            Err(AppendError::Sequence(SequenceError::OutOfOrder {
-                expected: 4,
-                ..
-            }))
-        ));
-        let again = log.append(&idempotent(7, 4, 2), 0).unwrap().unwrap();
-        assert!(!again.duplicate);
-        assert_eq!(again.base_offset, cut);
+        // The truncated batch is gone from the producer's state too: sent again, it is new;
+        // and the state before it is known.
+        next_of_producer_7_is_sequence_4(&mut log, cut);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! never correctness.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::producers::ProducerStates;
@@ -40,27 +40,15 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<i64>> {
 }
 
 /// Writes `states` as the snapshot at `offset` (a temporary file renamed into place, synced
-/// only if `durable`).
+/// with the directory only if `durable`).
 pub(crate) fn write(
     dir: &Path,
     offset: i64,
     states: &ProducerStates,
     durable: bool,
 ) -> io::Result<()> {
-    let target = path(dir, offset);
-    let tmp = target.with_extension("snapshot.tmp");
-    let written = fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(&states.to_snapshot())?;
-        if durable {
-            f.sync_all()?;
-        }
-        Ok(())
-    });
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, target)
+    let name = format!("{}{SUFFIX}", file_stem(offset));
+    crate::disk::replace_file(dir, &name, &states.to_snapshot(), durable)
 }
 
 /// The newest readable snapshot in `offsets` within `from..=to`, with its offset. A damaged one
