@@ -1,13 +1,13 @@
 """Operating partition leadership on three real `caudal` processes: preferred-leader elections
 asked for with ElectLeaders (confluent-kafka, kafka-python and `caudal cluster elect-leaders`),
-the controller's own preferred-leader balancing, an unclean election when every in-sync replica
-is gone, and DescribeLogDirs."""
+the controller's own preferred-leader balancing, eligible leader replicas (KIP-966) when the
+whole ISR is gone, an unclean election when nothing else can lead, and DescribeLogDirs."""
 
 from __future__ import annotations
 
 import subprocess
 
-from confluent_kafka import ElectionType, KafkaError, TopicPartition
+from confluent_kafka import ElectionType, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from kafka.admin import KafkaAdminClient
 
@@ -140,6 +140,73 @@ def test_an_unclean_election_brings_back_a_partition_whose_isr_is_gone(cluster_f
     wanted = log_bytes(cluster.node(3).data_dir, topic)
     wait_until(lambda: log_bytes(cluster.node(2).data_dir, topic) == wanted, timeout=20,
                message="broker 2's replica equal to the new leader's")
+
+
+def test_an_eligible_leader_replica_brings_back_a_partition_whose_isr_crashed(cluster_factory):
+    """KIP-966 on three brokers and a separate controller: with min.insync.replicas=2, the
+    replica that leaves the ISR below that minimum holds everything acknowledged, and leads when
+    the whole ISR has crashed; the replica that left earlier, missing acknowledged writes, never
+    does. Nothing acknowledged is lost."""
+    cluster = cluster_factory(4, settings={**FAST, "auto.leader.rebalance.enable": "false"},
+                              roles=["controller", "broker", "broker", "broker"])
+    brokers = lambda *ids: ",".join(cluster.node(i).bootstrap for i in ids)  # noqa: E731
+    topic = unique_topic("elr")
+    a = admin(cluster.bootstrap)
+    a.create_topics([NewTopic(topic, num_partitions=1, replica_assignment=[[2, 3, 4]],
+                              config={"min.insync.replicas": "2"})],
+                    request_timeout=15)[topic].result(timeout=20)
+    wait_until(lambda: leadership(cluster.bootstrap, topic) == (2, [2, 3, 4], [2, 3, 4]),
+               timeout=20, message="the topic on brokers 2, 3 and 4, led by 2")
+    first = [(b"k", f"first-{i}".encode()) for i in range(100)]
+    assert len(produce_and_confirm(cluster.bootstrap, topic, first, {"acks": "all"}).ok) == 100
+
+    # Broker 4 crashes: the ISR is down to the minimum and takes writes 4 never sees.
+    cluster.node(4).kill9()
+    wait_until(lambda: leadership(brokers(2, 3), topic)[2] == [2, 3], timeout=30,
+               message="broker 4 out of the ISR")
+    second = [(b"k", f"second-{i}".encode()) for i in range(100)]
+    assert len(produce_and_confirm(brokers(2, 3), topic, second, {"acks": "all"}).ok) == 100
+
+    # Broker 3 crashes: below the minimum, nothing more is acknowledged, so 3 holds all that
+    # was; it becomes an eligible leader replica.
+    cluster.node(3).kill9()
+    wait_until(lambda: leadership(brokers(2), topic)[2] == [2], timeout=30,
+               message="broker 3 out of the ISR")
+    refused: list = []
+    p = Producer({"bootstrap.servers": brokers(2), "acks": "all", "message.timeout.ms": 3000})
+    p.produce(topic, value=b"never", on_delivery=lambda err, msg: refused.append(err))
+    p.flush(15)
+    assert refused and refused[0] is not None, "a write was acknowledged below min.insync"
+
+    # The last ISR member crashes too, and broker 4 comes back: when 2's session ends, the
+    # controller finds no live ISR member or eligible replica, and 4, which lacks acknowledged
+    # writes, is not elected.
+    cluster.node(2).kill9()
+    cluster.node(4).restart()
+    wait_until(lambda: 4 in admin(brokers(4)).list_topics(timeout=10).brokers, timeout=30,
+               message="broker 4 registered and unfenced")
+    wait_until(lambda: leadership(brokers(4), topic)[0] != 2, timeout=30,
+               message="broker 2 fenced")
+    assert leadership(brokers(4), topic)[0] == -1, "a replica missing acknowledged writes leads"
+
+    # Broker 3 comes back: eligible, it leads, with every acknowledged record.
+    cluster.node(3).restart()
+    wait_until(lambda: leadership(brokers(3, 4), topic)[0] == 3, timeout=30,
+               message="broker 3, the eligible leader replica, leading")
+    assert [r.value for r in consume(brokers(3, 4), topic, 1)] == [v for _, v in first + second]
+    assert "an eligible leader replica, which holds everything committed, leads" in \
+        cluster.node(1).log_text()
+
+    # Broker 4 catches up from it and the ISR is back at the minimum: writes are taken again.
+    wait_until(lambda: leadership(brokers(3, 4), topic)[2] == [3, 4], timeout=60,
+               message="broker 4 back in the ISR")
+    third = [(b"k", f"third-{i}".encode()) for i in range(100)]
+    assert len(produce_and_confirm(brokers(3, 4), topic, third, {"acks": "all"}).ok) == 100
+    cluster.node(2).restart()
+    wait_until(lambda: leadership(cluster.bootstrap, topic)[2] == [2, 3, 4], timeout=60,
+               message="broker 2 back in the ISR")
+    assert [r.value for r in consume(cluster.bootstrap, topic, 1)] == \
+        [v for _, v in first + second + third]
 
 
 def test_describe_log_dirs_lists_each_brokers_replicas_and_space(cluster_factory):

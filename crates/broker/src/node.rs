@@ -469,6 +469,9 @@ fn start_controller(config: &BrokerConfig, quorum: &Quorum) -> ControllerService
         topic_config_check: Some(TOPIC_CONFIG_CHECK),
         auto_leader_rebalance: config.auto_leader_rebalance(),
         leader_imbalance_check_interval_ms: config.leader_imbalance_check_interval_ms(),
+        default_min_insync_replicas: config
+            .replica_settings(&Default::default())
+            .min_insync_replicas,
         // No broker may take this node's id: the two would share it on the wire.
         controller_only_node_ids: if controller_only {
             BTreeSet::from([config.node_id])

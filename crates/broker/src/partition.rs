@@ -607,6 +607,7 @@ pub(crate) mod tests {
             partition_epoch: epoch,
             adding: Vec::new(),
             removing: Vec::new(),
+            elr: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,
@@ -625,6 +626,7 @@ pub(crate) mod tests {
             partition_epoch,
             adding: Vec::new(),
             removing: Vec::new(),
+            elr: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,
@@ -721,6 +723,7 @@ pub(crate) mod tests {
             partition_epoch: 3,
             adding: Vec::new(),
             removing: Vec::new(),
+            elr: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,

@@ -523,6 +523,7 @@ mod tests {
             partition_epoch: 0,
             adding: Vec::new(),
             removing: Vec::new(),
+            elr: Vec::new(),
         };
         let settings = ReplicaSettings {
             max_lag_ms: 30_000,

@@ -608,6 +608,7 @@ mod tests {
             leader: replicas[0],
             leader_epoch: 0,
             partition_epoch: 0,
+            elr: Vec::new(),
         }));
         records
     }
@@ -620,6 +621,7 @@ mod tests {
             leader: LeaderChange::To(to),
             isr: None,
             replicas: None,
+            elr: None,
         }
     }
 
@@ -961,6 +963,7 @@ mod tests {
             leader: ME,
             leader_epoch: 0,
             partition_epoch: 0,
+            elr: Vec::new(),
         }]);
         let full = LogContext {
             disk: Arc::new(Full),

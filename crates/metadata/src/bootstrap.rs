@@ -405,6 +405,7 @@ fn takeover_records(
                 leader: node_id,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                elr: Vec::new(),
             });
         }
         for (name, value) in &topic.configs {

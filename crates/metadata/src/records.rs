@@ -86,6 +86,10 @@ pub enum MetadataRecord {
         leader: i32,
         leader_epoch: i32,
         partition_epoch: i32,
+        /// Eligible leader replicas (KIP-966): out of the ISR, but holding everything
+        /// committed, as they left it while it was below `min.insync.replicas`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        elr: Vec<i32>,
     },
     /// A change to a partition. Its epochs move at replay: the partition epoch always, the
     /// leader epoch when the leader changes.
@@ -99,6 +103,9 @@ pub enum MetadataRecord {
         isr: Option<Vec<i32>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replicas: Option<Vec<i32>>,
+        /// The new eligible leader replicas, when they change.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elr: Option<Vec<i32>>,
     },
     /// A partition's reassignment (AlterPartitionReassignments): the replicas being added and
     /// removed, both empty once it completes or is cancelled. Its replicas list is the target's

@@ -140,6 +140,7 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                         leader,
                         leader_epoch,
                         partition_epoch,
+                        elr: Vec::new(),
                     }
                 }
             ),
@@ -158,6 +159,7 @@ pub(crate) fn record() -> impl Strategy<Value = MetadataRecord> {
                     leader,
                     isr,
                     replicas,
+                    elr: None,
                 }
             }),
         1 => topic_id().prop_map(|topic_id| MetadataRecord::RemoveTopic { v: 0, topic_id }),

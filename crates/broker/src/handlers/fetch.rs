@@ -771,6 +771,7 @@ mod tests {
             partition_epoch: 0,
             adding: Vec::new(),
             removing: Vec::new(),
+            elr: Vec::new(),
         };
         let settings = crate::replica_state::ReplicaSettings {
             max_lag_ms: 30_000,

@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
 };
 use uuid::Uuid;
 
+use super::partition_change::{min_isr_of, next_elr};
 use super::Decision;
 use crate::image::{MetadataImage, PartitionRegistration};
 use crate::records::{LeaderChange, MetadataRecord, RECORD_VERSION};
@@ -22,6 +23,7 @@ pub(crate) fn alter_partition(
     image: &MetadataImage,
     request: AlterPartitionRequest,
     version: i16,
+    default_min_isr: usize,
 ) -> Decision {
     let sender = request.broker_id.0;
     // A sender whose registration was replaced (it restarted) speaks for an old incarnation.
@@ -39,7 +41,14 @@ pub(crate) fn alter_partition(
     for topic in request.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
-            let answer = decide(image, sender, topic.topic_id, &p, version, &mut records);
+            let answer = decide(
+                image,
+                sender,
+                (topic.topic_id, default_min_isr),
+                &p,
+                version,
+                &mut records,
+            );
             partitions.push(answer);
         }
         topics.push(
@@ -56,7 +65,7 @@ pub(crate) fn alter_partition(
 fn decide(
     image: &MetadataImage,
     sender: i32,
-    topic_id: Uuid,
+    (topic_id, default_min_isr): (Uuid, usize),
     p: &PartitionData,
     version: i16,
     records: &mut Vec<MetadataRecord>,
@@ -105,14 +114,17 @@ fn decide(
             .with_leader_recovery_state(0)
             .with_partition_epoch(partition_epoch.wrapping_add(1));
     }
-    if isr != current.isr {
+    let min_isr = min_isr_of(image, &topic.name, default_min_isr);
+    let elr = next_elr(&current.replicas, &current.isr, &isr, &current.elr, min_isr);
+    if isr != current.isr || elr != current.elr {
         records.push(MetadataRecord::PartitionChange {
             v: RECORD_VERSION,
             topic_id,
             partition: p.partition_index,
             leader: LeaderChange::Keep,
-            isr: Some(isr.clone()),
+            isr: (isr != current.isr).then(|| isr.clone()),
             replicas: None,
+            elr: (elr != current.elr).then_some(elr),
         });
         partition_epoch = partition_epoch.wrapping_add(1);
     }

@@ -177,7 +177,7 @@ pub(super) fn register(
             );
         }
     }
-    let mut changes = ClusterChanges::new(image);
+    let mut changes = ClusterChanges::new(image, controller.config.default_min_insync_replicas);
     changes.records.push(MetadataRecord::RegisterBroker {
         v: RECORD_VERSION,
         broker_id,
@@ -265,7 +265,7 @@ pub(super) fn heartbeat(
     // controller wrote before it joined.
     let caught_up = request.current_metadata_offset >= registration.epoch;
     let response = BrokerHeartbeatResponse::default().with_is_caught_up(caught_up);
-    let mut changes = ClusterChanges::new(image);
+    let mut changes = ClusterChanges::new(image, controller.config.default_min_insync_replicas);
 
     if registration.in_controlled_shutdown && !registration.fenced {
         let session = controller.sessions.by_broker.get_mut(&broker_id);
@@ -343,7 +343,7 @@ pub(super) fn unregister(
             ),
         );
     };
-    let mut changes = ClusterChanges::new(image);
+    let mut changes = ClusterChanges::new(image, controller.config.default_min_insync_replicas);
     changes.records.push(MetadataRecord::UnregisterBroker {
         v: RECORD_VERSION,
         broker_id,
@@ -381,7 +381,7 @@ pub(super) fn fence_expired(
             sessions.touch(broker.id, broker.incarnation_id, now_ms);
         }
     }
-    let mut changes = ClusterChanges::new(image);
+    let mut changes = ClusterChanges::new(image, config.default_min_insync_replicas);
     for (broker_id, session) in sessions.by_broker.iter_mut() {
         if session.expired || now_ms < session.last_contact_ms.saturating_add(timeout_ms) {
             continue;

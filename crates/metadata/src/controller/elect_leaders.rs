@@ -68,13 +68,16 @@ fn elect(
     partition: &PartitionRegistration,
     election: ElectionType,
 ) -> Result<MetadataRecord, E> {
-    let change = |leader: i32, isr: Option<Vec<i32>>| MetadataRecord::PartitionChange {
-        v: RECORD_VERSION,
-        topic_id,
-        partition: index,
-        leader: LeaderChange::To(leader),
-        isr,
-        replicas: None,
+    let change = |leader: i32, isr: Option<Vec<i32>>, elr: Option<Vec<i32>>| {
+        MetadataRecord::PartitionChange {
+            v: RECORD_VERSION,
+            topic_id,
+            partition: index,
+            leader: LeaderChange::To(leader),
+            isr,
+            replicas: None,
+            elr,
+        }
     };
     match election {
         ElectionType::Preferred => {
@@ -83,7 +86,7 @@ fn elect(
                 return Err(E::ElectionNotNeeded);
             }
             if partition.isr.contains(&preferred) && acceptable(image, preferred) {
-                Ok(change(preferred, None))
+                Ok(change(preferred, None, None))
             } else {
                 Err(E::PreferredLeaderNotAvailable)
             }
@@ -99,7 +102,25 @@ fn elect(
                 .filter(|b| partition.isr.contains(b))
                 .find(alive)
             {
-                return Ok(change(*clean, None));
+                return Ok(change(*clean, None, None));
+            }
+            if let Some(eligible) = partition
+                .replicas
+                .iter()
+                .filter(|b| partition.elr.contains(b))
+                .find(alive)
+            {
+                // It holds everything committed, as an ISR member would: the ISR's members
+                // (all away) become eligible in its place.
+                let elr = partition
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|b| {
+                        (partition.elr.contains(b) || partition.isr.contains(b)) && b != eligible
+                    })
+                    .collect();
+                return Ok(change(*eligible, Some(vec![*eligible]), Some(elr)));
             }
             match partition.replicas.iter().find(alive) {
                 Some(b) => {
@@ -110,7 +131,8 @@ fn elect(
                         isr = ?partition.isr,
                         "unclean leader election: a replica outside the ISR leads, and what it lacks of the ISR's log is lost"
                     );
-                    Ok(change(*b, Some(vec![*b])))
+                    let elr = (!partition.elr.is_empty()).then(Vec::new);
+                    Ok(change(*b, Some(vec![*b]), elr))
                 }
                 None => Err(E::EligibleLeadersNotAvailable),
             }

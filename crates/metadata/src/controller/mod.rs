@@ -76,6 +76,9 @@ pub struct ControllerConfig {
     /// Kafka's `leader.imbalance.check.interval.seconds`, in milliseconds: how often the
     /// controller looks for partitions to give back to their preferred replica.
     pub leader_imbalance_check_interval_ms: i64,
+    /// `min.insync.replicas` of a topic without an override (this node's setting): below it,
+    /// replicas leaving the ISR become eligible leader replicas (KIP-966).
+    pub default_min_insync_replicas: usize,
 }
 
 impl ControllerConfig {
@@ -101,6 +104,7 @@ impl ControllerConfig {
             controller_only_node_ids: BTreeSet::new(),
             auto_leader_rebalance: true,
             leader_imbalance_check_interval_ms: Self::DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS,
+            default_min_insync_replicas: 1,
         }
     }
 }
@@ -302,7 +306,12 @@ impl Controller {
                 producer_ids::allocate(image, request)
             }
             ControllerRequest::AlterPartition(request, version) => {
-                alter_partition::alter_partition(image, request, version)
+                alter_partition::alter_partition(
+                    image,
+                    request,
+                    version,
+                    self.config.default_min_insync_replicas,
+                )
             }
             ControllerRequest::ElectLeaders(request, version) => elect_leaders::elect_leaders(
                 image,

@@ -140,6 +140,7 @@ fn reassign(
             leader: LeaderChange::Keep,
             isr: None,
             replicas: Some(moving.replicas.clone()),
+            elr: None,
         },
         MetadataRecord::PartitionReassignment {
             v: RECORD_VERSION,
@@ -232,6 +233,13 @@ fn finish(
             None => LeaderChange::NoLeader,
         }
     };
+    // Eligible leader replicas that are no longer replicas, or are in the ISR, are not.
+    let elr: Vec<i32> = p
+        .elr
+        .iter()
+        .copied()
+        .filter(|b| replicas.contains(b) && !isr.contains(b))
+        .collect();
     let records = vec![
         MetadataRecord::PartitionChange {
             v: RECORD_VERSION,
@@ -239,6 +247,7 @@ fn finish(
             partition: index,
             leader,
             isr: (isr != p.isr).then(|| isr.clone()),
+            elr: (elr != p.elr).then_some(elr),
             replicas: Some(replicas),
         },
         MetadataRecord::PartitionReassignment {

@@ -1564,6 +1564,7 @@ fn replayed_leader_changes_bump_epochs_once_per_move() {
         leader: LeaderChange::To(2),
         isr: Some(vec![2]),
         replicas: None,
+        elr: None,
     }));
     let p = &cluster.topic("t").partitions[0];
     assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (2, 1, 1));
@@ -1610,6 +1611,13 @@ fn reassign_with(
 /// The leader of partition 0 of `name` asks for every alive replica in the ISR; the error code
 /// of its answer, if it has a leader.
 fn catch_up(cluster: &mut Cluster, name: &str) -> Option<i16> {
+    propose_isr(cluster, name, true)
+}
+
+/// The leader of partition 0 of `name` asks for every alive replica in the ISR (`grow`: as once
+/// they have caught up) or for itself alone (as once the others fell behind); its error code,
+/// `None` when the partition has no leader.
+fn propose_isr(cluster: &mut Cluster, name: &str, grow: bool) -> Option<i16> {
     use kafka_protocol::messages::alter_partition_request::{
         BrokerState, PartitionData, TopicData,
     };
@@ -1628,7 +1636,7 @@ fn catch_up(cluster: &mut Cluster, name: &str) -> Option<i16> {
         .replicas
         .iter()
         .copied()
-        .filter(|b| *b == p.leader || alive(b))
+        .filter(|b| *b == p.leader || (grow && alive(b)))
         .collect();
     let request = kafka_protocol::messages::AlterPartitionRequest::default()
         .with_broker_id(BrokerId(p.leader))
@@ -1798,6 +1806,8 @@ fn reassignments_are_refused_with_kafkas_codes() {
 // ---- any history ----
 
 mod histories {
+    use std::collections::{BTreeSet, HashMap};
+
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -1817,6 +1827,8 @@ mod histories {
         CreateTopic {
             partitions: i32,
             replication_factor: i16,
+            /// With `min.insync.replicas` 2, so that eligible leader replicas come into play.
+            strict: bool,
         },
         /// Reassign partition 0 of the `topic`th topic to `replicas` (`None`: cancel).
         Reassign {
@@ -1826,6 +1838,9 @@ mod histories {
         /// The leader of partition 0 of the `topic`th topic takes every alive replica into
         /// the ISR, as once they have caught up.
         CatchUp(usize),
+        /// The leader of partition 0 of the `topic`th topic drops every other replica from the
+        /// ISR, as once they fell behind.
+        FallBehind(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1838,13 +1853,17 @@ mod histories {
             1 => broker.clone().prop_map(Op::WantFence),
             1 => broker.prop_map(Op::Unregister),
             2 => (1..=TIMEOUT_MS).prop_map(Op::Advance),
-            2 => (1..=4i32, 1..=3i16).prop_map(|(partitions, replication_factor)| Op::CreateTopic {
-                partitions,
-                replication_factor
-            }),
+            2 => (1..=4i32, 1..=3i16, any::<bool>()).prop_map(
+                |(partitions, replication_factor, strict)| Op::CreateTopic {
+                    partitions,
+                    replication_factor,
+                    strict,
+                }
+            ),
             2 => (0..4usize, proptest::option::weighted(0.8, vec(1..=4i32, 1..=3)))
                 .prop_map(|(topic, replicas)| Op::Reassign { topic, replicas }),
             3 => (0..4usize).prop_map(Op::CatchUp),
+            1 => (0..4usize).prop_map(Op::FallBehind),
         ]
     }
 
@@ -1878,6 +1897,13 @@ mod histories {
                     "a reassignment whose target is all in the ISR has completed: {}",
                     at
                 );
+                prop_assert!(
+                    p.elr
+                        .iter()
+                        .all(|b| p.replicas.contains(b) && !p.isr.contains(b)),
+                    "eligible leader replicas are replicas outside the ISR: {}",
+                    at
+                );
                 if p.leader >= 0 {
                     prop_assert!(
                         p.isr.contains(&p.leader),
@@ -1887,8 +1913,8 @@ mod histories {
                     prop_assert!(alive(p.leader), "the leader is alive: {}", at);
                 } else {
                     prop_assert!(
-                        !p.isr.iter().any(|b| alive(*b)),
-                        "a leaderless partition has no alive ISR member: {}",
+                        !p.isr.iter().chain(&p.elr).any(|b| alive(*b)),
+                        "a leaderless partition has no alive ISR member or eligible replica: {}",
                         at
                     );
                 }
@@ -1897,9 +1923,65 @@ mod histories {
         Ok(())
     }
 
+    /// Which replicas of each partition hold everything committed, as the controller cannot
+    /// see but a model can: all replicas at creation; while the ISR has `min.insync.replicas`
+    /// members the high watermark may move, so only they; below that it stands still, so those
+    /// who held it still do, and so does whoever the leader vouches caught up.
+    #[derive(Default)]
+    struct Committed {
+        holders: HashMap<(String, usize), BTreeSet<i32>>,
+        strict: BTreeSet<String>,
+    }
+
+    impl Committed {
+        fn min_isr(&self, topic: &str) -> usize {
+            if self.strict.contains(topic) {
+                2
+            } else {
+                1
+            }
+        }
+
+        /// Whoever the leader of partition 0 of `topic` took into the ISR has caught up.
+        fn caught_up(&mut self, image: &MetadataImage, topic: &str) {
+            if let Some(p) = image.topic_by_name(topic).map(|t| t.partitions[0].clone()) {
+                if let Some(holders) = self.holders.get_mut(&(topic.to_string(), 0)) {
+                    holders.extend(&p.isr);
+                }
+            }
+        }
+
+        /// Checks that every leader holds everything committed, then moves the model on.
+        fn check_and_advance(&mut self, image: &MetadataImage) -> Result<(), TestCaseError> {
+            for topic in image.topics() {
+                let min_isr = self.min_isr(&topic.name);
+                for (index, p) in topic.partitions.iter().enumerate() {
+                    let holders = self
+                        .holders
+                        .entry((topic.name.clone(), index))
+                        .or_insert_with(|| p.replicas.iter().copied().collect());
+                    prop_assert!(
+                        p.leader < 0 || holders.contains(&p.leader),
+                        "{}-{index}: leader {} may lack committed data (holders {holders:?}): {p:?}",
+                        topic.name,
+                        p.leader
+                    );
+                    if p.isr.len() >= min_isr {
+                        *holders = p.isr.iter().copied().collect();
+                    } else {
+                        holders.extend(&p.isr);
+                    }
+                    holders.retain(|b| p.replicas.contains(b));
+                }
+            }
+            Ok(())
+        }
+    }
+
     fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut cluster = replicated();
         let mut topics = 0;
+        let mut committed = Committed::default();
         for op in ops {
             let epoch = |cluster: &Cluster, b: i32| cluster.image.broker(b).map_or(1, |r| r.epoch);
             match op {
@@ -1930,13 +2012,16 @@ mod histories {
                 Op::CreateTopic {
                     partitions,
                     replication_factor,
+                    strict,
                 } => {
                     topics += 1;
-                    cluster.create_one(topic(
-                        &format!("t{topics}"),
-                        partitions,
-                        replication_factor,
-                    ));
+                    let name = format!("t{topics}");
+                    let mut t = topic(&name, partitions, replication_factor);
+                    if strict {
+                        t = t.with_configs(vec![config("min.insync.replicas", Some("2"))]);
+                        committed.strict.insert(name);
+                    }
+                    cluster.create_one(t);
                 }
                 Op::Reassign { topic, replicas } => {
                     if topic < topics {
@@ -1950,7 +2035,14 @@ mod histories {
                 }
                 Op::CatchUp(topic) => {
                     if topic < topics {
-                        catch_up(&mut cluster, &format!("t{}", topic + 1));
+                        let name = format!("t{}", topic + 1);
+                        catch_up(&mut cluster, &name);
+                        committed.caught_up(&cluster.image, &name);
+                    }
+                }
+                Op::FallBehind(topic) => {
+                    if topic < topics {
+                        propose_isr(&mut cluster, &format!("t{}", topic + 1), false);
                     }
                 }
             }
@@ -1971,6 +2063,7 @@ mod histories {
                 "a due deadline is dealt with"
             );
             check_invariants(&cluster.image)?;
+            committed.check_and_advance(&cluster.image)?;
         }
         Ok(())
     }
@@ -2024,6 +2117,7 @@ mod alter_partition {
             partition_epoch: p.partition_epoch,
             adding: Vec::new(),
             removing: Vec::new(),
+            elr: p.elr.clone(),
         }
     }
 

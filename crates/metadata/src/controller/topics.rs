@@ -146,6 +146,7 @@ fn partition_record(
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,
+        elr: Vec::new(),
     }
 }
 

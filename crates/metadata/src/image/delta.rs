@@ -205,6 +205,7 @@ impl MetadataDelta {
                 leader,
                 leader_epoch,
                 partition_epoch,
+                elr,
                 ..
             } => {
                 let count = self.partition_count(*topic_id)?;
@@ -224,6 +225,7 @@ impl MetadataDelta {
                     partition_epoch: *partition_epoch,
                     adding: Vec::new(),
                     removing: Vec::new(),
+                    elr: elr.clone(),
                 };
                 let topic = self.topic_mut(*topic_id)?;
                 match topic.partitions.get_mut(index) {
@@ -238,6 +240,7 @@ impl MetadataDelta {
                 leader,
                 isr,
                 replicas,
+                elr,
                 ..
             } => self.change_partition(*topic_id, *partition, |current| {
                 let new_leader = match leader {
@@ -254,6 +257,9 @@ impl MetadataDelta {
                 }
                 if let Some(replicas) = replicas {
                     current.replicas = replicas.clone();
+                }
+                if let Some(elr) = elr {
+                    current.elr = elr.clone();
                 }
                 current.partition_epoch = current.partition_epoch.wrapping_add(1);
             })?,
@@ -572,6 +578,7 @@ mod tests {
             leader,
             leader_epoch: 0,
             partition_epoch: 0,
+            elr: Vec::new(),
         }
     }
 
@@ -609,6 +616,7 @@ mod tests {
             leader,
             isr: None,
             replicas: None,
+            elr: None,
         }
     }
 
@@ -779,6 +787,7 @@ mod tests {
                 leader: LeaderChange::To(2),
                 isr: Some(vec![2]),
                 replicas: None,
+                elr: None,
             };
             delta.replay(&moved, at(100)).expect("leader move");
         }

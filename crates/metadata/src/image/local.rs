@@ -294,6 +294,7 @@ mod tests {
             leader,
             leader_epoch: 0,
             partition_epoch: 0,
+            elr: Vec::new(),
         }
     }
 
@@ -305,6 +306,7 @@ mod tests {
             leader: crate::records::LeaderChange::To(to),
             isr: None,
             replicas: None,
+            elr: None,
         }
     }
 

@@ -82,6 +82,10 @@ pub struct PartitionRegistration {
     /// replicas to remove once the target replicas are all in the ISR; both empty otherwise.
     pub adding: Vec<i32>,
     pub removing: Vec<i32>,
+    /// Eligible leader replicas (KIP-966): replicas out of the ISR that still hold everything
+    /// committed, because they left it while it was below `min.insync.replicas` (the high
+    /// watermark does not move then). One may lead when no ISR member is alive.
+    pub elr: Vec<i32>,
 }
 
 impl PartitionRegistration {
@@ -123,6 +127,7 @@ impl Clone for PartitionRegistration {
             partition_epoch: self.partition_epoch,
             adding: self.adding.clone(),
             removing: self.removing.clone(),
+            elr: self.elr.clone(),
         }
     }
 }

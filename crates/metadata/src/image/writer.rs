@@ -61,6 +61,7 @@ pub fn image_records(image: &MetadataImage) -> Vec<MetadataRecord> {
                 leader: registration.leader,
                 leader_epoch: registration.leader_epoch,
                 partition_epoch: registration.partition_epoch,
+                elr: registration.elr.clone(),
             });
             if registration.is_reassigning() {
                 records.push(MetadataRecord::PartitionReassignment {
