@@ -13,6 +13,7 @@ from kafka.admin import KafkaAdminClient
 
 from harness import caudal_bin
 from support import admin, consume, produce_and_confirm, unique_topic, wait_until
+from test_cluster_status import tables
 from test_replication import FAST, create_replicated, log_bytes
 
 PREFERRED_LEADER_NOT_AVAILABLE = 80
@@ -142,6 +143,15 @@ def test_an_unclean_election_brings_back_a_partition_whose_isr_is_gone(cluster_f
                message="broker 2's replica equal to the new leader's")
 
 
+def elr_column(bootstrap: str, topic: str) -> str:
+    """The ELR cell of partition 0 in `caudal topic describe`."""
+    described = subprocess.run([str(caudal_bin()), "topic", "--bootstrap", bootstrap,
+                                "describe", topic], capture_output=True, text=True, timeout=30)
+    assert described.returncode == 0, described.stderr
+    (row,) = [r for r in tables(described.stdout)["PARTITION"] if r["PARTITION"] == "0"]
+    return row["ELR"]
+
+
 def test_an_eligible_leader_replica_brings_back_a_partition_whose_isr_crashed(cluster_factory):
     """KIP-966 on three brokers and a separate controller: with min.insync.replicas=2, the
     replica that leaves the ISR below that minimum holds everything acknowledged, and leads when
@@ -172,6 +182,10 @@ def test_an_eligible_leader_replica_brings_back_a_partition_whose_isr_crashed(cl
     cluster.node(3).kill9()
     wait_until(lambda: leadership(brokers(2), topic)[2] == [2], timeout=30,
                message="broker 3 out of the ISR")
+    # DescribeTopicPartitions (what `caudal topic describe` and Kafka's describeTopics ask)
+    # shows it; Metadata has no field for it.
+    described = elr_column(brokers(2), topic)
+    assert described == "3", described
     refused: list = []
     p = Producer({"bootstrap.servers": brokers(2), "acks": "all", "message.timeout.ms": 3000})
     p.produce(topic, value=b"never", on_delivery=lambda err, msg: refused.append(err))
@@ -205,6 +219,7 @@ def test_an_eligible_leader_replica_brings_back_a_partition_whose_isr_crashed(cl
     cluster.node(2).restart()
     wait_until(lambda: leadership(cluster.bootstrap, topic)[2] == [2, 3, 4], timeout=60,
                message="broker 2 back in the ISR")
+    assert elr_column(cluster.bootstrap, topic) == "", "the ELR empties at min.insync.replicas"
     assert [r.value for r in consume(cluster.bootstrap, topic, 1)] == \
         [v for _, v in first + second + third]
 

@@ -225,6 +225,10 @@ routes! {
         => |r, cx| ready(handlers::consumer_group_describe::handle(cx.broker, r));
     DescribeLogDirs on CLIENT, forwarded: false
         => |r, cx| ready(handlers::describe_log_dirs::handle(cx.broker, r, cx.version));
+    DescribeTopicPartitions on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::describe_topic_partitions::handle(
+            cx.broker, r, cx.conn.listener,
+        ));
     ElectLeaders on CLIENT, forwarded: true
         => |r, cx| ready(handlers::elect_leaders::handle(cx.broker, r, cx.version).await);
     AlterPartitionReassignments on CLIENT, forwarded: true

@@ -469,6 +469,67 @@ async fn every_api_answers_at_every_advertised_version() {
                         assert!(dir.total_bytes > 0 && dir.usable_bytes > 0, "{what}");
                     }
                 }
+                ApiKey::DescribeTopicPartitions => {
+                    use kafka_protocol::messages::describe_topic_partitions_request::{
+                        Cursor, TopicRequest,
+                    };
+                    // One partition a page: the unknown topic first (name order), then t's
+                    // partitions one after the other, following the cursor.
+                    let mut cursor = None;
+                    let mut pages = Vec::new();
+                    loop {
+                        let req = DescribeTopicPartitionsRequest::default()
+                            .with_topics(vec![
+                                TopicRequest::default().with_name(topic("t")),
+                                TopicRequest::default().with_name(topic("missing")),
+                            ])
+                            .with_response_partition_limit(1)
+                            .with_cursor(cursor.take());
+                        let ResponseKind::DescribeTopicPartitions(r) = c
+                            .send(api, v, &RequestKind::DescribeTopicPartitions(req))
+                            .await
+                        else {
+                            panic!()
+                        };
+                        let next = r.next_cursor.clone();
+                        pages.push(r);
+                        match next {
+                            Some(n) => {
+                                cursor = Some(
+                                    Cursor::default()
+                                        .with_topic_name(n.topic_name)
+                                        .with_partition_index(n.partition_index),
+                                )
+                            }
+                            None => break,
+                        }
+                        assert!(pages.len() < 50, "{what}: the cursor goes round");
+                    }
+                    let first = &pages[0].topics;
+                    assert_eq!(first[0].error_code, 3, "{what}: the unknown topic");
+                    assert_eq!(first[1].topic_id, topic_id, "{what}");
+                    let partitions: Vec<(i32, i32, Option<usize>)> = pages
+                        .iter()
+                        .flat_map(|p| &p.topics)
+                        .filter(|t| t.error_code == 0)
+                        .flat_map(|t| &t.partitions)
+                        .map(|p| {
+                            (
+                                p.partition_index,
+                                p.leader_id.0,
+                                p.eligible_leader_replicas.as_ref().map(Vec::len),
+                            )
+                        })
+                        .collect();
+                    // t has two partitions, or more once CreatePartitions added some.
+                    assert!(pages.len() >= 2, "{what}");
+                    let expected: Vec<(i32, i32, Option<usize>)> =
+                        (0..pages.len() as i32).map(|i| (i, 1, Some(0))).collect();
+                    assert_eq!(
+                        partitions, expected,
+                        "{what}: one partition a page, in order"
+                    );
+                }
                 ApiKey::DescribeConfigs => {
                     let req = DescribeConfigsRequest::default()
                         .with_include_synonyms(v >= 1)

@@ -35,7 +35,7 @@ pub fn command() -> Command {
                 .arg(Arg::new("config").long("config").value_name("KEY=VALUE").action(ArgAction::Append).help("A topic config, e.g. retention.ms=86400000 (repeatable)"))
                 .arg(Arg::new("if-not-exists").long("if-not-exists").action(ArgAction::SetTrue).help("Succeed if the topic already exists")),
         )
-        .subcommand(Command::new("describe").about("Show a topic's partitions (leader, replicas, in-sync replicas), offsets and configs").arg(Arg::new("topic").required(true).num_args(1..)).arg(Arg::new("under-replicated").long("under-replicated").action(ArgAction::SetTrue).help("Only the partitions whose in-sync replicas (ISR) are fewer than their replicas, as kafka-topics --under-replicated-partitions")))
+        .subcommand(Command::new("describe").about("Show a topic's partitions (leader, replicas, in-sync and eligible leader replicas), offsets and configs").arg(Arg::new("topic").required(true).num_args(1..)).arg(Arg::new("under-replicated").long("under-replicated").action(ArgAction::SetTrue).help("Only the partitions whose in-sync replicas (ISR) are fewer than their replicas, as kafka-topics --under-replicated-partitions")))
         .subcommand(Command::new("delete").about("Delete topics and all their data").arg(Arg::new("topic").required(true).num_args(1..)))
 }
 
@@ -158,28 +158,76 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A topic's id and partitions from DescribeTopicPartitions, page after page, as
+/// `kafka-topics --describe` asks for them.
+async fn describe_partitions(
+    client: &mut Client,
+    topic: &str,
+) -> anyhow::Result<describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic> {
+    let mut cursor = None;
+    let mut whole: Option<
+        describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic,
+    > = None;
+    loop {
+        let req = DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![
+                describe_topic_partitions_request::TopicRequest::default().with_name(name(topic)),
+            ])
+            .with_response_partition_limit(2000)
+            .with_cursor(cursor.take());
+        let ResponseKind::DescribeTopicPartitions(r) = client
+            .send(
+                ApiKey::DescribeTopicPartitions,
+                0,
+                RequestKind::DescribeTopicPartitions(req),
+            )
+            .await?
+        else {
+            bail!("unexpected response")
+        };
+        let t = r
+            .topics
+            .into_iter()
+            .next()
+            .context("empty DescribeTopicPartitions response")?;
+        if t.error_code != 0 {
+            bail!("topic {topic}: {}", error_name(t.error_code));
+        }
+        match &mut whole {
+            Some(w) => w.partitions.extend(t.partitions),
+            None => whole = Some(t),
+        }
+        match r.next_cursor {
+            Some(next) if next.topic_name.0.as_str() == topic => {
+                cursor = Some(
+                    describe_topic_partitions_request::Cursor::default()
+                        .with_topic_name(next.topic_name)
+                        .with_partition_index(next.partition_index),
+                );
+            }
+            _ => return whole.context("empty DescribeTopicPartitions response"),
+        }
+    }
+}
+
 async fn describe(
     cluster: &mut Cluster,
     topic: &str,
     only_under_replicated: bool,
 ) -> anyhow::Result<()> {
-    let md = metadata(cluster.any(), Some(vec![topic.to_string()])).await?;
-    let t = md.topics.first().context("empty Metadata response")?;
-    if t.error_code != 0 {
-        bail!("topic {topic}: {}", error_name(t.error_code));
-    }
+    let t = describe_partitions(cluster.any(), topic).await?;
+    let (topic_id, all) = (t.topic_id, t.partitions);
     let under_replicated =
-        |p: &&kafka_protocol::messages::metadata_response::MetadataResponsePartition| {
+        |p: &&describe_topic_partitions_response::DescribeTopicPartitionsResponsePartition| {
             p.isr_nodes.len() < p.replica_nodes.len()
         };
     println!(
         "Topic {topic}: {} partition(s), id {}, {} under-replicated",
-        t.partitions.len(),
-        t.topic_id,
-        t.partitions.iter().filter(under_replicated).count()
+        all.len(),
+        topic_id,
+        all.iter().filter(under_replicated).count()
     );
-    let mut parts: Vec<_> = t
-        .partitions
+    let mut parts: Vec<_> = all
         .iter()
         .filter(|p| !only_under_replicated || under_replicated(p))
         .collect();
@@ -219,6 +267,7 @@ async fn describe(
                 },
                 ids(&p.replica_nodes),
                 ids(&p.isr_nodes),
+                ids(p.eligible_leader_replicas.as_deref().unwrap_or_default()),
                 ids(&p.offline_replicas),
                 ends[0]
                     .get(&p.partition_index)
@@ -237,6 +286,7 @@ async fn describe(
             "LEADER",
             "REPLICAS",
             "ISR",
+            "ELR",
             "OFFLINE",
             "START-OFFSET",
             "END-OFFSET",

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{
     BrokerId, MetadataRequest, MetadataResponse, ResponseKind, TopicName,
 };
 
-use caudal_metadata::MetadataImage;
+use caudal_metadata::{MetadataImage, PartitionRegistration};
 
 use super::{listener_name, reachable_brokers, str_bytes};
 use crate::replica_manager::tp;
@@ -17,7 +17,7 @@ use crate::topics::Topic;
 use crate::Broker;
 
 /// Kafka's "authorized operations not requested" marker.
-const OPERATIONS_OMITTED: i32 = i32::MIN;
+pub(super) const OPERATIONS_OMITTED: i32 = i32::MIN;
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -119,15 +119,64 @@ pub(crate) async fn auto_create_topic(broker: &Broker, name: &str) -> Result<Arc
     }
 }
 
+/// A partition's leader as a client of `listener_name` may use it: the leader's id and no
+/// error, or -1 with the error Kafka answers (no leader, an offline local log, a leader without
+/// such a listener), with the offline replicas this broker knows of. Metadata and
+/// DescribeTopicPartitions answer the same.
+pub(super) struct Leadership {
+    pub error_code: i16,
+    pub leader: i32,
+    pub offline: Vec<BrokerId>,
+}
+
+pub(super) fn leadership(
+    broker: &Broker,
+    image: &MetadataImage,
+    topic: &Topic,
+    index: i32,
+    reg: &PartitionRegistration,
+    listener_name: &str,
+) -> Leadership {
+    let node = broker.config.node_id;
+    let none = |code: i16, offline: Vec<BrokerId>| Leadership {
+        error_code: code,
+        leader: -1,
+        offline,
+    };
+    if reg.leader < 0 {
+        return none(E::LeaderNotAvailable.code(), Vec::new());
+    }
+    if reg.leader == node {
+        let Some(p) = broker.replicas.get(tp(topic.id, index)) else {
+            // The replica this broker leads could not be made: no leader.
+            return none(E::LeaderNotAvailable.code(), vec![BrokerId(node)]);
+        };
+        if p.log().offline_reason().is_some() {
+            // Its log is offline: no leader until a restart recovers it.
+            return none(E::KafkaStorageError.code(), vec![BrokerId(node)]);
+        }
+    } else if image.endpoint(reg.leader, listener_name).is_none() {
+        // The leader has no listener of this name: the client could not reach it.
+        return none(E::ListenerNotFound.code(), Vec::new());
+    }
+    Leadership {
+        error_code: 0,
+        leader: reg.leader,
+        offline: Vec::new(),
+    }
+}
+
+pub(super) fn broker_ids(ids: &[i32]) -> Vec<BrokerId> {
+    ids.iter().map(|&id| BrokerId(id)).collect()
+}
+
 fn describe(
     broker: &Broker,
     image: &MetadataImage,
     topic: &Topic,
     listener_name: &str,
 ) -> MetadataResponseTopic {
-    let node = broker.config.node_id;
     let registrations = image.topic(topic.id);
-    let ids = |ids: &[i32]| ids.iter().map(|&id| BrokerId(id)).collect::<Vec<_>>();
     let partitions = (0..topic.partition_count)
         .map(|index| {
             let partition = MetadataResponsePartition::default().with_partition_index(index);
@@ -137,35 +186,14 @@ fn describe(
                     .with_leader_id(BrokerId(-1))
                     .with_leader_epoch(-1);
             };
-            let partition = partition
-                .with_replica_nodes(ids(&reg.replicas))
-                .with_isr_nodes(ids(&reg.isr))
-                .with_leader_epoch(reg.leader_epoch);
-            let no_leader = |code: i16| {
-                partition
-                    .clone()
-                    .with_error_code(code)
-                    .with_leader_id(BrokerId(-1))
-            };
-            if reg.leader < 0 {
-                return no_leader(E::LeaderNotAvailable.code());
-            }
-            if reg.leader == node {
-                let Some(p) = broker.replicas.get(tp(topic.id, index)) else {
-                    // The replica this broker leads could not be made: no leader.
-                    return no_leader(E::LeaderNotAvailable.code())
-                        .with_offline_replicas(vec![BrokerId(node)]);
-                };
-                if p.log().offline_reason().is_some() {
-                    // Its log is offline: no leader until a restart recovers it.
-                    return no_leader(E::KafkaStorageError.code())
-                        .with_offline_replicas(vec![BrokerId(node)]);
-                }
-            } else if image.endpoint(reg.leader, listener_name).is_none() {
-                // The leader has no listener of this name: the client could not reach it.
-                return no_leader(E::ListenerNotFound.code());
-            }
-            partition.with_leader_id(BrokerId(reg.leader))
+            let led = leadership(broker, image, topic, index, reg, listener_name);
+            partition
+                .with_replica_nodes(broker_ids(&reg.replicas))
+                .with_isr_nodes(broker_ids(&reg.isr))
+                .with_leader_epoch(reg.leader_epoch)
+                .with_error_code(led.error_code)
+                .with_leader_id(BrokerId(led.leader))
+                .with_offline_replicas(led.offline)
         })
         .collect();
     MetadataResponseTopic::default()
