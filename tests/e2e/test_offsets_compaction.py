@@ -1,7 +1,6 @@
 """__consumer_offsets is compacted: many commits of the same offsets leave only the latest,
 and the latest is what the group resumes from after a restart."""
 
-import os
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
