@@ -17,3 +17,12 @@ pub const MEMBER_ID_REQUIRED: i16 = 79;
 pub const FENCED_INSTANCE_ID: i16 = 82;
 pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+
+// The transaction coordinator's.
+pub const INVALID_REQUEST: i16 = 42;
+pub const INVALID_TXN_STATE: i16 = 48;
+pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+pub const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
+pub const CONCURRENT_TRANSACTIONS: i16 = 51;
+pub const PRODUCER_FENCED: i16 = 90;
+pub const TRANSACTION_ABORTABLE: i16 = 120;

@@ -81,9 +81,11 @@ pub enum RecordError {
     NotUtf8,
     #[error("record has no key")]
     NoKey,
+    #[error("unknown transaction state {0}")]
+    UnknownTxnState(i8),
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     out.put_i16(s.len().min(i16::MAX as usize) as i16);
     out.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
 }
@@ -100,7 +102,7 @@ fn put_bytes(out: &mut BytesMut, b: &[u8]) {
     out.put_slice(b);
 }
 
-fn need(buf: &Bytes, n: usize) -> Result<(), RecordError> {
+pub(crate) fn need(buf: &Bytes, n: usize) -> Result<(), RecordError> {
     if buf.remaining() < n {
         Err(RecordError::Truncated)
     } else {
@@ -108,19 +110,19 @@ fn need(buf: &Bytes, n: usize) -> Result<(), RecordError> {
     }
 }
 
-fn get_i16(buf: &mut Bytes) -> Result<i16, RecordError> {
+pub(crate) fn get_i16(buf: &mut Bytes) -> Result<i16, RecordError> {
     need(buf, 2)?;
     Ok(buf.get_i16())
 }
-fn get_i32(buf: &mut Bytes) -> Result<i32, RecordError> {
+pub(crate) fn get_i32(buf: &mut Bytes) -> Result<i32, RecordError> {
     need(buf, 4)?;
     Ok(buf.get_i32())
 }
-fn get_i64(buf: &mut Bytes) -> Result<i64, RecordError> {
+pub(crate) fn get_i64(buf: &mut Bytes) -> Result<i64, RecordError> {
     need(buf, 8)?;
     Ok(buf.get_i64())
 }
-fn get_nullable_str(buf: &mut Bytes) -> Result<Option<String>, RecordError> {
+pub(crate) fn get_nullable_str(buf: &mut Bytes) -> Result<Option<String>, RecordError> {
     let len = get_i16(buf)?;
     if len < 0 {
         return Ok(None);
@@ -131,7 +133,7 @@ fn get_nullable_str(buf: &mut Bytes) -> Result<Option<String>, RecordError> {
         .map(Some)
         .map_err(|_| RecordError::NotUtf8)
 }
-fn get_str(buf: &mut Bytes) -> Result<String, RecordError> {
+pub(crate) fn get_str(buf: &mut Bytes) -> Result<String, RecordError> {
     Ok(get_nullable_str(buf)?.unwrap_or_default())
 }
 fn get_bytes(buf: &mut Bytes) -> Result<Bytes, RecordError> {
