@@ -342,6 +342,21 @@ def test_raw_produce_record_count_mismatch(broker, two_partition_topic):
                             {wire.CORRUPT_MESSAGE, wire.INVALID_RECORD})
 
 
+def test_raw_produce_of_a_transaction_marker_is_invalid_record(broker, two_partition_topic):
+    # A commit marker (control batch: key version 0, type 1; value version 0, coordinator
+    # epoch 0), as only a broker may write one.
+    marker = wire.build_record_batch(wire.BatchSpec(
+        records=[(b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00")],
+        attributes=0x30, producer_id=1000, producer_epoch=0))
+    _produce_bad_then_check(broker, two_partition_topic, marker, {wire.INVALID_RECORD})
+
+
+def test_raw_produce_of_a_transactional_batch_without_producer_is_invalid_record(
+        broker, two_partition_topic):
+    batch = wire.build_record_batch(wire.BatchSpec(records=[(None, b"v")], attributes=0x10))
+    _produce_bad_then_check(broker, two_partition_topic, batch, {wire.INVALID_RECORD})
+
+
 # ---------------------------------------------------------------- ApiVersions
 
 REQUIRED_APIS = {

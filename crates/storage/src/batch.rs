@@ -49,6 +49,96 @@ pub enum BatchError {
     BadCompression(String),
     #[error("compressed records inflate past {limit} bytes (message.max.bytes times message.max.decompression.factor)")]
     InflatesTooMuch { limit: usize },
+    /// Kafka's INVALID_RECORD: commit and abort markers are written by the broker alone.
+    #[error("clients may not write control records (transaction markers)")]
+    ControlFromClient,
+    /// Kafka's INVALID_RECORD: a transactional batch names its producer.
+    #[error("a transactional batch without a producer id")]
+    TransactionalWithoutProducer,
+}
+
+impl BatchError {
+    /// Whether Kafka answers this refusal INVALID_RECORD rather than CORRUPT_MESSAGE: the batch
+    /// is intact, but not one a client may write.
+    pub fn is_invalid_record(&self) -> bool {
+        matches!(
+            self,
+            BatchError::ControlFromClient | BatchError::TransactionalWithoutProducer
+        )
+    }
+}
+
+/// A transaction marker: the one record of a control batch, as Kafka writes it (key: version 0,
+/// type 0 abort or 1 commit; value: version 0, the coordinator's epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlMarker {
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// A control batch of one marker for `producer_id` at `producer_epoch`, offsets from 0 (the
+/// append assigns them).
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: ControlMarker,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    // One record: length 16, attributes, timestamp and offset deltas 0, a 4-byte key, a 6-byte
+    // value, no headers (varints zigzag-encoded).
+    let mut record = vec![32, 0, 0, 0, 8, 0, 0, 0, u8::from(marker.commit), 12, 0, 0];
+    record.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    record.push(0);
+    let mut b = Vec::with_capacity(BATCH_HEADER_LEN + record.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    let batch_length = (BATCH_HEADER_LEN - LOG_OVERHEAD + record.len()) as i32;
+    b.extend_from_slice(&batch_length.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.push(MAGIC as u8);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&(ATTR_TRANSACTIONAL | ATTR_CONTROL).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&timestamp_ms.to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&producer_epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes());
+    b.extend_from_slice(&record);
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// The marker of a control batch (validated, uncompressed as Kafka writes them); `None` for a
+/// batch that is not one, or whose first record is not a commit or abort marker.
+pub fn control_marker(batch: &[u8]) -> Option<ControlMarker> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() || header.compression() != 0 {
+        return None;
+    }
+    let records = batch.get(BATCH_HEADER_LEN..header.total_len().ok()?)?;
+    let (len, used) = read_varint(records)?;
+    let mut r = Fields(records.get(used..used.checked_add(usize::try_from(len).ok()?)?)?);
+    r.take(1)?;
+    r.varlong()?;
+    r.varint()?;
+    let key_len = usize::try_from(r.varint()?).ok()?;
+    let key = r.take(key_len)?;
+    let value_len = usize::try_from(r.varint()?).ok()?;
+    let value = r.take(value_len)?;
+    if key.len() < 4 || value.len() < 6 {
+        return None;
+    }
+    let commit = match i16_at(key, 2) {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    Some(ControlMarker {
+        commit,
+        coordinator_epoch: i32_at(value, 2),
+    })
 }
 
 /// A read-only view of a batch header. Constructed only over at least [`BATCH_HEADER_LEN`] bytes.
@@ -229,13 +319,19 @@ pub fn validate_produced_batch(
     max_decompressed_bytes: usize,
 ) -> Result<ValidBatch, BatchError> {
     let mut valid = check_header(bytes)?;
+    let header = BatchHeader::parse(bytes)?;
+    if header.is_control() {
+        return Err(BatchError::ControlFromClient);
+    }
+    if header.is_transactional() && header.producer_id() < 0 {
+        return Err(BatchError::TransactionalWithoutProducer);
+    }
     if valid.records_count < 1 || valid.last_offset_delta != valid.records_count - 1 {
         return Err(BatchError::BadCount {
             count: valid.records_count,
             last_offset_delta: valid.last_offset_delta,
         });
     }
-    let header = BatchHeader::parse(bytes)?;
     let body = &bytes[BATCH_HEADER_LEN..valid.total_len];
     let base_timestamp = header.base_timestamp();
     let max_timestamp = match header.compression() {
@@ -717,5 +813,37 @@ pub(crate) mod tests {
             put_varint(&mut out, i64::from(v));
             proptest::prop_assert_eq!(read_varint(&out), Some((v, out.len())));
         }
+    }
+
+    #[test]
+    fn a_control_batch_is_valid_reads_back_its_marker_and_is_refused_from_clients() {
+        for (commit, epoch) in [(true, 0), (false, 17)] {
+            let marker = ControlMarker {
+                commit,
+                coordinator_epoch: epoch,
+            };
+            let b = control_batch(4000, 3, marker, 1_700_000_000_000);
+            let h = BatchHeader::parse(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id(), h.producer_epoch()), (4000, 3));
+            assert_eq!(validate_batch(&b).unwrap().records_count, 1);
+            assert_eq!(control_marker(&b), Some(marker));
+            assert_eq!(
+                validate_produced_batch(&b, 1 << 20),
+                Err(BatchError::ControlFromClient)
+            );
+        }
+        assert_eq!(control_marker(&batch(&[b"not a marker"], 0)), None);
+    }
+
+    #[test]
+    fn a_transactional_batch_must_name_its_producer() {
+        let mut b = batch(&[b"v"], 0);
+        b[21..23].copy_from_slice(&ATTR_TRANSACTIONAL.to_be_bytes());
+        reseal(&mut b);
+        let refused = validate_produced_batch(&b, 1 << 20).unwrap_err();
+        assert_eq!(refused, BatchError::TransactionalWithoutProducer);
+        assert!(refused.is_invalid_record());
+        assert!(!BatchError::BadMagic(1).is_invalid_record());
     }
 }

@@ -15,11 +15,14 @@ pub mod producers;
 pub mod segment;
 mod snapshots;
 
-pub use batch::{validate_batch, validate_produced_batch, BatchError, BatchHeader, ValidBatch};
+pub use batch::{
+    control_batch, control_marker, validate_batch, validate_produced_batch, BatchError,
+    BatchHeader, ControlMarker, ValidBatch,
+};
 pub use disk::{Disk, LogFile, OsDisk};
 pub use epochs::{EpochEntry, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_OFFSET};
 pub use log::{
     validate_for_append, AppendError, AppendInfo, AppendLimits, FlushJob, LogConfig, PartitionLog,
     ReadError, ReadPlan, RecoveryReport,
 };
-pub use producers::SequenceError;
+pub use producers::{EndedTxn, SequenceError};

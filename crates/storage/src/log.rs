@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{assign_offset, BatchError, BatchIter, ValidBatch, BATCH_HEADER_LEN};
+use crate::batch::{
+    assign_offset, BatchError, BatchIter, ControlMarker, ValidBatch, BATCH_HEADER_LEN,
+};
 use crate::compact::{CleanedRuns, CompactionPlan, CompactionReport, SegmentView};
 use crate::disk::{Disk, LogFile, OsDisk};
 use crate::epochs::{LeaderEpochCache, LEADER_EPOCH_CHECKPOINT_FILE};
-use crate::producers::{ProducerStates, SequenceCheck, SequenceError};
+use crate::producers::{EndedTxn, ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{LookupError, Segment, SegmentRecovery};
 use crate::snapshots;
 
@@ -488,7 +490,7 @@ impl PartitionLog {
         for seg in self.segments.values().filter(|s| s.next_offset() > from) {
             seg.for_each_header(|h| {
                 if h.base_offset() >= from {
-                    producers.record(h, h.base_offset(), now_ms);
+                    producers.record(h, h.base_offset(), now_ms, None);
                 }
             })?;
         }
@@ -666,7 +668,8 @@ impl PartitionLog {
             crate::batch::rewrite_max_timestamp(&mut header, body, valid.max_timestamp);
         }
         self.write_batch(&header, body, &valid, base_offset, last_offset, now_ms)?;
-        self.producers.record(&producer_header, base_offset, now_ms);
+        self.producers
+            .record(&producer_header, base_offset, now_ms, None);
         self.epochs.assign(self.leader_epoch, base_offset);
         Ok(AppendInfo {
             base_offset,
@@ -741,7 +744,9 @@ impl PartitionLog {
             header.copy_from_slice(&rest[..BATCH_HEADER_LEN]);
             let body = &rest[BATCH_HEADER_LEN..valid.total_len];
             self.write_batch(&header, body, &valid, base_offset, last_offset, now_ms)?;
-            self.producers.record(&parsed, base_offset, now_ms);
+            let coordinator_epoch = crate::batch::control_marker(rest).map(|m| m.coordinator_epoch);
+            self.producers
+                .record(&parsed, base_offset, now_ms, coordinator_epoch);
             self.epochs
                 .assign(parsed.partition_leader_epoch(), base_offset);
             info = Some(AppendInfo {
@@ -782,6 +787,46 @@ impl PartitionLog {
             at += valid.total_len;
         }
         Ok(at)
+    }
+
+    /// Appends a transaction marker for `producer_id` (Kafka's WriteTxnMarkers, on the leader):
+    /// refused from an older producer epoch or an older coordinator. Returns where it went and
+    /// the transaction it ended, if the producer had one open here.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: ControlMarker,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, Option<EndedTxn>), AppendError> {
+        self.check_online().map_err(AppendError::Offline)?;
+        self.producers
+            .check_marker(producer_id, producer_epoch, marker.coordinator_epoch)?;
+        let batch = crate::batch::control_batch(producer_id, producer_epoch, marker, now_ms);
+        let valid = crate::batch::validate_batch(&batch)?;
+        let base_offset = self.log_end_offset();
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        header.copy_from_slice(&batch[..BATCH_HEADER_LEN]);
+        assign_offset(&mut header, base_offset, self.leader_epoch);
+        let body = &batch[BATCH_HEADER_LEN..valid.total_len];
+        self.write_batch(&header, body, &valid, base_offset, base_offset, now_ms)?;
+        let parsed = crate::batch::BatchHeader::parse(&header)?;
+        let ended =
+            self.producers
+                .record(&parsed, base_offset, now_ms, Some(marker.coordinator_epoch));
+        self.epochs.assign(self.leader_epoch, base_offset);
+        let info = AppendInfo {
+            base_offset,
+            last_offset: base_offset,
+            duplicate: false,
+        };
+        Ok((info, ended))
+    }
+
+    /// The first offset of the oldest transaction still open in this log, if any: the last
+    /// stable offset is at most this (and at most the high watermark).
+    pub fn first_open_txn_offset(&self) -> Option<i64> {
+        self.producers.first_open_txn_offset()
     }
 
     /// Validates and appends every batch in `records` (for the broker's own writes).

@@ -1376,3 +1376,120 @@ mod producer_snapshots {
         );
     }
 }
+
+mod transactions {
+    use super::*;
+    use crate::batch::tests::reseal;
+    use crate::batch::ControlMarker;
+
+    fn transactional(pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
+        let mut b = batch(&[b"in a transaction"], 1000);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&epoch.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        reseal(&mut b);
+        b
+    }
+
+    const COMMIT: ControlMarker = ControlMarker {
+        commit: true,
+        coordinator_epoch: 1,
+    };
+
+    #[test]
+    fn markers_end_transactions_and_the_open_ones_bound_what_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        append_n(&mut log, 2, 1, 0);
+        assert_eq!(log.first_open_txn_offset(), None);
+        log.append(&transactional(7, 0, 0), 0).unwrap();
+        log.append(&transactional(8, 0, 0), 0).unwrap();
+        log.append(&transactional(7, 0, 1), 0).unwrap();
+        assert_eq!(log.first_open_txn_offset(), Some(2));
+        let (info, ended) = log.append_marker(7, 0, COMMIT, 0).unwrap();
+        assert_eq!(info.base_offset, 5);
+        assert_eq!(
+            ended,
+            Some(EndedTxn {
+                producer_id: 7,
+                first_offset: 2,
+                last_offset: 5
+            })
+        );
+        assert_eq!(log.first_open_txn_offset(), Some(3));
+        // The marker is in the log, as a control batch the readers see.
+        let stored = read_all(&mut log, 5);
+        assert_eq!(stored, vec![(5, 5)]);
+        // A marker from an older epoch is refused and appends nothing.
+        assert!(matches!(
+            log.append_marker(8, -1, COMMIT, 0),
+            Err(AppendError::Sequence(SequenceError::StaleEpoch { .. }))
+        ));
+        assert_eq!(log.log_end_offset(), 6);
+        // Clients cannot write markers.
+        let forged = crate::batch::control_batch(8, 0, COMMIT, 0);
+        assert!(matches!(
+            log.append(&forged, 0),
+            Err(AppendError::Corrupt(BatchError::ControlFromClient))
+        ));
+    }
+
+    #[test]
+    fn an_open_transaction_is_still_open_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+            append_n(&mut log, 3, 1, 0);
+            log.append(&transactional(7, 0, 0), 0).unwrap();
+            // Segments roll past it: the snapshots at their bases carry the open transaction.
+            append_n(&mut log, 10, 2, 0);
+            log.close().unwrap();
+        }
+        let (mut log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+        assert_eq!(log.first_open_txn_offset(), Some(3));
+        let (_, ended) = log.append_marker(7, 0, COMMIT, 0).unwrap();
+        assert_eq!(ended.map(|e| e.first_offset), Some(3));
+        assert_eq!(log.first_open_txn_offset(), None);
+        drop(log);
+        // Without the snapshots, replaying the log finds the same.
+        for offset in snapshots::list(dir.path()).unwrap() {
+            std::fs::remove_file(snapshots::tests_path(dir.path(), offset)).unwrap();
+        }
+        let (log, _) = PartitionLog::open(dir.path(), config(300), 0).unwrap();
+        assert_eq!(log.first_open_txn_offset(), None);
+    }
+
+    #[test]
+    fn a_follower_copying_a_marker_ends_the_transaction_too() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let (mut leader, _) = PartitionLog::open(leader_dir.path(), config(1 << 20), 0).unwrap();
+        let (mut follower, _) =
+            PartitionLog::open(follower_dir.path(), config(1 << 20), 0).unwrap();
+        leader.append(&transactional(7, 0, 0), 0).unwrap();
+        let copy = |leader: &mut PartitionLog, follower: &mut PartitionLog| {
+            let from = follower.log_end_offset();
+            let plan = leader.read(from, 1 << 20, i64::MAX, true).unwrap().unwrap();
+            follower
+                .append_as_follower(&plan.read().unwrap(), 0)
+                .unwrap();
+        };
+        copy(&mut leader, &mut follower);
+        assert_eq!(follower.first_open_txn_offset(), Some(0));
+        leader.append_marker(7, 0, COMMIT, 0).unwrap();
+        copy(&mut leader, &mut follower);
+        assert_eq!(follower.first_open_txn_offset(), None);
+        // The follower learned the coordinator's epoch from the marker.
+        let stale = ControlMarker {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        assert!(matches!(
+            follower.append_marker(7, 0, stale, 0),
+            Err(AppendError::Sequence(
+                SequenceError::CoordinatorFenced { .. }
+            ))
+        ));
+    }
+}

@@ -10,7 +10,7 @@
 //! each producer's last batch only; the batches after the snapshot's offset are replayed from
 //! the log. The timestamp is when the last batch was appended, which is what expiration reads.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::batch::BatchHeader;
 
@@ -25,11 +25,36 @@ struct BatchEntry {
     last_offset: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchEntry>,
     last_append_ms: i64,
+    /// The offset of the producer's first batch in its open transaction; -1 for none.
+    txn_first_offset: i64,
+    /// The epoch of the transaction coordinator that wrote the producer's last marker.
+    coordinator_epoch: i32,
+}
+
+impl Default for ProducerEntry {
+    fn default() -> Self {
+        ProducerEntry {
+            epoch: 0,
+            batches: VecDeque::new(),
+            last_append_ms: 0,
+            txn_first_offset: NONE_I64,
+            coordinator_epoch: NONE_I32,
+        }
+    }
+}
+
+/// A transaction a marker ended: its producer and the offsets from its first batch to the
+/// marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// What to do with a producer's batch.
@@ -55,6 +80,14 @@ pub enum SequenceError {
         expected: i32,
         got: i32,
     },
+    /// Kafka's INVALID_TXN_STATE: a producer with an open transaction wrote outside it.
+    #[error("producer {producer_id} has an open transaction but sent a non-transactional batch")]
+    NotTransactional { producer_id: i64 },
+    /// Kafka's TRANSACTION_COORDINATOR_FENCED: a marker from an older coordinator.
+    #[error(
+        "a marker from coordinator epoch {got}; the producer's last came from epoch {current}"
+    )]
+    CoordinatorFenced { got: i32, current: i32 },
 }
 
 /// Why a producer state snapshot could not be read.
@@ -81,6 +114,10 @@ pub struct ProducerSummary {
     pub base_offset: i64,
     pub last_offset: i64,
     pub last_append_ms: i64,
+    /// The epoch of the coordinator that wrote the producer's last marker (-1: none).
+    pub coordinator_epoch: i32,
+    /// Where the producer's open transaction began (-1: none open).
+    pub txn_first_offset: i64,
 }
 
 const SNAPSHOT_VERSION: i16 = 1;
@@ -94,6 +131,8 @@ const NONE_I64: i64 = -1;
 #[derive(Debug, Default)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
+    /// The open transactions, by first offset: the smallest bounds the last stable offset.
+    open: BTreeSet<(i64, i64)>,
 }
 
 fn next_sequence(last: i32) -> i32 {
@@ -128,6 +167,9 @@ impl ProducerStates {
                 epoch,
                 current: entry.epoch,
             });
+        }
+        if entry.txn_first_offset >= 0 && !h.is_transactional() {
+            return Err(SequenceError::NotTransactional { producer_id });
         }
         let first = h.base_sequence();
         if epoch > entry.epoch {
@@ -169,11 +211,69 @@ impl ProducerStates {
         }
     }
 
-    /// Records a batch that was appended at `base_offset` (or replayed from the log).
-    pub fn record(&mut self, h: &BatchHeader<'_>, base_offset: i64, now_ms: i64) {
+    /// Checks a transaction marker for `producer_id` before it is appended: not from an older
+    /// producer epoch, nor from an older coordinator than the producer's last marker.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), SequenceError> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            return Ok(());
+        };
+        if producer_epoch < entry.epoch {
+            return Err(SequenceError::StaleEpoch {
+                producer_id,
+                epoch: producer_epoch,
+                current: entry.epoch,
+            });
+        }
+        if coordinator_epoch < entry.coordinator_epoch {
+            return Err(SequenceError::CoordinatorFenced {
+                got: coordinator_epoch,
+                current: entry.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a batch that was appended at `base_offset` (or replayed from the log). A
+    /// transactional batch opens its producer's transaction if none is; a control batch (a
+    /// marker, `coordinator_epoch` from its record when known) ends it, and the transaction it
+    /// ended is returned.
+    pub fn record(
+        &mut self,
+        h: &BatchHeader<'_>,
+        base_offset: i64,
+        now_ms: i64,
+        coordinator_epoch: Option<i32>,
+    ) -> Option<EndedTxn> {
         let producer_id = h.producer_id();
+        if producer_id >= 0 && h.is_control() {
+            let entry = self.producers.entry(producer_id).or_default();
+            if h.producer_epoch() > entry.epoch {
+                // A marker may carry a bumped epoch (transactions version 2).
+                entry.batches.clear();
+                entry.epoch = h.producer_epoch();
+            }
+            if let Some(epoch) = coordinator_epoch {
+                entry.coordinator_epoch = epoch;
+            }
+            entry.last_append_ms = now_ms;
+            let first = std::mem::replace(&mut entry.txn_first_offset, NONE_I64);
+            if first < 0 {
+                return None;
+            }
+            self.open.remove(&(first, producer_id));
+            return Some(EndedTxn {
+                producer_id,
+                first_offset: first,
+                last_offset: base_offset,
+            });
+        }
         if producer_id < 0 || h.base_sequence() < 0 {
-            return;
+            return None;
         }
         let entry = self.producers.entry(producer_id).or_default();
         if h.producer_epoch() != entry.epoch {
@@ -190,14 +290,26 @@ impl ProducerStates {
             last_offset: base_offset + i64::from(h.last_offset_delta()),
         });
         entry.last_append_ms = now_ms;
+        if h.is_transactional() && entry.txn_first_offset < 0 {
+            entry.txn_first_offset = base_offset;
+            self.open.insert((base_offset, producer_id));
+        }
+        None
+    }
+
+    /// The first offset of the oldest open transaction: nothing from it on is stable.
+    pub fn first_open_txn_offset(&self) -> Option<i64> {
+        self.open.first().map(|(offset, _)| *offset)
     }
 
     /// Forgets producers silent for longer than `expiration_ms` (Kafka's
     /// `producer.id.expiration.ms`), so the table stays bounded.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
+        // A producer with an open transaction stays: its transaction still bounds what is
+        // stable, until the coordinator's marker ends it.
         self.producers
-            .retain(|_, e| now_ms - e.last_append_ms <= expiration_ms);
+            .retain(|_, e| e.txn_first_offset >= 0 || now_ms - e.last_append_ms <= expiration_ms);
         before - self.producers.len()
     }
 
@@ -220,6 +332,8 @@ impl ProducerStates {
                     base_offset: last.map_or(NONE_I64, |b| b.base_offset),
                     last_offset: last.map_or(NONE_I64, |b| b.last_offset),
                     last_append_ms: e.last_append_ms,
+                    coordinator_epoch: e.coordinator_epoch,
+                    txn_first_offset: e.txn_first_offset,
                 }
             })
             .collect();
@@ -252,8 +366,8 @@ impl ProducerStates {
             out.extend_from_slice(&last_offset.to_be_bytes());
             out.extend_from_slice(&delta.to_be_bytes());
             out.extend_from_slice(&entry.last_append_ms.to_be_bytes());
-            out.extend_from_slice(&NONE_I32.to_be_bytes());
-            out.extend_from_slice(&NONE_I64.to_be_bytes());
+            out.extend_from_slice(&entry.coordinator_epoch.to_be_bytes());
+            out.extend_from_slice(&entry.txn_first_offset.to_be_bytes());
         }
         let crc = crc32c::crc32c(&out[SNAPSHOT_HEADER_LEN..]);
         out[2..SNAPSHOT_HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
@@ -296,6 +410,8 @@ impl ProducerStates {
             let last_offset = r.i64();
             let delta = r.i32();
             let timestamp = r.i64();
+            let coordinator_epoch = r.i32();
+            let txn_first_offset = r.i64().max(NONE_I64);
             let mut batches = VecDeque::new();
             if last_sequence >= 0 && last_offset >= 0 && delta >= 0 {
                 let first = i64::from(last_sequence) - i64::from(delta);
@@ -318,10 +434,17 @@ impl ProducerStates {
                     epoch,
                     batches,
                     last_append_ms: timestamp,
+                    txn_first_offset,
+                    coordinator_epoch,
                 },
             );
         }
-        Ok(ProducerStates { producers })
+        let open = producers
+            .iter()
+            .filter(|(_, e)| e.txn_first_offset >= 0)
+            .map(|(&id, e)| (e.txn_first_offset, id))
+            .collect();
+        Ok(ProducerStates { producers, open })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -371,7 +494,7 @@ mod tests {
         let b0 = idempotent(3, 7, 0, 0);
         let h0 = BatchHeader::parse(&b0).unwrap();
         assert_eq!(s.check(&h0), Ok(SequenceCheck::Append));
-        s.record(&h0, 100, 0);
+        s.record(&h0, 100, 0, None);
         assert_eq!(
             s.check(&h0),
             Ok(SequenceCheck::Duplicate {
@@ -382,7 +505,7 @@ mod tests {
         let b1 = idempotent(2, 7, 0, 3);
         let h1 = BatchHeader::parse(&b1).unwrap();
         assert_eq!(s.check(&h1), Ok(SequenceCheck::Append));
-        s.record(&h1, 103, 0);
+        s.record(&h1, 103, 0, None);
         let gap = idempotent(1, 7, 0, 9);
         assert_eq!(
             s.check(&BatchHeader::parse(&gap).unwrap()),
@@ -410,10 +533,10 @@ mod tests {
         let plain = batch(&[b"x"], 0);
         let h = BatchHeader::parse(&plain).unwrap();
         assert_eq!(s.check(&h), Ok(SequenceCheck::Append));
-        s.record(&h, 0, 0);
+        s.record(&h, 0, 0, None);
         assert!(s.is_empty());
         let b = idempotent(1, 1, 0, 0);
-        s.record(&BatchHeader::parse(&b).unwrap(), 1, 1000);
+        s.record(&BatchHeader::parse(&b).unwrap(), 1, 1000, None);
         assert_eq!(s.expire(2000, 5000), 0);
         assert_eq!(s.expire(10_000, 5000), 1);
     }
@@ -422,14 +545,14 @@ mod tests {
     fn a_snapshot_keeps_each_producers_last_batch_and_its_epoch() {
         let mut s = ProducerStates::default();
         let b0 = idempotent(3, 7, 2, 0);
-        s.record(&BatchHeader::parse(&b0).unwrap(), 100, 1_000);
+        s.record(&BatchHeader::parse(&b0).unwrap(), 100, 1_000, None);
         let b1 = idempotent(2, 7, 2, 3);
         let h1 = BatchHeader::parse(&b1).unwrap();
-        s.record(&h1, 103, 2_000);
+        s.record(&h1, 103, 2_000, None);
         // A sequence that wraps: its batch starts at i32::MAX and ends at 1.
         let wrapped = idempotent(3, 9, 0, i32::MAX);
         let hw = BatchHeader::parse(&wrapped).unwrap();
-        s.record(&hw, 200, 3_000);
+        s.record(&hw, 200, 3_000, None);
         let bytes = s.to_snapshot();
         assert_eq!(
             bytes.len(),
@@ -473,7 +596,7 @@ mod tests {
             loaded.to_snapshot()[..],
             {
                 let mut only9 = ProducerStates::default();
-                only9.record(&hw, 200, 3_000);
+                only9.record(&hw, 200, 3_000, None);
                 only9.to_snapshot()
             }[..]
         );
@@ -483,7 +606,7 @@ mod tests {
     fn a_damaged_snapshot_is_refused_whole() {
         let mut s = ProducerStates::default();
         let b = idempotent(1, 5, 0, 0);
-        s.record(&BatchHeader::parse(&b).unwrap(), 0, 0);
+        s.record(&BatchHeader::parse(&b).unwrap(), 0, 0, None);
         let good = s.to_snapshot();
         assert!(ProducerStates::from_snapshot(&good).is_ok());
         assert_eq!(
@@ -528,5 +651,119 @@ mod tests {
             }
             let _ = ProducerStates::from_snapshot(&bytes);
         }
+    }
+
+    fn transactional(values: usize, producer_id: i64, epoch: i16, sequence: i32) -> Vec<u8> {
+        let mut b = idempotent(values, producer_id, epoch, sequence);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        crate::batch::tests::reseal(&mut b);
+        b
+    }
+
+    fn marker(producer_id: i64, epoch: i16, commit: bool) -> Vec<u8> {
+        let m = crate::batch::ControlMarker {
+            commit,
+            coordinator_epoch: 5,
+        };
+        crate::batch::control_batch(producer_id, epoch, m, 0)
+    }
+
+    #[test]
+    fn a_transaction_is_open_from_its_first_batch_to_its_marker() {
+        let mut s = ProducerStates::default();
+        let t0 = transactional(3, 7, 0, 0);
+        s.record(&BatchHeader::parse(&t0).unwrap(), 100, 0, None);
+        let t1 = transactional(2, 7, 0, 3);
+        s.record(&BatchHeader::parse(&t1).unwrap(), 103, 0, None);
+        assert_eq!(s.first_open_txn_offset(), Some(100));
+        // Outside its open transaction the producer may write nothing.
+        let plain = idempotent(1, 7, 0, 5);
+        assert_eq!(
+            s.check(&BatchHeader::parse(&plain).unwrap()),
+            Err(SequenceError::NotTransactional { producer_id: 7 })
+        );
+        let other = transactional(1, 8, 0, 0);
+        s.record(&BatchHeader::parse(&other).unwrap(), 110, 0, None);
+        let m = marker(7, 0, true);
+        let ended = s.record(&BatchHeader::parse(&m).unwrap(), 120, 0, Some(5));
+        assert_eq!(
+            ended,
+            Some(EndedTxn {
+                producer_id: 7,
+                first_offset: 100,
+                last_offset: 120
+            })
+        );
+        assert_eq!(s.first_open_txn_offset(), Some(110));
+        assert_eq!(
+            s.check(&BatchHeader::parse(&plain).unwrap()),
+            Ok(SequenceCheck::Append)
+        );
+        // A second marker ends nothing.
+        assert_eq!(
+            s.record(&BatchHeader::parse(&m).unwrap(), 121, 0, Some(5)),
+            None
+        );
+    }
+
+    #[test]
+    fn markers_from_older_producers_or_coordinators_are_refused() {
+        let mut s = ProducerStates::default();
+        let t = transactional(1, 7, 2, 0);
+        s.record(&BatchHeader::parse(&t).unwrap(), 0, 0, None);
+        s.record(
+            &BatchHeader::parse(&marker(7, 2, false)).unwrap(),
+            1,
+            0,
+            Some(5),
+        );
+        assert_eq!(s.check_marker(7, 2, 5), Ok(()));
+        assert_eq!(s.check_marker(99, 0, 0), Ok(()), "an unknown producer");
+        assert!(matches!(
+            s.check_marker(7, 1, 5),
+            Err(SequenceError::StaleEpoch { current: 2, .. })
+        ));
+        assert_eq!(
+            s.check_marker(7, 2, 4),
+            Err(SequenceError::CoordinatorFenced { got: 4, current: 5 })
+        );
+        // A marker with a bumped epoch (transactions version 2) moves the producer on.
+        s.record(
+            &BatchHeader::parse(&marker(7, 3, true)).unwrap(),
+            2,
+            0,
+            Some(5),
+        );
+        let stale = transactional(1, 7, 2, 1);
+        assert!(matches!(
+            s.check(&BatchHeader::parse(&stale).unwrap()),
+            Err(SequenceError::StaleEpoch { current: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn open_transactions_survive_snapshots_and_expiry() {
+        let mut s = ProducerStates::default();
+        let t = transactional(1, 8, 0, 0);
+        s.record(&BatchHeader::parse(&t).unwrap(), 110, 0, None);
+        s.record(
+            &BatchHeader::parse(&marker(9, 0, true)).unwrap(),
+            111,
+            0,
+            Some(6),
+        );
+        let back = ProducerStates::from_snapshot(&s.to_snapshot()).unwrap();
+        assert_eq!(back.first_open_txn_offset(), Some(110));
+        assert_eq!(
+            back.check_marker(9, 0, 5),
+            Err(SequenceError::CoordinatorFenced { got: 5, current: 6 })
+        );
+        let mut back = back;
+        assert_eq!(
+            back.expire(1_000_000, 10),
+            1,
+            "only the producer without a transaction"
+        );
+        assert_eq!(back.first_open_txn_offset(), Some(110));
     }
 }

@@ -83,7 +83,7 @@ fn exercise(bytes: &[u8]) {
             assert_eq!(valid, first);
         }
         if let (Ok(SequenceCheck::Append), Ok(v)) = (producers.check(&h), valid) {
-            producers.record(&h, log_end, 0);
+            producers.record(&h, log_end, 0, None);
             log_end += i64::from(v.last_offset_delta) + 1;
         }
     }
@@ -217,7 +217,7 @@ proptest! {
         let h = BatchHeader::parse(&b).expect("whole header");
         let mut producers = ProducerStates::default();
         prop_assert_eq!(producers.check(&h), Ok(SequenceCheck::Append));
-        producers.record(&h, 10, 0);
+        producers.record(&h, 10, 0, None);
         let last = 10 + values.len() as i64 - 1;
         prop_assert_eq!(
             producers.check(&h),

@@ -204,11 +204,16 @@ pub async fn handle(
 /// Kafka's error code for a refused append, logged.
 fn refused(topic: &str, partition: i32, e: AppendError) -> (i16, String) {
     let code = match &e {
+        AppendError::Corrupt(b) if b.is_invalid_record() => E::InvalidRecord.code(),
         AppendError::Corrupt(_) => E::CorruptMessage.code(),
         AppendError::TooLarge { .. } => E::MessageTooLarge.code(),
         AppendError::Sequence(SequenceError::StaleEpoch { .. }) => E::InvalidProducerEpoch.code(),
         AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
             E::OutOfOrderSequenceNumber.code()
+        }
+        AppendError::Sequence(SequenceError::NotTransactional { .. }) => E::InvalidTxnState.code(),
+        AppendError::Sequence(SequenceError::CoordinatorFenced { .. }) => {
+            E::TransactionCoordinatorFenced.code()
         }
         AppendError::Io(_) | AppendError::Offline(_) => E::KafkaStorageError.code(),
         // Only a follower's append of a leader's batches can meet this.
