@@ -9,7 +9,7 @@ import struct
 import time
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 import wire
 from support import (DeliveryLog, consume, create_topic, flush, produce_and_confirm, producer,
@@ -349,6 +349,33 @@ def test_raw_produce_of_a_transaction_marker_is_invalid_record(broker, two_parti
         records=[(b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00")],
         attributes=0x30, producer_id=1000, producer_epoch=0))
     _produce_bad_then_check(broker, two_partition_topic, marker, {wire.INVALID_RECORD})
+
+
+def test_raw_produce_of_a_transaction_nobody_coordinates_is_refused(broker, two_partition_topic):
+    # A transactional batch of a producer id no transaction coordinator handed out: it would
+    # open a transaction nobody ever ends, holding back read_committed consumers.
+    batch = wire.build_record_batch(wire.BatchSpec(
+        records=[(None, b"v")], attributes=0x10, producer_id=4242, producer_epoch=0,
+        base_sequence=0))
+    _produce_bad_then_check(broker, two_partition_topic, batch,
+                            {wire.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
+    # Partition 1 stays readable to a read_committed consumer.
+    with wire.Connection(broker.host, broker.port) as conn:
+        assert wire.produce_v3(conn, two_partition_topic, 1, _valid_batch()).error_code == 0
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_topic("rc"),
+                  "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(two_partition_topic, 1, 0)])
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                got.append(m.value())
+        assert got == [f"value {i}".encode() for i in range(3)]
+    finally:
+        c.close()
 
 
 def test_raw_produce_of_a_transactional_batch_without_producer_is_invalid_record(

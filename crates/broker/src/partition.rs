@@ -394,6 +394,13 @@ impl Partition {
         self.high_watermark.load(Ordering::Acquire)
     }
 
+    /// Kafka's last stable offset: below it every transaction is decided, and
+    /// `read_committed` consumers read up to it.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        last_stable_offset(hw, &self.log())
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
     }
@@ -529,6 +536,14 @@ async fn flusher(partition: std::sync::Weak<Partition>, flush_wanted: Arc<Notify
             }
         }
     }
+}
+
+/// The last stable offset of `log` whose high watermark is `high_watermark`: the high
+/// watermark, or the start of the oldest open transaction if that is lower. For callers that
+/// hold the log's lock already.
+pub fn last_stable_offset(high_watermark: i64, log: &PartitionLog) -> i64 {
+    log.first_open_txn_offset()
+        .map_or(high_watermark, |o| o.min(high_watermark))
 }
 
 #[cfg(test)]

@@ -21,14 +21,15 @@ pub fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(
             Command::new("dump")
-                .about("Print the batches and records of a segment (.log), the entries of an index (.index, .timeindex) or a producer snapshot (.snapshot)")
+                .about("Print the batches and records of a segment (.log), the entries of an index (.index, .timeindex, .txnindex) or a producer snapshot (.snapshot)")
                 .long_about(
                     "Print what a partition's files hold, like Kafka's kafka-dump-log.\n\n\
                      A partition lives in <data-dir>/<topic>-<partition>/ as segments named by their first offset:\n  \
                      00000000000000000000.log        the record batches, as producers sent them\n  \
                      00000000000000000000.index      offset -> position in the .log, every few KiB\n  \
                      00000000000000000000.timeindex  timestamp -> offset\n  \
-                     00000000000000004096.snapshot   idempotent producers as of that offset (written at each\n                                     segment roll and at a clean shutdown)\n\n\
+                     00000000000000004096.snapshot   idempotent producers as of that offset (written at each\n                                     segment roll and at a clean shutdown), with their open transactions\n  \
+                     00000000000000004096.txnindex   the transactions aborted in that segment (only where there are some)\n\n\
                      Examples:\n  caudal log dump caudal-data/orders-0/00000000000000000000.log\n  caudal log dump caudal-data/orders-0/*.index",
                 )
                 .arg(Arg::new("files").required(true).num_args(1..).value_parser(clap::value_parser!(PathBuf)).help("Segment, index or producer snapshot files"))
@@ -49,8 +50,9 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
             Some("index") => dump_index(file, 8)?,
             Some("timeindex") => dump_index(file, 12)?,
             Some("snapshot") => dump_snapshot(file)?,
+            Some("txnindex") => dump_txnindex(file)?,
             _ => bail!(
-                "{}: not a .log, .index, .timeindex or .snapshot file",
+                "{}: not a .log, .index, .timeindex, .txnindex or .snapshot file",
                 file.display()
             ),
         };
@@ -88,6 +90,26 @@ fn dump_snapshot(path: &Path) -> anyhow::Result<String> {
             out,
             "producerId: {} producerEpoch: {} firstSequence: {} lastSequence: {} baseOffset: {} lastOffset: {} lastAppendMs: {} coordinatorEpoch: {} currentTxnFirstOffset: {}",
             p.producer_id, p.epoch, p.first_sequence, p.last_sequence, p.base_offset, p.last_offset, p.last_append_ms, p.coordinator_epoch, p.txn_first_offset
+        );
+    }
+    Ok(out)
+}
+
+fn dump_txnindex(path: &Path) -> anyhow::Result<String> {
+    let entries = caudal_storage::txnindex::read_file(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Dumping {} ({} aborted transactions)",
+        path.display(),
+        entries.len()
+    );
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "version: 0 producerId: {} firstOffset: {} lastOffset: {} lastStableOffset: {}",
+            e.producer_id, e.first_offset, e.last_offset, e.last_stable_offset
         );
     }
     Ok(out)
@@ -296,6 +318,26 @@ mod tests {
         );
         assert!(
             dumped.contains("isTransactional: true isControl: true"),
+            "{dumped}"
+        );
+        // An aborted transaction shows in the segment's .txnindex.
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default(), 0)
+            .unwrap()
+            .0;
+        data[53..57].copy_from_slice(&1i32.to_be_bytes());
+        let crc = crc32c::crc32c(&data[21..]);
+        data[17..21].copy_from_slice(&crc.to_be_bytes());
+        log.append(&data, 0).unwrap();
+        let abort = ControlMarker {
+            commit: false,
+            coordinator_epoch: 3,
+        };
+        log.append_marker(9, 0, abort, 0).unwrap();
+        log.close().unwrap();
+        let index = dir.path().join("00000000000000000001.txnindex");
+        let dumped = dump_txnindex(&index).unwrap();
+        assert!(
+            dumped.contains("producerId: 9 firstOffset: 2 lastOffset: 3 lastStableOffset: 4"),
             "{dumped}"
         );
     }

@@ -14,6 +14,7 @@ pub mod log;
 pub mod producers;
 pub mod segment;
 mod snapshots;
+pub mod txnindex;
 
 pub use batch::{
     control_batch, control_marker, validate_batch, validate_produced_batch, BatchError,
@@ -26,3 +27,4 @@ pub use log::{
     ReadError, ReadPlan, RecoveryReport,
 };
 pub use producers::{EndedTxn, SequenceError};
+pub use txnindex::AbortedTxn;

@@ -1,6 +1,6 @@
 //! A partition's log: an ordered set of segments, the newest one active.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{
-    assign_offset, BatchError, BatchIter, ControlMarker, ValidBatch, BATCH_HEADER_LEN,
+    assign_offset, control_marker, BatchError, BatchIter, ControlMarker, ValidBatch,
+    BATCH_HEADER_LEN,
 };
 use crate::compact::{CleanedRuns, CompactionPlan, CompactionReport, SegmentView};
 use crate::disk::{Disk, LogFile, OsDisk};
@@ -17,6 +18,7 @@ use crate::epochs::{LeaderEpochCache, LEADER_EPOCH_CHECKPOINT_FILE};
 use crate::producers::{EndedTxn, ProducerStates, SequenceCheck, SequenceError};
 use crate::segment::{LookupError, Segment, SegmentRecovery};
 use crate::snapshots;
+use crate::txnindex::{self, AbortedTxn};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 /// The log start offset, once it has been moved inside a segment (DeleteRecords, a Raft purge).
@@ -213,6 +215,10 @@ pub struct FlushJob {
     dir_changes: u64,
     /// Set when the job makes every sealed segment durable: the recovery point may then move.
     checkpoint: Option<Checkpoint>,
+    /// The transaction index files written since their last fsync (segment base, write number),
+    /// in `log_dir`.
+    txn_indexes: Vec<(i64, u64)>,
+    log_dir: PathBuf,
     pub up_to: i64,
 }
 
@@ -231,6 +237,9 @@ impl FlushJob {
     pub fn run(&self) -> io::Result<()> {
         for f in &self.files {
             f.sync_data()?;
+        }
+        for &(base, _) in &self.txn_indexes {
+            txnindex::sync(&self.log_dir, base)?;
         }
         if let Some((path, _)) = self.checkpoint.as_ref().and_then(|c| c.epochs.as_ref()) {
             File::open(path)?.sync_all()?;
@@ -270,6 +279,13 @@ pub struct PartitionLog {
     dir_changes: u64,
     dir_synced: u64,
     last_compaction_ms: i64,
+    /// The aborted transactions, by the base of the segment holding their abort marker (see
+    /// [`crate::txnindex`]), each segment's in marker order.
+    aborted: BTreeMap<i64, Vec<AbortedTxn>>,
+    /// Index files written since their last fsync, with the write's number in
+    /// `txn_index_writes`, so a flush that ran meanwhile does not clear a later write.
+    txn_index_dirty: BTreeMap<i64, u64>,
+    txn_index_writes: u64,
 }
 
 impl PartitionLog {
@@ -467,8 +483,14 @@ impl PartitionLog {
             dir_changes: 0,
             dir_synced: 0,
             last_compaction_ms: now_ms,
+            aborted: BTreeMap::new(),
+            txn_index_dirty: BTreeMap::new(),
+            txn_index_writes: 0,
         };
-        log.reload_producers(now_ms)?;
+        log.load_txn_indexes()?;
+        // Everything past the recovery point is replayed, so the abort markers there are
+        // indexed even if their index entries were lost with the page cache.
+        log.reload_producers(now_ms, scanned_from)?;
         log.remove_stray_snapshots();
         // What is on disk now survived a restart; count it as flushed.
         log.flushed_offset = log.log_end_offset();
@@ -480,22 +502,136 @@ impl PartitionLog {
     /// retry that arrives after a restart (or a truncation) is still recognised, however many
     /// segments ago its producer last wrote. Snapshots past the log end (written before a
     /// truncation, or before a crash lost what they follow) are removed first.
-    fn reload_producers(&mut self, now_ms: i64) -> io::Result<()> {
+    ///
+    /// The replay starts at or below `replay_from`, and indexes the abort markers it meets that
+    /// the transaction indexes lack.
+    fn reload_producers(&mut self, now_ms: i64, replay_from: i64) -> io::Result<()> {
         let end = self.log_end_offset();
         let first_base = self.segments.keys().next().copied().unwrap_or(0);
         let offsets = snapshots::list(&self.dir)?;
         snapshots::remove(&self.dir, &offsets, |o| o > end || o < first_base);
-        let (from, mut producers) = snapshots::load_latest(&self.dir, &offsets, first_base, end)
+        let newest = end.min(replay_from.max(first_base));
+        let (from, mut producers) = snapshots::load_latest(&self.dir, &offsets, first_base, newest)
             .unwrap_or((i64::MIN, ProducerStates::default()));
+        let mut aborts = Vec::new();
         for seg in self.segments.values().filter(|s| s.next_offset() > from) {
-            seg.for_each_header(|h| {
-                if h.base_offset() >= from {
-                    producers.record(h, h.base_offset(), now_ms, None);
+            let mut unreadable = None;
+            seg.for_each_header_at(|position, h| {
+                if h.base_offset() < from {
+                    return;
+                }
+                let ended = producers.record(h, h.base_offset(), now_ms, None);
+                let Some(ended) = ended else { return };
+                let len = h.total_len().unwrap_or(0);
+                match seg.read_batch(position, len) {
+                    Ok(batch) => {
+                        if control_marker(&batch).is_some_and(|m| !m.commit) {
+                            let lso = stable_after(&producers, &ended);
+                            aborts.push(aborted(&ended, lso));
+                        }
+                    }
+                    Err(e) => unreadable = Some(e),
                 }
             })?;
+            if let Some(e) = unreadable {
+                return Err(e);
+            }
         }
         self.producers = producers;
+        for entry in aborts {
+            self.index_abort(entry)?;
+        }
         Ok(())
+    }
+
+    /// Reads every segment's transaction index; removes the index files of segments that are
+    /// gone (a deletion interrupted by a crash).
+    fn load_txn_indexes(&mut self) -> io::Result<()> {
+        for base in txnindex::list(&self.dir)? {
+            if !self.segments.contains_key(&base) {
+                txnindex::rewrite(&self.dir, base, &[])?;
+                continue;
+            }
+            let entries = txnindex::read(&self.dir, base)?;
+            if !entries.is_empty() {
+                self.aborted.insert(base, entries);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an aborted transaction to the index of the segment holding its marker, unless it
+    /// is there already.
+    fn index_abort(&mut self, entry: AbortedTxn) -> io::Result<()> {
+        let base = self
+            .segments
+            .range(..=entry.last_offset)
+            .next_back()
+            .map_or(entry.last_offset, |(&b, _)| b);
+        let list = self.aborted.entry(base).or_default();
+        let known = list
+            .iter()
+            .any(|e| e.producer_id == entry.producer_id && e.last_offset == entry.last_offset);
+        if known {
+            return Ok(());
+        }
+        list.push(entry);
+        list.sort_unstable_by_key(|e| e.last_offset);
+        if txnindex::append(&self.dir, base, &entry)? {
+            self.dir_changes += 1;
+        }
+        self.txn_index_writes += 1;
+        self.txn_index_dirty.insert(base, self.txn_index_writes);
+        Ok(())
+    }
+
+    /// After the segments changed (truncation, retention, compaction): drops the aborted
+    /// transactions whose markers are gone and files each one under the segment now holding
+    /// its marker, rewriting the index files that changed.
+    fn reindex_txns(&mut self) -> io::Result<()> {
+        if self.aborted.is_empty() {
+            return Ok(());
+        }
+        let end = self.log_end_offset();
+        let first_base = self.segments.keys().next().copied().unwrap_or(0);
+        let old = std::mem::take(&mut self.aborted);
+        for entry in old.values().flatten() {
+            if entry.last_offset < end && entry.last_offset >= first_base {
+                let base = self
+                    .segments
+                    .range(..=entry.last_offset)
+                    .next_back()
+                    .map_or(first_base, |(&b, _)| b);
+                self.aborted.entry(base).or_default().push(*entry);
+            }
+        }
+        let bases: BTreeSet<i64> = old.keys().chain(self.aborted.keys()).copied().collect();
+        for base in bases {
+            let now = self.aborted.get(&base).map_or(&[][..], Vec::as_slice);
+            if old.get(&base).map_or(&[][..], Vec::as_slice) != now {
+                txnindex::rewrite(&self.dir, base, now)?;
+                self.dir_changes += 1;
+                self.txn_index_writes += 1;
+                self.txn_index_dirty.insert(base, self.txn_index_writes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The aborted transactions a `read_committed` fetch from `from` up to `upper` must list:
+    /// those whose marker is at or past `from` and that began below `upper`.
+    pub fn aborted_txns(&self, from: i64, upper: i64) -> Vec<AbortedTxn> {
+        let start = self
+            .aborted
+            .range(..=from)
+            .next_back()
+            .map_or(i64::MIN, |(&b, _)| b);
+        self.aborted
+            .range(start..)
+            .flat_map(|(_, list)| list)
+            .filter(|e| e.last_offset >= from && e.first_offset < upper)
+            .copied()
+            .collect()
     }
 
     /// Writes the producer snapshot at `offset`, the log end or a new segment's base; `durable`
@@ -744,9 +880,17 @@ impl PartitionLog {
             header.copy_from_slice(&rest[..BATCH_HEADER_LEN]);
             let body = &rest[BATCH_HEADER_LEN..valid.total_len];
             self.write_batch(&header, body, &valid, base_offset, last_offset, now_ms)?;
-            let coordinator_epoch = crate::batch::control_marker(rest).map(|m| m.coordinator_epoch);
-            self.producers
-                .record(&parsed, base_offset, now_ms, coordinator_epoch);
+            let marker = control_marker(rest);
+            let ended = self.producers.record(
+                &parsed,
+                base_offset,
+                now_ms,
+                marker.map(|m| m.coordinator_epoch),
+            );
+            if let Some(e) = ended.filter(|_| marker.is_some_and(|m| !m.commit)) {
+                let lso = stable_after(&self.producers, &e);
+                self.index_abort(aborted(&e, lso))?;
+            }
             self.epochs
                 .assign(parsed.partition_leader_epoch(), base_offset);
             info = Some(AppendInfo {
@@ -815,6 +959,10 @@ impl PartitionLog {
             self.producers
                 .record(&parsed, base_offset, now_ms, Some(marker.coordinator_epoch));
         self.epochs.assign(self.leader_epoch, base_offset);
+        if let Some(e) = ended.filter(|_| !marker.commit) {
+            let lso = stable_after(&self.producers, &e);
+            self.index_abort(aborted(&e, lso))?;
+        }
         let info = AppendInfo {
             base_offset,
             last_offset: base_offset,
@@ -1040,11 +1188,18 @@ impl PartitionLog {
         let dir = (dir_changes != self.dir_synced
             || checkpoint.as_ref().is_some_and(|c| c.epochs.is_some()))
         .then(|| self.dir.clone());
+        let txn_indexes = self
+            .txn_index_dirty
+            .iter()
+            .map(|(&base, &write)| (base, write))
+            .collect();
         Some(FlushJob {
             files,
             dir,
             dir_changes,
             checkpoint,
+            txn_indexes,
+            log_dir: self.dir.clone(),
             up_to,
         })
     }
@@ -1085,6 +1240,11 @@ impl PartitionLog {
     /// one only makes the next start recover more.
     pub fn flush_done(&mut self, job: &FlushJob) -> io::Result<()> {
         self.flushed_offset = self.flushed_offset.max(job.up_to);
+        for (base, write) in &job.txn_indexes {
+            if self.txn_index_dirty.get(base) == Some(write) {
+                self.txn_index_dirty.remove(base);
+            }
+        }
         if job.dir.is_some() {
             self.dir_synced = self.dir_synced.max(job.dir_changes);
         }
@@ -1121,6 +1281,9 @@ impl PartitionLog {
         for s in self.segments.values() {
             s.sync_all()?;
         }
+        for base in std::mem::take(&mut self.txn_index_dirty).into_keys() {
+            txnindex::sync(&self.dir, base)?;
+        }
         self.write_epochs_if_dirty()?;
         let end = self.log_end_offset();
         self.snapshot_producers(end, true);
@@ -1152,6 +1315,8 @@ impl PartitionLog {
     pub fn checkpoint_synced(&mut self, up_to: i64) -> io::Result<()> {
         self.check_online().map_err(io::Error::other)?;
         self.epochs.mark_durable();
+        // The filesystem sync covered the transaction indexes too.
+        self.txn_index_dirty.clear();
         write_offset_file(&self.dir, RECOVERY_POINT_FILE, up_to, false)?;
         self.recovery_point = up_to;
         self.flushed_offset = self.flushed_offset.max(up_to);
@@ -1247,6 +1412,7 @@ impl PartitionLog {
         }
         self.compacted_through = plan.active_base;
         self.last_compaction_ms = now_ms;
+        self.reindex_txns()?;
         Ok(Some(CompactionReport {
             segments_before: plan.segments_before,
             segments_after: self.segments.len(),
@@ -1326,6 +1492,7 @@ impl PartitionLog {
         self.epochs.truncate_from_start(self.log_start_offset);
         if deleted > 0 {
             self.remove_snapshots_below_start();
+            self.reindex_txns()?;
         }
         Ok(deleted)
     }
@@ -1408,7 +1575,8 @@ impl PartitionLog {
             let offsets = snapshots::list(&self.dir)?;
             snapshots::remove(&self.dir, &offsets, |_| true);
         }
-        self.reload_producers(now_ms)?;
+        self.reindex_txns()?;
+        self.reload_producers(now_ms, i64::MAX)?;
         self.write_epochs_if_dirty()?;
         // The recovery point must not vouch for a segment that is active again: later appends
         // to it are not synced before the next roll.
@@ -1452,7 +1620,7 @@ impl PartitionLog {
             }
         }
         self.remove_snapshots_below_start();
-        Ok(())
+        self.reindex_txns()
     }
 
     /// Removes the whole log from disk.
@@ -1464,6 +1632,24 @@ impl PartitionLog {
 }
 
 /// Validates one produced batch: the batch checks plus `max.message.bytes`.
+/// Where the log is stable once `ended` is: below the oldest transaction still open, and at
+/// most just past `ended`'s marker.
+fn stable_after(producers: &ProducerStates, ended: &EndedTxn) -> i64 {
+    let past_marker = ended.last_offset + 1;
+    producers
+        .first_open_txn_offset()
+        .map_or(past_marker, |o| o.min(past_marker))
+}
+
+fn aborted(ended: &EndedTxn, last_stable_offset: i64) -> AbortedTxn {
+    AbortedTxn {
+        producer_id: ended.producer_id,
+        first_offset: ended.first_offset,
+        last_offset: ended.last_offset,
+        last_stable_offset,
+    }
+}
+
 pub fn validate_for_append(batch: &[u8], limits: AppendLimits) -> Result<ValidBatch, AppendError> {
     // The size first: a batch over the limit is refused without decompressing it.
     if let Ok(len) = crate::batch::BatchHeader::parse(batch).and_then(|h| h.total_len()) {

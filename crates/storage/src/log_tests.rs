@@ -1493,3 +1493,125 @@ mod transactions {
         ));
     }
 }
+
+mod aborted_index {
+    use super::*;
+    use crate::batch::tests::reseal;
+    use crate::batch::ControlMarker;
+    use crate::txnindex::AbortedTxn;
+
+    fn transactional(pid: i64, seq: i32) -> Vec<u8> {
+        let mut b = batch(&[b"in a transaction", b"and another"], 1000);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        reseal(&mut b);
+        b
+    }
+
+    fn end(log: &mut PartitionLog, pid: i64, commit: bool) -> i64 {
+        let marker = ControlMarker {
+            commit,
+            coordinator_epoch: 0,
+        };
+        log.append_marker(pid, 0, marker, 0).unwrap().0.base_offset
+    }
+
+    /// Producer 7's transaction at 0..=4 aborted, 8's at 2..=5 committed, 9's at 6..=8
+    /// aborted; then plain records.
+    fn three_transactions(log: &mut PartitionLog) -> (AbortedTxn, AbortedTxn) {
+        log.append(&transactional(7, 0), 0).unwrap(); // 0, 1
+        log.append(&transactional(8, 0), 0).unwrap(); // 2, 3
+        assert_eq!(end(log, 7, false), 4);
+        assert_eq!(end(log, 8, true), 5);
+        log.append(&transactional(9, 0), 0).unwrap(); // 6, 7
+        assert_eq!(end(log, 9, false), 8);
+        append_n(log, 4, 2, 0);
+        let first = AbortedTxn {
+            producer_id: 7,
+            first_offset: 0,
+            last_offset: 4,
+            // 8's transaction was still open at 2.
+            last_stable_offset: 2,
+        };
+        let second = AbortedTxn {
+            producer_id: 9,
+            first_offset: 6,
+            last_offset: 8,
+            last_stable_offset: 9,
+        };
+        (first, second)
+    }
+
+    #[test]
+    fn aborted_transactions_are_listed_for_the_range_a_fetch_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(1 << 20), 0).unwrap();
+        let (a, b) = three_transactions(&mut log);
+        let end = log.log_end_offset();
+        assert_eq!(log.aborted_txns(0, end), vec![a, b]);
+        assert_eq!(log.aborted_txns(5, end), vec![b], "7's marker is below 5");
+        assert_eq!(log.aborted_txns(0, 6), vec![a], "9's began at 6");
+        assert_eq!(log.aborted_txns(9, end), vec![]);
+    }
+
+    #[test]
+    fn the_index_is_kept_across_restarts_and_rebuilt_when_lost_past_the_recovery_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(200);
+        let expected = {
+            let (mut log, _) = PartitionLog::open(dir.path(), cfg.clone(), 0).unwrap();
+            let (a, b) = three_transactions(&mut log);
+            log.close().unwrap();
+            vec![a, b]
+        };
+        let index_files = || crate::txnindex::list(dir.path()).unwrap();
+        assert!(!index_files().is_empty());
+        let (log, _) = PartitionLog::open(dir.path(), cfg.clone(), 0).unwrap();
+        assert_eq!(log.aborted_txns(0, i64::MAX), expected);
+        drop(log);
+        // A crash that lost the index files and the checkpoint: replaying the log finds the
+        // abort markers again.
+        for base in index_files() {
+            std::fs::remove_file(crate::txnindex::path(dir.path(), base)).unwrap();
+        }
+        std::fs::remove_file(dir.path().join(RECOVERY_POINT_FILE)).unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+        assert_eq!(log.aborted_txns(0, i64::MAX), expected);
+        assert!(!index_files().is_empty(), "and written back");
+    }
+
+    #[test]
+    fn truncation_and_retention_take_the_entries_of_what_they_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(200);
+        cfg.retention_bytes = 0;
+        let (mut log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+        let (a, _) = three_transactions(&mut log);
+        log.truncate_to(8, 0).unwrap();
+        assert_eq!(log.aborted_txns(0, i64::MAX), vec![a], "9's marker was cut");
+        // The open transaction of 9 is open again, as its marker is gone.
+        assert_eq!(log.first_open_txn_offset(), Some(6));
+        append_n(&mut log, 20, 2, 0);
+        assert!(log.apply_retention(0).unwrap() > 0);
+        assert!(log.log_start_offset() > 4);
+        assert_eq!(log.aborted_txns(0, i64::MAX), vec![]);
+        assert!(crate::txnindex::list(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_follower_indexes_the_aborts_it_copies() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let (mut leader, _) = PartitionLog::open(leader_dir.path(), config(1 << 20), 0).unwrap();
+        let (mut follower, _) =
+            PartitionLog::open(follower_dir.path(), config(1 << 20), 0).unwrap();
+        let (a, b) = three_transactions(&mut leader);
+        let plan = leader.read(0, 1 << 20, i64::MAX, true).unwrap().unwrap();
+        follower
+            .append_as_follower(&plan.read().unwrap(), 0)
+            .unwrap();
+        assert_eq!(follower.aborted_txns(0, i64::MAX), vec![a, b]);
+    }
+}

@@ -423,15 +423,27 @@ impl Segment {
 
     /// Calls `f` with every batch header in the segment, in order (headers only are read).
     pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader<'_>)) -> io::Result<()> {
+        self.for_each_header_at(|_, h| f(h))
+    }
+
+    /// [`for_each_header`](Self::for_each_header), with each batch's position in the file.
+    pub fn for_each_header_at(&self, mut f: impl FnMut(u64, &BatchHeader<'_>)) -> io::Result<()> {
         let mut header = [0u8; BATCH_HEADER_LEN];
         let mut position = 0;
         while position < self.size {
             self.log.read_exact_at(&mut header, position)?;
             let h = BatchHeader::parse(&header).map_err(io::Error::other)?;
-            f(&h);
+            f(position, &h);
             position += h.total_len().map_err(io::Error::other)? as u64;
         }
         Ok(())
+    }
+
+    /// The `len` bytes of the batch at `position`.
+    pub fn read_batch(&self, position: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        self.log.read_exact_at(&mut out, position)?;
+        Ok(out)
     }
 
     /// The first offset whose batch has a max timestamp at or after `timestamp`, with that

@@ -19,9 +19,12 @@ use caudal_storage::ReadError;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{
-    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint,
+    PartitionData,
 };
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ProducerId, ResponseKind, TopicName,
+};
 
 use super::leader_hints::LeaderHints;
 use super::{str_bytes, Reply};
@@ -559,18 +562,33 @@ fn read_once(
             // limits, so a consumer can always make progress.
             let min_one = total == 0;
             let throttled = throttle_limited && follower.is_some_and(|f| partition.is_adding(f.id));
-            let (plan, high_watermark, log_start_offset) = {
+            let (plan, high_watermark, stable, aborted, log_start_offset) = {
                 let hw = partition.high_watermark();
                 let mut log = partition.log();
-                // A follower reads up to the log end; consumers up to the high watermark. A
-                // throttled replica over the rate reads nothing this time (its position counts).
+                let stable = crate::partition::last_stable_offset(hw, &log);
+                // A follower reads up to the log end; consumers up to the high watermark, or
+                // with read_committed the last stable offset. A throttled replica over the
+                // rate reads nothing this time (its position counts).
                 let up_to = if throttled && !throttle_open {
                     fp.fetch_offset
                 } else if follower_fetch.is_some() {
                     i64::MAX
+                } else if read_committed {
+                    stable
                 } else {
                     hw
                 };
+                // The aborted transactions in what is returned, for the consumer to drop.
+                let aborted = read_committed.then(|| {
+                    log.aborted_txns(fp.fetch_offset, stable)
+                        .into_iter()
+                        .map(|a| {
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(a.producer_id))
+                                .with_first_offset(a.first_offset)
+                        })
+                        .collect::<Vec<_>>()
+                });
                 let leader_end = log.log_end_offset();
                 let plan = log.read(fp.fetch_offset, limit, up_to, min_one);
                 // Only a position inside the log counts, as with Kafka (whose read refuses the
@@ -583,12 +601,13 @@ fn read_once(
                         leader_end,
                     });
                 }
-                (plan, hw, log.log_start_offset())
+                (plan, hw, stable, aborted, log.log_start_offset())
             };
             let base = base
                 .with_high_watermark(high_watermark)
-                .with_last_stable_offset(high_watermark)
-                .with_log_start_offset(log_start_offset);
+                .with_last_stable_offset(stable)
+                .with_log_start_offset(log_start_offset)
+                .with_aborted_transactions(aborted);
             let records = match plan {
                 Ok(Some(plan)) => match reads.read(&plan) {
                     Ok(Some(bytes)) => bytes,

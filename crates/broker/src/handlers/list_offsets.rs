@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, Response
 use crate::Broker;
 
 const LATEST: i64 = -1;
+const READ_COMMITTED: i8 = 1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 /// KIP-405's "earliest local" (-4) and KIP-1005's "earliest pending upload" (-5): without tiered
@@ -54,6 +55,10 @@ pub fn handle(broker: &Arc<Broker>, request: ListOffsetsRequest, version: i16) -
                         return answer.with_error_code(E::KafkaStorageError.code()).with_timestamp(-1).with_offset(-1);
                     }
                     let (offset, timestamp) = match p.timestamp {
+                        // A read_committed consumer starts at the last stable offset.
+                        LATEST if request.isolation_level == READ_COMMITTED => {
+                            (crate::partition::last_stable_offset(high_watermark, &log), -1)
+                        }
                         LATEST => (high_watermark, -1),
                         EARLIEST | EARLIEST_LOCAL | -5 => (log.log_start_offset(), -1),
                         MAX_TIMESTAMP => log.max_timestamp().unwrap_or((-1, -1)),

@@ -121,6 +121,13 @@ pub async fn handle(
                     "a produce request must carry exactly one record batch per partition"
                         .to_string(),
                 )),
+                // A transactional batch belongs to a transaction its coordinator knows of; this
+                // broker serves no transaction coordinator yet, so none can be verified, and an
+                // unverified one would hold back what read_committed consumers see for ever.
+                Ok(_) if BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional()) => Err((
+                    E::TransactionalIdAuthorizationFailed.code(),
+                    "transactions are not served by this broker yet".to_string(),
+                )),
                 Ok(valid) => partition
                     .append(&records, valid, now)
                     .map_err(|e| refused(&name, index, e)),
