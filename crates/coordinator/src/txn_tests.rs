@@ -601,3 +601,237 @@ fn a_new_coordinator_finishes_what_the_old_one_prepared() {
     c.replay("app", None);
     assert!(c.get("app").is_none());
 }
+
+/// Random interleavings of two producers sharing one transactional id, with writes that land
+/// or fail and markers that complete late, against what must always hold: a fenced producer
+/// changes nothing, markers cover every partition the producer was told it added, at an epoch
+/// no older than the one it added them with, and commit only what a producer asked to commit.
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Init(usize),
+        Add(usize, i32),
+        End(usize, bool),
+        Land(bool),
+        MarkersDone,
+        Tick(i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0..2usize).prop_map(Op::Init),
+            2 => (0..2usize, 0..3i32).prop_map(|(s, p)| Op::Add(s, p)),
+            1 => (0..2usize, any::<bool>()).prop_map(|(s, c)| Op::End(s, c)),
+            3 => any::<bool>().prop_map(Op::Land),
+            2 => Just(Op::MarkersDone),
+            1 => (1..40_000i64).prop_map(Op::Tick),
+        ]
+    }
+
+    #[derive(Debug, Default)]
+    struct Model {
+        /// Each producer's id and epoch, once it has one.
+        sessions: [Option<(i64, i16)>; 2],
+        /// The write under way and who waits on it.
+        write: Option<(Write, Option<usize>)>,
+        markers: Option<Markers>,
+        /// Partitions some producer was told are in the open transaction, and the id and
+        /// epoch it added them with.
+        added: BTreeSet<TxnPartition>,
+        added_with: Option<(i64, i16)>,
+        commit_asked: bool,
+        abort_asked: bool,
+        last_written: Option<(i64, i16)>,
+        next_id: i64,
+    }
+
+    impl Model {
+        fn fresh(&mut self) -> i64 {
+            self.next_id += 1;
+            self.next_id * 100
+        }
+
+        fn begin(&mut self, step: Step, from: Option<usize>) -> Result<(), TestCaseError> {
+            if let Step::Write(w) = step {
+                prop_assert!(self.write.is_none(), "two writes at once: {w:?}");
+                if let Some(r) = &w.record {
+                    match r.state {
+                        TxnState::PrepareCommit => self.commit_asked = true,
+                        TxnState::PrepareAbort => self.abort_asked = true,
+                        _ => {}
+                    }
+                }
+                self.write = Some((w, from));
+            }
+            Ok(())
+        }
+
+        fn check_markers(&self, m: &Markers) -> Result<(), TestCaseError> {
+            for p in &self.added {
+                prop_assert!(m.partitions.contains(p), "{p:?} missing from {m:?}");
+            }
+            if let Some((pid, epoch)) = self.added_with {
+                prop_assert_eq!(m.producer_id, pid);
+                prop_assert!(m.producer_epoch >= epoch, "markers older than the adds");
+            }
+            if m.committed {
+                prop_assert!(self.commit_asked, "a commit nobody asked for");
+            } else {
+                prop_assert!(self.abort_asked, "an abort nobody started");
+            }
+            Ok(())
+        }
+
+        fn landed(&mut self, out: Written, from: Option<usize>) -> Result<(), TestCaseError> {
+            if let (Some(s), Some(Ok(reply))) = (from, out.reply) {
+                match reply {
+                    Reply::ProducerId {
+                        producer_id,
+                        producer_epoch,
+                    } => self.sessions[s] = Some((producer_id, producer_epoch)),
+                    Reply::Ended {
+                        producer_id,
+                        producer_epoch,
+                    } if producer_id >= 0 => self.sessions[s] = Some((producer_id, producer_epoch)),
+                    _ => {}
+                }
+            }
+            if let Some(m) = out.markers {
+                self.check_markers(&m)?;
+                self.markers = Some(m);
+            }
+            if let Some(then) = out.then {
+                self.begin(Step::Write(then), None)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut c = coordinator();
+        let mut m = Model::default();
+        let mut now = T0;
+        for op in ops {
+            now += 1;
+            match op {
+                Op::Init(s) => {
+                    let mut step = c.init_producer_id("app", 30_000, None, None, now);
+                    if step == Step::NeedProducerId {
+                        let id = m.fresh();
+                        step = c.init_producer_id("app", 30_000, None, Some(id), now);
+                    }
+                    m.begin(step, Some(s))?;
+                }
+                Op::Add(s, p) => {
+                    let Some((pid, epoch)) = m.sessions[s] else {
+                        continue;
+                    };
+                    let current = c
+                        .get("app")
+                        .map(|t| (t.record.producer_id, t.record.producer_epoch));
+                    let step = c.add_partitions("app", pid, epoch, &[tp("t", p)], 0, now);
+                    match &step {
+                        Step::Done(Ok(_)) | Step::Write(_) => {
+                            prop_assert_eq!(current, Some((pid, epoch)), "a fenced producer added");
+                        }
+                        _ => {}
+                    }
+                    // A write tells the producer once it lands (a failure takes it back,
+                    // below); counted now, checked against the markers.
+                    if matches!(step, Step::Done(Ok(Reply::Added)) | Step::Write(_)) {
+                        m.added.insert(tp("t", p));
+                        m.added_with = Some((pid, epoch));
+                    }
+                    m.begin(step, Some(s))?;
+                }
+                Op::End(s, commit) => {
+                    let Some((pid, epoch)) = m.sessions[s] else {
+                        continue;
+                    };
+                    let tv = if s == 0 { 0 } else { 2 };
+                    let mut step = c.end_txn("app", pid, epoch, commit, tv, None, now);
+                    if step == Step::NeedProducerId {
+                        let id = m.fresh();
+                        step = c.end_txn("app", pid, epoch, commit, tv, Some(id), now);
+                    }
+                    m.begin(step, Some(s))?;
+                }
+                Op::Land(ok) => {
+                    let Some((w, from)) = m.write.take() else {
+                        continue;
+                    };
+                    if ok {
+                        if let Some(r) = &w.record {
+                            if let Some((pid, epoch)) = m.last_written {
+                                prop_assert!(
+                                    r.producer_id > pid
+                                        || (r.producer_id == pid && r.producer_epoch >= epoch),
+                                    "the producer went back from {pid}/{epoch} to {r:?}"
+                                );
+                            }
+                            m.last_written = Some((r.producer_id, r.producer_epoch));
+                            if matches!(
+                                r.state,
+                                TxnState::Empty
+                                    | TxnState::CompleteCommit
+                                    | TxnState::CompleteAbort
+                            ) {
+                                m.added.clear();
+                                m.added_with = None;
+                                m.commit_asked = false;
+                                m.abort_asked = false;
+                            }
+                        }
+                        let out = land(&mut c, w, now);
+                        m.landed(out, from)?;
+                    } else {
+                        let failed_add = w
+                            .record
+                            .as_ref()
+                            .is_some_and(|r| r.state == TxnState::Ongoing);
+                        let out = c.written(w, Err(TxnError::CoordinatorNotAvailable), now);
+                        if failed_add {
+                            // The producer was told it failed: it may not count on them. What
+                            // was added before stays.
+                            let kept = c.get("app").map(|t| t.record.partitions.clone());
+                            m.added = kept.unwrap_or_default();
+                        }
+                        if let Some(then) = out.then {
+                            m.begin(Step::Write(then), None)?;
+                        }
+                    }
+                }
+                Op::MarkersDone => {
+                    let Some(mk) = m.markers.take() else { continue };
+                    if let Some(w) =
+                        c.markers_written("app", mk.producer_id, mk.producer_epoch, now)
+                    {
+                        m.begin(Step::Write(w), None)?;
+                    }
+                }
+                Op::Tick(ms) => {
+                    now += ms;
+                    if m.write.is_some() {
+                        continue;
+                    }
+                    for w in c.tick(now) {
+                        m.begin(Step::Write(w), None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn fencing_and_markers_hold_under_any_interleaving(ops in prop::collection::vec(op(), 1..80)) {
+            run(ops)?;
+        }
+    }
+}
