@@ -1,29 +1,28 @@
-//! The group coordinator at run time, in the shape of Kafka's coordinator runtime
-//! (`CoordinatorRuntime.java`): one shard per `__consumer_offsets` partition this broker leads,
-//! each with its own coordinator state machine. A shard is made `Loading` when this broker
-//! becomes leader of its partition, replayed from that partition on a blocking thread, then
-//! `Active`; when the leadership goes, the members waiting on it are answered NOT_COORDINATOR
-//! and the shard is dropped. The runtime performs each shard's effects (answers waiting joins
-//! and syncs, appends records to the shard's partition) and keeps each shard's next clock
-//! deadline for the one clock task that ticks them.
+//! The group coordinator at run time: one shard per `__consumer_offsets` partition this broker
+//! leads (see [`crate::shards`]), each with its own group coordinator state machine. When a
+//! shard's leadership goes, the members waiting on it are answered NOT_COORDINATOR. The runtime
+//! performs each shard's effects (answers waiting joins and syncs, appends records to the
+//! shard's partition) and keeps each shard's next clock deadline for the group clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use caudal_coordinator::errors::{COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR};
+use caudal_coordinator::errors::NOT_COORDINATOR;
 use caudal_coordinator::{
-    partition_for, Coordinator, Effect, GroupConfig, JoinResponse, Ms, OffsetsRecord, SyncResponse,
+    Coordinator, Effect, GroupConfig, JoinResponse, Ms, OffsetsRecord, SyncResponse,
 };
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;
+pub use crate::shards::{CoordinatorError, LoadError, Loaded, ShardChanges};
+use crate::shards::{ShardCoordinator, Shards};
 use crate::topics::Topics;
 
 /// Kafka's name for the topic holding groups and committed offsets.
@@ -41,97 +40,37 @@ pub enum Answer {
 /// Offsets below `end` in `partition` must be durable before the request is answered.
 pub type DurableWait = (Arc<Partition>, i64);
 
-/// Why this broker cannot serve a group: Kafka's answers, both of which send the client back to
-/// FindCoordinator or to retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CoordinatorError {
-    /// No shard for the group's partition here: this broker does not lead it.
-    #[error("this broker is not the group's coordinator")]
-    NotCoordinator,
-    /// The group's shard is still replaying its partition.
-    #[error("the group's coordinator is loading")]
-    LoadInProgress,
-}
+impl ShardCoordinator for Coordinator<Responder> {
+    type Config = GroupConfig;
+    const TOPIC: &'static str = OFFSETS_TOPIC;
+    const KEYS: &'static str = "groups";
 
-impl CoordinatorError {
-    /// Kafka's error code.
-    pub fn code(self) -> i16 {
-        match self {
-            CoordinatorError::NotCoordinator => NOT_COORDINATOR,
-            CoordinatorError::LoadInProgress => COORDINATOR_LOAD_IN_PROGRESS,
-        }
+    fn load(config: &GroupConfig, partition: &Partition, now: Ms) -> io::Result<(Self, Loaded)> {
+        let mut coordinator = Coordinator::new(config.clone());
+        let records = replay_partition(partition, &mut coordinator, now)?;
+        let loaded = Loaded {
+            shards: 1,
+            keys: coordinator.group_count(),
+            records,
+        };
+        Ok((coordinator, loaded))
+    }
+
+    /// Members waiting on a join or sync are answered NOT_COORDINATOR.
+    fn unload(self) {
+        answer(
+            Coordinator::unload(self)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::Join(r, resp) => Some((r, Answer::Join(resp))),
+                    Effect::Sync(r, resp) => Some((r, Answer::Sync(resp))),
+                    _ => None,
+                }),
+        );
     }
 }
 
-/// A shard's partition could not be replayed.
-#[derive(Debug, thiserror::Error)]
-#[error("loading __consumer_offsets-{partition}: {reason}")]
-pub struct LoadError {
-    pub partition: i32,
-    pub reason: String,
-}
-
-/// What loading shards found, summed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Loaded {
-    pub shards: usize,
-    pub groups: usize,
-    pub records: usize,
-}
-
-/// The `__consumer_offsets` leadership this broker gained and lost in one metadata change, losses
-/// first (a partition can be lost by a deleted topic and gained by its successor at once).
-#[derive(Debug, Default)]
-pub struct ShardChanges {
-    /// The topic's partition count, when the topic exists.
-    pub partition_count: Option<i32>,
-    pub lost: Vec<i32>,
-    pub gained: Vec<(i32, Arc<Partition>)>,
-}
-
-#[derive(Debug)]
-enum ShardState {
-    Loading,
-    Active {
-        coordinator: Coordinator<Responder>,
-        loaded: Loaded,
-    },
-    /// The partition could not be replayed: NOT_COORDINATOR, as Kafka answers for a failed load.
-    Failed(String),
-    /// The leadership went while a request held the shard.
-    Unloaded,
-}
-
-/// One `__consumer_offsets` partition this broker leads, and the groups that map to it.
-#[derive(Debug)]
-struct Shard {
-    index: i32,
-    partition: Arc<Partition>,
-    state: Mutex<ShardState>,
-    /// When this shard's clock ticks next, in ms since the epoch: never while loading, at once
-    /// when loaded. Set by the clock after each tick; lowered (under the state's lock) by a
-    /// request that set an earlier deadline.
-    next_tick: AtomicI64,
-}
-
-impl Shard {
-    fn lock(&self) -> MutexGuard<'_, ShardState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Gives the shard up: members waiting on a join or sync are answered NOT_COORDINATOR.
-    fn unload(&self) {
-        let state = std::mem::replace(&mut *self.lock(), ShardState::Unloaded);
-        self.next_tick.store(Ms::MAX, Ordering::SeqCst);
-        if let ShardState::Active { coordinator, .. } = state {
-            answer(coordinator.unload().into_iter().filter_map(|e| match e {
-                Effect::Join(r, resp) => Some((r, Answer::Join(resp))),
-                Effect::Sync(r, resp) => Some((r, Answer::Sync(resp))),
-                _ => None,
-            }));
-        }
-    }
-}
+type Shard = crate::shards::Shard<Coordinator<Responder>>;
 
 fn answer(answers: impl IntoIterator<Item = (Responder, Answer)>) {
     for (r, answer) in answers {
@@ -142,17 +81,10 @@ fn answer(answers: impl IntoIterator<Item = (Responder, Answer)>) {
 
 #[derive(Debug)]
 pub struct CoordinatorRuntime {
-    config: GroupConfig,
     /// Every shard ticks at least this often (`offsets.retention.check.interval.ms`), so
     /// committed offsets expire with no member deadline pending.
     check_every_ms: Ms,
-    /// The partition count of `__consumer_offsets`, by which groups map to partitions.
-    partition_count: AtomicI32,
-    shards: RwLock<HashMap<i32, Arc<Shard>>>,
-    /// Wakes the group clock after a shard's next tick was lowered.
-    clock: Notify,
-    /// Counts shards that finished loading or went, for [`wait_loaded`](Self::wait_loaded).
-    loads: watch::Sender<u64>,
+    shards: Arc<Shards<Coordinator<Responder>>>,
 }
 
 impl CoordinatorRuntime {
@@ -168,175 +100,30 @@ impl CoordinatorRuntime {
 
     fn with_config(config: GroupConfig, check_every_ms: Ms) -> CoordinatorRuntime {
         CoordinatorRuntime {
-            config,
             check_every_ms,
-            partition_count: AtomicI32::new(0),
-            shards: RwLock::new(HashMap::new()),
-            clock: Notify::new(),
-            loads: watch::Sender::new(0),
+            shards: Arc::new(Shards::new(config)),
         }
     }
 
-    fn shards(&self) -> std::sync::RwLockReadGuard<'_, HashMap<i32, Arc<Shard>>> {
-        self.shards.read().unwrap_or_else(|p| p.into_inner())
+    /// Applies the leadership changes of one metadata change: shards lost are given up (their
+    /// waiting members answered NOT_COORDINATOR), shards gained start loading.
+    pub fn apply(&self, changes: ShardChanges) {
+        self.shards.apply(changes);
     }
 
-    fn shards_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<i32, Arc<Shard>>> {
-        self.shards.write().unwrap_or_else(|p| p.into_inner())
+    /// This broker now leads `__consumer_offsets-{index}`: its shard loads.
+    pub fn elect(&self, index: i32, partition: Arc<Partition>) {
+        self.shards.elect(index, partition);
     }
 
-    /// The shard `group_id` maps to, if this broker has one.
-    fn shard_of(&self, group_id: &str) -> Result<Arc<Shard>, CoordinatorError> {
-        let index = partition_for(group_id, self.partition_count.load(Ordering::Relaxed));
-        self.shards()
-            .get(&index)
-            .cloned()
-            .ok_or(CoordinatorError::NotCoordinator)
-    }
-
-    /// Applies the leadership changes of one metadata change: shards lost are given up, shards
-    /// gained start loading.
-    pub fn apply(self: &Arc<Self>, changes: ShardChanges) {
-        if let Some(n) = changes.partition_count {
-            self.partition_count.store(n, Ordering::Relaxed);
-        }
-        if !(changes.lost.is_empty() && changes.gained.is_empty()) {
-            tracing::info!(
-                gained = changes.gained.len(),
-                lost = changes.lost.len(),
-                "group coordinator shards changed"
-            );
-        }
-        for index in changes.lost {
-            self.resign(index);
-        }
-        for (index, partition) in changes.gained {
-            self.elect(index, partition);
-        }
-    }
-
-    /// This broker now leads `__consumer_offsets-{index}`: makes its shard and loads it on a
-    /// blocking thread. A shard already loading or loaded from the same replica stays, as
-    /// Kafka keeps it across a new leader epoch.
-    pub fn elect(self: &Arc<Self>, index: i32, partition: Arc<Partition>) {
-        let shard = Arc::new(Shard {
-            index,
-            partition,
-            state: Mutex::new(ShardState::Loading),
-            next_tick: AtomicI64::new(Ms::MAX),
-        });
-        let replaced = {
-            let mut shards = self.shards_mut();
-            if let Some(current) = shards.get(&index) {
-                let failed = matches!(*current.lock(), ShardState::Failed(_));
-                if Arc::ptr_eq(&current.partition, &shard.partition) && !failed {
-                    return;
-                }
-            }
-            shards.insert(index, shard.clone())
-        };
-        if let Some(old) = replaced {
-            old.unload();
-        }
-        let runtime = self.clone();
-        tokio::task::spawn_blocking(move || {
-            // A replay that panics must still end the shard's loading: a shard left Loading
-            // would answer COORDINATOR_LOAD_IN_PROGRESS for ever and hold up the start.
-            let loaded =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.load(&shard)));
-            if loaded.is_err() {
-                {
-                    let mut state = shard.lock();
-                    if matches!(*state, ShardState::Loading) {
-                        *state = ShardState::Failed("its replay panicked".to_string());
-                    }
-                }
-                tracing::error!(partition = shard.index, "replaying a __consumer_offsets partition panicked; this broker does not coordinate its groups");
-                runtime.loads.send_modify(|n| *n += 1);
-            }
-        });
-    }
-
-    /// This broker no longer leads `__consumer_offsets-{index}`: drops its shard, answering the
-    /// members waiting on it NOT_COORDINATOR.
+    /// This broker no longer leads `__consumer_offsets-{index}`: its shard goes.
     pub fn resign(&self, index: i32) {
-        let removed = self.shards_mut().remove(&index);
-        if let Some(shard) = removed {
-            shard.unload();
-            self.loads.send_modify(|n| *n += 1);
-        }
+        self.shards.resign(index);
     }
 
-    /// Replays the shard's partition into a fresh coordinator and makes the shard active,
-    /// unless it was given up meanwhile. Blocking.
-    fn load(&self, shard: &Shard) {
-        let mut coordinator = Coordinator::new(self.config.clone());
-        let replayed = replay_partition(&shard.partition, &mut coordinator, crate::now_ms());
-        {
-            let mut state = shard.lock();
-            if matches!(*state, ShardState::Loading) {
-                *state = match replayed {
-                    Ok(records) => {
-                        let loaded = Loaded {
-                            shards: 1,
-                            groups: coordinator.group_count(),
-                            records,
-                        };
-                        tracing::debug!(
-                            partition = shard.index,
-                            groups = loaded.groups,
-                            records,
-                            "group coordinator shard loaded"
-                        );
-                        // Due at once: the clock learns its deadlines.
-                        shard.next_tick.store(0, Ordering::SeqCst);
-                        ShardState::Active {
-                            coordinator,
-                            loaded,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(partition = shard.index, error = %e, "could not load the groups of a __consumer_offsets partition; this broker does not coordinate them");
-                        ShardState::Failed(e.to_string())
-                    }
-                };
-            }
-        }
-        self.clock.notify_one();
-        self.loads.send_modify(|n| *n += 1);
-    }
-
-    /// Waits until no shard is loading; returns what the shards hold. Fails if a shard could
-    /// not be loaded.
+    /// Waits until no shard is loading; returns what the shards hold.
     pub async fn wait_loaded(&self) -> Result<Loaded, LoadError> {
-        let mut loads = self.loads.subscribe();
-        loop {
-            loads.borrow_and_update();
-            let mut total = Loaded::default();
-            let mut loading = false;
-            for shard in self.shards().values() {
-                match &*shard.lock() {
-                    ShardState::Loading => loading = true,
-                    ShardState::Active { loaded, .. } => {
-                        total.shards += loaded.shards;
-                        total.groups += loaded.groups;
-                        total.records += loaded.records;
-                    }
-                    ShardState::Failed(reason) => {
-                        return Err(LoadError {
-                            partition: shard.index,
-                            reason: reason.clone(),
-                        })
-                    }
-                    ShardState::Unloaded => {}
-                }
-            }
-            if !loading {
-                return Ok(total);
-            }
-            // The sender lives as long as `self`.
-            let _ = loads.changed().await;
-        }
+        self.shards.wait_loaded().await
     }
 
     /// Runs `f` on the coordinator of `group_id`'s shard and performs the effects it returns.
@@ -348,7 +135,7 @@ impl CoordinatorRuntime {
         now: Ms,
         f: impl FnOnce(&mut Coordinator<Responder>) -> (T, Vec<Effect<Responder>>),
     ) -> Result<(T, Option<DurableWait>), CoordinatorError> {
-        let shard = self.shard_of(group_id)?;
+        let shard = self.shards.shard_of(group_id)?;
         self.run_on(&shard, now, f)
     }
 
@@ -360,19 +147,10 @@ impl CoordinatorRuntime {
     ) -> Result<(T, Option<DurableWait>), CoordinatorError> {
         let mut answers = Vec::new();
         let mut wait = None;
-        let mut tick_by: Option<Ms> = None;
-        let mut wake_clock = false;
-        let result = {
-            let mut state = shard.lock();
-            let coordinator = match &mut *state {
-                ShardState::Active { coordinator, .. } => coordinator,
-                ShardState::Loading => return Err(CoordinatorError::LoadInProgress),
-                ShardState::Failed(_) | ShardState::Unloaded => {
-                    return Err(CoordinatorError::NotCoordinator)
-                }
-            };
+        let result = shard.with(|coordinator| {
             let (result, effects) = f(coordinator);
             let mut records: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+            let mut tick_by: Option<Ms> = None;
             for effect in effects {
                 match effect {
                     Effect::Join(r, resp) => answers.push((r, Answer::Join(resp))),
@@ -405,13 +183,10 @@ impl CoordinatorRuntime {
             }
             // Under the lock, so the clock's own store after a tick cannot hide this deadline.
             if let Some(at) = tick_by {
-                wake_clock = shard.next_tick.fetch_min(at, Ordering::SeqCst) > at;
+                self.shards.tick_by(shard, at);
             }
             result
-        };
-        if wake_clock {
-            self.clock.notify_one();
-        }
+        })?;
         answer(answers);
         Ok((result, wait))
     }
@@ -422,13 +197,7 @@ impl CoordinatorRuntime {
         group_id: &str,
         f: impl FnOnce(&Coordinator<Responder>) -> T,
     ) -> Result<T, CoordinatorError> {
-        let shard = self.shard_of(group_id)?;
-        let state = shard.lock();
-        match &*state {
-            ShardState::Active { coordinator, .. } => Ok(f(coordinator)),
-            ShardState::Loading => Err(CoordinatorError::LoadInProgress),
-            ShardState::Failed(_) | ShardState::Unloaded => Err(CoordinatorError::NotCoordinator),
-        }
+        self.shards.shard_of(group_id)?.with(|c| f(c))
     }
 
     /// Reads every active shard, in partition order (ListGroups). COORDINATOR_LOAD_IN_PROGRESS
@@ -437,14 +206,14 @@ impl CoordinatorRuntime {
         &self,
         mut f: impl FnMut(&Coordinator<Responder>) -> T,
     ) -> Result<Vec<T>, CoordinatorError> {
-        let mut shards: Vec<Arc<Shard>> = self.shards().values().cloned().collect();
-        shards.sort_by_key(|s| s.index);
-        let mut out = Vec::with_capacity(shards.len());
-        for shard in shards {
-            match &*shard.lock() {
-                ShardState::Active { coordinator, .. } => out.push(f(coordinator)),
-                ShardState::Loading => return Err(CoordinatorError::LoadInProgress),
-                ShardState::Failed(_) | ShardState::Unloaded => {}
+        let mut out = Vec::new();
+        for shard in self.shards.sorted() {
+            match shard.with(|c| f(c)) {
+                Ok(t) => out.push(t),
+                Err(CoordinatorError::LoadInProgress) => {
+                    return Err(CoordinatorError::LoadInProgress)
+                }
+                Err(CoordinatorError::NotCoordinator) => {}
             }
         }
         Ok(out)
@@ -453,14 +222,8 @@ impl CoordinatorRuntime {
     /// Advances the clock of every shard whose deadline has come to `now`, and notes when each
     /// must tick next: at its earliest deadline, and at least every offsets check interval.
     pub fn tick_due(&self, now: Ms) {
-        let due: Vec<Arc<Shard>> = self
-            .shards()
-            .values()
-            .filter(|s| s.next_tick.load(Ordering::SeqCst) <= now)
-            .cloned()
-            .collect();
         let check_by = now.saturating_add(self.check_every_ms);
-        for shard in due {
+        for shard in self.shards.due(now) {
             let _ = self.run_on(&shard, now, |c| {
                 let effects = c.tick(now);
                 let next = c.next_deadline().unwrap_or(Ms::MAX).min(check_by);
@@ -473,17 +236,13 @@ impl CoordinatorRuntime {
     /// When the clock must tick next: the earliest shard deadline, as last computed or lowered
     /// by a request.
     pub fn next_tick(&self) -> Ms {
-        self.shards()
-            .values()
-            .map(|s| s.next_tick.load(Ordering::SeqCst))
-            .min()
-            .unwrap_or(Ms::MAX)
+        self.shards.next_tick()
     }
 
     /// Resolves once a request has set a deadline earlier than its shard's next tick, or a shard
     /// finished loading (at once if that happened since the last call).
     pub async fn clock_lowered(&self) {
-        self.clock.notified().await
+        self.shards.clock_lowered().await
     }
 }
 
@@ -675,6 +434,7 @@ mod tests {
 
     use super::*;
     use crate::partition::tests::ready;
+    use caudal_coordinator::partition_for;
 
     const NOW: Ms = 1_700_000_000_000;
     const CHECK_EVERY_MS: Ms = 60_000;
@@ -784,7 +544,7 @@ mod tests {
             gained: vec![(0, p0), (1, p1)],
         });
         let loaded = second.wait_loaded().await.unwrap();
-        assert_eq!((loaded.shards, loaded.groups), (2, 1), "{loaded:?}");
+        assert_eq!((loaded.shards, loaded.keys), (2, 1), "{loaded:?}");
         assert!(loaded.records >= 1, "{loaded:?}");
         assert_eq!(
             committed(&second, &g0),
@@ -899,7 +659,7 @@ mod tests {
             other => panic!("the join was not answered at its deadline: {other:?}"),
         }
         let next: Vec<Ms> = {
-            let shards = runtime.shards();
+            let shards = runtime.shards.all();
             let mut next: Vec<_> = shards
                 .values()
                 .map(|s| (s.index, s.next_tick.load(Ordering::SeqCst)))

@@ -27,6 +27,7 @@ pub mod replica_fetcher;
 pub mod replica_manager;
 pub mod replica_state;
 pub mod routes;
+pub mod shards;
 pub mod throttle;
 pub mod topics;
 
@@ -244,7 +245,7 @@ impl Server {
             .map_err(|e| data_err(io::Error::other(e)))?;
         if loaded.records > 0 {
             tracing::info!(
-                groups = loaded.groups,
+                groups = loaded.keys,
                 records = loaded.records,
                 shards = loaded.shards,
                 "loaded groups and committed offsets from __consumer_offsets"
