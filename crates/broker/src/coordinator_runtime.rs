@@ -335,7 +335,7 @@ pub async fn wait_committed(
 }
 
 /// Appends records as one uncompressed batch; returns the log end offset after it.
-fn append_records(
+pub(crate) fn append_records(
     partition: &Partition,
     records: &[(Bytes, Option<Bytes>)],
     now: Ms,
@@ -385,6 +385,27 @@ fn replay_partition(
     coordinator: &mut Coordinator<Responder>,
     now: Ms,
 ) -> io::Result<usize> {
+    replay_records(
+        partition,
+        |offset, key, value| match OffsetsRecord::decode(key, value) {
+            Ok(r) => {
+                coordinator.replay(r, now);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(partition = partition.index, offset, error = %e, "skipping an unreadable __consumer_offsets record");
+                false
+            }
+        },
+    )
+}
+
+/// Reads every record of a coordinator's partition, in order, handing each one's offset, key
+/// and value to `f`; returns how many `f` took (it says whether it could read the record).
+pub(crate) fn replay_records(
+    partition: &Partition,
+    mut f: impl FnMut(i64, Option<Bytes>, Option<Bytes>) -> bool,
+) -> io::Result<usize> {
     let (mut offset, end) = {
         let log = partition.log();
         (log.log_start_offset(), log.log_end_offset())
@@ -403,20 +424,14 @@ fn replay_partition(
         let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("__consumer_offsets-{}: {e}", partition.index),
+                format!("{}-{}: {e}", partition.topic, partition.index),
             )
         })?;
         for set in sets {
             for record in set.records {
                 offset = offset.max(record.offset + 1);
-                match OffsetsRecord::decode(record.key, record.value) {
-                    Ok(r) => {
-                        coordinator.replay(r, now);
-                        count += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(partition = partition.index, offset = record.offset, error = %e, "skipping an unreadable __consumer_offsets record")
-                    }
+                if f(record.offset, record.key, record.value) {
+                    count += 1;
                 }
             }
         }

@@ -30,6 +30,7 @@ pub mod routes;
 pub mod shards;
 pub mod throttle;
 pub mod topics;
+pub mod txn_runtime;
 
 use std::io;
 use std::sync::Arc;

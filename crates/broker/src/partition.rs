@@ -141,6 +141,37 @@ impl Partition {
         Ok(end)
     }
 
+    /// Appends a transaction marker as leader (WriteTxnMarkers, or the transaction coordinator
+    /// on this broker); returns the log end offset after it, for the caller to wait on.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: caudal_storage::ControlMarker,
+        now_ms: i64,
+    ) -> Result<i64, AppendError> {
+        let replicated = self.replicated.load(Ordering::Acquire);
+        let end = {
+            let mut log = self.log();
+            if !self.is_leader() {
+                return Err(AppendError::Offline(
+                    "this broker no longer leads the partition".to_string(),
+                ));
+            }
+            log.append_marker(producer_id, producer_epoch, marker, now_ms)?;
+            let end = log.log_end_offset();
+            if !replicated {
+                self.high_watermark.fetch_max(end, Ordering::AcqRel);
+            }
+            end
+        };
+        if replicated {
+            self.update_high_watermark(end, now_ms);
+        }
+        self.appended.notify_waiters();
+        Ok(end)
+    }
+
     fn replication(&self) -> MutexGuard<'_, Option<LeaderState>> {
         self.replication
             .lock()
