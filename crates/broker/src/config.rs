@@ -96,6 +96,13 @@ pub const SETTINGS: &[Setting] = &[
     s("offsets.topic.segment.bytes", None, Int, "104857600", 1024, "Segment size of __consumer_offsets, which is compacted segment by segment."),
     s("log.cleaner.backoff.ms", None, Long, "15000", 1, "How often compacted topics (such as __consumer_offsets) are cleaned."),
     s("offsets.retention.minutes", None, Int, "10080", 1, "How long committed offsets are kept after their group becomes empty."),
+    s("transaction.state.log.num.partitions", None, Int, "50", 1, "Partitions of __transaction_state, where transactional producers' transactions are kept. Fixed once the topic exists."),
+    s("transaction.state.log.replication.factor", None, Int, "3", 1, "Replicas of each __transaction_state partition; a cluster of fewer live brokers when the topic is made gets one per broker. Fixed once the topic exists."),
+    s("transaction.state.log.min.isr", None, Int, "2", 1, "min.insync.replicas of __transaction_state (at most its replication factor)."),
+    s("transaction.state.log.segment.bytes", None, Int, "104857600", 1024, "Segment size of __transaction_state, which is compacted."),
+    s("transaction.max.timeout.ms", None, Int, "900000", 1, "The longest transaction.timeout.ms a producer may ask for; a longer one is refused with INVALID_TRANSACTION_TIMEOUT."),
+    s("transactional.id.expiration.ms", None, Int, "604800000", 1, "A transactional id with no transaction for this long is forgotten."),
+    s("transaction.abort.timed.out.transaction.cleanup.interval.ms", None, Int, "10000", 1, "How often the transaction coordinator aborts transactions open past their timeout (and forgets expired transactional ids)."),
     s("offsets.retention.check.interval.ms", None, Long, "600000", 1, "How often committed offsets are checked for expiry."),
     s("offset.metadata.max.bytes", None, Int, "4096", 0, "Largest metadata string an offset commit may carry."),
     s("group.initial.rebalance.delay.ms", None, Int, "3000", 0, "How long a new group waits for more members before its first rebalance."),
@@ -394,6 +401,29 @@ impl BrokerConfig {
     }
     pub fn offsets_topic_partitions(&self) -> i32 {
         self.number("offsets.topic.num.partitions") as i32
+    }
+    pub fn txn_topic_partitions(&self) -> i32 {
+        self.number("transaction.state.log.num.partitions") as i32
+    }
+    pub fn txn_topic_replication_factor(&self) -> i16 {
+        self.number("transaction.state.log.replication.factor")
+            .clamp(1, i64::from(i16::MAX)) as i16
+    }
+    pub fn txn_topic_min_isr(&self) -> i64 {
+        self.number("transaction.state.log.min.isr")
+    }
+    pub fn txn_topic_segment_bytes(&self) -> i64 {
+        self.number("transaction.state.log.segment.bytes")
+    }
+    pub fn txn_check_interval_ms(&self) -> i64 {
+        self.number("transaction.abort.timed.out.transaction.cleanup.interval.ms")
+    }
+    pub fn txn_config(&self) -> caudal_coordinator::txn::TxnConfig {
+        caudal_coordinator::txn::TxnConfig {
+            max_timeout_ms: self.number("transaction.max.timeout.ms") as i32,
+            id_expiration_ms: self.number("transactional.id.expiration.ms"),
+            ..caudal_coordinator::txn::TxnConfig::default()
+        }
     }
     /// `log.dir.min.free.bytes`: -1 for the default (the smaller of 1 GiB and 5%).
     pub fn log_dir_min_free_bytes(&self) -> i64 {

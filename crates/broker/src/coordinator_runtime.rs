@@ -248,9 +248,6 @@ impl CoordinatorRuntime {
 
 /// Creates `__consumer_offsets` if it does not exist, with Kafka's settings for it.
 pub async fn create_offsets_topic(config: &BrokerConfig, topics: &Topics) -> io::Result<()> {
-    if topics.get(OFFSETS_TOPIC).is_some() {
-        return Ok(());
-    }
     // Compacted, segments of offsets.topic.segment.bytes.
     let configs = BTreeMap::from([
         ("cleanup.policy".to_string(), "compact".to_string()),
@@ -259,16 +256,36 @@ pub async fn create_offsets_topic(config: &BrokerConfig, topics: &Topics) -> io:
             config.offsets_topic_segment_bytes().to_string(),
         ),
     ]);
-    // offsets.topic.replication.factor, or one replica per live broker in a smaller cluster.
+    create_internal_topic(
+        topics,
+        OFFSETS_TOPIC,
+        config.offsets_topic_partitions(),
+        config.offsets_topic_replication_factor(),
+        configs,
+    )
+    .await
+}
+
+/// Creates an internal topic if it does not exist, with `replication_factor` replicas or one
+/// per live broker in a smaller cluster, as Kafka makes them.
+pub(crate) async fn create_internal_topic(
+    topics: &Topics,
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    configs: BTreeMap<String, String>,
+) -> io::Result<()> {
+    if topics.get(name).is_some() {
+        return Ok(());
+    }
     let live = i16::try_from(topics.live_brokers())
         .unwrap_or(i16::MAX)
         .max(1);
-    let replication_factor = config.offsets_topic_replication_factor().min(live);
     let created = topics
         .create_placed(
-            OFFSETS_TOPIC,
-            config.offsets_topic_partitions(),
-            replication_factor,
+            name,
+            partitions,
+            replication_factor.min(live),
             Vec::new(),
             configs,
             false,
@@ -276,9 +293,9 @@ pub async fn create_offsets_topic(config: &BrokerConfig, topics: &Topics) -> io:
         .await;
     match created {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(io::Error::other(
-            "creating __consumer_offsets returned nothing",
-        )),
+        Ok(None) => Err(io::Error::other(format!(
+            "creating {name} returned nothing"
+        ))),
         // Another broker of the cluster made it first.
         Err(crate::topics::TopicError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(io::Error::other(e)),

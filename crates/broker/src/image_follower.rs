@@ -4,9 +4,9 @@
 //! The quorum publishes images on a watch, which may skip some when they come fast: the follower
 //! compares each image it takes with the last one it applied, so a skipped image changes nothing
 //! but how many changes arrive at once. File work (opening, making and deleting replica
-//! directories) runs on a blocking thread. Leadership of `__consumer_offsets` partitions goes on
-//! to the group coordinator runtime, before the image is published, so a client sent here by
-//! FindCoordinator finds the shard at least loading.
+//! directories) runs on a blocking thread. Leadership of `__consumer_offsets` and
+//! `__transaction_state` partitions goes on to the coordinator runtimes, before the image is
+//! published, so a client sent here by FindCoordinator finds the shard at least loading.
 
 use std::sync::Arc;
 
@@ -19,6 +19,22 @@ use crate::config::BrokerConfig;
 use crate::coordinator_runtime::{CoordinatorRuntime, ShardChanges, OFFSETS_TOPIC};
 use crate::replica_fetcher::ReplicaFetchers;
 use crate::replica_manager::{tp, LogContext, ReplicaManager};
+use crate::txn_runtime::{TxnRuntime, TXN_TOPIC};
+
+/// The coordinator shards one metadata change moves: of the group coordinator
+/// (`__consumer_offsets`) and of the transaction coordinator (`__transaction_state`).
+#[derive(Debug, Default)]
+pub(crate) struct Coordinated {
+    pub groups: ShardChanges,
+    pub txns: ShardChanges,
+}
+
+impl Coordinated {
+    pub(crate) fn apply(self, groups: &CoordinatorRuntime, txns: &TxnRuntime) {
+        groups.apply(self.groups);
+        txns.apply(self.txns);
+    }
+}
 
 /// What the follower works with.
 pub(crate) struct Follower {
@@ -26,14 +42,15 @@ pub(crate) struct Follower {
     pub disk: Arc<dyn Disk>,
     pub replicas: Arc<ReplicaManager>,
     pub coordinators: Arc<CoordinatorRuntime>,
+    pub txns: Arc<TxnRuntime>,
     /// Fetch the partitions other brokers lead; told after each image is applied.
     pub fetchers: Arc<ReplicaFetchers>,
 }
 
 impl Follower {
     /// Opens every replica `image` gives this broker (at start, before any client is served);
-    /// returns the `__consumer_offsets` partitions it leads. Blocking.
-    pub(crate) fn load(&self, image: &MetadataImage) -> ShardChanges {
+    /// returns the `__consumer_offsets` and `__transaction_state` partitions it leads. Blocking.
+    pub(crate) fn load(&self, image: &MetadataImage) -> Coordinated {
         let ctx = LogContext {
             config: &self.config,
             disk: self.disk.clone(),
@@ -47,8 +64,16 @@ impl Follower {
             metadata_offset = image.provenance().index,
             "local replicas opened"
         );
+        Coordinated {
+            groups: self.led(image, OFFSETS_TOPIC),
+            txns: self.led(image, TXN_TOPIC),
+        }
+    }
+
+    /// The partitions of internal topic `name` that this broker leads in `image`.
+    fn led(&self, image: &MetadataImage, name: &str) -> ShardChanges {
         let mut shards = ShardChanges::default();
-        if let Some(topic) = image.topic_by_name(OFFSETS_TOPIC) {
+        if let Some(topic) = image.topic_by_name(name) {
             shards.partition_count = i32::try_from(topic.partitions.len()).ok();
             for (index, registration) in topic.partitions.iter().enumerate() {
                 let Ok(index) = i32::try_from(index) else {
@@ -66,15 +91,16 @@ impl Follower {
     }
 
     /// What `changes` (from `old` to `new`, applied to the replicas) mean for the coordinator
-    /// shards: `__consumer_offsets` partitions led, and those followed or deleted.
+    /// shards of internal topic `name`: its partitions led, and those followed or deleted.
     fn shard_changes(
         &self,
         old: &MetadataImage,
         new: &MetadataImage,
         changes: &LocalReplicaChanges,
+        name: &str,
     ) -> ShardChanges {
-        let old_id = old.topic_by_name(OFFSETS_TOPIC).map(|t| t.id);
-        let new_topic = new.topic_by_name(OFFSETS_TOPIC);
+        let old_id = old.topic_by_name(name).map(|t| t.id);
+        let new_topic = new.topic_by_name(name);
         let new_id = new_topic.map(|t| t.id);
         let mut shards = ShardChanges {
             partition_count: new_topic.and_then(|t| i32::try_from(t.partitions.len()).ok()),
@@ -103,7 +129,7 @@ impl Follower {
 
     /// Brings the replicas from `old` to `new`; returns what that means for the coordinator
     /// shards. Blocking.
-    fn apply(&self, old: &MetadataImage, new: &MetadataImage) -> ShardChanges {
+    fn apply(&self, old: &MetadataImage, new: &MetadataImage) -> Coordinated {
         let changes = new.local_changes_since(old, self.config.node_id);
         let ctx = LogContext {
             config: &self.config,
@@ -132,7 +158,10 @@ impl Follower {
             self.replicas
                 .apply_topic_configs(new, &configs, &self.config);
         }
-        self.shard_changes(old, new, &changes)
+        Coordinated {
+            groups: self.shard_changes(old, new, &changes, OFFSETS_TOPIC),
+            txns: self.shard_changes(old, new, &changes, TXN_TOPIC),
+        }
     }
 
     /// Follows `images` from the image `published` holds (the one already loaded), publishing
@@ -161,7 +190,7 @@ impl Follower {
                     let applied = new.clone();
                     let done = tokio::task::spawn_blocking(move || f.apply(&old, &applied)).await;
                     match done {
-                        Ok(shards) => follower.coordinators.apply(shards),
+                        Ok(shards) => shards.apply(&follower.coordinators, &follower.txns),
                         Err(e) => {
                             tracing::error!(error = %e, "applying a metadata change to the local replicas failed")
                         }

@@ -30,6 +30,7 @@ pub mod routes;
 pub mod shards;
 pub mod throttle;
 pub mod topics;
+pub mod txn_markers;
 pub mod txn_runtime;
 
 use std::io;
@@ -70,6 +71,8 @@ pub struct Broker {
     pub isr: isr_sender::IsrSender,
     /// The group coordinator's shards, one per `__consumer_offsets` partition this broker leads.
     pub groups: Arc<coordinator_runtime::CoordinatorRuntime>,
+    /// The transaction coordinator's shards, one per `__transaction_state` partition led here.
+    pub txns: Arc<txn_runtime::TxnRuntime>,
     /// Refuses produce while the data directory's filesystem is nearly full.
     pub free_space: disk_space::FreeSpaceGuard,
     /// `leader.replication.throttled.rate`, for the replicas reassignments add.
@@ -80,6 +83,8 @@ pub struct Broker {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Set while a FindCoordinator's creation of a missing `__consumer_offsets` is under way.
     creating_offsets_topic: std::sync::atomic::AtomicBool,
+    /// The same for `__transaction_state`.
+    creating_txn_topic: std::sync::atomic::AtomicBool,
     /// What DescribeQuorum is answered from, or forwarded through.
     pub quorum: handlers::describe_quorum::QuorumDescriber,
 }
@@ -120,6 +125,23 @@ impl Broker {
                 tracing::warn!(error = %e, "creating __consumer_offsets failed");
             }
             broker.creating_offsets_topic.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Creates `__transaction_state` in the background, as
+    /// [`create_offsets_topic_in_background`](Self::create_offsets_topic_in_background) does
+    /// `__consumer_offsets`: on the first FindCoordinator for a transactional id.
+    pub(crate) fn create_txn_topic_in_background(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.creating_txn_topic.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = txn_runtime::create_txn_topic(&broker.config, &broker.topics).await {
+                tracing::warn!(error = %e, "creating __transaction_state failed");
+            }
+            broker.creating_txn_topic.store(false, Ordering::SeqCst);
         });
     }
 }
@@ -201,11 +223,19 @@ impl Server {
         let disk = Arc::new(caudal_storage::disk::BoundedDisk::new(open_files));
         let replicas = Arc::new(ReplicaManager::new());
         let groups = Arc::new(coordinator_runtime::CoordinatorRuntime::new(&config));
+        let markers = Arc::new(txn_markers::BrokerMarkers::default());
+        let txns = txn_runtime::TxnRuntime::new(
+            config.txn_config(),
+            config.offsets_commit_timeout(),
+            config.txn_check_interval_ms(),
+            Arc::new(markers.clone()),
+        );
         let node = node::MetadataNode::start(
             &config,
             disk,
             replicas.clone(),
             groups.clone(),
+            txns.clone(),
             controller_listeners,
         )
         .await?;
@@ -244,6 +274,18 @@ impl Server {
             .wait_loaded()
             .await
             .map_err(|e| data_err(io::Error::other(e)))?;
+        let loaded_txns = txns
+            .wait_loaded()
+            .await
+            .map_err(|e| data_err(io::Error::other(e)))?;
+        if loaded_txns.records > 0 {
+            tracing::info!(
+                transactional_ids = loaded_txns.keys,
+                records = loaded_txns.records,
+                shards = loaded_txns.shards,
+                "loaded transactions from __transaction_state"
+            );
+        }
         if loaded.records > 0 {
             tracing::info!(
                 groups = loaded.keys,
@@ -265,12 +307,15 @@ impl Server {
             producer_ids,
             isr,
             groups,
+            txns,
             free_space,
             replication_throttle,
             shutting_down: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             creating_offsets_topic: std::sync::atomic::AtomicBool::new(false),
+            creating_txn_topic: std::sync::atomic::AtomicBool::new(false),
         });
+        markers.serve(&broker);
         Ok(Server {
             broker,
             listeners: client_listeners,
@@ -309,6 +354,7 @@ impl Server {
         let mut connections = JoinSet::new();
         let retention = tokio::spawn(retention_loop(broker.clone(), stop_rx.clone()));
         let group_clock = tokio::spawn(group_clock(broker.clone(), stop_rx.clone()));
+        let txn_clock = tokio::spawn(txn_clock(broker.clone(), stop_rx.clone()));
         // Connections closed for bad input or refused by a limit are logged a few at a time,
         // with a summary of the rest every interval.
         let warnings = Arc::new(connection_warnings::ConnectionWarnings::new());
@@ -423,6 +469,7 @@ impl Server {
         }
         retention.abort();
         group_clock.abort();
+        txn_clock.abort();
         warnings_flush.abort();
         let broker_epoch = node.stop().await;
         let b = broker.clone();
@@ -591,6 +638,23 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
 /// joins and revocations) lower their shard's next tick and wake it, as does a shard that
 /// finished loading; heartbeats and offset commits only push a deadline later, and an early
 /// tick is harmless, so they never wake it.
+/// Ticks the transaction coordinator's shards: resumes what a new leader found prepared (at
+/// once after a load), aborts transactions past their timeout and expires idle transactional
+/// ids (every `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+async fn txn_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    const WAIT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+    loop {
+        let until = broker.txns.next_tick().saturating_sub(now_ms()).max(0);
+        let wait = Duration::from_millis(u64::try_from(until).unwrap_or(0)).min(WAIT_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = broker.txns.clock_lowered() => continue,
+            _ = stop.changed() => return,
+        }
+        broker.txns.tick_due(now_ms());
+    }
+}
+
 async fn group_clock(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     use tokio::time::Instant;
     // Even if a deadline is always due (a rebalance timeout of 0 makes every join and sync

@@ -42,6 +42,7 @@ use crate::lifecycle::{
 use crate::replica_fetcher::ReplicaFetchers;
 use crate::replica_manager::ReplicaManager;
 use crate::routes::ListenerKind;
+use crate::txn_runtime::TxnRuntime;
 use crate::StartError;
 
 /// The longest each step of a start may take before the start fails with a message naming it.
@@ -107,6 +108,7 @@ impl MetadataNode {
         disk: Arc<dyn Disk>,
         replicas: Arc<ReplicaManager>,
         coordinators: Arc<CoordinatorRuntime>,
+        txns: Arc<TxnRuntime>,
         controller_listeners: Vec<TcpListener>,
     ) -> Result<MetadataNode, StartError> {
         let QuorumSide {
@@ -135,6 +137,7 @@ impl MetadataNode {
             disk,
             replicas: replicas.clone(),
             coordinators: coordinators.clone(),
+            txns: txns.clone(),
             fetchers: fetchers.clone(),
         };
         let images = quorum.images();
@@ -144,7 +147,7 @@ impl MetadataNode {
             (follower, image, shards)
         })
         .await?;
-        coordinators.apply(shards);
+        shards.apply(&coordinators, &txns);
         fetchers.update(&image, &replicas.all());
         let (published, applied) = watch::channel(image);
         let (stop_follower, follower_stop) = oneshot::channel();

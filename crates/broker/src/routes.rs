@@ -190,7 +190,15 @@ routes! {
             cx.broker, r, cx.version, cx.conn.listener,
         ));
     InitProducerId on CLIENT, forwarded: false
-        => |r, cx| ready(handlers::init_producer_id::handle(cx.broker, r).await);
+        => |r, cx| ready(handlers::init_producer_id::handle(cx.broker, r, cx.version).await);
+    AddPartitionsToTxn on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::add_partitions(cx.broker, r, cx.version).await);
+    AddOffsetsToTxn on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::add_offsets(cx.broker, r, cx.version).await);
+    EndTxn on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::end(cx.broker, r, cx.version).await);
+    WriteTxnMarkers on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::write_markers(cx.broker, r).await);
     FindCoordinator on CLIENT, forwarded: false
         => |r, cx| ready(handlers::find_coordinator::handle(
             cx.broker, r, cx.version, cx.conn.listener,

@@ -30,6 +30,37 @@ use crate::shards::{CoordinatorError, LoadError, Loaded, ShardChanges, ShardCoor
 /// Kafka's name for the topic holding transactions.
 pub const TXN_TOPIC: &str = "__transaction_state";
 
+/// Creates `__transaction_state` if it does not exist, with Kafka's settings for it:
+/// compacted, `transaction.state.log.*` partitions, replicas, segment size and minimum ISR.
+pub async fn create_txn_topic(
+    config: &crate::config::BrokerConfig,
+    topics: &crate::topics::Topics,
+) -> io::Result<()> {
+    let replication_factor = config.txn_topic_replication_factor();
+    let live = i64::try_from(topics.live_brokers()).unwrap_or(i64::MAX);
+    let min_isr = config
+        .txn_topic_min_isr()
+        .min(i64::from(replication_factor))
+        .min(live)
+        .max(1);
+    let configs = std::collections::BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        (
+            "segment.bytes".to_string(),
+            config.txn_topic_segment_bytes().to_string(),
+        ),
+        ("min.insync.replicas".to_string(), min_isr.to_string()),
+    ]);
+    crate::coordinator_runtime::create_internal_topic(
+        topics,
+        TXN_TOPIC,
+        config.txn_topic_partitions(),
+        replication_factor,
+        configs,
+    )
+    .await
+}
+
 /// The pause before markers or a record that failed are tried again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -89,15 +120,19 @@ type Shard = crate::shards::Shard<TxnShard>;
 /// them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Why markers could not be written (they are tried again).
+/// Why some markers could not be written, and which partitions still lack theirs (they are
+/// tried again).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("writing transaction markers: {0}")]
-pub struct MarkerError(pub String);
+#[error("writing transaction markers: {reason}")]
+pub struct MarkerError {
+    pub pending: Vec<TxnPartition>,
+    pub reason: String,
+}
 
 /// Writes a transaction's markers to its partitions, wherever they are led.
 pub trait MarkerWriter: Send + Sync + std::fmt::Debug {
     /// Resolves once every marker is on every in-sync replica of its partition (a partition
-    /// that no longer exists counts as done), or with the error that stopped it.
+    /// that no longer exists counts as done), or with the partitions still to do.
     fn write(&self, markers: Markers) -> BoxFuture<Result<(), MarkerError>>;
 }
 
@@ -370,14 +405,16 @@ impl TxnRuntime {
 
     /// Writes markers until they are written or the shard goes; then the Complete record.
     async fn write_markers(self: Arc<Self>, shard: Arc<Shard>, markers: Markers) {
+        let mut pending = markers.clone();
         loop {
             if !self.still_leads(&shard) {
                 return;
             }
-            match self.markers.write(markers.clone()).await {
+            match self.markers.write(pending.clone()).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::debug!(transactional_id = %markers.transactional_id, error = %e, "transaction markers not written yet; retrying");
+                    pending.partitions = e.pending;
                     tokio::time::sleep(RETRY_BACKOFF).await;
                 }
             }
@@ -474,7 +511,10 @@ mod tests {
     impl MarkerWriter for LocalMarkers {
         fn write(&self, m: Markers) -> BoxFuture<Result<(), MarkerError>> {
             if self.failing.load(Ordering::SeqCst) {
-                return Box::pin(std::future::ready(Err(MarkerError("told to fail".into()))));
+                return Box::pin(std::future::ready(Err(MarkerError {
+                    pending: m.partitions,
+                    reason: "told to fail".into(),
+                })));
             }
             let map = self.partitions.lock().unwrap();
             let targets: Vec<Arc<Partition>> = m
@@ -487,13 +527,17 @@ mod tests {
                     commit: m.committed,
                     coordinator_epoch: m.coordinator_epoch,
                 };
+                let failed = |reason: String| MarkerError {
+                    pending: m.partitions.clone(),
+                    reason,
+                };
                 for p in targets {
                     let end = p
                         .append_marker(m.producer_id, m.producer_epoch, marker, crate::now_ms())
-                        .map_err(|e| MarkerError(e.to_string()))?;
+                        .map_err(|e| failed(e.to_string()))?;
                     wait_committed(Some((p, end)), Duration::from_secs(5))
                         .await
-                        .map_err(|e| MarkerError(e.to_string()))?;
+                        .map_err(|e| failed(e.to_string()))?;
                 }
                 Ok(())
             })

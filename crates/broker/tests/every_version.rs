@@ -956,6 +956,92 @@ async fn every_api_answers_at_every_advertised_version() {
                     assert_eq!(a[0].partitions.first(), Some(&0), "{what}");
                     assert_eq!(r.groups[1].error_code, 69, "{what}: GROUP_ID_NOT_FOUND");
                 }
+                ApiKey::AddPartitionsToTxn => {
+                    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+                    // A partition that does not exist: refused before the coordinator is asked.
+                    let req = AddPartitionsToTxnRequest::default()
+                        .with_v3_and_below_transactional_id(TransactionalId(
+                            StrBytes::from_static_str("txn"),
+                        ))
+                        .with_v3_and_below_producer_id(ProducerId(1))
+                        .with_v3_and_below_producer_epoch(0)
+                        .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                            .with_name(topic("missing"))
+                            .with_partitions(vec![0])]);
+                    let ResponseKind::AddPartitionsToTxn(r) =
+                        c.send(api, v, &RequestKind::AddPartitionsToTxn(req)).await
+                    else {
+                        panic!()
+                    };
+                    let t = &r.results_by_topic_v3_and_below[0];
+                    assert_eq!(t.name.0.as_str(), "missing", "{what}");
+                    assert_eq!(
+                        t.results_by_partition[0].partition_error_code, 3,
+                        "{what}: UNKNOWN_TOPIC_OR_PARTITION"
+                    );
+                }
+                ApiKey::AddOffsetsToTxn | ApiKey::EndTxn => {
+                    // No FindCoordinator for a transactional id came: __transaction_state does
+                    // not exist, so this broker coordinates no transaction.
+                    let code = if api == ApiKey::EndTxn {
+                        let req = EndTxnRequest::default()
+                            .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                                "txn",
+                            )))
+                            .with_producer_id(ProducerId(1))
+                            .with_committed(true);
+                        let ResponseKind::EndTxn(r) =
+                            c.send(api, v, &RequestKind::EndTxn(req)).await
+                        else {
+                            panic!()
+                        };
+                        r.error_code
+                    } else {
+                        let req = AddOffsetsToTxnRequest::default()
+                            .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                                "txn",
+                            )))
+                            .with_producer_id(ProducerId(1))
+                            .with_group_id(GroupId(StrBytes::from_static_str("grp")));
+                        let ResponseKind::AddOffsetsToTxn(r) =
+                            c.send(api, v, &RequestKind::AddOffsetsToTxn(req)).await
+                        else {
+                            panic!()
+                        };
+                        r.error_code
+                    };
+                    assert_eq!(code, 16, "{what}: NOT_COORDINATOR");
+                }
+                ApiKey::WriteTxnMarkers => {
+                    use kafka_protocol::messages::write_txn_markers_request::{
+                        WritableTxnMarker, WritableTxnMarkerTopic,
+                    };
+                    let req = WriteTxnMarkersRequest::default().with_markers(vec![
+                        WritableTxnMarker::default()
+                            .with_producer_id(ProducerId(999))
+                            .with_producer_epoch(0)
+                            .with_transaction_result(false)
+                            .with_topics(vec![
+                                WritableTxnMarkerTopic::default()
+                                    .with_name(topic("t"))
+                                    .with_partition_indexes(vec![0]),
+                                WritableTxnMarkerTopic::default()
+                                    .with_name(topic("missing"))
+                                    .with_partition_indexes(vec![0]),
+                            ]),
+                    ]);
+                    let ResponseKind::WriteTxnMarkers(r) =
+                        c.send(api, v, &RequestKind::WriteTxnMarkers(req)).await
+                    else {
+                        panic!()
+                    };
+                    let topics = &r.markers[0].topics;
+                    assert_eq!(topics[0].partitions[0].error_code, 0, "{what}");
+                    assert_eq!(
+                        topics[1].partitions[0].error_code, 3,
+                        "{what}: UNKNOWN_TOPIC_OR_PARTITION"
+                    );
+                }
                 other => {
                     panic!("{other:?} is advertised but this test does not exercise it: add it")
                 }

@@ -23,6 +23,13 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
+    // Transactions version 1 (v5 of AddPartitionsToTxn and EndTxn are version 2, which clients
+    // use only when the broker finalizes the transaction.version feature; v4 and later of
+    // AddPartitionsToTxn are between brokers).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),

@@ -1,6 +1,7 @@
 //! FindCoordinator: a group's coordinator is the leader of the `__consumer_offsets` partition
-//! the group maps to, reached at the listener the client came in on (Kafka's
-//! `partitionFor(groupId)` and metadata cache). Transactions have no coordinator yet.
+//! the group maps to, a transactional id's the leader of its `__transaction_state` partition,
+//! reached at the listener the client came in on (Kafka's `partitionFor` and metadata cache).
+//! The first request for a key type whose topic is missing creates the topic.
 
 use std::sync::Arc;
 
@@ -15,46 +16,50 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::str_bytes;
 use crate::coordinator_runtime::OFFSETS_TOPIC;
+use crate::txn_runtime::TXN_TOPIC;
 use crate::Broker;
 
 const GROUP: i8 = 0;
+const TRANSACTION: i8 = 1;
 /// v4 and later look up a batch of keys.
 const BATCHED_SINCE: i16 = 4;
 
-/// Where the coordinator of `key` is, or why it cannot be named.
+/// Where the coordinator of `key` is, or why it cannot be named. `internal` is the key type's
+/// topic, if it exists.
 fn coordinator<'i>(
     image: &'i MetadataImage,
-    offsets: Option<&TopicImage>,
+    internal: Option<&TopicImage>,
     key_type: i8,
     key: &str,
     listener_name: &str,
 ) -> Result<(i32, &'i Endpoint), (i16, &'static str)> {
     let not_available = E::CoordinatorNotAvailable.code();
-    if key_type != GROUP {
-        return Err((
-            not_available,
-            "transactions are not available on this broker yet",
-        ));
-    }
+    let (empty, creating, leaderless) = match key_type {
+        GROUP => (
+            "the group id is empty",
+            "the __consumer_offsets topic is being created",
+            "the group's __consumer_offsets partition has no leader",
+        ),
+        TRANSACTION => (
+            "the transactional id is empty",
+            "the __transaction_state topic is being created",
+            "the transactional id's __transaction_state partition has no leader",
+        ),
+        _ => return Err((E::InvalidRequest.code(), "unknown coordinator key type")),
+    };
     if key.is_empty() {
-        return Err((E::InvalidRequest.code(), "the group id is empty"));
+        return Err((E::InvalidRequest.code(), empty));
     }
-    let offsets = offsets.ok_or((
-        not_available,
-        "the __consumer_offsets topic is being created",
-    ))?;
-    let n = i32::try_from(offsets.partitions.len()).unwrap_or(i32::MAX);
-    let leader = offsets
+    let internal = internal.ok_or((not_available, creating))?;
+    let n = i32::try_from(internal.partitions.len()).unwrap_or(i32::MAX);
+    let leader = internal
         .partition(partition_for(key, n))
         .map(|p| p.leader)
         .filter(|leader| *leader >= 0)
-        .ok_or((
-            not_available,
-            "the group's __consumer_offsets partition has no leader",
-        ))?;
+        .ok_or((not_available, leaderless))?;
     let endpoint = image.endpoint(leader, listener_name).ok_or((
         not_available,
-        "the group's coordinator has no listener of the name this request came in on",
+        "the coordinator has no listener of the name this request came in on",
     ))?;
     Ok((leader, endpoint))
 }
@@ -66,13 +71,20 @@ pub fn handle(
     listener: usize,
 ) -> ResponseKind {
     let image = broker.topics.image();
-    let offsets = image.topic_by_name(OFFSETS_TOPIC).map(|t| &**t);
-    if offsets.is_none() && request.key_type == GROUP {
-        // Kafka creates the topic on the first FindCoordinator that needs it.
-        broker.create_offsets_topic_in_background();
+    let name = if request.key_type == TRANSACTION {
+        TXN_TOPIC
+    } else {
+        OFFSETS_TOPIC
+    };
+    let internal = image.topic_by_name(name).map(|t| &**t);
+    // Kafka creates the topic on the first FindCoordinator that needs it.
+    match (internal, request.key_type) {
+        (None, GROUP) => broker.create_offsets_topic_in_background(),
+        (None, TRANSACTION) => broker.create_txn_topic_in_background(),
+        _ => {}
     }
     let listener_name = super::listener_name(broker, listener);
-    let answer = |key: &str| coordinator(&image, offsets, request.key_type, key, listener_name);
+    let answer = |key: &str| coordinator(&image, internal, request.key_type, key, listener_name);
     let response = if version >= BATCHED_SINCE {
         let coordinators = request
             .coordinator_keys

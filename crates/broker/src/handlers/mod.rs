@@ -32,6 +32,7 @@ pub(crate) mod offset_for_leader_epoch;
 pub(crate) mod produce;
 pub(crate) mod reassignments;
 pub(crate) mod sync_group;
+pub(crate) mod transactions;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -41,6 +41,7 @@ pub async fn handle(
     listener: usize,
 ) -> Reply {
     let acks = request.acks;
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
     // Made on the first NOT_LEADER_OR_FOLLOWER only: the common produce needs no image.
     let mut hints: Option<LeaderHints> = None;
     let now = now_ms();
@@ -51,7 +52,10 @@ pub async fn handle(
         let name = topic_data.name.0.as_str().to_string();
         let topic = match broker.topics.get(&name) {
             // Kafka: clients cannot append to internal topics.
-            Some(_) if name == crate::coordinator_runtime::OFFSETS_TOPIC => {
+            Some(_)
+                if name == crate::coordinator_runtime::OFFSETS_TOPIC
+                    || name == crate::txn_runtime::TXN_TOPIC =>
+            {
                 Err(E::InvalidTopicException.code())
             }
             Some(t) => Ok(t),
@@ -121,13 +125,22 @@ pub async fn handle(
                     "a produce request must carry exactly one record batch per partition"
                         .to_string(),
                 )),
-                // A transactional batch belongs to a transaction its coordinator knows of; this
-                // broker serves no transaction coordinator yet, so none can be verified, and an
-                // unverified one would hold back what read_committed consumers see for ever.
-                Ok(_) if BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional()) => Err((
-                    E::TransactionalIdAuthorizationFailed.code(),
-                    "transactions are not served by this broker yet".to_string(),
-                )),
+                // A transactional batch belongs to a transaction its coordinator knows of: one
+                // that was not added would hold back what read_committed consumers see for ever.
+                Ok(valid) if BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional()) => {
+                    verify_transactional(
+                        broker,
+                        transactional_id.as_deref(),
+                        &records,
+                        &name,
+                        index,
+                    )
+                    .and_then(|()| {
+                        partition
+                            .append(&records, valid, now)
+                            .map_err(|e| refused(&name, index, e))
+                    })
+                }
                 Ok(valid) => partition
                     .append(&records, valid, now)
                     .map_err(|e| refused(&name, index, e)),
@@ -206,6 +219,55 @@ pub async fn handle(
                 .with_node_endpoints(node_endpoints),
         ))
     })
+}
+
+/// Checks a transactional batch against its transaction (KIP-890's verification): the request
+/// must name the transactional id, and its coordinator, when on this broker, must have the
+/// partition in the producer's open transaction. (A coordinator on another broker is not asked
+/// yet: such batches are taken as Kafka took them before KIP-890.)
+fn verify_transactional(
+    broker: &Arc<Broker>,
+    transactional_id: Option<&str>,
+    records: &[u8],
+    topic: &str,
+    index: i32,
+) -> Result<(), (i16, String)> {
+    let Some(txn_id) = transactional_id else {
+        return Err((
+            E::TransactionalIdAuthorizationFailed.code(),
+            "a transactional batch in a produce request without a transactional id".to_string(),
+        ));
+    };
+    let Ok(h) = BatchHeader::parse(records) else {
+        return Ok(());
+    };
+    let partitions = [(topic.to_string(), index)];
+    match broker
+        .txns
+        .verify_partitions(txn_id, (h.producer_id(), h.producer_epoch()), &partitions)
+    {
+        Ok(each) => match each.first() {
+            Some(Err(_)) => Err((
+                E::InvalidTxnState.code(),
+                format!("{topic}-{index} was not added to the transaction of {txn_id}"),
+            )),
+            _ => Ok(()),
+        },
+        Err(code) if code == E::NotCoordinator.code() => Ok(()),
+        Err(code) if code == E::ProducerFenced.code() => Err((
+            E::InvalidProducerEpoch.code(),
+            "a newer producer of this transactional id fenced this one".to_string(),
+        )),
+        Err(code) if code == E::InvalidProducerIdMapping.code() => Err((
+            code,
+            format!("no open transaction of {txn_id} for this producer"),
+        )),
+        // The coordinator is loading or busy: retriable, as Kafka answers.
+        Err(_) => Err((
+            E::NotEnoughReplicas.code(),
+            "the transaction coordinator could not verify the batch yet".to_string(),
+        )),
+    }
 }
 
 /// Kafka's error code for a refused append, logged.
