@@ -1,12 +1,14 @@
 """Transactions with real clients: a transactional producer's commits are read by
 read_committed consumers and its aborts are not, an open transaction holds back what
-read_committed consumers see, and a second producer with the same transactional id fences the
-first."""
+read_committed consumers see, a second producer with the same transactional id fences the
+first, and offsets sent to a transaction count only once it commits."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from support import RDKAFKA_LOG, consume, create_topic, unique_topic
 
@@ -82,3 +84,50 @@ def test_a_second_producer_with_the_same_id_fences_the_first_and_aborts_its_tran
     successor.commit_transaction(30)
     assert values(broker.bootstrap, topic, **{"isolation.level": "read_committed"}) == [
         b"from the successor"]
+
+
+def test_offsets_sent_to_a_transaction_count_only_when_it_commits(broker):
+    src, dst = unique_topic("txn-in"), unique_topic("txn-out")
+    create_topic(broker.bootstrap, src)
+    create_topic(broker.bootstrap, dst)
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "logger": RDKAFKA_LOG})
+    for i in range(10):
+        plain.produce(src, f"in {i}".encode())
+    plain.flush(30)
+    group = unique_topic("pipeline")
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "isolation.level": "read_committed", "logger": RDKAFKA_LOG})
+    p = txn_producer(broker.bootstrap, unique_topic("pipeline-app"))
+    try:
+        c.subscribe([src])
+        inputs = []
+        deadline = time.monotonic() + 30
+        while len(inputs) < 10 and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                inputs.append(m.value())
+        assert len(inputs) == 10
+
+        def transform_and_send(commit: bool) -> None:
+            p.begin_transaction()
+            for v in inputs:
+                p.produce(dst, v.upper())
+            p.send_offsets_to_transaction(c.position(c.assignment()),
+                                          c.consumer_group_metadata(), 30)
+            if commit:
+                p.commit_transaction(30)
+            else:
+                p.abort_transaction(30)
+
+        def committed() -> int:
+            return c.committed([TopicPartition(src, 0)], timeout=10)[0].offset
+
+        transform_and_send(commit=False)
+        assert committed() < 0, "an aborted transaction's offsets do not count"
+        transform_and_send(commit=True)
+        assert committed() == 10
+    finally:
+        c.close()
+    assert values(broker.bootstrap, dst, **{"isolation.level": "read_committed"}) == [
+        v.upper() for v in inputs]

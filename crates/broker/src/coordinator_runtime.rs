@@ -37,6 +37,9 @@ pub enum Answer {
     Sync(SyncResponse),
 }
 
+/// A record's key and value (`None`: a tombstone).
+type KeyValue = (Bytes, Option<Bytes>);
+
 /// Offsets below `end` in `partition` must be durable before the request is answered.
 pub type DurableWait = (Arc<Partition>, i64);
 
@@ -147,9 +150,12 @@ impl CoordinatorRuntime {
     ) -> Result<(T, Option<DurableWait>), CoordinatorError> {
         let mut answers = Vec::new();
         let mut wait = None;
+        let mut failed_txn = false;
         let result = shard.with(|coordinator| {
             let (result, effects) = f(coordinator);
             let mut records: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+            // Transactional offset commits, a batch per producer.
+            let mut txn_records: BTreeMap<(i64, i16), Vec<KeyValue>> = BTreeMap::new();
             let mut tick_by: Option<Ms> = None;
             for effect in effects {
                 match effect {
@@ -171,6 +177,25 @@ impl CoordinatorRuntime {
                         // elsewhere and starts over there, as in Kafka).
                         records.push(record.encode());
                     }
+                    Effect::WriteTxn {
+                        producer_id,
+                        producer_epoch,
+                        record,
+                    } => txn_records
+                        .entry((producer_id, producer_epoch))
+                        .or_default()
+                        .push(record.encode()),
+                }
+            }
+            for (producer, records) in txn_records {
+                let appended = encode_batch(&records, now, Some(producer))
+                    .and_then(|batch| shard.partition.append_own(&batch, now));
+                match appended {
+                    Ok(end) => wait = Some((shard.partition.clone(), end)),
+                    Err(e) => {
+                        tracing::warn!(partition = shard.index, error = %e, "writing transactional offsets to __consumer_offsets failed");
+                        failed_txn = true;
+                    }
                 }
             }
             if !records.is_empty() {
@@ -188,7 +213,20 @@ impl CoordinatorRuntime {
             result
         })?;
         answer(answers);
+        if failed_txn {
+            return Err(CoordinatorError::WriteFailed);
+        }
         Ok((result, wait))
+    }
+
+    /// A transaction marker landed in `__consumer_offsets-{index}`, led here: the offsets its
+    /// producer committed in the transaction count now (`commit`), or are dropped.
+    pub fn complete_txn(&self, index: i32, producer_id: i64, producer_epoch: i16, commit: bool) {
+        let shard = self.shards.all().get(&index).cloned();
+        if let Some(shard) = shard {
+            let _ = shard
+                .with(|c| c.complete_txn(producer_id, producer_epoch, commit, crate::now_ms()));
+        }
     }
 
     /// Reads the coordinator of `group_id`'s shard without changing it.
@@ -213,7 +251,7 @@ impl CoordinatorRuntime {
                 Err(CoordinatorError::LoadInProgress) => {
                     return Err(CoordinatorError::LoadInProgress)
                 }
-                Err(CoordinatorError::NotCoordinator) => {}
+                Err(CoordinatorError::NotCoordinator | CoordinatorError::WriteFailed) => {}
             }
         }
         Ok(out)
@@ -357,22 +395,28 @@ pub(crate) fn append_records(
     records: &[(Bytes, Option<Bytes>)],
     now: Ms,
 ) -> io::Result<i64> {
-    let batch = encode_batch(records, now)?;
+    let batch = encode_batch(records, now, None)?;
     partition.append_own(&batch, now)
 }
 
-/// `(key, value)` records as one uncompressed batch, as the broker writes its own records.
-pub(crate) fn encode_batch(records: &[(Bytes, Option<Bytes>)], now: Ms) -> io::Result<BytesMut> {
+/// `(key, value)` records as one uncompressed batch, as the broker writes its own records; in
+/// the transaction of `txn` (producer id and epoch, no sequence numbers) if given.
+pub(crate) fn encode_batch(
+    records: &[(Bytes, Option<Bytes>)],
+    now: Ms,
+    txn: Option<(i64, i16)>,
+) -> io::Result<BytesMut> {
+    let (producer_id, producer_epoch) = txn.unwrap_or((-1, -1));
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, (key, value))| Record {
-            transactional: false,
+            transactional: txn.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch wherever offset minus sequence changes.
@@ -402,26 +446,40 @@ fn replay_partition(
     coordinator: &mut Coordinator<Responder>,
     now: Ms,
 ) -> io::Result<usize> {
-    replay_records(
-        partition,
-        |offset, key, value| match OffsetsRecord::decode(key, value) {
+    replay_records(partition, |record| {
+        let (producer_id, producer_epoch) = (record.producer_id, record.producer_epoch);
+        if record.control {
+            // A transaction's marker: its offsets count now, or never.
+            let commit = record
+                .key
+                .as_ref()
+                .and_then(|k| k.get(2..4))
+                .is_some_and(|t| t == [0, 1]);
+            coordinator.complete_txn(producer_id, producer_epoch, commit, now);
+            return true;
+        }
+        match OffsetsRecord::decode(record.key, record.value) {
+            Ok(r) if record.transactional => {
+                coordinator.replay_txn(producer_id, producer_epoch, r);
+                true
+            }
             Ok(r) => {
                 coordinator.replay(r, now);
                 true
             }
             Err(e) => {
-                tracing::warn!(partition = partition.index, offset, error = %e, "skipping an unreadable __consumer_offsets record");
+                tracing::warn!(partition = partition.index, offset = record.offset, error = %e, "skipping an unreadable __consumer_offsets record");
                 false
             }
-        },
-    )
+        }
+    })
 }
 
-/// Reads every record of a coordinator's partition, in order, handing each one's offset, key
-/// and value to `f`; returns how many `f` took (it says whether it could read the record).
+/// Reads every record of a coordinator's partition, in order, handing each to `f`; returns how
+/// many `f` took (it says whether it could read the record).
 pub(crate) fn replay_records(
     partition: &Partition,
-    mut f: impl FnMut(i64, Option<Bytes>, Option<Bytes>) -> bool,
+    mut f: impl FnMut(Record) -> bool,
 ) -> io::Result<usize> {
     let (mut offset, end) = {
         let log = partition.log();
@@ -447,7 +505,7 @@ pub(crate) fn replay_records(
         for set in sets {
             for record in set.records {
                 offset = offset.max(record.offset + 1);
-                if f(record.offset, record.key, record.value) {
+                if f(record) {
                     count += 1;
                 }
             }

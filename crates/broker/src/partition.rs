@@ -593,7 +593,7 @@ pub(crate) mod tests {
             Bytes::from_static(b"k"),
             Some(Bytes::copy_from_slice(value)),
         );
-        crate::coordinator_runtime::encode_batch(&[record], 0).unwrap()
+        crate::coordinator_runtime::encode_batch(&[record], 0, None).unwrap()
     }
 
     fn partition(dir: &std::path::Path, index: i32) -> Arc<Partition> {

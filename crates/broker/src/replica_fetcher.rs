@@ -459,7 +459,7 @@ mod tests {
             Bytes::from_static(b"k"),
             Some(Bytes::copy_from_slice(value)),
         );
-        crate::coordinator_runtime::encode_batch(&[record], 0).unwrap()
+        crate::coordinator_runtime::encode_batch(&[record], 0, None).unwrap()
     }
 
     fn append(p: &Partition, value: &[u8]) -> i64 {

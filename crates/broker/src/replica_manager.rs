@@ -640,7 +640,7 @@ mod tests {
     /// Appends one record; returns its offset.
     fn append(p: &Partition) -> i64 {
         let bytes =
-            crate::coordinator_runtime::encode_batch(&[(Bytes::from_static(b"k"), None)], 0)
+            crate::coordinator_runtime::encode_batch(&[(Bytes::from_static(b"k"), None)], 0, None)
                 .unwrap();
         let valid = p.log().validate(&bytes).unwrap();
         p.append(&bytes, valid, 0).unwrap().0.base_offset

@@ -197,6 +197,8 @@ routes! {
         => |r, cx| ready(handlers::transactions::add_offsets(cx.broker, r, cx.version).await);
     EndTxn on CLIENT, forwarded: false
         => |r, cx| ready(handlers::transactions::end(cx.broker, r, cx.version).await);
+    TxnOffsetCommit on CLIENT, forwarded: false
+        => |r, cx| handlers::transactions::txn_offset_commit(cx.broker, r, cx.version);
     WriteTxnMarkers on CLIENT, forwarded: false
         => |r, cx| ready(handlers::transactions::write_markers(cx.broker, r).await);
     FindCoordinator on CLIENT, forwarded: false

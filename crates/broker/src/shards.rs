@@ -11,7 +11,9 @@ use std::io;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use caudal_coordinator::errors::{COORDINATOR_LOAD_IN_PROGRESS, NOT_COORDINATOR};
+use caudal_coordinator::errors::{
+    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR,
+};
 use caudal_coordinator::{partition_for, Ms};
 use tokio::sync::{watch, Notify};
 
@@ -43,6 +45,9 @@ pub enum CoordinatorError {
     /// The key's shard is still replaying its partition.
     #[error("the coordinator is loading")]
     LoadInProgress,
+    /// The coordinator's records could not be appended to its partition.
+    #[error("the coordinator could not write its records")]
+    WriteFailed,
 }
 
 impl CoordinatorError {
@@ -51,6 +56,7 @@ impl CoordinatorError {
         match self {
             CoordinatorError::NotCoordinator => NOT_COORDINATOR,
             CoordinatorError::LoadInProgress => COORDINATOR_LOAD_IN_PROGRESS,
+            CoordinatorError::WriteFailed => COORDINATOR_NOT_AVAILABLE,
         }
     }
 }

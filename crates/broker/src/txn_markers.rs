@@ -30,6 +30,26 @@ const WRITE_TXN_MARKERS_VERSION: i16 = 1;
 const MARKER_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_FRAME: usize = 1 << 20;
 
+/// Writes a marker to a partition this broker leads ([`append_marker`]); one in a
+/// `__consumer_offsets` partition also completes the transaction's offset commits there.
+pub async fn write_marker(
+    broker: &Broker,
+    partition: Arc<Partition>,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: ControlMarker,
+) -> Result<(), i16> {
+    let offsets =
+        (partition.topic == crate::coordinator_runtime::OFFSETS_TOPIC).then_some(partition.index);
+    append_marker(partition, producer_id, producer_epoch, marker).await?;
+    if let Some(index) = offsets {
+        broker
+            .groups
+            .complete_txn(index, producer_id, producer_epoch, marker.commit);
+    }
+    Ok(())
+}
+
 /// Appends a marker to a partition this broker leads and waits until every in-sync replica has
 /// it; Kafka's error code if it cannot.
 pub async fn append_marker(
@@ -162,7 +182,7 @@ impl BrokerMarkers {
         }
         for (tp, partition) in local {
             if let Err(code) =
-                append_marker(partition, m.producer_id, m.producer_epoch, marker).await
+                write_marker(&broker, partition, m.producer_id, m.producer_epoch, marker).await
             {
                 reasons.push(format!("{}-{}: error {code}", tp.0, tp.1));
                 pending.push(tp);

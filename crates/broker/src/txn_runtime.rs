@@ -84,14 +84,17 @@ impl ShardCoordinator for TxnShard {
             coordinator_epoch: partition.leader_epoch(),
             ..*config
         });
-        let records = replay_records(partition, |offset, key, value| match decode(key, value) {
-            Ok((id, record)) => {
-                coordinator.replay(&id, record);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(partition = partition.index, offset, error = %e, "skipping an unreadable __transaction_state record");
-                false
+        let records = replay_records(partition, |record| {
+            let offset = record.offset;
+            match decode(record.key, record.value) {
+                Ok((id, record)) => {
+                    coordinator.replay(&id, record);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(partition = partition.index, offset, error = %e, "skipping an unreadable __transaction_state record");
+                    false
+                }
             }
         })?;
         let resume = coordinator.finish_loading(now);
@@ -377,7 +380,9 @@ impl TxnRuntime {
                 }
                 Err(e) => Some(Err(match e {
                     CoordinatorError::NotCoordinator => TxnError::NotCoordinator,
-                    CoordinatorError::LoadInProgress => TxnError::CoordinatorNotAvailable,
+                    CoordinatorError::LoadInProgress | CoordinatorError::WriteFailed => {
+                        TxnError::CoordinatorNotAvailable
+                    }
                 })),
             }
         })

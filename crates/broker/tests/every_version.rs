@@ -1012,6 +1012,30 @@ async fn every_api_answers_at_every_advertised_version() {
                     };
                     assert_eq!(code, 16, "{what}: NOT_COORDINATOR");
                 }
+                ApiKey::TxnOffsetCommit => {
+                    use kafka_protocol::messages::txn_offset_commit_request::{
+                        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+                    };
+                    // No transaction coordinator here (no __transaction_state): the commit is
+                    // taken as Kafka took them before KIP-890's verification, and pending.
+                    let req = TxnOffsetCommitRequest::default()
+                        .with_transactional_id(TransactionalId(StrBytes::from_static_str("txn")))
+                        .with_group_id(GroupId(StrBytes::from_static_str("txn-grp")))
+                        .with_producer_id(ProducerId(77))
+                        .with_producer_epoch(0)
+                        .with_generation_id(-1)
+                        .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                            .with_name(topic("t"))
+                            .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1)])]);
+                    let ResponseKind::TxnOffsetCommit(r) =
+                        c.send(api, v, &RequestKind::TxnOffsetCommit(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "{what}");
+                }
                 ApiKey::WriteTxnMarkers => {
                     use kafka_protocol::messages::write_txn_markers_request::{
                         WritableTxnMarker, WritableTxnMarkerTopic,

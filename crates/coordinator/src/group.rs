@@ -170,6 +170,13 @@ pub enum Effect<R> {
     Sync(R, SyncResponse),
     /// Append this record to the group's `__consumer_offsets` partition.
     Write(OffsetsRecord),
+    /// Append this offset commit as part of the transaction of `producer_id` (a transactional
+    /// batch at `producer_epoch`): it takes effect when the transaction's marker lands.
+    WriteTxn {
+        producer_id: i64,
+        producer_epoch: i16,
+        record: OffsetsRecord,
+    },
     /// A rebalance finished: the group is Stable at a new generation. For the log.
     Stabilized(Stabilized),
     /// Call [`Coordinator::tick`] by this time: a request set a deadline that may be earlier
@@ -455,6 +462,8 @@ pub struct CommittedOffset {
     pub offset: i64,
     pub leader_epoch: i32,
     pub metadata: String,
+    /// An open transaction holds a newer offset for the partition (TxnOffsetCommit).
+    pub pending: bool,
 }
 
 #[derive(Debug)]
@@ -463,6 +472,20 @@ pub struct Coordinator<R> {
     groups: HashMap<String, Group<R>>,
     /// Groups of the consumer protocol; their committed offsets live in `groups`.
     pub(crate) consumer_groups: HashMap<String, ConsumerGroup>,
+    /// Offsets committed in open transactions (TxnOffsetCommit), by producer id: applied when
+    /// the transaction commits, dropped when it aborts.
+    pending_txn: HashMap<i64, Vec<PendingOffset>>,
+    /// The newest epoch of each producer that committed offsets in a transaction here, or whose
+    /// marker landed here: an older one is a fenced producer (INVALID_PRODUCER_EPOCH).
+    txn_epochs: HashMap<i64, i16>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingOffset {
+    group_id: String,
+    topic: String,
+    partition: i32,
+    entry: OffsetEntry,
 }
 
 fn new_member_id(prefix: &str) -> String {
@@ -475,6 +498,8 @@ impl<R> Coordinator<R> {
             config,
             groups: HashMap::new(),
             consumer_groups: HashMap::new(),
+            pending_txn: HashMap::new(),
+            txn_epochs: HashMap::new(),
         }
     }
 
@@ -877,9 +902,126 @@ impl<R> Coordinator<R> {
         offsets: Vec<OffsetCommit>,
         now: Ms,
     ) -> (Vec<i16>, Vec<Effect<R>>) {
+        self.commit_offsets_as(
+            group_id,
+            generation_id,
+            member_id,
+            group_instance_id,
+            offsets,
+            None,
+            now,
+        )
+    }
+
+    /// TxnOffsetCommit: as OffsetCommit (KIP-447's member checks), but the offsets are
+    /// written in the transaction of `producer` and count only once it commits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn txn_commit_offsets(
+        &mut self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        offsets: Vec<OffsetCommit>,
+        producer: (i64, i16),
+        now: Ms,
+    ) -> (Vec<i16>, Vec<Effect<R>>) {
+        self.commit_offsets_as(
+            group_id,
+            generation_id,
+            member_id,
+            group_instance_id,
+            offsets,
+            Some(producer),
+            now,
+        )
+    }
+
+    /// A transaction marker landed in this coordinator's partition: the offsets `producer_id`
+    /// committed in its transaction count now (`commit`), or are dropped.
+    pub fn complete_txn(&mut self, producer_id: i64, producer_epoch: i16, commit: bool, now: Ms) {
+        self.note_txn_epoch(producer_id, producer_epoch);
+        let Some(pending) = self.pending_txn.remove(&producer_id) else {
+            return;
+        };
+        if !commit {
+            return;
+        }
+        for p in pending {
+            let group = self
+                .groups
+                .entry(p.group_id.clone())
+                .or_insert_with(|| Group::new(&p.group_id, now));
+            group.offsets.insert((p.topic, p.partition), p.entry);
+        }
+    }
+
+    /// Replays an offset commit read from a transactional batch of `producer_id`: pending until
+    /// the transaction's marker is replayed.
+    pub fn replay_txn(&mut self, producer_id: i64, producer_epoch: i16, record: OffsetsRecord) {
+        self.note_txn_epoch(producer_id, producer_epoch);
+        if let OffsetsRecord::Offset {
+            group_id,
+            topic,
+            partition,
+            value: Some(v),
+        } = record
+        {
+            self.pending_txn
+                .entry(producer_id)
+                .or_default()
+                .push(PendingOffset {
+                    group_id,
+                    topic,
+                    partition,
+                    entry: OffsetEntry {
+                        offset: v.offset,
+                        leader_epoch: v.leader_epoch,
+                        metadata: v.metadata,
+                        commit_timestamp: v.commit_timestamp,
+                    },
+                });
+        }
+    }
+
+    fn note_txn_epoch(&mut self, producer_id: i64, epoch: i16) {
+        let known = self.txn_epochs.entry(producer_id).or_insert(epoch);
+        *known = (*known).max(epoch);
+    }
+
+    /// Whether an open transaction holds an offset of `group_id` for the partition (OffsetFetch
+    /// with `require_stable` answers UNSTABLE_OFFSET_COMMIT for it).
+    pub fn has_pending_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        self.pending_txn
+            .values()
+            .flatten()
+            .any(|p| p.group_id == group_id && p.topic == topic && p.partition == partition)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_offsets_as(
+        &mut self,
+        group_id: &str,
+        generation_id: i32,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        offsets: Vec<OffsetCommit>,
+        txn: Option<(i64, i16)>,
+        now: Ms,
+    ) -> (Vec<i16>, Vec<Effect<R>>) {
         let mut out = Vec::new();
         if group_id.is_empty() {
             return (vec![INVALID_GROUP_ID; offsets.len()], out);
+        }
+        if let Some((producer_id, epoch)) = txn {
+            if self
+                .txn_epochs
+                .get(&producer_id)
+                .is_some_and(|&known| epoch < known)
+            {
+                return (vec![INVALID_PRODUCER_EPOCH; offsets.len()], out);
+            }
+            self.note_txn_epoch(producer_id, epoch);
         }
         // A consumer-protocol group with members checks the member and its epoch instead.
         let consumer_check = self.consumer_group_commit_check(group_id, member_id, generation_id);
@@ -902,9 +1044,12 @@ impl<R> Coordinator<R> {
         let Some(group) = self.groups.get_mut(group_id) else {
             return (vec![COORDINATOR_NOT_AVAILABLE; offsets.len()], out);
         };
-        let error = if consumer_check.is_some()
-            || (generation_id < 0 && member_id.is_empty() && group.state == GroupState::Empty)
-        {
+        // A commit outside group management: to an empty group, or in a transaction of a
+        // producer that names no member (TxnOffsetCommit before v3, KIP-447).
+        let unmanaged = generation_id < 0
+            && member_id.is_empty()
+            && (group.state == GroupState::Empty || txn.is_some());
+        let error = if consumer_check.is_some() || unmanaged {
             NONE
         } else if group.is_fenced(member_id, group_instance_id) {
             FENCED_INSTANCE_ID
@@ -935,7 +1080,7 @@ impl<R> Coordinator<R> {
                 metadata: o.metadata,
                 commit_timestamp: now,
             };
-            out.push(Effect::Write(OffsetsRecord::Offset {
+            let record = OffsetsRecord::Offset {
                 group_id: group_id.to_string(),
                 topic: o.topic.clone(),
                 partition: o.partition,
@@ -945,8 +1090,29 @@ impl<R> Coordinator<R> {
                     metadata: entry.metadata.clone(),
                     commit_timestamp: now,
                 }),
-            }));
-            group.offsets.insert((o.topic, o.partition), entry);
+            };
+            match txn {
+                None => {
+                    out.push(Effect::Write(record));
+                    group.offsets.insert((o.topic, o.partition), entry);
+                }
+                Some((producer_id, producer_epoch)) => {
+                    out.push(Effect::WriteTxn {
+                        producer_id,
+                        producer_epoch,
+                        record,
+                    });
+                    self.pending_txn
+                        .entry(producer_id)
+                        .or_default()
+                        .push(PendingOffset {
+                            group_id: group_id.to_string(),
+                            topic: o.topic,
+                            partition: o.partition,
+                            entry,
+                        });
+                }
+            }
             errors.push(NONE);
         }
         (errors, out)
@@ -968,6 +1134,7 @@ impl<R> Coordinator<R> {
             offset: e.map(|e| e.offset).unwrap_or(-1),
             leader_epoch: e.map(|e| e.leader_epoch).unwrap_or(-1),
             metadata: e.map(|e| e.metadata.clone()).unwrap_or_default(),
+            pending: self.has_pending_offset(group_id, topic, partition),
         };
         match partitions {
             Some(ps) => ps

@@ -860,3 +860,75 @@ fn unloading_answers_waiting_joins_and_syncs_not_coordinator() {
     assert_eq!(s[0].1.error, NOT_COORDINATOR);
     assert!(joins(&e).is_empty(), "nobody else was waiting");
 }
+
+mod transactional_offsets {
+    use super::*;
+
+    fn offset(topic: &str, partition: i32, offset: i64) -> OffsetCommit {
+        OffsetCommit {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }
+    }
+
+    fn committed(c: &Coordinator<u32>, group: &str) -> (i64, bool) {
+        let o = &c.fetch_offsets(group, Some(&[("t".to_string(), 0)]))[0];
+        (o.offset, o.pending)
+    }
+
+    #[test]
+    fn offsets_of_a_transaction_count_when_it_commits_and_never_when_it_aborts() {
+        let mut c: Coordinator<u32> = Coordinator::new(GroupConfig::default());
+        let (errors, effects) =
+            c.txn_commit_offsets("g", -1, "", None, vec![offset("t", 0, 5)], (9, 0), 0);
+        assert_eq!(errors, vec![0]);
+        assert!(matches!(
+            effects.as_slice(),
+            [Effect::WriteTxn {
+                producer_id: 9,
+                producer_epoch: 0,
+                ..
+            }]
+        ));
+        assert_eq!(committed(&c, "g"), (-1, true), "pending, not committed");
+        c.complete_txn(9, 0, false, 1);
+        assert_eq!(committed(&c, "g"), (-1, false), "aborted");
+        c.txn_commit_offsets("g", -1, "", None, vec![offset("t", 0, 7)], (9, 0), 2);
+        c.complete_txn(9, 0, true, 3);
+        assert_eq!(committed(&c, "g"), (7, false));
+    }
+
+    #[test]
+    fn a_fenced_producer_cannot_commit_offsets_after_its_successors_marker() {
+        let mut c: Coordinator<u32> = Coordinator::new(GroupConfig::default());
+        // The abort that fenced epoch 0 landed with epoch 1.
+        c.complete_txn(9, 1, false, 0);
+        let (errors, effects) =
+            c.txn_commit_offsets("g", -1, "", None, vec![offset("t", 0, 5)], (9, 0), 1);
+        assert_eq!(errors, vec![crate::errors::INVALID_PRODUCER_EPOCH]);
+        assert!(effects.is_empty());
+    }
+
+    #[test]
+    fn replayed_transactional_offsets_wait_for_their_marker() {
+        let mut c: Coordinator<u32> = Coordinator::new(GroupConfig::default());
+        let record = OffsetsRecord::Offset {
+            group_id: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            value: Some(crate::records::OffsetRecord {
+                offset: 3,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp: 0,
+            }),
+        };
+        c.replay_txn(9, 0, record);
+        assert_eq!(committed(&c, "g"), (-1, true));
+        c.complete_txn(9, 0, true, 0);
+        assert_eq!(committed(&c, "g"), (3, false));
+    }
+}

@@ -153,7 +153,7 @@ impl ProducerStates {
     /// Checks a batch before it is appended.
     pub fn check(&self, h: &BatchHeader<'_>) -> Result<SequenceCheck, SequenceError> {
         let producer_id = h.producer_id();
-        if producer_id < 0 || h.base_sequence() < 0 {
+        if producer_id < 0 {
             return Ok(SequenceCheck::Append);
         }
         let Some(entry) = self.producers.get(&producer_id) else {
@@ -167,6 +167,11 @@ impl ProducerStates {
                 epoch,
                 current: entry.epoch,
             });
+        }
+        // Without sequence numbers (the group coordinator's transactional offset commits)
+        // only the epoch is checked.
+        if h.base_sequence() < 0 {
+            return Ok(SequenceCheck::Append);
         }
         if entry.txn_first_offset >= 0 && !h.is_transactional() {
             return Err(SequenceError::NotTransactional { producer_id });
@@ -272,7 +277,21 @@ impl ProducerStates {
                 last_offset: base_offset,
             });
         }
-        if producer_id < 0 || h.base_sequence() < 0 {
+        if producer_id < 0 {
+            return None;
+        }
+        if h.base_sequence() < 0 {
+            // A transactional batch without sequence numbers (the group coordinator writes
+            // transactional offset commits so) still opens its producer's transaction.
+            if h.is_transactional() {
+                let entry = self.producers.entry(producer_id).or_default();
+                entry.epoch = entry.epoch.max(h.producer_epoch());
+                entry.last_append_ms = now_ms;
+                if entry.txn_first_offset < 0 {
+                    entry.txn_first_offset = base_offset;
+                    self.open.insert((base_offset, producer_id));
+                }
+            }
             return None;
         }
         let entry = self.producers.entry(producer_id).or_default();

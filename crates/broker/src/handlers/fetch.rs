@@ -810,6 +810,7 @@ mod tests {
         let bytes = crate::coordinator_runtime::encode_batch(
             &[(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
             0,
+            None,
         )
         .unwrap();
         let valid = partition.log().validate(&bytes).unwrap();
@@ -843,6 +844,7 @@ mod tests {
                     Some(Bytes::copy_from_slice(value)),
                 )],
                 0,
+                None,
             )
             .unwrap();
             let valid = partition.log().validate(&bytes).unwrap();
@@ -893,6 +895,7 @@ mod tests {
         let bytes = crate::coordinator_runtime::encode_batch(
             &[(Bytes::from_static(b"k"), Some(Bytes::from_static(b"v")))],
             0,
+            None,
         )
         .unwrap();
         let valid = partition.log().validate(&bytes).unwrap();

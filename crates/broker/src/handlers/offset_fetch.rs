@@ -19,6 +19,9 @@ const BATCHED_SINCE: i16 = 8;
 const TOP_LEVEL_ERROR_SINCE: i16 = 2;
 /// v5 and later carry the leader epoch.
 const LEADER_EPOCH_SINCE: i16 = 5;
+/// Kafka's UNSTABLE_OFFSET_COMMIT: with `require_stable` (v7+), a partition whose offset an
+/// open transaction is changing.
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 
 /// The committed offsets of `group_id`, by topic: of the `(topic, partitions)` named, or all.
 fn lookup<'a>(
@@ -45,6 +48,7 @@ fn lookup<'a>(
 
 pub fn handle(broker: &Arc<Broker>, request: OffsetFetchRequest, version: i16) -> ResponseKind {
     let epoch = |e: i32| if version >= LEADER_EPOCH_SINCE { e } else { -1 };
+    let unstable = |o: &CommittedOffset| request.require_stable && o.pending;
     if version >= BATCHED_SINCE {
         let groups = request
             .groups
@@ -89,9 +93,15 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetFetchRequest, version: i16) -
                                 offsets
                                     .into_iter()
                                     .map(|o| {
-                                        OffsetFetchResponsePartitions::default()
-                                            .with_partition_index(o.partition)
-                                            .with_committed_offset(o.offset)
+                                        let p = OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(o.partition);
+                                        if unstable(&o) {
+                                            return p
+                                                .with_committed_offset(-1)
+                                                .with_committed_leader_epoch(-1)
+                                                .with_error_code(UNSTABLE_OFFSET_COMMIT);
+                                        }
+                                        p.with_committed_offset(o.offset)
                                             .with_committed_leader_epoch(o.leader_epoch)
                                             .with_metadata(Some(str_bytes(o.metadata)))
                                     })
@@ -153,9 +163,15 @@ pub fn handle(broker: &Arc<Broker>, request: OffsetFetchRequest, version: i16) -
                     offsets
                         .into_iter()
                         .map(|o| {
-                            OffsetFetchResponsePartition::default()
-                                .with_partition_index(o.partition)
-                                .with_committed_offset(o.offset)
+                            let p = OffsetFetchResponsePartition::default()
+                                .with_partition_index(o.partition);
+                            if unstable(&o) {
+                                return p
+                                    .with_committed_offset(-1)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_error_code(UNSTABLE_OFFSET_COMMIT);
+                            }
+                            p.with_committed_offset(o.offset)
                                 .with_committed_leader_epoch(epoch(o.leader_epoch))
                                 .with_metadata(Some(str_bytes(o.metadata)))
                         })

@@ -1,6 +1,7 @@
 //! The transaction APIs a transactional producer sends its coordinator (AddPartitionsToTxn,
 //! AddOffsetsToTxn, EndTxn; InitProducerId with a transactional id is in `init_producer_id`),
-//! and WriteTxnMarkers, which coordinators send partition leaders.
+//! TxnOffsetCommit, which it sends its group's coordinator, and WriteTxnMarkers, which
+//! coordinators send partition leaders.
 
 use std::sync::Arc;
 
@@ -10,13 +11,17 @@ use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, ProducerId, ResponseKind,
-    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, ProducerId, ResponseKind, TopicName,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse, WriteTxnMarkersRequest,
+    WriteTxnMarkersResponse,
 };
 
 use crate::coordinator_runtime::OFFSETS_TOPIC;
@@ -190,7 +195,8 @@ pub async fn write_markers(broker: &Arc<Broker>, request: WriteTxnMarkersRequest
                     None => Err(E::UnknownTopicOrPartition.code()),
                 };
                 let code = match partition {
-                    Ok(p) => crate::txn_markers::append_marker(
+                    Ok(p) => crate::txn_markers::write_marker(
+                        broker,
                         p,
                         m.producer_id.0,
                         m.producer_epoch,
@@ -220,4 +226,131 @@ pub async fn write_markers(broker: &Arc<Broker>, request: WriteTxnMarkersRequest
         );
     }
     ResponseKind::WriteTxnMarkers(WriteTxnMarkersResponse::default().with_markers(markers))
+}
+
+/// KIP-588: TxnOffsetCommit before v3 knows PRODUCER_FENCED as INVALID_PRODUCER_EPOCH.
+const FENCED_SINCE_TXN_COMMIT: i16 = 3;
+
+/// TxnOffsetCommit: offsets a consume-transform-produce application commits in its
+/// transaction. Checked against the group (KIP-447's member and generation, from v3) and, when
+/// the transaction coordinator is on this broker, against the transaction (the group's
+/// `__consumer_offsets` partition must have been added with AddOffsetsToTxn); written as a
+/// transactional batch of the producer, they count once the transaction's commit marker lands.
+pub fn txn_offset_commit(
+    broker: &Arc<Broker>,
+    request: TxnOffsetCommitRequest,
+    version: i16,
+) -> super::Reply {
+    let group_id = request.group_id.0.to_string();
+    let producer = (request.producer_id.0, request.producer_epoch);
+    let mut commits = Vec::new();
+    let mut shape: Vec<(usize, usize, Option<i16>)> = Vec::new();
+    for (t, topic) in request.topics.iter().enumerate() {
+        let name = topic.name.0.as_str();
+        let known = broker.topics.get(name).filter(|_| name != OFFSETS_TOPIC);
+        for (p, partition) in topic.partitions.iter().enumerate() {
+            if known
+                .as_ref()
+                .is_some_and(|k| k.has_partition(partition.partition_index))
+            {
+                shape.push((t, p, None));
+                commits.push(caudal_coordinator::OffsetCommit {
+                    topic: name.to_string(),
+                    partition: partition.partition_index,
+                    offset: partition.committed_offset,
+                    leader_epoch: partition.committed_leader_epoch,
+                    metadata: partition
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                });
+            } else {
+                shape.push((t, p, Some(E::UnknownTopicOrPartition.code())));
+            }
+        }
+    }
+    // The transaction must hold the group's offsets partition (when its coordinator is here).
+    let offsets_partition = broker
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map(|t| partition_for(&group_id, t.partition_count));
+    let verified = match offsets_partition {
+        Some(p) => match broker.txns.verify_partitions(
+            request.transactional_id.0.as_str(),
+            producer,
+            &[(OFFSETS_TOPIC.to_string(), p)],
+        ) {
+            Ok(each) if each.iter().any(|r| r.is_err()) => Err(E::InvalidTxnState.code()),
+            Ok(_) => Ok(()),
+            Err(code) if code == E::NotCoordinator.code() => Ok(()),
+            Err(code) if code == E::ProducerFenced.code() => {
+                Err(for_version(code, version, FENCED_SINCE_TXN_COMMIT))
+            }
+            Err(code) if code == E::InvalidProducerIdMapping.code() => Err(code),
+            Err(_) => Err(E::CoordinatorLoadInProgress.code()),
+        },
+        None => Err(E::CoordinatorNotAvailable.code()),
+    };
+    let now = crate::now_ms();
+    let instance = request.group_instance_id.as_ref().map(|i| i.to_string());
+    let ran = verified.and_then(|()| {
+        broker
+            .groups
+            .run(&group_id, now, |c| {
+                c.txn_commit_offsets(
+                    &group_id,
+                    request.generation_id,
+                    request.member_id.as_str(),
+                    instance.as_deref(),
+                    commits,
+                    producer,
+                    now,
+                )
+            })
+            .map_err(|e| e.code())
+    });
+    let (errors, wait, group_error) = match ran {
+        Ok((errors, wait)) => (errors, wait, None),
+        Err(code) => (Vec::new(), None, Some(code)),
+    };
+    let mut errors = errors.into_iter();
+    let mut topics: Vec<TxnOffsetCommitResponseTopic> = request
+        .topics
+        .iter()
+        .map(|t| {
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(TopicName(super::str_bytes(t.name.0.as_str())))
+        })
+        .collect();
+    for (t, p, refused) in shape {
+        let error = refused
+            .or(group_error)
+            .unwrap_or_else(|| errors.next().unwrap_or(0));
+        let error = if error == E::InvalidProducerEpoch.code() && version >= 3 {
+            E::ProducerFenced.code()
+        } else {
+            error
+        };
+        topics[t].partitions.push(
+            TxnOffsetCommitResponsePartition::default()
+                .with_partition_index(request.topics[t].partitions[p].partition_index)
+                .with_error_code(error),
+        );
+    }
+    let timeout = broker.config.offsets_commit_timeout();
+    Box::pin(async move {
+        if let Err(e) = crate::coordinator_runtime::wait_committed(wait, timeout).await {
+            for t in &mut topics {
+                for p in &mut t.partitions {
+                    if p.error_code == 0 {
+                        p.error_code = e.code();
+                    }
+                }
+            }
+        }
+        Some(ResponseKind::TxnOffsetCommit(
+            TxnOffsetCommitResponse::default().with_topics(topics),
+        ))
+    })
 }
