@@ -1,4 +1,4 @@
-"""Delivery semantics: at-most-once, at-least-once, and (pending) exactly-once.
+"""Delivery semantics: at-most-once, at-least-once and exactly-once.
 
 When a consumer commits its offset decides what a crash costs:
 
@@ -9,23 +9,26 @@ When a consumer commits its offset decides what a crash costs:
   processing and committing, the restarted consumer reads the record again:
   nothing is lost, but it is processed twice (so processing should be
   idempotent, e.g. keyed upserts).
-* exactly-once: needs Kafka transactions (a transactional producer writes the
-  results and the consumed offsets in one atomic transaction; readers use
-  isolation.level=read_committed). Caudal does not support transactions yet,
-  so this mode is PENDING: it only prints that it is not available and exits 0.
+* exactly-once: a transactional producer writes each result AND the consumed
+  offset in one transaction (send_offsets_to_transaction), then commits. If the
+  processor crashes before the commit, its restarted instance (same
+  transactional.id) fences it and the broker aborts the open transaction: the
+  half-done result is never seen by read_committed readers, and the offset did
+  not move, so the record is processed again, once.
 
 The demo produces --count numbered payments, then for each mode: a consumer
 processes them and "crashes" at record --crash-at (its process would die; the
 demo closes it without committing anything more), a second consumer in the
 same group takes over from the committed offset, and the demo reports which
-records were lost or processed twice.
+records were lost or processed twice. For exactly-once the results go to
+<topic>-processed and are read back with isolation.level=read_committed.
 
 Run:
 
     python delivery_semantics.py                       # all modes
     python delivery_semantics.py --mode at-least-once --count 10 --crash-at 4
 
-Exits 0 when each mode showed its expected behaviour (and for exactly-once).
+Exits 0 when each mode showed its expected behaviour.
 """
 
 from __future__ import annotations
@@ -108,11 +111,90 @@ def demo(mode: str, topic: str, run: str, count: int, crash_at: int, timeout: fl
     return not lost and twice == crashed
 
 
-def exactly_once() -> None:
-    print("\n== exactly-once ==")
-    print("  PENDING: exactly-once processing needs Kafka transactions "
-          "(transactional.id, sendOffsetsToTransaction, isolation.level=read_committed).")
-    print("  Caudal does not support transactions yet, so this mode is not available; skipping.")
+def run_processor(topic: str, out: str, group: str, txn_id: str, run: str,
+                  crash_at: int | None, timeout: float) -> None:
+    """Consume, transform and produce, one transaction per record, until the end of the
+    partition or the simulated crash."""
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed", "enable.partition.eof": True})
+    c.subscribe([topic])
+    # The same transactional.id as the instance before: this fences it, and the broker aborts
+    # whatever transaction it left open.
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": txn_id})
+    p.init_transactions(30)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return
+                print(f"    consumer error: {msg.error().str()}")
+                continue
+            value = deserialize_str(msg.value())
+            mine = value.startswith(f"payment-{run}-")
+            p.begin_transaction()
+            if mine:
+                p.produce(out, value=serialize_str(f"processed {value}"))
+            if mine and int(value.rsplit("-", 1)[1]) == crash_at:
+                p.flush(30)
+                print(f"    wrote the result of {value} in a transaction, then CRASH before "
+                      "committing it")
+                return  # the process dies: no commit, no abort
+            # The consumed offset goes into the same transaction as the result.
+            p.send_offsets_to_transaction(c.position(c.assignment()),
+                                          c.consumer_group_metadata(), 30)
+            p.commit_transaction(30)
+            if mine:
+                print(f"    processed {value}: result and offset committed together")
+        raise TimeoutError(f"processor did not reach the end of {topic} in {timeout:g}s")
+    finally:
+        c.close()
+
+
+def read_committed(topic: str, timeout: float) -> list[str]:
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed", "enable.partition.eof": True})
+    c.subscribe([topic])
+    values: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return values
+                continue
+            values.append(deserialize_str(msg.value()))
+        raise TimeoutError(f"could not read {topic} to its end in {timeout:g}s")
+    finally:
+        c.close()
+
+
+def exactly_once(topic: str, run: str, count: int, crash_at: int, timeout: float) -> bool:
+    group = f"semantics-exactly-once-{run}"
+    out = f"{topic}-processed"
+    ensure_topic(out, partitions=1)
+    txn_id = f"semantics-processor-{run}"
+    print(f"\n== exactly-once (group {group}, transactional.id {txn_id}) ==")
+    print("  first processor:")
+    run_processor(topic, out, group, txn_id, run, crash_at, timeout)
+    print("  restarted processor, same transactional.id, resuming from the committed offset:")
+    run_processor(topic, out, group, txn_id, run, None, timeout)
+    results = [v.removeprefix("processed ") for v in read_committed(out, timeout)
+               if v.startswith(f"processed payment-{run}-")]
+    expected = [f"payment-{run}-{i}" for i in range(count)]
+    lost = [v for v in expected if v not in results]
+    twice = sorted({v for v in results if results.count(v) > 1}, key=expected.index)
+    print(f"  result (read_committed from {out}): {len(results)} of {count}; "
+          f"lost: {lost or 'none'}; processed twice: {twice or 'none'}")
+    return not lost and not twice
 
 
 def main() -> int:
@@ -128,10 +210,6 @@ def main() -> int:
     if not 0 <= args.crash_at < args.count:
         ap.error("--crash-at must be between 0 and --count - 1")
 
-    if args.mode == "exactly-once":
-        exactly_once()
-        return 0
-
     ensure_topic(args.topic, partitions=1)
     run = uuid.uuid4().hex[:6]
     producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True})
@@ -142,12 +220,15 @@ def main() -> int:
         return 1
     print(f"produced payment-{run}-0 .. payment-{run}-{args.count - 1} to {args.topic}")
 
-    modes = ["at-most-once", "at-least-once"] if args.mode == "all" else [args.mode]
-    ok = all([demo(m, args.topic, run, args.count, args.crash_at, args.duration) for m in modes])
-    if args.mode == "all":
-        exactly_once()
-    print("\nas expected: at-most-once may lose, at-least-once may repeat" if ok
-          else "\nunexpected result")
+    modes = (["at-most-once", "at-least-once", "exactly-once"] if args.mode == "all"
+             else [args.mode])
+    ok = all([
+        exactly_once(args.topic, run, args.count, args.crash_at, args.duration)
+        if m == "exactly-once" else demo(m, args.topic, run, args.count, args.crash_at,
+                                         args.duration)
+        for m in modes])
+    print("\nas expected: at-most-once may lose, at-least-once may repeat, exactly-once "
+          "neither" if ok else "\nunexpected result")
     return 0 if ok else 1
 
 
