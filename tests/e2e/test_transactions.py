@@ -10,7 +10,9 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from support import RDKAFKA_LOG, consume, create_topic, unique_topic
+from confluent_kafka.admin import NewTopic
+
+from support import RDKAFKA_LOG, admin, consume, create_topic, unique_topic
 
 
 def txn_producer(bootstrap: str, txn_id: str, **conf) -> Producer:
@@ -131,3 +133,64 @@ def test_offsets_sent_to_a_transaction_count_only_when_it_commits(broker):
         c.close()
     assert values(broker.bootstrap, dst, **{"isolation.level": "read_committed"}) == [
         v.upper() for v in inputs]
+
+
+def test_kafka_python_commits_and_aborts(broker):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    topic = unique_topic("txn-kp")
+    create_topic(broker.bootstrap, topic)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=unique_topic("kp"))
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        p.send(topic, b"kept")
+        p.commit_transaction()
+        p.begin_transaction()
+        p.send(topic, b"dropped")
+        p.flush()
+        p.abort_transaction()
+    finally:
+        p.close()
+    seen = {}
+    for level in ("read_committed", "read_uncommitted"):
+        c = KafkaConsumer(bootstrap_servers=broker.bootstrap, isolation_level=level,
+                          auto_offset_reset="earliest", enable_auto_commit=False,
+                          consumer_timeout_ms=3000)
+        try:
+            c.assign([kafka_tp(topic)])
+            seen[level] = [m.value for m in c]
+        finally:
+            c.close()
+    assert seen["read_committed"] == [b"kept"]
+    assert seen["read_uncommitted"] == [b"kept", b"dropped"]
+
+
+def kafka_tp(topic: str):
+    from kafka import TopicPartition as KafkaTopicPartition
+    return KafkaTopicPartition(topic, 0)
+
+
+def test_a_transaction_across_brokers_commits_and_aborts_everywhere(cluster_factory):
+    cluster = cluster_factory(3)
+    topic = unique_topic("txn-cluster")
+    # Partitions led by every broker, and a coordinator on one of them: the others get their
+    # markers as WriteTxnMarkers.
+    a = admin(cluster.bootstrap)
+    a.create_topics([NewTopic(topic, 6, 3)])[topic].result(timeout=30)
+    p = txn_producer(cluster.bootstrap, unique_topic("spread"))
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(topic, f"committed {i}".encode(), partition=i)
+    p.commit_transaction(60)
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(topic, f"aborted {i}".encode(), partition=i)
+    p.flush(60)
+    p.abort_transaction(60)
+    committed = values(cluster.bootstrap, topic, 6, timeout=60,
+                       **{"isolation.level": "read_committed"})
+    assert sorted(committed) == [f"committed {i}".encode() for i in range(6)]
+    everything = values(cluster.bootstrap, topic, 6, timeout=60,
+                        **{"isolation.level": "read_uncommitted"})
+    assert len(everything) == 12
