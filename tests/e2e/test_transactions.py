@@ -5,6 +5,7 @@ first, and offsets sent to a transaction count only once it commits."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from confluent_kafka.admin import NewTopic
 
+from harness import caudal_bin
 from support import RDKAFKA_LOG, admin, consume, create_topic, unique_topic
 
 
@@ -194,3 +196,43 @@ def test_a_transaction_across_brokers_commits_and_aborts_everywhere(cluster_fact
     everything = values(cluster.bootstrap, topic, 6, timeout=60,
                         **{"isolation.level": "read_uncommitted"})
     assert len(everything) == 12
+
+
+def caudal_transactions(broker, *args, check=True):
+    r = subprocess.run([str(caudal_bin()), "transactions", "--bootstrap", broker.bootstrap,
+                        *args], capture_output=True, text=True, timeout=30)
+    if check:
+        assert r.returncode == 0, f"caudal transactions {args} failed: {r.stderr}"
+    return r
+
+
+def rows(output: str) -> list[dict[str, str]]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("TRANSACTIONAL-ID"))
+    header = lines[start].split()
+    return [dict(zip(header, line.split())) for line in lines[start + 2:] if line.strip()]
+
+
+def test_caudal_transactions_lists_and_describes_open_and_finished_transactions(broker):
+    topic = unique_topic("txn-cli")
+    create_topic(broker.bootstrap, topic, partitions=2)
+    txn_id = unique_topic("cli-app")
+    p = txn_producer(broker.bootstrap, txn_id)
+    p.begin_transaction()
+    p.produce(topic, b"open", partition=1)
+    p.flush(30)
+    listed = rows(caudal_transactions(broker, "list").stdout)
+    assert [(r["TRANSACTIONAL-ID"], r["STATE"]) for r in listed] == [(txn_id, "Ongoing")]
+    out = caudal_transactions(broker, "list", "--state", "CompleteCommit").stdout
+    assert "no transactions" in out
+    described = rows(caudal_transactions(broker, "describe", txn_id).stdout)[0]
+    assert described["STATE"] == "Ongoing"
+    assert described["PARTITIONS"] == f"{topic}-1"
+    assert described["TIMEOUT-MS"] == "60000"
+    p.commit_transaction(30)
+    described = rows(caudal_transactions(broker, "describe", txn_id).stdout)[0]
+    assert (described["STATE"], described["PARTITIONS"]) == ("CompleteCommit", "-")
+    bad = caudal_transactions(broker, "list", "--state", "Bogus", check=False)
+    assert bad.returncode != 0 and "Bogus" in bad.stderr
+    missing = caudal_transactions(broker, "describe", "never-used", check=False)
+    assert missing.returncode != 0 and "TransactionalIdNotFound" in missing.stderr

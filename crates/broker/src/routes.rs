@@ -199,6 +199,12 @@ routes! {
         => |r, cx| ready(handlers::transactions::end(cx.broker, r, cx.version).await);
     TxnOffsetCommit on CLIENT, forwarded: false
         => |r, cx| handlers::transactions::txn_offset_commit(cx.broker, r, cx.version);
+    ListTransactions on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::list(cx.broker, r));
+    DescribeTransactions on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::describe(cx.broker, r));
+    DescribeProducers on CLIENT, forwarded: false
+        => |r, cx| ready(handlers::transactions::describe_producers(cx.broker, r));
     WriteTxnMarkers on CLIENT, forwarded: false
         => |r, cx| ready(handlers::transactions::write_markers(cx.broker, r).await);
     FindCoordinator on CLIENT, forwarded: false

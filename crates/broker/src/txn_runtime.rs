@@ -195,6 +195,28 @@ impl TxnRuntime {
             .map_err(CoordinatorError::code)
     }
 
+    /// Every transactional id this broker coordinates, with its state, in id order;
+    /// COORDINATOR_LOAD_IN_PROGRESS while a shard is loading, as Kafka answers.
+    pub fn list(&self) -> Result<Vec<(String, TxnMetadata)>, i16> {
+        let mut out = Vec::new();
+        for shard in self.shards.sorted() {
+            match shard.with(|s| {
+                s.coordinator
+                    .iter()
+                    .map(|(id, m)| (id.to_string(), m.clone()))
+                    .collect::<Vec<_>>()
+            }) {
+                Ok(txns) => out.extend(txns),
+                Err(CoordinatorError::LoadInProgress) => {
+                    return Err(CoordinatorError::LoadInProgress.code())
+                }
+                Err(_) => {}
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     /// InitProducerId with a transactional id: the producer's id and epoch.
     pub async fn init_producer_id<F>(
         self: &Arc<Self>,

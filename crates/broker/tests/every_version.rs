@@ -1036,6 +1036,59 @@ async fn every_api_answers_at_every_advertised_version() {
                     };
                     assert_eq!(r.topics[0].partitions[0].error_code, 0, "{what}");
                 }
+                ApiKey::ListTransactions => {
+                    let req = ListTransactionsRequest::default()
+                        .with_state_filters(vec![
+                            StrBytes::from_static_str("Ongoing"),
+                            StrBytes::from_static_str("Bogus"),
+                        ])
+                        .with_duration_filter(-1);
+                    let ResponseKind::ListTransactions(r) =
+                        c.send(api, v, &RequestKind::ListTransactions(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    assert_eq!(r.unknown_state_filters.len(), 1, "{what}");
+                    assert_eq!(r.unknown_state_filters[0].as_str(), "Bogus", "{what}");
+                }
+                ApiKey::DescribeTransactions => {
+                    let req = DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                        TransactionalId(StrBytes::from_static_str("nope")),
+                    ]);
+                    let ResponseKind::DescribeTransactions(r) = c
+                        .send(api, v, &RequestKind::DescribeTransactions(req))
+                        .await
+                    else {
+                        panic!()
+                    };
+                    // No __transaction_state: this broker coordinates no transactional id.
+                    assert_eq!(
+                        r.transaction_states[0].error_code, 16,
+                        "{what}: NOT_COORDINATOR"
+                    );
+                }
+                ApiKey::DescribeProducers => {
+                    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+                    let req = DescribeProducersRequest::default().with_topics(vec![
+                        TopicRequest::default()
+                            .with_name(topic("t"))
+                            .with_partition_indexes(vec![0]),
+                        TopicRequest::default()
+                            .with_name(topic("missing"))
+                            .with_partition_indexes(vec![0]),
+                    ]);
+                    let ResponseKind::DescribeProducers(r) =
+                        c.send(api, v, &RequestKind::DescribeProducers(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "{what}");
+                    assert_eq!(
+                        r.topics[1].partitions[0].error_code, 3,
+                        "{what}: UNKNOWN_TOPIC_OR_PARTITION"
+                    );
+                }
                 ApiKey::WriteTxnMarkers => {
                     use kafka_protocol::messages::write_txn_markers_request::{
                         WritableTxnMarker, WritableTxnMarkerTopic,

@@ -222,12 +222,18 @@ impl Cluster {
     /// The coordinator of `group`, found with FindCoordinator and asked again while it is
     /// being elected or is loading.
     pub async fn coordinator(&mut self, group: &str) -> anyhow::Result<&mut Client> {
+        self.coordinator_of(group, 0).await
+    }
+
+    /// The coordinator of a group (`key_type` 0) or a transactional id (1).
+    pub async fn coordinator_of(&mut self, key: &str, key_type: i8) -> anyhow::Result<&mut Client> {
+        let group = key;
         let mut attempt = 0;
         let address = loop {
             attempt += 1;
             let request = FindCoordinatorRequest::default()
                 .with_key(StrBytes::from_string(group.to_string()))
-                .with_key_type(0);
+                .with_key_type(key_type);
             let ResponseKind::FindCoordinator(r) = self
                 .bootstrap
                 .send(
@@ -249,7 +255,7 @@ impl Cluster {
                 code if retriable.contains(&code) && attempt < COORDINATOR_ATTEMPTS => {
                     tokio::time::sleep(COORDINATOR_BACKOFF).await;
                 }
-                code => bail!("no coordinator for group {group}: {}", error_name(code)),
+                code => bail!("no coordinator for {group}: {}", error_name(code)),
             }
         };
         self.at(&address).await

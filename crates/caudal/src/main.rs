@@ -34,6 +34,7 @@ mod group;
 mod log_dump;
 mod serve;
 mod topic;
+mod transactions;
 
 use clap::{Arg, Command};
 
@@ -54,6 +55,7 @@ fn cli() -> Command {
         .subcommand(serve::command())
         .subcommand(topic::command())
         .subcommand(group::command())
+        .subcommand(transactions::command())
         .subcommand(cluster::command())
         .subcommand(log_dump::command())
 }
@@ -89,6 +91,7 @@ fn main() -> std::process::ExitCode {
     let result = match matches.subcommand() {
         Some(("serve", m)) => serve::run(m),
         Some(("group", m)) => group::run(m),
+        Some(("transactions", m)) => transactions::run(m),
         Some(("topic", m)) => topic::run(m),
         Some(("cluster", m)) => cluster::run(m),
         Some(("log", m)) => log_dump::run(m),

@@ -971,6 +971,11 @@ impl PartitionLog {
         Ok((info, ended))
     }
 
+    /// Each producer's epoch, last batch and open transaction (DescribeProducers).
+    pub fn producer_summaries(&self) -> Vec<crate::producers::ProducerSummary> {
+        self.producers.summaries()
+    }
+
     /// The first offset of the oldest transaction still open in this log, if any: the last
     /// stable offset is at most this (and at most the high watermark).
     pub fn first_open_txn_offset(&self) -> Option<i64> {

@@ -1,7 +1,8 @@
 //! The transaction APIs a transactional producer sends its coordinator (AddPartitionsToTxn,
 //! AddOffsetsToTxn, EndTxn; InitProducerId with a transactional id is in `init_producer_id`),
-//! TxnOffsetCommit, which it sends its group's coordinator, and WriteTxnMarkers, which
-//! coordinators send partition leaders.
+//! TxnOffsetCommit, which it sends its group's coordinator, WriteTxnMarkers, which
+//! coordinators send partition leaders, and the admin clients' ListTransactions,
+//! DescribeTransactions and DescribeProducers.
 
 use std::sync::Arc;
 
@@ -18,11 +19,19 @@ use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
 use kafka_protocol::messages::{
+    describe_producers_response, describe_transactions_response, list_transactions_response,
+    DescribeProducersRequest, DescribeProducersResponse, DescribeTransactionsRequest,
+    DescribeTransactionsResponse, ListTransactionsRequest, ListTransactionsResponse,
+    TransactionalId,
+};
+use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, ProducerId, ResponseKind, TopicName,
     TxnOffsetCommitRequest, TxnOffsetCommitResponse, WriteTxnMarkersRequest,
     WriteTxnMarkersResponse,
 };
+
+use kafka_protocol::protocol::StrBytes;
 
 use crate::coordinator_runtime::OFFSETS_TOPIC;
 use crate::Broker;
@@ -353,4 +362,154 @@ pub fn txn_offset_commit(
             TxnOffsetCommitResponse::default().with_topics(topics),
         ))
     })
+}
+
+/// Kafka's TRANSACTIONAL_ID_NOT_FOUND.
+const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+
+/// ListTransactions: the transactions this broker coordinates, filtered by state, producer id
+/// and (v1) how long they have been running. Unknown state names are listed back.
+pub fn list(broker: &Arc<Broker>, request: ListTransactionsRequest) -> ResponseKind {
+    use caudal_coordinator::txn_records::TxnState;
+    const STATES: [TxnState; 8] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+        TxnState::Dead,
+        TxnState::PrepareEpochFence,
+    ];
+    let unknown: Vec<_> = request
+        .state_filters
+        .iter()
+        .filter(|f| !STATES.iter().any(|s| s.name() == f.as_str()))
+        .cloned()
+        .collect();
+    let response = ListTransactionsResponse::default().with_unknown_state_filters(unknown);
+    let txns = match broker.txns.list() {
+        Ok(txns) => txns,
+        Err(code) => return ResponseKind::ListTransactions(response.with_error_code(code)),
+    };
+    let now = crate::now_ms();
+    let states = txns
+        .into_iter()
+        .filter(|(_, m)| {
+            request.state_filters.is_empty()
+                || request
+                    .state_filters
+                    .iter()
+                    .any(|f| f.as_str() == m.record.state.name())
+        })
+        .filter(|(_, m)| {
+            request.producer_id_filters.is_empty()
+                || request
+                    .producer_id_filters
+                    .iter()
+                    .any(|p| p.0 == m.record.producer_id)
+        })
+        .filter(|(_, m)| {
+            request.duration_filter < 0
+                || (m.record.start_ms >= 0
+                    && now.saturating_sub(m.record.start_ms) > request.duration_filter)
+        })
+        .map(|(id, m)| {
+            list_transactions_response::TransactionState::default()
+                .with_transactional_id(TransactionalId(super::str_bytes(id)))
+                .with_producer_id(ProducerId(m.record.producer_id))
+                .with_transaction_state(StrBytes::from_static_str(m.record.state.name()))
+        })
+        .collect();
+    ResponseKind::ListTransactions(response.with_transaction_states(states))
+}
+
+/// DescribeTransactions: each transactional id's state, from its coordinator.
+pub fn describe(broker: &Arc<Broker>, request: DescribeTransactionsRequest) -> ResponseKind {
+    let states = request
+        .transactional_ids
+        .into_iter()
+        .map(|id| {
+            let d = describe_transactions_response::TransactionState::default()
+                .with_transaction_state(StrBytes::from_static_str(""))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+                .with_transaction_start_time_ms(-1);
+            match broker.txns.describe(id.0.as_str()) {
+                Err(code) => d.with_transactional_id(id).with_error_code(code),
+                Ok(None) => d
+                    .with_transactional_id(id)
+                    .with_error_code(TRANSACTIONAL_ID_NOT_FOUND),
+                Ok(Some(m)) => {
+                    let mut topics: Vec<describe_transactions_response::TopicData> = Vec::new();
+                    for (topic, p) in &m.record.partitions {
+                        match topics.last_mut() {
+                            Some(t) if t.topic.0.as_str() == topic => t.partitions.push(*p),
+                            _ => topics.push(
+                                describe_transactions_response::TopicData::default()
+                                    .with_topic(TopicName(super::str_bytes(topic.as_str())))
+                                    .with_partitions(vec![*p]),
+                            ),
+                        }
+                    }
+                    d.with_transactional_id(id)
+                        .with_transaction_state(StrBytes::from_static_str(m.record.state.name()))
+                        .with_transaction_timeout_ms(m.record.timeout_ms)
+                        .with_transaction_start_time_ms(m.record.start_ms)
+                        .with_producer_id(ProducerId(m.record.producer_id))
+                        .with_producer_epoch(m.record.producer_epoch)
+                        .with_topics(topics)
+                }
+            }
+        })
+        .collect();
+    ResponseKind::DescribeTransactions(
+        DescribeTransactionsResponse::default().with_transaction_states(states),
+    )
+}
+
+/// DescribeProducers: the active producers of partitions this broker leads, with their open
+/// transactions.
+pub fn describe_producers(broker: &Arc<Broker>, request: DescribeProducersRequest) -> ResponseKind {
+    use describe_producers_response::{PartitionResponse, ProducerState, TopicResponse};
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = broker.topics.get(t.name.0.as_str());
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|&index| {
+                    let r = PartitionResponse::default().with_partition_index(index);
+                    let partition = match &topic {
+                        Some(topic) => broker.leader_partition(topic, index),
+                        None => Err(E::UnknownTopicOrPartition.code()),
+                    };
+                    match partition {
+                        Err(code) => r.with_error_code(code),
+                        Ok(p) => r.with_active_producers(
+                            p.log()
+                                .producer_summaries()
+                                .into_iter()
+                                .map(|s| {
+                                    ProducerState::default()
+                                        .with_producer_id(ProducerId(s.producer_id))
+                                        .with_producer_epoch(i32::from(s.epoch))
+                                        .with_last_sequence(s.last_sequence)
+                                        .with_last_timestamp(s.last_append_ms)
+                                        .with_coordinator_epoch(s.coordinator_epoch)
+                                        .with_current_txn_start_offset(s.txn_first_offset)
+                                })
+                                .collect(),
+                        ),
+                    }
+                })
+                .collect();
+            TopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ResponseKind::DescribeProducers(DescribeProducersResponse::default().with_topics(topics))
 }
