@@ -39,3 +39,11 @@ def test_rust_producer_then_consumer(broker_factory):
     # It committed as it went: the same group has nothing left to read.
     out = run("consumer", broker, "--topic", topic, "--count", "1", "--group", "rust-readers", "--idle-secs", "3")
     assert "consumed 0 records" in out
+
+
+def test_rust_transactions(broker):
+    topic = unique_topic("rust-txn")
+    create_topic(broker.bootstrap, topic)
+    out = run("transactions", broker, "--topic", topic, "--transactional-id", unique_topic("rt"))
+    assert "read_committed sees 3: [\"committed 0\", \"committed 1\", \"committed 2\"]" in out, out
+    assert "read_uncommitted sees 5:" in out, out
