@@ -119,26 +119,12 @@ impl Partition {
     /// them. Refused once this replica no longer leads: the image follower makes it a follower
     /// before the coordinator gives up the shard, and a write in between must not land.
     pub fn append_own(&self, batch: &[u8], now_ms: i64) -> std::io::Result<i64> {
-        let replicated = self.replicated.load(Ordering::Acquire);
-        let end = {
-            let mut log = self.log();
-            if !self.is_leader() {
-                return Err(std::io::Error::other(
-                    "this broker no longer leads the partition",
-                ));
-            }
-            log.append(batch, now_ms).map_err(std::io::Error::other)?;
-            let end = log.log_end_offset();
-            if !replicated {
-                self.high_watermark.fetch_max(end, Ordering::AcqRel);
-            }
-            end
-        };
-        if replicated {
-            self.update_high_watermark(end, now_ms);
-        }
-        self.appended.notify_waiters();
-        Ok(end)
+        self.append_as_leader(now_ms, |log| {
+            log.append(batch, now_ms)
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        })?
+        .ok_or_else(|| std::io::Error::other("this broker no longer leads the partition"))
     }
 
     /// Appends a transaction marker as leader (WriteTxnMarkers, or the transaction coordinator
@@ -150,15 +136,28 @@ impl Partition {
         marker: caudal_storage::ControlMarker,
         now_ms: i64,
     ) -> Result<i64, AppendError> {
+        self.append_as_leader(now_ms, |log| {
+            log.append_marker(producer_id, producer_epoch, marker, now_ms)
+                .map(|_| ())
+        })?
+        .ok_or_else(|| AppendError::Offline("this broker no longer leads the partition".into()))
+    }
+
+    /// Runs the broker's own append `write` on the log while this replica leads (`None` when it
+    /// does not), then moves the high watermark as client appends do and wakes the waiting
+    /// fetches; the log end after it.
+    fn append_as_leader<E>(
+        &self,
+        now_ms: i64,
+        write: impl FnOnce(&mut PartitionLog) -> Result<(), E>,
+    ) -> Result<Option<i64>, E> {
         let replicated = self.replicated.load(Ordering::Acquire);
         let end = {
             let mut log = self.log();
             if !self.is_leader() {
-                return Err(AppendError::Offline(
-                    "this broker no longer leads the partition".to_string(),
-                ));
+                return Ok(None);
             }
-            log.append_marker(producer_id, producer_epoch, marker, now_ms)?;
+            write(&mut log)?;
             let end = log.log_end_offset();
             if !replicated {
                 self.high_watermark.fetch_max(end, Ordering::AcqRel);
@@ -169,7 +168,7 @@ impl Partition {
             self.update_high_watermark(end, now_ms);
         }
         self.appended.notify_waiters();
-        Ok(end)
+        Ok(Some(end))
     }
 
     fn replication(&self) -> MutexGuard<'_, Option<LeaderState>> {
