@@ -57,4 +57,4 @@ def test_dump_refuses_files_it_does_not_know(tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     r = subprocess.run([str(caudal_bin()), "log", "dump", str(other)], capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "not a .log, .index, .timeindex or .snapshot" in r.stderr
+    assert r.returncode != 0 and "not a .log, .index, .timeindex, .txnindex or .snapshot" in r.stderr

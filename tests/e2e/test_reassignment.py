@@ -99,8 +99,11 @@ def test_a_throttled_reassignment_is_listed_and_can_be_cancelled(cluster_factory
         tp = KafkaTopicPartition(topic, 0)
         started = time.monotonic()
         assert k.alter_partition_reassignments({tp: [3, 2]}) == {tp: None}
-        assert k.list_partition_reassignments() == {
-            tp: {"replicas": [3, 2, 1], "adding_replicas": [3], "removing_replicas": [1]}}
+        # ListPartitionReassignments is answered from the image of whichever broker the client
+        # asks (not forwarded to the controller yet): one may learn of the change a moment later.
+        ongoing = {tp: {"replicas": [3, 2, 1], "adding_replicas": [3], "removing_replicas": [1]}}
+        wait_until(lambda: k.list_partition_reassignments() == ongoing, timeout=10,
+                   message="the reassignment listed")
         listed = reassign_cli(cluster.bootstrap, "--list")
         assert listed.returncode == 0, listed.stderr
         row = next(line.split() for line in listed.stdout.splitlines()
@@ -120,7 +123,8 @@ def test_a_throttled_reassignment_is_listed_and_can_be_cancelled(cluster_factory
 
         # Cancelled: back to brokers 1 and 2, and broker 3 deletes its partial copy.
         assert k.alter_partition_reassignments({tp: None}) == {tp: None}
-        assert k.list_partition_reassignments() == {}
+        wait_until(lambda: k.list_partition_reassignments() == {}, timeout=10,
+                   message="the cancelled reassignment no longer listed")
         wait_until(lambda: leadership(cluster.bootstrap, topic) == (1, [2, 1], [1, 2]),
                    timeout=20, message="the partition back on brokers 1 and 2")
         wait_until(lambda: replica_dirs(cluster.node(3).data_dir, topic) == [], timeout=20,

@@ -236,3 +236,31 @@ def test_caudal_transactions_lists_and_describes_open_and_finished_transactions(
     assert bad.returncode != 0 and "Bogus" in bad.stderr
     missing = caudal_transactions(broker, "describe", "never-used", check=False)
     assert missing.returncode != 0 and "TransactionalIdNotFound" in missing.stderr
+
+
+def test_a_transaction_open_past_its_timeout_is_aborted_by_the_coordinator(broker_factory):
+    broker = broker_factory({"transaction.abort.timed.out.transaction.cleanup.interval.ms": 100})
+    topic = unique_topic("txn-timeout")
+    create_topic(broker.bootstrap, topic)
+    p = txn_producer(broker.bootstrap, unique_topic("slow"), **{"transaction.timeout.ms": 1000})
+    p.begin_transaction()
+    p.produce(topic, b"never committed")
+    p.flush(30)
+    # The coordinator aborts it: its marker lets read_committed consumers past it, and they
+    # never see its record.
+    deadline = time.monotonic() + 30
+    while True:
+        c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": unique_topic("w"),
+                      "isolation.level": "read_committed", "logger": RDKAFKA_LOG})
+        try:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10,
+                                                cached=False)
+        finally:
+            c.close()
+        if high == 2:  # the record and the abort marker: stable up to the end
+            break
+        assert time.monotonic() < deadline, f"the open transaction was never aborted ({high})"
+        time.sleep(0.1)
+    assert values(broker.bootstrap, topic, **{"isolation.level": "read_committed"}) == []
+    with pytest.raises(KafkaException):
+        p.commit_transaction(30)
