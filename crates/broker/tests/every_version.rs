@@ -1016,8 +1016,8 @@ async fn every_api_answers_at_every_advertised_version() {
                     use kafka_protocol::messages::txn_offset_commit_request::{
                         TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
                     };
-                    // No transaction coordinator here (no __transaction_state): the commit is
-                    // taken as Kafka took them before KIP-890's verification, and pending.
+                    // No __transaction_state: no transaction exists, so none can hold these
+                    // offsets.
                     let req = TxnOffsetCommitRequest::default()
                         .with_transactional_id(TransactionalId(StrBytes::from_static_str("txn")))
                         .with_group_id(GroupId(StrBytes::from_static_str("txn-grp")))
@@ -1034,7 +1034,10 @@ async fn every_api_answers_at_every_advertised_version() {
                     else {
                         panic!()
                     };
-                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "{what}");
+                    assert_eq!(
+                        r.topics[0].partitions[0].error_code, 49,
+                        "{what}: INVALID_PRODUCER_ID_MAPPING"
+                    );
                 }
                 ApiKey::ListTransactions => {
                     let req = ListTransactionsRequest::default()

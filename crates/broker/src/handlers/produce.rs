@@ -224,7 +224,8 @@ pub async fn handle(
 /// Checks a transactional batch against its transaction (KIP-890's verification): the request
 /// must name the transactional id, and its coordinator, when on this broker, must have the
 /// partition in the producer's open transaction. (A coordinator on another broker is not asked
-/// yet: such batches are taken as Kafka took them before KIP-890.)
+/// yet: such batches are taken as Kafka took them before KIP-890. With no `__transaction_state`
+/// at all, no transaction exists and the batch is refused.)
 fn verify_transactional(
     broker: &Arc<Broker>,
     transactional_id: Option<&str>,
@@ -253,7 +254,16 @@ fn verify_transactional(
             )),
             _ => Ok(()),
         },
-        Err(code) if code == E::NotCoordinator.code() => Ok(()),
+        Err(code)
+            if code == E::NotCoordinator.code()
+                && super::transactions::coordinated_elsewhere(broker) =>
+        {
+            Ok(())
+        }
+        Err(code) if code == E::NotCoordinator.code() => Err((
+            E::InvalidProducerIdMapping.code(),
+            format!("no transaction coordinator knows {txn_id}"),
+        )),
         Err(code) if code == E::ProducerFenced.code() => Err((
             E::InvalidProducerEpoch.code(),
             "a newer producer of this transactional id fenced this one".to_string(),

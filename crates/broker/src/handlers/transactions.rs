@@ -50,6 +50,15 @@ pub(crate) fn for_version(code: i16, version: i16, since: i16) -> i16 {
     }
 }
 
+/// Whether a transaction this broker does not coordinate can exist: only if
+/// `__transaction_state` does (its coordinator is then another broker, which is not asked yet).
+/// Without it no producer was ever given a transaction, and an unverified transactional write
+/// would open one nobody ends (holding back read_committed consumers, or pending offsets, for
+/// ever).
+pub(crate) fn coordinated_elsewhere(broker: &Broker) -> bool {
+    broker.topics.get(crate::txn_runtime::TXN_TOPIC).is_some()
+}
+
 /// A fresh producer id from the controller's blocks, as Kafka's error code if there is none.
 pub(crate) fn fresh_id(
     broker: &Arc<Broker>,
@@ -292,7 +301,12 @@ pub fn txn_offset_commit(
         ) {
             Ok(each) if each.iter().any(|r| r.is_err()) => Err(E::InvalidTxnState.code()),
             Ok(_) => Ok(()),
-            Err(code) if code == E::NotCoordinator.code() => Ok(()),
+            Err(code) if code == E::NotCoordinator.code() && coordinated_elsewhere(broker) => {
+                Ok(())
+            }
+            Err(code) if code == E::NotCoordinator.code() => {
+                Err(E::InvalidProducerIdMapping.code())
+            }
             Err(code) if code == E::ProducerFenced.code() => {
                 Err(for_version(code, version, FENCED_SINCE_TXN_COMMIT))
             }
