@@ -16,6 +16,8 @@ from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError,
                              KafkaException, Producer, TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import wire
+
 
 # librdkafka's own log lines go through Python logging, so pytest shows them
 # with the failing test instead of printing them to the terminal.
@@ -43,6 +45,17 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1,
             detail = f" (last error: {last_exc!r})" if last_exc else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
         time.sleep(interval)
+
+
+def group_coordinator(bootstrap: str, group: str) -> int | None:
+    """The node id of `group`'s coordinator as the first bootstrap broker names it, or None
+    while there is none (the first lookup creates __consumer_offsets). Raw FindCoordinator:
+    librdkafka's admin describe of a group, timed out while its coordinator lookup waits, has
+    left the client to abort on the next call (librdkafka issue 4605)."""
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    with wire.Connection(host, int(port)) as conn:
+        error, node = wire.find_coordinator(conn, group)
+    return node if error == 0 else None
 
 
 def proc_status_kib(pid: int, field: str) -> int:

@@ -11,12 +11,12 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import NewPartitions, NewTopic
 
 import wire
-from support import (DeliveryLog, admin, consume, create_topic, produce_and_confirm, producer,
-                     unique_topic, wait_until)
+from support import (DeliveryLog, admin, consume, create_topic, group_coordinator,
+                     produce_and_confirm, producer, unique_topic, wait_until)
 
 # Failover tests wait out a session; a shorter one keeps them quick without changing what
 # they show.
@@ -153,23 +153,14 @@ def test_a_group_whose_coordinator_is_another_broker_keeps_its_offsets(cluster_f
         produce_and_confirm(cluster.bootstrap, topic,
                             [(None, f"m{p}-{i}".encode()) for i in range(10)], partition=p)
     # A group whose coordinator is not the node the consumer bootstraps from.
-    a = admin(cluster.nodes[0].bootstrap)
-
-    def coordinator_of(candidate: str) -> int | None:
-        # The first FindCoordinator creates __consumer_offsets; until every broker has loaded
-        # its shards a describe may meet NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE.
-        try:
-            return a.describe_consumer_groups(
-                [candidate], request_timeout=10)[candidate].result(timeout=15).coordinator.id
-        except KafkaException:
-            return None
-
-    wait_until(lambda: coordinator_of(f"g-{topic}-probe") is not None, timeout=30,
-               message="group coordinators available")
+    bootstrap = cluster.nodes[0].bootstrap
+    # The first FindCoordinator creates __consumer_offsets.
+    wait_until(lambda: group_coordinator(bootstrap, f"g-{topic}-probe") is not None,
+               timeout=30, message="group coordinators available")
     group, coordinator = None, None
     for i in range(200):
         candidate = f"g-{topic}-{i}"
-        found = coordinator_of(candidate)
+        found = group_coordinator(bootstrap, candidate)
         if found is not None and found != 1:
             group, coordinator = candidate, found
             break

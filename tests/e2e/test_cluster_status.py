@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import subprocess
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer
 
 import wire
 from harness import caudal_bin
-from support import admin, create_topic, produce_and_confirm, unique_topic, wait_until
+from support import create_topic, group_coordinator, produce_and_confirm, unique_topic, wait_until
 
 # A killed node is fenced after a session; a short one keeps the test quick.
 FAST = {"broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500}
@@ -120,19 +120,10 @@ def test_the_cluster_describes_itself_and_the_tools_follow_it(cluster_factory):
     assert [r["END-OFFSET"] for r in described] == ["5"] * 6, described
 
     # A group coordinated by another node than the bootstrap.
-    a = admin(first.bootstrap)
-
-    def coordinator_of(group: str) -> int | None:
-        try:
-            return a.describe_consumer_groups(
-                [group], request_timeout=10)[group].result(timeout=15).coordinator.id
-        except KafkaException:
-            return None
-
-    wait_until(lambda: coordinator_of(f"g-{topic}-probe") is not None, timeout=30,
-               message="group coordinators available")
+    wait_until(lambda: group_coordinator(first.bootstrap, f"g-{topic}-probe") is not None,
+               timeout=30, message="group coordinators available")
     group = next((g for g in (f"g-{topic}-{i}" for i in range(200))
-                  if coordinator_of(g) not in (None, first.node_id)), None)
+                  if group_coordinator(first.bootstrap, g) not in (None, first.node_id)), None)
     assert group is not None, "no group hashed to another coordinator"
     consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})

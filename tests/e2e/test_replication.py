@@ -11,8 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from harness import caudal_bin
-from support import (RDKAFKA_LOG, admin, consume, produce_and_confirm, unique_topic,
-                     wait_until)
+from support import (RDKAFKA_LOG, admin, consume, group_coordinator, produce_and_confirm,
+                     unique_topic, wait_until)
 
 # Failover tests wait out a session; a shorter one keeps them quick without changing what
 # they show.
@@ -128,11 +128,10 @@ def test_group_offsets_are_replicated_and_the_coordinator_moves_with_its_partiti
     parts = offsets.topics["__consumer_offsets"].partitions.values()
     assert parts and all(sorted(p.replicas) == [1, 2, 3] for p in parts)
 
-    def coordinator(bootstrap: str) -> int:
-        a = admin(bootstrap)  # kept alive until the answer is in
-        d = a.describe_consumer_groups([group], request_timeout=10)[group]
-        return d.result(timeout=15).coordinator.id
+    def coordinator(bootstrap: str) -> int | None:
+        return group_coordinator(bootstrap, group)
     old = coordinator(cluster.bootstrap)
+    assert old is not None, "the group has a coordinator once its offsets are committed"
     wait_until(lambda: all(sorted(p.isrs) == [1, 2, 3] for p in admin(cluster.bootstrap)
                            .list_topics("__consumer_offsets", timeout=10)
                            .topics["__consumer_offsets"].partitions.values()),
@@ -142,7 +141,7 @@ def test_group_offsets_are_replicated_and_the_coordinator_moves_with_its_partiti
 
     # Another broker leads the group's partition now, rebuilds the group from its replica and
     # answers for it with the offsets committed before.
-    wait_until(lambda: coordinator(survivors) not in (-1, old), timeout=30,
+    wait_until(lambda: coordinator(survivors) not in (None, old), timeout=30,
                message="a new coordinator for the group")
 
     def committed() -> list[tuple[int, int]]:

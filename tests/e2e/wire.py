@@ -518,6 +518,20 @@ def join_group_v4(conn: Connection, group: str, member_id: str, topics: list[str
 # DescribeCluster v0 (flexible): which node is the active controller
 # --------------------------------------------------------------------------
 
+FIND_COORDINATOR = 10
+
+
+def find_coordinator(conn: Connection, key: str, key_type: int = 0,
+                     correlation_id: int = 23) -> tuple[int, int]:
+    """FindCoordinator v1 for a group (key type 0) or a transactional id (1): the error code
+    and the coordinator's node id (-1 with an error)."""
+    r = conn.request(FIND_COORDINATOR, 1, string(key) + i8(key_type), correlation_id)
+    r.i32()  # throttle_time_ms
+    error = r.i16()
+    r.string()  # error_message
+    return error, r.i32()
+
+
 DESCRIBE_CLUSTER = 60
 
 
