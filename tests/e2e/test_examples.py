@@ -393,6 +393,28 @@ def test_delivery_semantics(broker_factory):
     assert re.search(r"4 of 4; lost: none; processed twice: none", out), out
 
 
+def test_exactly_once_pipeline_survives_its_worker_being_killed(broker_factory):
+    b = broker_factory(NO_GROUP_DELAY)
+    topic = unique_topic("ex-pipeline")
+    out = run("exactly_once_pipeline.py", b.bootstrap, "--topic", topic, "--count", 3000,
+              "--kills", 4, "--seed", 3, timeout=150).stdout
+    assert len(re.findall(r"kill -9 #\d of the worker", out)) == 4, out
+    assert "read_committed:   3000 invoices for 3000 orders; missing: 0; twice: 0" in out, out
+    # Invoices carry their orders' keys and amounts.
+    invoices = consume(b.bootstrap, f"{topic}-invoices", range(3), timeout=30,
+                       **{"isolation.level": "read_committed"})
+    assert len(invoices) == 3000
+    # What the kills left in aborted transactions is there for read_uncommitted readers.
+    everything = consume(b.bootstrap, f"{topic}-invoices", range(3), timeout=30,
+                         **{"isolation.level": "read_uncommitted"})
+    reported = re.search(r"read_uncommitted: (\d+) records, (\d+) of them from", out)
+    assert reported and int(reported[1]) == len(everything), out
+    for r in invoices:
+        bill = json.loads(r.value)
+        cents = 100 + (bill["order"] * 37) % 9900
+        assert bill["net"] == cents / 100 and r.key == f"customer-{bill['order'] % 17}".encode()
+
+
 # --------------------------------------------------------------------------
 # kafka-python
 # --------------------------------------------------------------------------

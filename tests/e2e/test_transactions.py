@@ -5,7 +5,9 @@ first, and offsets sent to a transaction count only once it commits."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -13,8 +15,12 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from confluent_kafka.admin import NewTopic
 
-from harness import caudal_bin
-from support import RDKAFKA_LOG, admin, consume, create_topic, unique_topic
+import wire
+from harness import REPO_ROOT, caudal_bin
+from support import (RDKAFKA_LOG, admin, consume, create_topic, unique_topic, wait_until,
+                     watermarks)
+
+EXAMPLES = REPO_ROOT / "examples" / "python"
 
 
 def txn_producer(bootstrap: str, txn_id: str, **conf) -> Producer:
@@ -264,3 +270,69 @@ def test_a_transaction_open_past_its_timeout_is_aborted_by_the_coordinator(broke
     assert values(broker.bootstrap, topic, **{"isolation.level": "read_committed"}) == []
     with pytest.raises(KafkaException):
         p.commit_transaction(30)
+
+
+# --------------------------------------------------------------------------
+# Faults: the course's pipeline through killed brokers
+# --------------------------------------------------------------------------
+
+# A killed broker is fenced after a short session, so leadership moves within seconds.
+FAST = {"broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500}
+
+
+def test_a_pipeline_stays_exactly_once_while_its_brokers_are_killed(cluster_factory):
+    """examples/python/exactly_once_pipeline.py runs on three brokers while the test kill -9s
+    the broker of its transaction coordinator, then the leader of an output partition, each
+    mid-run (the example kills its own worker too): every order is still invoiced once."""
+    cluster = cluster_factory(3, settings=FAST)
+    topic = unique_topic("eo-pipeline")
+    target = f"{topic}-invoices"
+    a = admin(cluster.bootstrap)
+    for name in (topic, target):
+        a.create_topics([NewTopic(name, 3, 3)])[name].result(timeout=30)
+    env = dict(os.environ, KAFKA_BOOTSTRAP=cluster.bootstrap, PYTHONUNBUFFERED="1")
+    log = open(cluster.nodes[0].log_path.parent / "pipeline.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "exactly_once_pipeline.py"), "--topic", topic,
+         "--count", "30000", "--kills", "3", "--seed", "11", "--duration", "200"],
+        cwd=EXAMPLES, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    txn_id = f"{topic}-pipeline-worker"
+
+    def output() -> str:
+        log.seek(0)
+        return log.read()
+
+    def invoices_written() -> int:
+        return sum(watermarks(cluster.bootstrap, target, p)[1] for p in range(3))
+
+    def kill_and_restart(victim: int, what: str) -> None:
+        assert proc.poll() is None, f"the pipeline ended before {what} was killed:\n{output()}"
+        before = invoices_written()
+        cluster.node(victim).kill9()
+        cluster.node(victim).start()
+        # The pipeline goes on through the failover.
+        wait_until(lambda: invoices_written() > before + 1000, timeout=60,
+                   message=f"the pipeline writing on after {what} (node {victim}) was killed")
+
+    def txn_coordinator() -> int | None:
+        with wire.Connection("127.0.0.1", cluster.nodes[0].port) as conn:
+            error, node = wire.find_coordinator(conn, txn_id, key_type=1)
+        return node if error == 0 else None
+
+    try:
+        coordinator = wait_until(txn_coordinator, timeout=60,
+                                 message="the pipeline's transaction coordinator")
+        wait_until(lambda: invoices_written() > 0, timeout=60, message="first invoices")
+        kill_and_restart(coordinator, "the transaction coordinator's broker")
+        leader = a.list_topics(target, timeout=10).topics[target].partitions[0].leader
+        kill_and_restart(leader, "the leader of an output partition")
+        proc.wait(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = output()
+    log.close()
+    assert proc.returncode == 0, text
+    assert "missing: 0; twice: 0" in text, text
+    assert "exactly once: every order invoiced once" in text, text
