@@ -2,6 +2,7 @@
 //! Kafka-compatible broker), driven by librdkafka through the `rdkafka` crate.
 
 mod groups;
+mod transactions;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +44,13 @@ Modes:
             consumer delivery. Prints p50, p99, p99.9 and max, plus the
             producer's own send-to-acknowledgement latency.
   all       produce, then consume what was produced, then latency.
+  transactional
+            produce as above inside transactions (acks=all), committing every
+            --commit-interval-ms; prints throughput and the p50/p99 time of a
+            commit (commit_transaction, which first waits for every record of
+            the transaction). Compare with `produce -X enable.idempotence=true`,
+            and consume the topic with `-C isolation.level=read_committed`
+            against `read_uncommitted`.
 
 The topic is created (CreateTopics, replication factor 1) with --partitions
 partitions if it does not exist. MB/s counts payload bytes only, 1 MB = 10^6
@@ -61,7 +69,9 @@ Examples:
   caudal-bench produce --topic b100 --messages 5000000 --size 100 --acks all
   caudal-bench consume --topic b100 --messages 5000000 --size 100
   caudal-bench latency --topic lat --rate 1000 --duration 10 --acks all
-  caudal-bench all --bootstrap 127.0.0.1:9092 --topic t1k --messages 1000000 --size 1024";
+  caudal-bench all --bootstrap 127.0.0.1:9092 --topic t1k --messages 1000000 --size 1024
+  caudal-bench transactional --topic txn --messages 2000000 --size 100 --commit-interval-ms 100
+  caudal-bench consume --topic txn --messages 2000000 -C isolation.level=read_committed";
 
 #[derive(Parser, Debug)]
 #[command(name = "caudal-bench", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
@@ -86,6 +96,9 @@ enum Mode {
     All(Opts),
     /// Time consumer groups from subscribe to assignment, and rebalances after a member leaves
     Groups(groups::GroupOpts),
+    /// Produce inside transactions committed every --commit-interval-ms; time each commit
+    #[command(after_help = EXAMPLES)]
+    Transactional(transactions::TxnOpts),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -188,6 +201,9 @@ struct Row {
     errors: u64,
     latency: Option<Percentiles>,
     ack_latency: Option<Percentiles>,
+    /// Transactions committed, and the time each commit took (transactional mode).
+    commits: u64,
+    commit_latency: Option<Percentiles>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +254,17 @@ fn main() -> Result<()> {
                     _ => bail!("internal: topic options did not parse"),
                 }
             });
+        }
+        Mode::Transactional(t) => {
+            validate(&t.opts)?;
+            let partitions = ensure_topic(&t.opts)?;
+            let row = transactions::run(t, partitions)?;
+            println!();
+            print!("{}", render_table(std::slice::from_ref(&row)));
+            if row.errors > 0 {
+                bail!("some records failed; see the errors column and the messages above");
+            }
+            return Ok(());
         }
         Mode::Produce(o) => ("produce", o),
         Mode::Consume(o) => ("consume", o),
@@ -890,6 +917,7 @@ fn run_latency(opts: &Opts, partitions: usize) -> Result<Row> {
         errors: failed + consumer_errors + (total - received.min(total)),
         latency: Percentiles::from_nanos(&mut samples),
         ack_latency: Percentiles::from_nanos(&mut acks),
+        ..Default::default()
     })
 }
 
@@ -936,7 +964,7 @@ fn render_table(rows: &[Row]) -> String {
     let mut out = grid(&lines);
     let lat: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.latency.is_some() || r.ack_latency.is_some())
+        .filter(|r| r.latency.is_some() || r.ack_latency.is_some() || r.commit_latency.is_some())
         .collect();
     if !lat.is_empty() {
         let mut lines = vec![["latency (ms)", "samples", "p50", "p99", "p99.9", "max"]
@@ -944,14 +972,15 @@ fn render_table(rows: &[Row]) -> String {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()];
         for r in lat {
-            for (name, p) in [
-                ("end-to-end (send -> consume)", r.latency),
-                ("producer ack (send -> ack)", r.ack_latency),
+            for (name, p, samples) in [
+                ("end-to-end (send -> consume)", r.latency, r.messages),
+                ("producer ack (send -> ack)", r.ack_latency, r.messages),
+                ("transaction commit", r.commit_latency, r.commits),
             ] {
                 if let Some(p) = p {
                     lines.push(vec![
                         name.to_string(),
-                        thousands(r.messages),
+                        thousands(samples),
                         format!("{:.3}", p.p50),
                         format!("{:.3}", p.p99),
                         format!("{:.3}", p.p999),

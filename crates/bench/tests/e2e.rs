@@ -528,3 +528,43 @@ fn bench_binary_runs_every_mode() {
     }
     assert_eq!(broker.high_watermark("bench-smoke", 0), 20000 + 500 + 1);
 }
+
+#[test]
+fn bench_transactional_mode_commits_what_it_produces() {
+    let broker = Broker::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_caudal-bench"))
+        .args([
+            "transactional",
+            "--bootstrap",
+            &broker.addr,
+            "--topic",
+            "bench-txn",
+            "--messages",
+            "20000",
+            "--size",
+            "200",
+            "--commit-interval-ms",
+            "20",
+        ])
+        .output()
+        .expect("run caudal-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "caudal-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let commits: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("transaction commit"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("no commit latency row in:\n{stdout}"));
+    assert!(commits >= 1, "{stdout}");
+    // Every record committed, each transaction closed by one commit marker.
+    let end = broker.high_watermark("bench-txn", 0);
+    assert_eq!(end, 20000 + commits as i64, "{stdout}");
+    let consumer = broker.consumer(&[("isolation.level", "read_committed")]);
+    let got = consume(&consumer, "bench-txn", 0, Offset::Beginning, 20000);
+    assert_eq!(got.len(), 20000);
+}
