@@ -16,8 +16,15 @@
 //! Appends meanwhile go to the active segment, which is never rewritten. If a planned segment
 //! changed meanwhile (retention) or the log was truncated (which may have cut the newer records
 //! that made older ones obsolete), the whole pass is dropped.
+//!
+//! Transactions, as Kafka's cleaner treats them: only records below the last stable offset count
+//! (a record of an open transaction may yet be aborted, so it must not make an older record
+//! obsolete), and only segments wholly below it are rewritten. Records of aborted transactions
+//! never count and are removed. A commit or abort marker stays while any record of its
+//! transaction does (a reader, or the group coordinator replaying `__consumer_offsets`, needs it
+//! to settle them), and once none does, it goes after `delete.retention.ms`, like a tombstone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -135,6 +142,11 @@ pub struct CompactionPlan {
     pub(crate) active_base: i64,
     /// The log's count of truncations when planned.
     pub(crate) truncations: u64,
+    /// The first offset of the oldest open transaction, or `i64::MAX`: records from there on
+    /// do not count, and no run reaches it.
+    pub(crate) stable_offset: i64,
+    /// The aborted transactions of the log: producer id to (first offset, marker offset).
+    pub(crate) aborted: HashMap<i64, Vec<(i64, i64)>>,
     pub(crate) segments_before: usize,
     pub(crate) bytes_before: u64,
 }
@@ -144,6 +156,8 @@ pub struct CompactionPlan {
 pub struct CleanedRuns {
     pub(crate) plan: CompactionPlan,
     pub(crate) records_removed: u64,
+    /// Offsets of the markers removed: their transactions left no record behind.
+    pub(crate) markers_removed: HashSet<i64>,
 }
 
 impl CompactionPlan {
@@ -151,19 +165,29 @@ impl CompactionPlan {
     /// no lock: run it off the async workers, with the log free for appends and reads.
     pub fn build(self) -> io::Result<CleanedRuns> {
         let built = (|| {
-            let latest = latest_offsets(&self.segments)?;
+            let rules = Rules {
+                latest: latest_offsets(&self.segments, self.stable_offset, &self.aborted)?,
+                tombstones_before_ms: self.tombstones_before_ms,
+                aborted: &self.aborted,
+                markers: HashSet::new(),
+            };
+            let rules = Rules {
+                markers: removable_markers(&self.segments, &self.runs, &rules)?,
+                ..rules
+            };
             let mut removed = 0;
             for run in &self.runs {
                 let members: Vec<&SegmentView> =
                     run.iter().filter_map(|&i| self.segments.get(i)).collect();
-                removed += rewrite_run(&self.dir, &members, &latest, self.tombstones_before_ms)?;
+                removed += rewrite_run(&self.dir, &members, &rules)?;
             }
-            Ok(removed)
+            Ok((removed, rules.markers))
         })();
         match built {
-            Ok(records_removed) => Ok(CleanedRuns {
+            Ok((records_removed, markers_removed)) => Ok(CleanedRuns {
                 plan: self,
                 records_removed,
+                markers_removed,
             }),
             Err(e) => {
                 self.discard();
@@ -209,17 +233,34 @@ fn for_each_batch(
     Ok(())
 }
 
-/// The offset of the latest record of every key, over the given segments.
-fn latest_offsets(segments: &[SegmentView]) -> io::Result<HashMap<Vec<u8>, i64>> {
+/// Whether a batch is data of a transaction that was aborted.
+fn is_aborted(h: &BatchHeader<'_>, aborted: &HashMap<i64, Vec<(i64, i64)>>) -> bool {
+    h.is_transactional()
+        && !h.is_control()
+        && aborted.get(&h.producer_id()).is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|&(first, last)| first <= h.base_offset() && h.base_offset() <= last)
+        })
+}
+
+/// The offset of the latest record of every key below `stable_offset`, over the given segments,
+/// aborted transactions left out.
+fn latest_offsets(
+    segments: &[SegmentView],
+    stable_offset: i64,
+    aborted: &HashMap<i64, Vec<(i64, i64)>>,
+) -> io::Result<HashMap<Vec<u8>, i64>> {
     let mut latest = HashMap::new();
     for segment in segments {
         for_each_batch(segment, |h, batch| {
-            if h.compression() != 0 || h.is_control() {
+            if h.compression() != 0 || h.is_control() || is_aborted(h, aborted) {
                 return Ok(());
             }
             for r in records(&batch[BATCH_HEADER_LEN..], h.records_count()).unwrap_or_default() {
-                if let Some(key) = r.key {
-                    latest.insert(key.to_vec(), h.base_offset() + i64::from(r.offset_delta));
+                let offset = h.base_offset() + i64::from(r.offset_delta);
+                if let (Some(key), true) = (r.key, offset < stable_offset) {
+                    latest.insert(key.to_vec(), offset);
                 }
             }
             Ok(())
@@ -228,13 +269,78 @@ fn latest_offsets(segments: &[SegmentView]) -> io::Result<HashMap<Vec<u8>, i64>>
     Ok(latest)
 }
 
-/// Rewrites the segments of one run into `<first base>.log.cleaned`; returns the records dropped.
-fn rewrite_run(
-    dir: &Path,
-    run: &[&SegmentView],
-    latest: &HashMap<Vec<u8>, i64>,
+/// What a pass keeps and removes.
+struct Rules<'a> {
+    /// The offset of the latest record of every key: older records of the key go.
+    latest: HashMap<Vec<u8>, i64>,
+    /// Tombstones, and markers of transactions without records, written before this go.
     tombstones_before_ms: i64,
-) -> io::Result<u64> {
+    aborted: &'a HashMap<i64, Vec<(i64, i64)>>,
+    /// Offsets of the markers to remove.
+    markers: HashSet<i64>,
+}
+
+impl Rules<'_> {
+    /// Whether a record of an uncompressed data batch stays.
+    fn keeps(&self, h: &BatchHeader<'_>, r: &RecordView<'_>) -> bool {
+        let offset = h.base_offset() + i64::from(r.offset_delta);
+        let newest = match r.key {
+            Some(key) => self.latest.get(key).is_none_or(|&l| l == offset),
+            None => true,
+        };
+        let expired_tombstone =
+            r.value_is_null && h.base_timestamp() + r.timestamp_delta < self.tombstones_before_ms;
+        newest && !expired_tombstone
+    }
+
+    /// Whether anything of a data batch in a run stays.
+    fn keeps_any(&self, h: &BatchHeader<'_>, batch: &[u8]) -> bool {
+        if is_aborted(h, self.aborted) {
+            return false;
+        }
+        if h.compression() != 0 {
+            return true;
+        }
+        match records(&batch[BATCH_HEADER_LEN..], h.records_count()) {
+            Some(all) => all.iter().any(|r| self.keeps(h, r)),
+            None => true,
+        }
+    }
+}
+
+/// The markers in the runs whose transactions have no record left after the pass (in the runs
+/// or anywhere else in the log) and that are older than the tombstone horizon.
+fn removable_markers(
+    segments: &[SegmentView],
+    runs: &[Vec<usize>],
+    rules: &Rules<'_>,
+) -> io::Result<HashSet<i64>> {
+    let in_runs: HashSet<usize> = runs.iter().flatten().copied().collect();
+    // Per producer: whether a record of its current transaction stays.
+    let mut live: HashMap<i64, bool> = HashMap::new();
+    let mut removable = HashSet::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let rewritten = in_runs.contains(&i);
+        for_each_batch(segment, |h, batch| {
+            if !h.is_transactional() {
+                return Ok(());
+            }
+            if h.is_control() {
+                let stays = live.remove(&h.producer_id()).unwrap_or(false);
+                if rewritten && !stays && h.max_timestamp() < rules.tombstones_before_ms {
+                    removable.insert(h.base_offset());
+                }
+            } else if !rewritten || rules.keeps_any(h, batch) {
+                live.insert(h.producer_id(), true);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(removable)
+}
+
+/// Rewrites the segments of one run into `<first base>.log.cleaned`; returns the records dropped.
+fn rewrite_run(dir: &Path, run: &[&SegmentView], rules: &Rules<'_>) -> io::Result<u64> {
     let first = run.first().map(|s| s.base).unwrap_or(0);
     let path = cleaned_path(dir, first);
     let mut out = io::BufWriter::new(File::create(&path)?);
@@ -242,6 +348,14 @@ fn rewrite_run(
     let mut scratch = Vec::new();
     for segment in run {
         for_each_batch(segment, |h, batch| {
+            if h.is_control() && rules.markers.contains(&h.base_offset()) {
+                removed += 1;
+                return Ok(());
+            }
+            if is_aborted(h, rules.aborted) {
+                removed += u64::try_from(h.records_count()).unwrap_or(0);
+                return Ok(());
+            }
             if h.compression() != 0 || h.is_control() {
                 return out.write_all(batch);
             }
@@ -249,19 +363,7 @@ fn rewrite_run(
                 // Unparseable records in a CRC-valid batch: keep them rather than lose data.
                 return out.write_all(batch);
             };
-            let keep: Vec<&RecordView<'_>> = all
-                .iter()
-                .filter(|r| {
-                    let offset = h.base_offset() + i64::from(r.offset_delta);
-                    let newest = match r.key {
-                        Some(key) => latest.get(key).is_none_or(|&l| l == offset),
-                        None => true,
-                    };
-                    let expired_tombstone = r.value_is_null
-                        && h.base_timestamp() + r.timestamp_delta < tombstones_before_ms;
-                    newest && !expired_tombstone
-                })
-                .collect();
+            let keep: Vec<&RecordView<'_>> = all.iter().filter(|r| rules.keeps(h, r)).collect();
             removed += (all.len() - keep.len()) as u64;
             if keep.len() == all.len() {
                 return out.write_all(batch);

@@ -1,6 +1,6 @@
 //! A partition's log: an ordered set of segments, the newest one active.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -586,9 +586,10 @@ impl PartitionLog {
     }
 
     /// After the segments changed (truncation, retention, compaction): drops the aborted
-    /// transactions whose markers are gone and files each one under the segment now holding
-    /// its marker, rewriting the index files that changed.
-    fn reindex_txns(&mut self) -> io::Result<()> {
+    /// transactions whose markers are gone (cut away, or `removed` by compaction with every
+    /// record of the transaction) and files each one under the segment now holding its marker,
+    /// rewriting the index files that changed.
+    fn reindex_txns(&mut self, removed: &HashSet<i64>) -> io::Result<()> {
         if self.aborted.is_empty() {
             return Ok(());
         }
@@ -596,7 +597,10 @@ impl PartitionLog {
         let first_base = self.segments.keys().next().copied().unwrap_or(0);
         let old = std::mem::take(&mut self.aborted);
         for entry in old.values().flatten() {
-            if entry.last_offset < end && entry.last_offset >= first_base {
+            if entry.last_offset < end
+                && entry.last_offset >= first_base
+                && !removed.contains(&entry.last_offset)
+            {
                 let base = self
                     .segments
                     .range(..=entry.last_offset)
@@ -1353,10 +1357,13 @@ impl PartitionLog {
             return None;
         }
         let segments: Vec<SegmentView> = self.segments.values().map(SegmentView::of).collect();
+        // A segment holding records of an open transaction waits until it is decided.
+        let stable_offset = self.first_open_txn_offset().unwrap_or(i64::MAX);
         let mut runs: Vec<Vec<usize>> = Vec::new();
         let mut run_bytes = 0u64;
         for (i, seg) in segments.iter().enumerate() {
-            if seg.base >= active_base {
+            let end = segments.get(i + 1).map_or(i64::MAX, |next| next.base);
+            if seg.base >= active_base || end > stable_offset {
                 break;
             }
             match runs.last_mut() {
@@ -1377,6 +1384,17 @@ impl PartitionLog {
             tombstones_before_ms: now_ms - self.config.delete_retention_ms,
             active_base,
             truncations: self.truncations,
+            stable_offset,
+            aborted: self
+                .aborted
+                .values()
+                .flatten()
+                .fold(HashMap::new(), |mut by, e| {
+                    by.entry(e.producer_id)
+                        .or_insert_with(Vec::new)
+                        .push((e.first_offset, e.last_offset));
+                    by
+                }),
             segments_before: self.segments.len(),
             bytes_before: self.size_bytes(),
         })
@@ -1393,6 +1411,7 @@ impl PartitionLog {
         let CleanedRuns {
             plan,
             records_removed,
+            markers_removed,
         } = cleaned;
         // A truncation may have cut the newer records (in the active segment, say) that made
         // older ones obsolete: then nothing of the pass may be kept.
@@ -1417,7 +1436,7 @@ impl PartitionLog {
         }
         self.compacted_through = plan.active_base;
         self.last_compaction_ms = now_ms;
-        self.reindex_txns()?;
+        self.reindex_txns(&markers_removed)?;
         Ok(Some(CompactionReport {
             segments_before: plan.segments_before,
             segments_after: self.segments.len(),
@@ -1497,7 +1516,7 @@ impl PartitionLog {
         self.epochs.truncate_from_start(self.log_start_offset);
         if deleted > 0 {
             self.remove_snapshots_below_start();
-            self.reindex_txns()?;
+            self.reindex_txns(&HashSet::new())?;
         }
         Ok(deleted)
     }
@@ -1580,7 +1599,7 @@ impl PartitionLog {
             let offsets = snapshots::list(&self.dir)?;
             snapshots::remove(&self.dir, &offsets, |_| true);
         }
-        self.reindex_txns()?;
+        self.reindex_txns(&HashSet::new())?;
         self.reload_producers(now_ms, i64::MAX)?;
         self.write_epochs_if_dirty()?;
         // The recovery point must not vouch for a segment that is active again: later appends
@@ -1625,7 +1644,7 @@ impl PartitionLog {
             }
         }
         self.remove_snapshots_below_start();
-        self.reindex_txns()
+        self.reindex_txns(&HashSet::new())
     }
 
     /// Removes the whole log from disk.

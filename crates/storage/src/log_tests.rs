@@ -841,6 +841,239 @@ mod compaction {
         assert!(got.iter().any(|(_, k, _)| k == "kept"));
     }
 
+    /// A keyed record in producer `pid`'s transaction.
+    fn txn_put(log: &mut PartitionLog, pid: i64, seq: i32, key: &str, value: &str, now: i64) {
+        let mut b = keyed_batch(&[(Some(key.as_bytes()), Some(value.as_bytes()))], now);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        crate::batch::tests::reseal(&mut b);
+        log.append(&b, now).unwrap();
+    }
+
+    fn end_txn(log: &mut PartitionLog, pid: i64, commit: bool, now: i64) -> i64 {
+        let marker = crate::batch::ControlMarker {
+            commit,
+            coordinator_epoch: 0,
+        };
+        log.append_marker(pid, 0, marker, now)
+            .unwrap()
+            .0
+            .base_offset
+    }
+
+    /// The base offsets of the control batches (markers) in the log.
+    fn markers(log: &PartitionLog) -> Vec<i64> {
+        let mut out = Vec::new();
+        for seg in log.segments.values() {
+            let mut position = 0u64;
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            while position < seg.size() {
+                seg.log_file().read_exact_at(&mut header, position).unwrap();
+                let h = BatchHeader::parse(&header).unwrap();
+                if h.is_control() {
+                    out.push(h.base_offset());
+                }
+                position += h.total_len().unwrap() as u64;
+            }
+        }
+        out
+    }
+
+    /// Values of key `key` in the log, with their offsets.
+    fn values_of(log: &PartitionLog, key: &str) -> Vec<(i64, String)> {
+        contents(log)
+            .into_iter()
+            .filter(|(_, k, _)| k == key)
+            .map(|(o, _, v)| (o, v.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn aborted_records_never_make_committed_ones_obsolete_and_go_with_their_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        // An offset commit, then a transaction committing a newer one between two aborted
+        // ones: the shape of __consumer_offsets under an exactly-once pipeline that crashed.
+        put(&mut log, "g", Some("committed-1"), 10); // 0
+        txn_put(&mut log, 7, 0, "g", "aborted-1", 10); // 1
+        assert_eq!(end_txn(&mut log, 7, false, 10), 2);
+        txn_put(&mut log, 8, 0, "g", "committed-2", 10); // 3
+        assert_eq!(end_txn(&mut log, 8, true, 10), 4);
+        txn_put(&mut log, 9, 0, "g", "aborted-2", 10); // 5
+        assert_eq!(end_txn(&mut log, 9, false, 10), 6);
+        for i in 0..6 {
+            put(&mut log, &format!("other-{i}"), Some("x"), 10);
+        }
+        log.set_config(compact_config(10_000));
+        log.compact(20).unwrap().expect("a compaction pass");
+        assert_eq!(values_of(&log, "g"), vec![(3, "committed-2".to_string())]);
+        // Within delete.retention.ms every marker stays: a reader part-way through needs them.
+        assert_eq!(markers(&log), vec![2, 4, 6]);
+        assert_eq!(log.aborted_txns(0, log.log_end_offset()).len(), 2);
+
+        // Past it, the markers of the aborted transactions go (nothing of theirs is left); the
+        // commit marker stays with its record, which a replay must see committed.
+        for i in 0..2 {
+            put(&mut log, &format!("later-{i}"), Some("x"), 5_000);
+        }
+        log.compact(5_000).unwrap().expect("a second pass");
+        assert_eq!(values_of(&log, "g"), vec![(3, "committed-2".to_string())]);
+        assert_eq!(markers(&log), vec![4]);
+        assert!(log.aborted_txns(0, log.log_end_offset()).is_empty());
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), compact_config(10_000), 6_000).unwrap();
+        assert!(
+            log.aborted_txns(0, log.log_end_offset()).is_empty(),
+            "index files follow"
+        );
+        assert_eq!(values_of(&log, "g"), vec![(3, "committed-2".to_string())]);
+    }
+
+    #[test]
+    fn records_of_an_open_transaction_make_nothing_obsolete_until_it_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), compact_config(150), 0).unwrap();
+        put(&mut log, "g", Some("committed"), 10); // 0
+        txn_put(&mut log, 7, 0, "g", "pending", 10); // 1
+        for i in 0..6 {
+            put(&mut log, &format!("other-{i}"), Some("x"), 10);
+        }
+        log.set_config(compact_config(10_000));
+        log.compact(20).unwrap();
+        assert_eq!(
+            values_of(&log, "g"),
+            vec![(0, "committed".to_string()), (1, "pending".to_string())],
+            "the transaction may still abort"
+        );
+        end_txn(&mut log, 7, true, 30);
+        put(&mut log, "roll", Some("x"), 30);
+        log.set_config(compact_config(150));
+        put(&mut log, "roll-again", Some("x"), 30);
+        log.set_config(compact_config(10_000));
+        log.compact(40).unwrap().expect("a pass once it committed");
+        assert_eq!(values_of(&log, "g"), vec![(1, "pending".to_string())]);
+    }
+
+    /// What a read_committed reader ends with: per key, the committed record with the highest
+    /// offset (offset, value); and the records of transactions still open.
+    #[allow(clippy::type_complexity)]
+    fn committed_view(
+        log: &PartitionLog,
+    ) -> (
+        std::collections::BTreeMap<String, (i64, Option<String>)>,
+        Vec<i64>,
+    ) {
+        use std::collections::{BTreeMap, HashMap};
+        let mut view: BTreeMap<String, (i64, Option<String>)> = BTreeMap::new();
+        let mut pending: HashMap<i64, Vec<(i64, String, Option<String>)>> = HashMap::new();
+        for seg in log.segments.values() {
+            let mut position = 0u64;
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            while position < seg.size() {
+                seg.log_file().read_exact_at(&mut header, position).unwrap();
+                let len = BatchHeader::parse(&header).unwrap().total_len().unwrap();
+                let mut buf = vec![0u8; len];
+                seg.log_file().read_exact_at(&mut buf, position).unwrap();
+                position += len as u64;
+                let h = BatchHeader::parse(&buf).unwrap();
+                let records: Vec<(i64, String, Option<String>)> =
+                    crate::compact::tests_support::records(
+                        &buf[BATCH_HEADER_LEN..],
+                        h.records_count(),
+                    )
+                    .into_iter()
+                    .map(|(d, k, v)| (h.base_offset() + i64::from(d), k, v))
+                    .collect();
+                if h.is_control() {
+                    let commit = records[0].1.as_bytes().last() == Some(&1);
+                    for (o, k, v) in pending.remove(&h.producer_id()).unwrap_or_default() {
+                        if commit {
+                            let newer = view.get(&k).is_none_or(|(at, _)| *at < o);
+                            if newer {
+                                view.insert(k, (o, v));
+                            }
+                        }
+                    }
+                } else if h.is_transactional() {
+                    pending.entry(h.producer_id()).or_default().extend(records);
+                } else {
+                    for (o, k, v) in records {
+                        view.insert(k, (o, v));
+                    }
+                }
+            }
+        }
+        let mut open: Vec<i64> = pending.values().flatten().map(|(o, _, _)| *o).collect();
+        open.sort_unstable();
+        (view, open)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(u8),
+        TxnPut(u8, u8),
+        End(u8, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4).prop_map(Op::Put),
+            (0u8..3, 0u8..4).prop_map(|(p, k)| Op::TxnPut(p, k)),
+            (0u8..3, any::<bool>()).prop_map(|(p, c)| Op::End(p, c)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the mix of plain writes and transactions (committed, aborted, still open),
+        /// compaction changes nothing a read_committed reader ends with, keeps every record
+        /// of the open transactions, and, once past delete.retention.ms, leaves no marker of
+        /// a transaction that has no record left.
+        #[test]
+        fn compaction_keeps_the_committed_view(ops in prop::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut log, _) = PartitionLog::open(dir.path(), compact_config(200), 0).unwrap();
+            let mut seq = [0i32; 3];
+            let mut open = [false; 3];
+            for (i, op) in ops.iter().enumerate() {
+                let value = format!("v{i}");
+                match *op {
+                    Op::Put(k) => put(&mut log, &format!("k{k}"), Some(&value), 10),
+                    Op::TxnPut(p, k) => {
+                        let pid = 7 + i64::from(p);
+                        txn_put(&mut log, pid, seq[p as usize], &format!("k{k}"), &value, 10);
+                        seq[p as usize] += 1;
+                        open[p as usize] = true;
+                    }
+                    Op::End(p, commit) if open[p as usize] => {
+                        end_txn(&mut log, 7 + i64::from(p), commit, 10);
+                        open[p as usize] = false;
+                    }
+                    Op::End(..) => {}
+                }
+            }
+            for i in 0..4 {
+                put(&mut log, &format!("filler-{i}"), Some("x"), 10);
+            }
+            let before = committed_view(&log);
+            log.set_config(compact_config(600));
+            log.compact(20).unwrap();
+            prop_assert_eq!(&committed_view(&log), &before);
+            // Later, past delete.retention.ms: markers of emptied transactions go too.
+            put(&mut log, "roll", Some("x"), 5_000);
+            let before = committed_view(&log);
+            log.compact(5_000).unwrap();
+            prop_assert_eq!(&committed_view(&log), &before);
+            let end = log.log_end_offset();
+            for a in log.aborted_txns(0, end) {
+                // An aborted transaction still indexed has its marker in the log.
+                prop_assert!(markers(&log).contains(&a.last_offset), "{:?}", a);
+            }
+        }
+    }
+
     #[test]
     fn a_crash_between_rename_and_delete_leaves_no_duplicates() {
         let dir = tempfile::tempdir().unwrap();
