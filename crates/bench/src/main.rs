@@ -505,10 +505,7 @@ fn run_produce(opts: &Opts, partitions: usize) -> Result<Row> {
         .fetch_metadata(Some(&opts.topic), Duration::from_secs(30))
         .context("producer metadata")?;
 
-    let mut payload = vec![0u8; opts.size];
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b = b'a' + (i % 26) as u8;
-    }
+    let mut payload = throughput_payload(opts.size);
     eprintln!(
         "producing {} records of {} B to {} (acks={}, linger.ms={})",
         opts.messages,
@@ -521,21 +518,7 @@ fn run_produce(opts: &Opts, partitions: usize) -> Result<Row> {
     let start = Instant::now();
     let mut progress = Progress::new(opts.stall_timeout);
     for i in 0..opts.messages {
-        if payload.len() >= 8 {
-            payload[0..8].copy_from_slice(&i.to_le_bytes());
-        }
-        let mut record = BaseRecord::<[u8], [u8]>::to(&opts.topic).payload(&payload[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    thread::sleep(Duration::from_micros(200));
-                    progress.check(done(ctx), "producer queue full, no deliveries")?;
-                }
-                Err((e, _)) => return Err(e).context("send"),
-            }
-        }
+        send_numbered(&producer, &opts.topic, &mut payload, i, &mut progress)?;
     }
     while done(ctx) < opts.messages {
         thread::sleep(Duration::from_micros(200));
@@ -554,6 +537,40 @@ fn run_produce(opts: &Opts, partitions: usize) -> Result<Row> {
         errors,
         ..Default::default()
     })
+}
+
+/// The payload of the throughput modes: letters, the first 8 bytes overwritten by a number.
+fn throughput_payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Sends record number `i` (in the payload's first 8 bytes), waiting while librdkafka's queue is
+/// full; fails if deliveries stop for --stall-timeout.
+fn send_numbered(
+    producer: &ThreadedProducer<BenchContext>,
+    topic: &str,
+    payload: &mut [u8],
+    i: u64,
+    progress: &mut Progress,
+) -> Result<()> {
+    if payload.len() >= 8 {
+        payload[0..8].copy_from_slice(&i.to_le_bytes());
+    }
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(&payload[..]);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                thread::sleep(Duration::from_micros(200));
+                progress.check(
+                    done(producer.context()),
+                    "producer queue full, no deliveries",
+                )?;
+            }
+            Err((e, _)) => return Err(e).context("send"),
+        }
+    }
 }
 
 fn done(ctx: &BenchContext) -> u64 {

@@ -2,16 +2,17 @@
 //! --commit-interval-ms, with the time each commit takes.
 
 use std::ffi::CStr;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use rdkafka::bindings as rdsys;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{Producer, ThreadedProducer};
 
-use crate::{done, producer_config, BenchContext, Opts, Percentiles, Progress, Row};
+use crate::{
+    producer_config, send_numbered, throughput_payload, BenchContext, Opts, Percentiles, Progress,
+    Row,
+};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct TxnOpts {
@@ -49,10 +50,7 @@ pub(crate) fn run(t: &TxnOpts, partitions: usize) -> Result<Row> {
         .init_transactions(TXN_TIMEOUT)
         .context("init_transactions")?;
 
-    let mut payload = vec![0u8; opts.size];
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b = b'a' + (i % 26) as u8;
-    }
+    let mut payload = throughput_payload(opts.size);
     let interval = Duration::from_millis(t.commit_interval_ms);
     eprintln!(
         "producing {} records of {} B to {} in transactions committed every {} ms \
@@ -70,21 +68,7 @@ pub(crate) fn run(t: &TxnOpts, partitions: usize) -> Result<Row> {
             producer.begin_transaction().context("begin_transaction")?;
             opened = Some(Instant::now());
         }
-        if payload.len() >= 8 {
-            payload[0..8].copy_from_slice(&i.to_le_bytes());
-        }
-        let mut record = BaseRecord::<[u8], [u8]>::to(&opts.topic).payload(&payload[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    thread::sleep(Duration::from_micros(200));
-                    progress.check(done(ctx), "producer queue full, no deliveries")?;
-                }
-                Err((e, _)) => return Err(e).context("send"),
-            }
-        }
+        send_numbered(&producer, &opts.topic, &mut payload, i, &mut progress)?;
         if opened.is_some_and(|at| at.elapsed() >= interval) {
             commits.push(commit(&producer)?);
             opened = None;

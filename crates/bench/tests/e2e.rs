@@ -496,33 +496,39 @@ fn idempotent_producer_delivers_exactly_once() {
     assert_records(&got, &records, 0);
 }
 
-#[test]
-fn bench_binary_runs_every_mode() {
-    let broker = Broker::start();
+/// Runs caudal-bench with `args`; its stdout, once it succeeded.
+fn run_bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_caudal-bench"))
-        .args([
-            "all",
-            "--bootstrap",
-            &broker.addr,
-            "--topic",
-            "bench-smoke",
-            "--messages",
-            "20000",
-            "--size",
-            "200",
-            "--rate",
-            "500",
-            "--duration",
-            "1",
-        ])
+        .args(args)
         .output()
         .expect("run caudal-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "caudal-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn bench_binary_runs_every_mode() {
+    let broker = Broker::start();
+    let stdout = run_bench(&[
+        "all",
+        "--bootstrap",
+        &broker.addr,
+        "--topic",
+        "bench-smoke",
+        "--messages",
+        "20000",
+        "--size",
+        "200",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+    ]);
     for needle in ["produce ", "consume ", "latency ", "end-to-end", "p99.9"] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
@@ -532,28 +538,19 @@ fn bench_binary_runs_every_mode() {
 #[test]
 fn bench_transactional_mode_commits_what_it_produces() {
     let broker = Broker::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_caudal-bench"))
-        .args([
-            "transactional",
-            "--bootstrap",
-            &broker.addr,
-            "--topic",
-            "bench-txn",
-            "--messages",
-            "20000",
-            "--size",
-            "200",
-            "--commit-interval-ms",
-            "20",
-        ])
-        .output()
-        .expect("run caudal-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "caudal-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = run_bench(&[
+        "transactional",
+        "--bootstrap",
+        &broker.addr,
+        "--topic",
+        "bench-txn",
+        "--messages",
+        "20000",
+        "--size",
+        "200",
+        "--commit-interval-ms",
+        "20",
+    ]);
     let commits: u64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("transaction commit"))

@@ -637,9 +637,8 @@ mod compaction {
         }
     }
 
-    /// Every record in the log: (offset, key, value) with None for null.
-    fn contents(log: &PartitionLog) -> Vec<(i64, String, Option<String>)> {
-        let mut out = Vec::new();
+    /// Calls `f` with every stored batch, in offset order; each must still be valid.
+    fn each_batch(log: &PartitionLog, mut f: impl FnMut(&BatchHeader<'_>, &[u8])) {
         for seg in log.segments.values() {
             let mut position = 0u64;
             let mut header = [0u8; BATCH_HEADER_LEN];
@@ -649,16 +648,24 @@ mod compaction {
                 let mut buf = vec![0u8; len];
                 seg.log_file().read_exact_at(&mut buf, position).unwrap();
                 crate::batch::validate_batch(&buf).expect("every stored batch stays valid");
-                let h = BatchHeader::parse(&buf).unwrap();
-                for r in crate::compact::tests_support::records(
-                    &buf[BATCH_HEADER_LEN..],
-                    h.records_count(),
-                ) {
-                    out.push((h.base_offset() + i64::from(r.0), r.1, r.2));
-                }
+                f(&BatchHeader::parse(&buf).unwrap(), &buf);
                 position += len as u64;
             }
         }
+    }
+
+    /// The records of a batch: (offset, key, value) with None for null.
+    fn batch_records(h: &BatchHeader<'_>, buf: &[u8]) -> Vec<(i64, String, Option<String>)> {
+        crate::compact::tests_support::records(&buf[BATCH_HEADER_LEN..], h.records_count())
+            .into_iter()
+            .map(|(d, k, v)| (h.base_offset() + i64::from(d), k, v))
+            .collect()
+    }
+
+    /// Every record in the log: (offset, key, value) with None for null.
+    fn contents(log: &PartitionLog) -> Vec<(i64, String, Option<String>)> {
+        let mut out = Vec::new();
+        each_batch(log, |h, buf| out.extend(batch_records(h, buf)));
         out
     }
 
@@ -866,18 +873,11 @@ mod compaction {
     /// The base offsets of the control batches (markers) in the log.
     fn markers(log: &PartitionLog) -> Vec<i64> {
         let mut out = Vec::new();
-        for seg in log.segments.values() {
-            let mut position = 0u64;
-            let mut header = [0u8; BATCH_HEADER_LEN];
-            while position < seg.size() {
-                seg.log_file().read_exact_at(&mut header, position).unwrap();
-                let h = BatchHeader::parse(&header).unwrap();
-                if h.is_control() {
-                    out.push(h.base_offset());
-                }
-                position += h.total_len().unwrap() as u64;
+        each_batch(log, |h, _| {
+            if h.is_control() {
+                out.push(h.base_offset());
             }
-        }
+        });
         out
     }
 
@@ -968,43 +968,23 @@ mod compaction {
         use std::collections::{BTreeMap, HashMap};
         let mut view: BTreeMap<String, (i64, Option<String>)> = BTreeMap::new();
         let mut pending: HashMap<i64, Vec<(i64, String, Option<String>)>> = HashMap::new();
-        for seg in log.segments.values() {
-            let mut position = 0u64;
-            let mut header = [0u8; BATCH_HEADER_LEN];
-            while position < seg.size() {
-                seg.log_file().read_exact_at(&mut header, position).unwrap();
-                let len = BatchHeader::parse(&header).unwrap().total_len().unwrap();
-                let mut buf = vec![0u8; len];
-                seg.log_file().read_exact_at(&mut buf, position).unwrap();
-                position += len as u64;
-                let h = BatchHeader::parse(&buf).unwrap();
-                let records: Vec<(i64, String, Option<String>)> =
-                    crate::compact::tests_support::records(
-                        &buf[BATCH_HEADER_LEN..],
-                        h.records_count(),
-                    )
-                    .into_iter()
-                    .map(|(d, k, v)| (h.base_offset() + i64::from(d), k, v))
-                    .collect();
-                if h.is_control() {
-                    let commit = records[0].1.as_bytes().last() == Some(&1);
-                    for (o, k, v) in pending.remove(&h.producer_id()).unwrap_or_default() {
-                        if commit {
-                            let newer = view.get(&k).is_none_or(|(at, _)| *at < o);
-                            if newer {
-                                view.insert(k, (o, v));
-                            }
-                        }
-                    }
-                } else if h.is_transactional() {
-                    pending.entry(h.producer_id()).or_default().extend(records);
-                } else {
-                    for (o, k, v) in records {
+        each_batch(log, |h, buf| {
+            let records = batch_records(h, buf);
+            if h.is_control() {
+                let commit = records[0].1.as_bytes().last() == Some(&1);
+                for (o, k, v) in pending.remove(&h.producer_id()).unwrap_or_default() {
+                    if commit && view.get(&k).is_none_or(|(at, _)| *at < o) {
                         view.insert(k, (o, v));
                     }
                 }
+            } else if h.is_transactional() {
+                pending.entry(h.producer_id()).or_default().extend(records);
+            } else {
+                for (o, k, v) in records {
+                    view.insert(k, (o, v));
+                }
             }
-        }
+        });
         let mut open: Vec<i64> = pending.values().flatten().map(|(o, _, _)| *o).collect();
         open.sort_unstable();
         (view, open)
