@@ -233,14 +233,15 @@ fn for_each_batch(
     Ok(())
 }
 
-/// Whether a batch is data of a transaction that was aborted.
+/// Whether a batch is data of a transaction that was aborted. A producer's aborted ranges are
+/// in offset order and apart (one transaction at a time), so one binary search finds the range
+/// that could hold the batch.
 fn is_aborted(h: &BatchHeader<'_>, aborted: &HashMap<i64, Vec<(i64, i64)>>) -> bool {
     h.is_transactional()
         && !h.is_control()
         && aborted.get(&h.producer_id()).is_some_and(|ranges| {
-            ranges
-                .iter()
-                .any(|&(first, last)| first <= h.base_offset() && h.base_offset() <= last)
+            let at = ranges.partition_point(|&(first, _)| first <= h.base_offset());
+            at > 0 && ranges[at - 1].1 >= h.base_offset()
         })
 }
 

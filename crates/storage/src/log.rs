@@ -1385,6 +1385,7 @@ impl PartitionLog {
             active_base,
             truncations: self.truncations,
             stable_offset,
+            // In marker order, which for one producer is also the order of first offsets.
             aborted: self
                 .aborted
                 .values()
