@@ -74,6 +74,12 @@ fn body_of(request: &ControllerRequest) -> (RequestKind, ApiKey, i16, bool) {
             v,
             true,
         ),
+        ControllerRequest::ListPartitionReassignments(r, v) => (
+            RequestKind::ListPartitionReassignments(r),
+            ApiKey::ListPartitionReassignments,
+            v,
+            true,
+        ),
         ControllerRequest::RegisterBroker(r, v) => (
             RequestKind::BrokerRegistration(r),
             ApiKey::BrokerRegistration,
@@ -297,6 +303,9 @@ pub fn served(api: ApiKey, body: RequestKind, version: i16) -> Result<Served, Re
                 RequestKind::ElectLeaders(r) => ControllerRequest::ElectLeaders(r, v),
                 RequestKind::AlterPartitionReassignments(r) => {
                     ControllerRequest::AlterPartitionReassignments(r, v)
+                }
+                RequestKind::ListPartitionReassignments(r) => {
+                    ControllerRequest::ListPartitionReassignments(r, v)
                 }
                 _ => return Err(Refusal::NotForwardable(inner.api_key)),
             };

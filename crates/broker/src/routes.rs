@@ -249,8 +249,8 @@ routes! {
         => |r, cx| ready(handlers::elect_leaders::handle(cx.broker, r, cx.version).await);
     AlterPartitionReassignments on CLIENT, forwarded: true
         => |r, cx| ready(handlers::reassignments::alter(cx.broker, r, cx.version).await);
-    ListPartitionReassignments on CLIENT, forwarded: false
-        => |r, cx| ready(handlers::reassignments::list(cx.broker, r));
+    ListPartitionReassignments on CLIENT, forwarded: true
+        => |r, cx| ready(handlers::reassignments::list(cx.broker, r).await);
     DescribeQuorum on ALL, forwarded: true
         => |r, cx| handlers::describe_quorum::handle(cx.broker, r, cx.version);
     Envelope on CONTROLLER, forwarded: false
@@ -474,6 +474,7 @@ mod tests {
                 ApiKey::CreatePartitions,
                 ApiKey::ElectLeaders,
                 ApiKey::AlterPartitionReassignments,
+                ApiKey::ListPartitionReassignments,
                 ApiKey::DescribeQuorum,
             ]
         );

@@ -25,7 +25,8 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest,
-    ElectLeadersResponse, ResponseKind, TopicName,
+    ElectLeadersResponse, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+    ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
@@ -471,6 +472,25 @@ impl Topics {
             .await?
         {
             ResponseKind::AlterPartitionReassignments(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The reassignments under way, as the active controller knows them.
+    pub async fn list_reassignments(
+        &self,
+        request: ListPartitionReassignmentsRequest,
+    ) -> Result<ListPartitionReassignmentsResponse, TopicError> {
+        // Version 0 is the only one.
+        match self
+            .channel
+            .call(
+                ControllerRequest::ListPartitionReassignments(request, 0),
+                self.timeout,
+            )
+            .await?
+        {
+            ResponseKind::ListPartitionReassignments(response) => Ok(response),
             other => Err(unexpected(&other)),
         }
     }

@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
     AllocateProducerIdsRequest, AlterPartitionReassignmentsRequest, AlterPartitionRequest,
     BrokerHeartbeatRequest, BrokerRegistrationRequest, BrokerRegistrationResponse,
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ElectLeadersRequest,
-    ResponseKind, UnregisterBrokerRequest,
+    ListPartitionReassignmentsRequest, ResponseKind, UnregisterBrokerRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -171,6 +171,8 @@ pub enum ControllerRequest {
     AlterPartition(AlterPartitionRequest, i16),
     ElectLeaders(ElectLeadersRequest, i16),
     AlterPartitionReassignments(AlterPartitionReassignmentsRequest, i16),
+    /// Decides nothing: answered from the controller's image.
+    ListPartitionReassignments(ListPartitionReassignmentsRequest, i16),
 }
 
 /// What one request decided: the records to propose as one entry (possibly none) and the answer.
@@ -326,6 +328,9 @@ impl Controller {
                     version,
                     self.config.max_records_per_decision,
                 )
+            }
+            ControllerRequest::ListPartitionReassignments(request, _) => {
+                reassignments::list_partition_reassignments(image, request)
             }
         }
     }

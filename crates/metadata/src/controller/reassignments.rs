@@ -17,8 +17,12 @@ use kafka_protocol::messages::alter_partition_reassignments_request::Reassignabl
 use kafka_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
 };
+use kafka_protocol::messages::list_partition_reassignments_response::{
+    OngoingPartitionReassignment, OngoingTopicReassignment,
+};
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ResponseKind,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, ResponseKind, TopicName,
 };
 use uuid::Uuid;
 
@@ -263,4 +267,80 @@ fn finish(
         leader_moved: leader != LeaderChange::Keep,
         isr,
     }
+}
+
+/// ListPartitionReassignments (API 46): the partitions of `request` (every topic when it names
+/// none) whose reassignment is under way, with their replicas and those being added and
+/// removed; UNKNOWN_TOPIC_OR_PARTITION for the whole request when it names a topic that does
+/// not exist, as Kafka's controller answers.
+pub(crate) fn list_partition_reassignments(
+    image: &MetadataImage,
+    request: ListPartitionReassignmentsRequest,
+) -> Decision {
+    let ongoing = |name: &str, index: i32| -> Option<OngoingPartitionReassignment> {
+        let p = image.topic_by_name(name)?.partition(index)?;
+        let ids = |v: &[i32]| v.iter().copied().map(BrokerId).collect();
+        p.is_reassigning().then(|| {
+            OngoingPartitionReassignment::default()
+                .with_partition_index(index)
+                .with_replicas(ids(&p.replicas))
+                .with_adding_replicas(ids(&p.adding))
+                .with_removing_replicas(ids(&p.removing))
+        })
+    };
+    let mut topics = Vec::new();
+    match request.topics {
+        None => {
+            let mut all: Vec<_> = image.topics().collect();
+            all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            for t in all {
+                let partitions: Vec<_> = (0..i32::try_from(t.partitions.len()).unwrap_or(i32::MAX))
+                    .filter_map(|i| ongoing(&t.name, i))
+                    .collect();
+                if !partitions.is_empty() {
+                    topics.push(
+                        OngoingTopicReassignment::default()
+                            .with_name(TopicName(str_bytes(t.name.clone())))
+                            .with_partitions(partitions),
+                    );
+                }
+            }
+        }
+        Some(asked) => {
+            for t in asked {
+                if image.topic_by_name(t.name.as_str()).is_none() {
+                    // Kafka's controller answers the whole request with this.
+                    return Decision::now(
+                        Vec::new(),
+                        ResponseKind::ListPartitionReassignments(
+                            ListPartitionReassignmentsResponse::default()
+                                .with_error_code(E::UnknownTopicOrPartition.code())
+                                .with_error_message(Some(str_bytes(format!(
+                                    "topic {} does not exist",
+                                    t.name.as_str()
+                                )))),
+                        ),
+                    );
+                }
+                let partitions: Vec<_> = t
+                    .partition_indexes
+                    .iter()
+                    .filter_map(|&i| ongoing(t.name.as_str(), i))
+                    .collect();
+                if !partitions.is_empty() {
+                    topics.push(
+                        OngoingTopicReassignment::default()
+                            .with_name(t.name)
+                            .with_partitions(partitions),
+                    );
+                }
+            }
+        }
+    }
+    Decision::now(
+        Vec::new(),
+        ResponseKind::ListPartitionReassignments(
+            ListPartitionReassignmentsResponse::default().with_topics(topics),
+        ),
+    )
 }

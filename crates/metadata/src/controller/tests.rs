@@ -1608,6 +1608,50 @@ fn reassign_with(
     }
 }
 
+/// One partition's reassignment as ListPartitionReassignments gives it: topic, partition,
+/// replicas, adding, removing.
+type Ongoing = (String, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
+/// ListPartitionReassignments of `topics` (every partition of each), or of all: its error code
+/// and what it lists.
+fn list_reassignments(cluster: &mut Cluster, topics: Option<&[&str]>) -> (i16, Vec<Ongoing>) {
+    use kafka_protocol::messages::list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+    let request = kafka_protocol::messages::ListPartitionReassignmentsRequest::default()
+        .with_topics(topics.map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    ListPartitionReassignmentsTopics::default()
+                        .with_name(TopicName(str_bytes(*n)))
+                        .with_partition_indexes(vec![0])
+                })
+                .collect()
+        }));
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<i32>>();
+    match cluster.handle(ControllerRequest::ListPartitionReassignments(request, 0)) {
+        (ResponseKind::ListPartitionReassignments(r), records) => {
+            assert!(records.is_empty(), "a list decides nothing");
+            let listed = r
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().map(|p| {
+                        (
+                            t.name.0.to_string(),
+                            p.partition_index,
+                            ids(&p.replicas),
+                            ids(&p.adding_replicas),
+                            ids(&p.removing_replicas),
+                        )
+                    })
+                })
+                .collect();
+            (r.error_code, listed)
+        }
+        other => panic!("not a ListPartitionReassignments response: {other:?}"),
+    }
+}
+
 /// The leader of partition 0 of `name` asks for every alive replica in the ISR; the error code
 /// of its answer, if it has a leader.
 fn catch_up(cluster: &mut Cluster, name: &str) -> Option<i16> {
@@ -1697,6 +1741,21 @@ fn a_reassignment_adds_first_and_removes_once_the_new_replicas_are_in_sync() {
         (1, &[1, 2][..]),
         "leader and ISR untouched"
     );
+    assert_eq!(
+        list_reassignments(&mut cluster, None),
+        (
+            0,
+            vec![("t".to_string(), 0, vec![3, 2, 1], vec![3], vec![1])]
+        )
+    );
+    assert_eq!(
+        list_reassignments(&mut cluster, Some(&["t"])),
+        list_reassignments(&mut cluster, None)
+    );
+    assert_eq!(
+        list_reassignments(&mut cluster, Some(&["t", "missing"])).0,
+        E::UnknownTopicOrPartition.code()
+    );
     // A snapshot keeps the reassignment.
     let mut fresh = Cluster::new();
     fresh.image = Arc::new(MetadataImage::empty());
@@ -1717,6 +1776,7 @@ fn a_reassignment_adds_first_and_removes_once_the_new_replicas_are_in_sync() {
     );
     assert!(!p.is_reassigning());
     assert_eq!(p.leader_epoch, epoch + 1);
+    assert_eq!(list_reassignments(&mut cluster, None), (0, vec![]));
     assert_eq!(
         reassign(&mut cluster, "t", 0, None),
         E::NoReassignmentInProgress.code()
