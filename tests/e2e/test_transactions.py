@@ -336,3 +336,98 @@ def test_a_pipeline_stays_exactly_once_while_its_brokers_are_killed(cluster_fact
     assert proc.returncode == 0, text
     assert "missing: 0; twice: 0" in text, text
     assert "exactly once: every order invoiced once" in text, text
+
+
+def connect(address: str) -> wire.Connection:
+    host, port = address.rsplit(":", 1)
+    return wire.Connection(host, int(port))
+
+
+def txn_coordinator(bootstrap: str, txn_id: str) -> int:
+    """The node id of `txn_id`'s coordinator, once there is one (the first lookup creates
+    __transaction_state)."""
+    def ask():
+        with connect(bootstrap.split(",")[0]) as c:
+            error, node = wire.find_coordinator(c, txn_id, key_type=1)
+        return node if error == 0 else None
+    return wait_until(ask, 60, 0.2, f"a coordinator for {txn_id}")
+
+
+def init_producer(address: str, txn_id: str) -> tuple[int, int]:
+    """InitProducerId at the coordinator, retried while it loads: (producer id, epoch)."""
+    def ask():
+        with connect(address) as c:
+            error, pid, epoch = wire.init_producer_id(c, txn_id)
+        return (pid, epoch) if error == 0 else None
+    return wait_until(ask, 60, 0.2, f"a producer id for {txn_id}")
+
+
+def check_batches_are_verified(bootstrap: str, coordinator: str, leaders: dict[int, str],
+                               topic: str, txn_id: str) -> None:
+    """A leader appends a transactional batch only to a transaction its coordinator (at
+    `coordinator`) holds the partition in (KIP-890): `leaders` maps two partitions of `topic`
+    to the addresses of their leaders."""
+    added, other = sorted(leaders)[:2]
+    pid, epoch = init_producer(coordinator, txn_id)
+
+    def produce(partition, values, sequence, producer_epoch=epoch):
+        with connect(leaders[partition]) as c:
+            return wire.produce(c, topic, partition,
+                                wire.transactional_batch(values, pid, producer_epoch, sequence),
+                                version=8, transactional_id=txn_id)
+
+    r = produce(added, [b"before add"], 0)
+    assert r.error_code == wire.INVALID_TXN_STATE, r
+    assert "was not added to the transaction" in (r.error_message or ""), r
+    with connect(coordinator) as c:
+        assert wire.add_partitions_to_txn(c, txn_id, pid, epoch, topic, [added]) == {added: 0}
+    assert produce(added, [b"first"], 0).error_code == 0
+    # The transaction is open there now: the next batch belongs to it.
+    assert produce(added, [b"second"], 1).error_code == 0
+    r = produce(other, [b"never added"], 0)
+    assert r.error_code == wire.INVALID_TXN_STATE, r
+    with connect(coordinator) as c:
+        assert wire.end_txn(c, txn_id, pid, epoch, commit=True) == 0
+    wait_until(lambda: len(consume(bootstrap, topic, [added], timeout=30,
+                                   **{"isolation.level": "read_committed"})) == 2,
+               60, 0.5, "the commit marker")
+    # The transaction is over: a late batch of it would open one nobody ends.
+    r = produce(added, [b"after commit"], 2)
+    assert r.error_code == wire.INVALID_TXN_STATE, r
+    # A newer producer of the same transactional id fences this one.
+    assert init_producer(coordinator, txn_id)[1] > epoch
+    r = produce(other, [b"fenced"], 0)
+    assert r.error_code == wire.INVALID_PRODUCER_EPOCH, r
+    committed = consume(bootstrap, topic, [added, other], timeout=30,
+                        **{"isolation.level": "read_uncommitted"})
+    assert [(m.partition, m.value) for m in committed] == [(added, b"first"),
+                                                           (added, b"second")]
+
+
+def test_a_transactional_batch_for_a_partition_not_in_the_transaction_is_refused(broker):
+    topic = unique_topic("txn-verify")
+    create_topic(broker.bootstrap, topic, partitions=2)
+    txn_id = unique_topic("verify")
+    txn_coordinator(broker.bootstrap, txn_id)
+    check_batches_are_verified(broker.bootstrap, broker.bootstrap,
+                               {0: broker.bootstrap, 1: broker.bootstrap}, topic, txn_id)
+
+
+def test_a_leader_verifies_transactional_batches_with_a_coordinator_on_another_broker(
+        cluster_factory):
+    cluster = cluster_factory(3)
+    topic = unique_topic("txn-verify")
+    a = admin(cluster.bootstrap)
+    a.create_topics([NewTopic(topic, 6, 3)])[topic].result(timeout=30)
+    txn_id = unique_topic("verify")
+    coordinator = txn_coordinator(cluster.bootstrap, txn_id)
+
+    def leaders_elsewhere():
+        partitions = a.list_topics(topic, timeout=10).topics[topic].partitions
+        elsewhere = {p: cluster.node(m.leader).bootstrap for p, m in partitions.items()
+                     if m.leader >= 0 and m.leader != coordinator}
+        return elsewhere if len(partitions) == 6 and len(elsewhere) >= 2 else None
+    leaders = wait_until(leaders_elsewhere, 30, 0.2,
+                         "two partitions led away from the transaction coordinator")
+    check_batches_are_verified(cluster.bootstrap, cluster.node(coordinator).bootstrap, leaders,
+                               topic, txn_id)

@@ -27,6 +27,8 @@ UNSUPPORTED_COMPRESSION_TYPE = 76
 MEMBER_ID_REQUIRED = 79
 INVALID_RECORD = 87
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
 
 # API keys.
 PRODUCE = 0
@@ -39,6 +41,54 @@ CREATE_TOPICS = 19
 DELETE_TOPICS = 20
 DESCRIBE_CONFIGS = 32
 CREATE_PARTITIONS = 37
+INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
+END_TXN = 26
+
+
+def init_producer_id(conn: Connection, transactional_id: str, timeout_ms: int = 60000,
+                     correlation_id: int = 25) -> tuple[int, int, int]:
+    """InitProducerId v1 (sent to the transaction coordinator): error, producer id, epoch."""
+    r = conn.request(INIT_PRODUCER_ID, 1, string(transactional_id) + i32(timeout_ms),
+                     correlation_id)
+    r.i32()  # throttle_time_ms
+    return r.i16(), r.i64(), r.i16()
+
+
+def add_partitions_to_txn(conn: Connection, transactional_id: str, producer_id: int,
+                          epoch: int, topic: str, partitions: list[int],
+                          correlation_id: int = 27) -> dict[int, int]:
+    """AddPartitionsToTxn v1 of one topic's partitions: each partition's error code."""
+    body = (string(transactional_id) + i64(producer_id) + i16(epoch) + i32(1) + string(topic)
+            + i32(len(partitions)) + b"".join(i32(p) for p in partitions))
+    r = conn.request(ADD_PARTITIONS_TO_TXN, 1, body, correlation_id)
+    r.i32()  # throttle_time_ms
+    errors = {}
+    for _ in range(r.i32()):
+        r.string()
+        for _ in range(r.i32()):
+            p = r.i32()
+            errors[p] = r.i16()
+    return errors
+
+
+def end_txn(conn: Connection, transactional_id: str, producer_id: int, epoch: int,
+            commit: bool, correlation_id: int = 29) -> int:
+    """EndTxn v1: the error code."""
+    body = string(transactional_id) + i64(producer_id) + i16(epoch) + i8(1 if commit else 0)
+    r = conn.request(END_TXN, 1, body, correlation_id)
+    r.i32()  # throttle_time_ms
+    return r.i16()
+
+
+def transactional_batch(values: list[bytes], producer_id: int, epoch: int,
+                        sequence: int) -> bytes:
+    """A batch of `values` in a transaction of the producer (attributes bit 4)."""
+    return build_record_batch(BatchSpec(
+        records=[(None, v) for v in values], attributes=0x10, producer_id=producer_id,
+        producer_epoch=epoch, base_sequence=sequence))
+
+
 DESCRIBE_CLUSTER = 60
 DESCRIBE_QUORUM = 55
 
@@ -408,9 +458,9 @@ def api_versions(conn: Connection, version: int = 0, correlation_id: int = 7) ->
 # --------------------------------------------------------------------------
 
 def produce_v3_body(topic: str, partition: int, records: bytes, acks: int = -1,
-                    timeout_ms: int = 10000) -> bytes:
+                    timeout_ms: int = 10000, transactional_id: str | None = None) -> bytes:
     return (
-        string(None)              # transactional_id
+        string(transactional_id)
         + i16(acks)
         + i32(timeout_ms)
         + i32(1)                  # topics
@@ -432,10 +482,12 @@ class ProducePartitionResult:
 
 
 def produce(conn: Connection, topic: str, partition: int, records: bytes, version: int = 3,
-            correlation_id: int = 13, timeout_ms: int = 10000) -> ProducePartitionResult:
+            correlation_id: int = 13, timeout_ms: int = 10000,
+            transactional_id: str | None = None) -> ProducePartitionResult:
     """Produce v3 to v8 (one request layout; the responses grow) of one batch, acks=all."""
     assert 3 <= version <= 8, version
-    body = produce_v3_body(topic, partition, records, timeout_ms=timeout_ms)
+    body = produce_v3_body(topic, partition, records, timeout_ms=timeout_ms,
+                           transactional_id=transactional_id)
     r = conn.request(PRODUCE, version, body, correlation_id)
     results = []
     for _ in range(r.i32()):

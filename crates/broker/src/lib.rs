@@ -22,6 +22,7 @@ pub use caudal_metadata::meta_properties;
 mod node;
 pub mod partition;
 mod partition_dirs;
+mod peers;
 pub mod producer_ids;
 pub mod replica_fetcher;
 pub mod replica_manager;
@@ -32,6 +33,7 @@ pub mod throttle;
 pub mod topics;
 pub mod txn_markers;
 pub mod txn_runtime;
+mod txn_verify;
 
 use std::io;
 use std::sync::Arc;
@@ -73,6 +75,8 @@ pub struct Broker {
     pub groups: Arc<coordinator_runtime::CoordinatorRuntime>,
     /// The transaction coordinator's shards, one per `__transaction_state` partition led here.
     pub txns: Arc<txn_runtime::TxnRuntime>,
+    /// Asks transaction coordinators on other brokers about transactional batches (KIP-890).
+    txn_verifier: txn_verify::Verifier,
     /// Refuses produce while the data directory's filesystem is nearly full.
     pub free_space: disk_space::FreeSpaceGuard,
     /// `leader.replication.throttled.rate`, for the replicas reassignments add.
@@ -308,6 +312,7 @@ impl Server {
             isr,
             groups,
             txns,
+            txn_verifier: txn_verify::Verifier::default(),
             free_space,
             replication_throttle,
             shutting_down: Notify::new(),

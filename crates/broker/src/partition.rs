@@ -94,10 +94,36 @@ impl Partition {
         valid: ValidBatch,
         now_ms: i64,
     ) -> Result<(AppendInfo, i64), AppendError> {
+        self.append_checked(batch, valid, None, now_ms)
+    }
+
+    /// Appends a transactional batch its coordinator verified while the log ended at
+    /// `verified_at`, as [`append`](Self::append) does, unless its transaction ended since
+    /// (`PartitionLog::append_verified`).
+    pub fn append_verified(
+        &self,
+        batch: &[u8],
+        valid: ValidBatch,
+        verified_at: i64,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i64), AppendError> {
+        self.append_checked(batch, valid, Some(verified_at), now_ms)
+    }
+
+    fn append_checked(
+        &self,
+        batch: &[u8],
+        valid: ValidBatch,
+        verified_at: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, i64), AppendError> {
         let replicated = self.replicated.load(Ordering::Acquire);
         let (appended, end) = {
             let mut log = self.log();
-            let info = log.append_validated(batch, valid, now_ms)?;
+            let info = match verified_at {
+                Some(at) => log.append_verified(batch, valid, at, now_ms)?,
+                None => log.append_validated(batch, valid, now_ms)?,
+            };
             let end = log.log_end_offset();
             if !replicated {
                 // The only replica has it: it is committed.

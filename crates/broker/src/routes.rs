@@ -198,7 +198,7 @@ routes! {
     EndTxn on CLIENT, forwarded: false
         => |r, cx| ready(handlers::transactions::end(cx.broker, r, cx.version).await);
     TxnOffsetCommit on CLIENT, forwarded: false
-        => |r, cx| handlers::transactions::txn_offset_commit(cx.broker, r, cx.version);
+        => |r, cx| handlers::transactions::txn_offset_commit(cx.broker, r, cx.version).await;
     ListTransactions on CLIENT, forwarded: false
         => |r, cx| ready(handlers::transactions::list(cx.broker, r));
     DescribeTransactions on CLIENT, forwarded: false

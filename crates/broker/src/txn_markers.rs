@@ -2,8 +2,8 @@
 //! appends markers to the partitions this broker leads and sends WriteTxnMarkers to the leaders
 //! of the others; and the append of markers a WriteTxnMarkers asks of this broker.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use caudal_coordinator::txn::Markers;
@@ -18,9 +18,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::controller_connection::ControllerConnection;
 use crate::coordinator_runtime::wait_committed;
 use crate::partition::Partition;
+use crate::peers::{self, Peers};
 use crate::txn_runtime::{BoxFuture, MarkerError, MarkerWriter};
 use crate::Broker;
 
@@ -28,7 +28,6 @@ use crate::Broker;
 const WRITE_TXN_MARKERS_VERSION: i16 = 1;
 /// How long markers may take to reach every in-sync replica of their partition.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_FRAME: usize = 1 << 20;
 
 /// Writes a marker to a partition this broker leads ([`append_marker`]); one in a
 /// `__consumer_offsets` partition also completes the transaction's offset commits there.
@@ -81,11 +80,19 @@ pub async fn append_marker(
 
 /// The coordinator's marker writer on a broker. Made before the broker it serves, which it is
 /// given once built.
-#[derive(Default)]
 pub struct BrokerMarkers {
     broker: OnceLock<Weak<Broker>>,
-    /// A connection to each other broker markers were sent to, by address.
-    connections: Mutex<HashMap<String, ControllerConnection>>,
+    /// A connection to each other broker markers were sent to.
+    peers: Peers,
+}
+
+impl Default for BrokerMarkers {
+    fn default() -> Self {
+        BrokerMarkers {
+            broker: OnceLock::new(),
+            peers: Peers::new("txn-markers"),
+        }
+    }
 }
 
 impl std::fmt::Debug for BrokerMarkers {
@@ -97,35 +104,6 @@ impl std::fmt::Debug for BrokerMarkers {
 impl BrokerMarkers {
     pub fn serve(&self, broker: &Arc<Broker>) {
         let _ = self.broker.set(Arc::downgrade(broker));
-    }
-
-    async fn connection(
-        &self,
-        address: &str,
-        node_id: i32,
-    ) -> Result<ControllerConnection, String> {
-        let known = self
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(address)
-            .filter(|c| !c.is_closed())
-            .cloned();
-        if let Some(c) = known {
-            return Ok(c);
-        }
-        let c = ControllerConnection::connect(
-            address,
-            format!("caudal-txn-markers-{node_id}"),
-            MAX_FRAME,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(address.to_string(), c.clone());
-        Ok(c)
     }
 }
 
@@ -189,15 +167,11 @@ impl BrokerMarkers {
             }
         }
         for (leader, partitions) in remote {
-            let Some(endpoint) = image
-                .broker(leader)
-                .and_then(|b| b.endpoints.iter().find(|e| e.name == listener))
-            else {
+            let Some(address) = peers::address(&image, leader, &listener) else {
                 reasons.push(format!("broker {leader} has no {listener} endpoint"));
                 pending.extend(partitions);
                 continue;
             };
-            let address = format!("{}:{}", endpoint.host, endpoint.port);
             match self
                 .send(&address, broker.config.node_id, &m, &partitions)
                 .await
@@ -249,7 +223,7 @@ impl BrokerMarkers {
                         })
                         .collect(),
                 )]);
-        let connection = self.connection(address, node_id).await?;
+        let connection = self.peers.connection(address, node_id).await?;
         let answer = connection
             .call_direct(
                 ApiKey::WriteTxnMarkers,
@@ -262,10 +236,7 @@ impl BrokerMarkers {
             Ok(ResponseKind::WriteTxnMarkers(r)) => r,
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
             Err(e) => {
-                self.connections
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(address);
+                self.peers.forget(address);
                 return Err(e.to_string());
             }
         };

@@ -956,6 +956,57 @@ async fn every_api_answers_at_every_advertised_version() {
                     assert_eq!(a[0].partitions.first(), Some(&0), "{what}");
                     assert_eq!(r.groups[1].error_code, 69, "{what}: GROUP_ID_NOT_FOUND");
                 }
+                ApiKey::AddPartitionsToTxn if v >= 4 => {
+                    use kafka_protocol::messages::add_partitions_to_txn_request::{
+                        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+                    };
+                    // What brokers send: a verify-only check, and a batched add (transactions
+                    // version 2, refused). No __transaction_state: nothing is coordinated here.
+                    let txn = |id: &'static str, verify_only: bool| {
+                        AddPartitionsToTxnTransaction::default()
+                            .with_transactional_id(TransactionalId(StrBytes::from_static_str(id)))
+                            .with_producer_id(ProducerId(1))
+                            .with_verify_only(verify_only)
+                            .with_topics(vec![AddPartitionsToTxnTopic::default()
+                                .with_name(topic("t"))
+                                .with_partitions(vec![0, 1])])
+                    };
+                    let req = AddPartitionsToTxnRequest::default()
+                        .with_transactions(vec![txn("verify", true), txn("add", false)]);
+                    let ResponseKind::AddPartitionsToTxn(r) =
+                        c.send(api, v, &RequestKind::AddPartitionsToTxn(req)).await
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0, "{what}");
+                    let codes: Vec<String> = r
+                        .results_by_transaction
+                        .iter()
+                        .flat_map(|t| {
+                            t.topic_results.iter().flat_map(move |tr| {
+                                tr.results_by_partition.iter().map(move |p| {
+                                    format!(
+                                        "{} {}-{}: {}",
+                                        t.transactional_id.0.as_str(),
+                                        tr.name.0.as_str(),
+                                        p.partition_index,
+                                        p.partition_error_code
+                                    )
+                                })
+                            })
+                        })
+                        .collect();
+                    assert_eq!(
+                        codes,
+                        [
+                            "verify t-0: 16",
+                            "verify t-1: 16",
+                            "add t-0: 42",
+                            "add t-1: 42"
+                        ],
+                        "{what}: NOT_COORDINATOR, INVALID_REQUEST"
+                    );
+                }
                 ApiKey::AddPartitionsToTxn => {
                     use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
                     // A partition that does not exist: refused before the coordinator is asked.

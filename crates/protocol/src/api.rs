@@ -23,10 +23,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
-    // Transactions version 1 (v5 of AddPartitionsToTxn and EndTxn are version 2, which clients
-    // use only when the broker finalizes the transaction.version feature; v4 and later of
-    // AddPartitionsToTxn are between brokers).
-    (ApiKey::AddPartitionsToTxn, 0, 3),
+    // Transactions version 1 (EndTxn v5 is version 2, which clients use only when the broker
+    // finalizes the transaction.version feature). AddPartitionsToTxn v4 and later are what
+    // brokers send each other to verify transactional batches (KIP-890 part 1).
+    (ApiKey::AddPartitionsToTxn, 0, 5),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 4),
     // v5 is transactions version 2 (the partition added implicitly).

@@ -980,6 +980,28 @@ impl PartitionLog {
         self.producers.summaries()
     }
 
+    /// Whether `producer_id` at `producer_epoch` has a transaction open in this log: its
+    /// further transactional batches here need no verification by the coordinator.
+    pub fn has_open_txn(&self, producer_id: i64, producer_epoch: i16) -> bool {
+        self.producers.has_open_txn(producer_id, producer_epoch)
+    }
+
+    /// Appends a transactional batch its coordinator verified while this log ended at
+    /// `verified_at` (KIP-890), unless a marker of its producer was appended since: the
+    /// transaction it was verified for is over, and the batch would open one nobody ends.
+    pub fn append_verified(
+        &mut self,
+        batch: &[u8],
+        valid: ValidBatch,
+        verified_at: i64,
+        now_ms: i64,
+    ) -> Result<AppendInfo, AppendError> {
+        let h = crate::batch::BatchHeader::parse(batch)?;
+        self.producers
+            .check_verified(h.producer_id(), verified_at)?;
+        self.append_validated(batch, valid, now_ms)
+    }
+
     /// The first offset of the oldest transaction still open in this log, if any: the last
     /// stable offset is at most this (and at most the high watermark).
     pub fn first_open_txn_offset(&self) -> Option<i64> {

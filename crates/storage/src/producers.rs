@@ -34,6 +34,8 @@ struct ProducerEntry {
     txn_first_offset: i64,
     /// The epoch of the transaction coordinator that wrote the producer's last marker.
     coordinator_epoch: i32,
+    /// Where the producer's last marker went since this state was loaded; -1 for none.
+    last_marker_offset: i64,
 }
 
 impl Default for ProducerEntry {
@@ -44,6 +46,7 @@ impl Default for ProducerEntry {
             last_append_ms: 0,
             txn_first_offset: NONE_I64,
             coordinator_epoch: NONE_I32,
+            last_marker_offset: NONE_I64,
         }
     }
 }
@@ -83,6 +86,11 @@ pub enum SequenceError {
     /// Kafka's INVALID_TXN_STATE: a producer with an open transaction wrote outside it.
     #[error("producer {producer_id} has an open transaction but sent a non-transactional batch")]
     NotTransactional { producer_id: i64 },
+    /// Kafka's INVALID_TXN_STATE: a marker ended the producer's transaction after its
+    /// coordinator verified the batch (KIP-890), so the batch would open a transaction nobody
+    /// ends.
+    #[error("producer {producer_id}'s transaction ended while its batch was being verified")]
+    EndedWhileVerifying { producer_id: i64 },
     /// Kafka's TRANSACTION_COORDINATOR_FENCED: a marker from an older coordinator.
     #[error(
         "a marker from coordinator epoch {got}; the producer's last came from epoch {current}"
@@ -266,6 +274,7 @@ impl ProducerStates {
                 entry.coordinator_epoch = epoch;
             }
             entry.last_append_ms = now_ms;
+            entry.last_marker_offset = base_offset;
             let first = std::mem::replace(&mut entry.txn_first_offset, NONE_I64);
             if first < 0 {
                 return None;
@@ -314,6 +323,25 @@ impl ProducerStates {
             self.open.insert((base_offset, producer_id));
         }
         None
+    }
+
+    /// Whether `producer_id` at `producer_epoch` has a transaction open here: its next
+    /// transactional batches belong to that transaction and need no verification (KIP-890).
+    pub fn has_open_txn(&self, producer_id: i64, producer_epoch: i16) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|e| e.epoch == producer_epoch && e.txn_first_offset >= 0)
+    }
+
+    /// Refuses a transactional batch verified when the log ended at `verified_at` if a marker
+    /// of its producer was appended since: the transaction it was verified for is over.
+    pub fn check_verified(&self, producer_id: i64, verified_at: i64) -> Result<(), SequenceError> {
+        match self.producers.get(&producer_id) {
+            Some(e) if e.last_marker_offset >= verified_at => {
+                Err(SequenceError::EndedWhileVerifying { producer_id })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The first offset of the oldest open transaction: nothing from it on is stable.
@@ -455,6 +483,7 @@ impl ProducerStates {
                     last_append_ms: timestamp,
                     txn_first_offset,
                     coordinator_epoch,
+                    last_marker_offset: NONE_I64,
                 },
             );
         }
@@ -685,6 +714,32 @@ mod tests {
             coordinator_epoch: 5,
         };
         crate::batch::control_batch(producer_id, epoch, m, 0)
+    }
+
+    #[test]
+    fn a_batch_verified_before_its_producers_marker_is_refused() {
+        let mut s = ProducerStates::default();
+        assert!(!s.has_open_txn(7, 0));
+        assert_eq!(s.check_verified(7, 0), Ok(()));
+        let t0 = transactional(1, 7, 0, 0);
+        s.record(&BatchHeader::parse(&t0).unwrap(), 100, 0, None);
+        assert!(s.has_open_txn(7, 0));
+        assert!(
+            !s.has_open_txn(7, 1),
+            "another epoch's transaction is not this one"
+        );
+        assert!(!s.has_open_txn(8, 0));
+        // Verified when the log ended at 101; the marker lands at 101, before the batch.
+        let m = marker(7, 0, true);
+        s.record(&BatchHeader::parse(&m).unwrap(), 101, 0, Some(5));
+        assert!(!s.has_open_txn(7, 0));
+        assert_eq!(
+            s.check_verified(7, 101),
+            Err(SequenceError::EndedWhileVerifying { producer_id: 7 })
+        );
+        // Verified after the marker: the batch opens the next transaction.
+        assert_eq!(s.check_verified(7, 102), Ok(()));
+        assert_eq!(s.check_verified(8, 0), Ok(()));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Produce: validate each partition's batch, append it, and answer per `acks` (0: never, 1: after
 //! the append, all: after the batch is fsync'd, sharing fsyncs with concurrent producers).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use caudal_coordinator::txn_records::TxnPartition;
 use caudal_storage::{validate_for_append, AppendError, BatchHeader, SequenceError};
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::produce_response::{
@@ -48,7 +50,8 @@ pub async fn handle(
     let mut responses = Vec::with_capacity(request.topic_data.len());
     // (topic slot, partition slot, partition, end offset) for acks=all
     let mut durable_waits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
-    for topic_data in request.topic_data {
+    let verdicts = verify_transactional(broker, transactional_id.as_deref(), &request).await;
+    for (t, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.0.as_str().to_string();
         let topic = match broker.topics.get(&name) {
             // Kafka: clients cannot append to internal topics.
@@ -63,7 +66,7 @@ pub async fn handle(
             None => Err(E::UnknownTopicOrPartition.code()),
         };
         let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
-        for data in topic_data.partition_data {
+        for (p, data) in topic_data.partition_data.into_iter().enumerate() {
             let index = data.index;
             if !matches!(acks, -1..=1) {
                 partition_responses.push(failed(index, E::InvalidRequiredAcks.code(), None));
@@ -128,18 +131,21 @@ pub async fn handle(
                 // A transactional batch belongs to a transaction its coordinator knows of: one
                 // that was not added would hold back what read_committed consumers see for ever.
                 Ok(valid) if BatchHeader::parse(&records).is_ok_and(|h| h.is_transactional()) => {
-                    verify_transactional(
-                        broker,
-                        transactional_id.as_deref(),
-                        &records,
-                        &name,
-                        index,
-                    )
-                    .and_then(|()| {
-                        partition
-                            .append(&records, valid, now)
-                            .map_err(|e| refused(&name, index, e))
-                    })
+                    match (&transactional_id, verdicts.get(&(t, p))) {
+                        (None, _) => Err((
+                            E::TransactionalIdAuthorizationFailed.code(),
+                            "a transactional batch in a produce request without a transactional id"
+                                .to_string(),
+                        )),
+                        (Some(_), Some(Verdict::Verified(at))) => partition
+                            .append_verified(&records, valid, *at, now)
+                            .map_err(|e| refused(&name, index, e)),
+                        (Some(_), Some(Verdict::Refused(code, message))) => {
+                            Err((*code, message.clone()))
+                        }
+                        // Its topic was created by this request: no transaction can hold it.
+                        (Some(txn_id), None) => Err(not_added(txn_id, &name, index)),
+                    }
                 }
                 Ok(valid) => partition
                     .append(&records, valid, now)
@@ -221,62 +227,132 @@ pub async fn handle(
     })
 }
 
-/// Checks a transactional batch against its transaction (KIP-890's verification): the request
-/// must name the transactional id, and its coordinator, when on this broker, must have the
-/// partition in the producer's open transaction. (A coordinator on another broker is not asked
-/// yet: such batches are taken as Kafka took them before KIP-890. With no `__transaction_state`
-/// at all, no transaction exists and the batch is refused.)
-fn verify_transactional(
+/// What verification decided for one transactional batch (KIP-890).
+enum Verdict {
+    /// The batch belongs to its producer's transaction, open on the partition or verified with
+    /// the coordinator when the partition's log ended at this offset: a marker of the producer
+    /// after it means the transaction ended meanwhile, and the batch is refused at append.
+    Verified(i64),
+    Refused(i16, String),
+}
+
+/// A transactional batch to ask its coordinator about.
+struct Ask {
+    /// (topic slot, partition slot) in the request.
+    slot: (usize, usize),
+    partition: TxnPartition,
+    /// Its producer id and epoch.
+    producer: (i64, i16),
+    /// The partition's log end offset when it was asked about.
+    log_end: i64,
+}
+
+/// Verifies the request's transactional batches with their transaction coordinator, on this
+/// broker or another ([`crate::txn_verify`]); a verdict for each, by
+/// (topic slot, partition slot). Only the first batch of a transaction on a partition is
+/// asked about: later ones find it open. Batches that fail other checks get no verdict.
+async fn verify_transactional(
     broker: &Arc<Broker>,
     transactional_id: Option<&str>,
-    records: &[u8],
-    topic: &str,
-    index: i32,
-) -> Result<(), (i16, String)> {
+    request: &ProduceRequest,
+) -> HashMap<(usize, usize), Verdict> {
+    let mut verdicts = HashMap::new();
     let Some(txn_id) = transactional_id else {
-        return Err((
-            E::TransactionalIdAuthorizationFailed.code(),
-            "a transactional batch in a produce request without a transactional id".to_string(),
-        ));
+        return verdicts;
     };
-    let Ok(h) = BatchHeader::parse(records) else {
-        return Ok(());
-    };
-    let partitions = [(topic.to_string(), index)];
-    match broker
-        .txns
-        .verify_partitions(txn_id, (h.producer_id(), h.producer_epoch()), &partitions)
-    {
-        Ok(each) => match each.first() {
-            Some(Err(_)) => Err((
-                E::InvalidTxnState.code(),
-                format!("{topic}-{index} was not added to the transaction of {txn_id}"),
-            )),
-            _ => Ok(()),
-        },
-        Err(code)
-            if code == E::NotCoordinator.code()
-                && super::transactions::coordinated_elsewhere(broker) =>
-        {
-            Ok(())
+    let mut asks: Vec<Ask> = Vec::new();
+    for (t, topic_data) in request.topic_data.iter().enumerate() {
+        let name = topic_data.name.0.as_str();
+        let Some(topic) = broker.topics.get(name) else {
+            continue;
+        };
+        for (p, data) in topic_data.partition_data.iter().enumerate() {
+            let Some(h) = data
+                .records
+                .as_deref()
+                .and_then(|r| BatchHeader::parse(r).ok())
+            else {
+                continue;
+            };
+            if !h.is_transactional() {
+                continue;
+            }
+            let Ok(partition) = broker.leader_partition(&topic, data.index) else {
+                continue;
+            };
+            let producer = (h.producer_id(), h.producer_epoch());
+            let (open, log_end) = {
+                let log = partition.log();
+                (
+                    log.has_open_txn(producer.0, producer.1),
+                    log.log_end_offset(),
+                )
+            };
+            if open {
+                verdicts.insert((t, p), Verdict::Verified(log_end));
+            } else {
+                asks.push(Ask {
+                    slot: (t, p),
+                    partition: (name.to_string(), data.index),
+                    producer,
+                    log_end,
+                });
+            }
         }
-        Err(code) if code == E::NotCoordinator.code() => Err((
-            E::InvalidProducerIdMapping.code(),
-            format!("no transaction coordinator knows {txn_id}"),
-        )),
-        Err(code) if code == E::ProducerFenced.code() => Err((
+    }
+    // One request carries one transactional id, so one producer: more is a confused client.
+    while let Some(producer) = asks.first().map(|a| a.producer) {
+        let (mine, rest): (Vec<Ask>, Vec<Ask>) =
+            asks.into_iter().partition(|a| a.producer == producer);
+        asks = rest;
+        let partitions: Vec<TxnPartition> = mine.iter().map(|a| a.partition.clone()).collect();
+        let codes = crate::txn_verify::verify(broker, txn_id, producer, &partitions).await;
+        for (i, ask) in mine.into_iter().enumerate() {
+            let (topic, index) = ask.partition;
+            let code = match &codes {
+                Ok(each) => each.get(i).copied().unwrap_or(E::InvalidTxnState.code()),
+                Err(code) => *code,
+            };
+            let verdict = match refusal(code, txn_id, &topic, index) {
+                None => Verdict::Verified(ask.log_end),
+                Some((code, message)) => Verdict::Refused(code, message),
+            };
+            verdicts.insert(ask.slot, verdict);
+        }
+    }
+    verdicts
+}
+
+fn not_added(txn_id: &str, topic: &str, index: i32) -> (i16, String) {
+    (
+        E::InvalidTxnState.code(),
+        format!("{topic}-{index} was not added to the transaction of {txn_id}"),
+    )
+}
+
+/// The produce error for a transaction coordinator's verdict on a partition (None: in the
+/// transaction), as Kafka maps them for clients.
+fn refusal(code: i16, txn_id: &str, topic: &str, index: i32) -> Option<(i16, String)> {
+    if code == 0 {
+        None
+    } else if code == E::TransactionAbortable.code() || code == E::InvalidTxnState.code() {
+        Some(not_added(txn_id, topic, index))
+    } else if code == E::ProducerFenced.code() || code == E::InvalidProducerEpoch.code() {
+        Some((
             E::InvalidProducerEpoch.code(),
             "a newer producer of this transactional id fenced this one".to_string(),
-        )),
-        Err(code) if code == E::InvalidProducerIdMapping.code() => Err((
+        ))
+    } else if code == E::InvalidProducerIdMapping.code() {
+        Some((
             code,
             format!("no open transaction of {txn_id} for this producer"),
-        )),
-        // The coordinator is loading or busy: retriable, as Kafka answers.
-        Err(_) => Err((
+        ))
+    } else {
+        // The coordinator is loading, moving or busy: retriable, as Kafka answers.
+        Some((
             E::NotEnoughReplicas.code(),
             "the transaction coordinator could not verify the batch yet".to_string(),
-        )),
+        ))
     }
 }
 
@@ -290,7 +366,9 @@ fn refused(topic: &str, partition: i32, e: AppendError) -> (i16, String) {
         AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
             E::OutOfOrderSequenceNumber.code()
         }
-        AppendError::Sequence(SequenceError::NotTransactional { .. }) => E::InvalidTxnState.code(),
+        AppendError::Sequence(
+            SequenceError::NotTransactional { .. } | SequenceError::EndedWhileVerifying { .. },
+        ) => E::InvalidTxnState.code(),
         AppendError::Sequence(SequenceError::CoordinatorFenced { .. }) => {
             E::TransactionCoordinatorFenced.code()
         }

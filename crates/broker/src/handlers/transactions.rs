@@ -10,7 +10,7 @@ use caudal_coordinator::partition_for;
 use caudal_coordinator::txn_records::TxnPartition;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
@@ -50,15 +50,6 @@ pub(crate) fn for_version(code: i16, version: i16, since: i16) -> i16 {
     }
 }
 
-/// Whether a transaction this broker does not coordinate can exist: only if
-/// `__transaction_state` does (its coordinator is then another broker, which is not asked yet).
-/// Without it no producer was ever given a transaction, and an unverified transactional write
-/// would open one nobody ends (holding back read_committed consumers, or pending offsets, for
-/// ever).
-pub(crate) fn coordinated_elsewhere(broker: &Broker) -> bool {
-    broker.topics.get(crate::txn_runtime::TXN_TOPIC).is_some()
-}
-
 /// A fresh producer id from the controller's blocks, as Kafka's error code if there is none.
 pub(crate) fn fresh_id(
     broker: &Arc<Broker>,
@@ -75,11 +66,19 @@ pub(crate) fn fresh_id(
     }
 }
 
+/// AddPartitionsToTxn v4 and later: what brokers send a transaction coordinator.
+const BETWEEN_BROKERS_SINCE: i16 = 4;
+/// Before v5 a partition outside the transaction is INVALID_TXN_STATE (KIP-890).
+const ABORTABLE_SINCE: i16 = 5;
+
 pub async fn add_partitions(
     broker: &Arc<Broker>,
     request: AddPartitionsToTxnRequest,
     version: i16,
 ) -> ResponseKind {
+    if version >= BETWEEN_BROKERS_SINCE {
+        return ResponseKind::AddPartitionsToTxn(verify_partitions(broker, request, version));
+    }
     let txn_id = request.v3_and_below_transactional_id.0.to_string();
     let producer = (
         request.v3_and_below_producer_id.0,
@@ -140,6 +139,75 @@ pub async fn add_partitions(
     ResponseKind::AddPartitionsToTxn(
         AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results),
     )
+}
+
+/// The batched form partition leaders send (KIP-890 part 1): for each transaction, whether
+/// each partition is in it, every partition carrying the transaction's error if there is one,
+/// as Kafka's coordinator answers. Adding partitions this way (`verify_only` false) is how
+/// brokers add them for producers of transactions version 2, which Caudal does not serve yet.
+fn verify_partitions(
+    broker: &Broker,
+    request: AddPartitionsToTxnRequest,
+    version: i16,
+) -> AddPartitionsToTxnResponse {
+    let for_version = |code: i16| {
+        if code == E::TransactionAbortable.code() && version < ABORTABLE_SINCE {
+            E::InvalidTxnState.code()
+        } else {
+            code
+        }
+    };
+    let results = request
+        .transactions
+        .into_iter()
+        .map(|txn| {
+            let partitions: Vec<TxnPartition> = txn
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|&p| (t.name.0.to_string(), p)))
+                .collect();
+            let codes: Vec<i16> = if !txn.verify_only {
+                vec![E::InvalidRequest.code(); partitions.len()]
+            } else {
+                match broker.txns.verify_partitions(
+                    txn.transactional_id.0.as_str(),
+                    (txn.producer_id.0, txn.producer_epoch),
+                    &partitions,
+                ) {
+                    Ok(each) => each
+                        .into_iter()
+                        .map(|r| r.err().map_or(0, for_version))
+                        .collect(),
+                    Err(code) => vec![for_version(code); partitions.len()],
+                }
+            };
+            let mut codes = codes.into_iter();
+            let topic_results = txn
+                .topics
+                .into_iter()
+                .map(|t| {
+                    let results = t
+                        .partitions
+                        .iter()
+                        .map(|&p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(p)
+                                .with_partition_error_code(
+                                    codes.next().unwrap_or(E::UnknownServerError.code()),
+                                )
+                        })
+                        .collect();
+                    AddPartitionsToTxnTopicResult::default()
+                        .with_name(t.name)
+                        .with_results_by_partition(results)
+                })
+                .collect();
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(txn.transactional_id)
+                .with_topic_results(topic_results)
+        })
+        .collect();
+    AddPartitionsToTxnResponse::default().with_results_by_transaction(results)
 }
 
 pub async fn add_offsets(
@@ -250,11 +318,11 @@ pub async fn write_markers(broker: &Arc<Broker>, request: WriteTxnMarkersRequest
 const FENCED_SINCE_TXN_COMMIT: i16 = 3;
 
 /// TxnOffsetCommit: offsets a consume-transform-produce application commits in its
-/// transaction. Checked against the group (KIP-447's member and generation, from v3) and, when
-/// the transaction coordinator is on this broker, against the transaction (the group's
+/// transaction. Checked against the group (KIP-447's member and generation, from v3) and
+/// against the transaction, by its coordinator here or on another broker (the group's
 /// `__consumer_offsets` partition must have been added with AddOffsetsToTxn); written as a
 /// transactional batch of the producer, they count once the transaction's commit marker lands.
-pub fn txn_offset_commit(
+pub async fn txn_offset_commit(
     broker: &Arc<Broker>,
     request: TxnOffsetCommitRequest,
     version: i16,
@@ -288,25 +356,22 @@ pub fn txn_offset_commit(
             }
         }
     }
-    // The transaction must hold the group's offsets partition (when its coordinator is here).
+    // The transaction must hold the group's offsets partition.
     let offsets_partition = broker
         .topics
         .get(OFFSETS_TOPIC)
         .map(|t| partition_for(&group_id, t.partition_count));
     let verified = match offsets_partition {
-        Some(p) => match broker.txns.verify_partitions(
+        Some(p) => match crate::txn_verify::verify(
+            broker,
             request.transactional_id.0.as_str(),
             producer,
             &[(OFFSETS_TOPIC.to_string(), p)],
-        ) {
-            Ok(each) if each.iter().any(|r| r.is_err()) => Err(E::InvalidTxnState.code()),
-            Ok(_) => Ok(()),
-            Err(code) if code == E::NotCoordinator.code() && coordinated_elsewhere(broker) => {
-                Ok(())
-            }
-            Err(code) if code == E::NotCoordinator.code() => {
-                Err(E::InvalidProducerIdMapping.code())
-            }
+        )
+        .await
+        {
+            Ok(each) if each.iter().all(|&c| c == 0) => Ok(()),
+            Ok(_) => Err(E::InvalidTxnState.code()),
             Err(code) if code == E::ProducerFenced.code() => {
                 Err(for_version(code, version, FENCED_SINCE_TXN_COMMIT))
             }
