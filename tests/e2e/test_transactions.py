@@ -242,6 +242,19 @@ def test_caudal_transactions_lists_and_describes_open_and_finished_transactions(
     assert bad.returncode != 0 and "Bogus" in bad.stderr
     missing = caudal_transactions(broker, "describe", "never-used", check=False)
     assert missing.returncode != 0 and "TransactionalIdNotFound" in missing.stderr
+    # ListTransactions v2: ids the pattern matches whole.
+    txn_producer(broker.bootstrap, f"{txn_id}-other")
+
+    def ids(*args):
+        return sorted(r["TRANSACTIONAL-ID"] for r in
+                      rows(caudal_transactions(broker, "list", *args).stdout))
+    assert ids() == [txn_id, f"{txn_id}-other"]
+    assert ids("--id-pattern", f"{txn_id}-.*") == [f"{txn_id}-other"]
+    assert ids("--id-pattern", "cli-app-[0-9a-f]+") == [txn_id]
+    assert "no transactions" in caudal_transactions(broker, "list", "--id-pattern",
+                                                    txn_id[:-1]).stdout
+    bad = caudal_transactions(broker, "list", "--id-pattern", "(", check=False)
+    assert bad.returncode != 0 and "is not a regular expression" in bad.stderr
 
 
 def test_a_transaction_open_past_its_timeout_is_aborted_by_the_coordinator(broker_factory):

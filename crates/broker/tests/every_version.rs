@@ -1105,6 +1105,17 @@ async fn every_api_answers_at_every_advertised_version() {
                     assert_eq!(r.error_code, 0, "{what}");
                     assert_eq!(r.unknown_state_filters.len(), 1, "{what}");
                     assert_eq!(r.unknown_state_filters[0].as_str(), "Bogus", "{what}");
+                    if v >= 2 {
+                        let req = ListTransactionsRequest::default()
+                            .with_duration_filter(-1)
+                            .with_transactional_id_pattern(Some(StrBytes::from_static_str("(")));
+                        let ResponseKind::ListTransactions(r) =
+                            c.send(api, v, &RequestKind::ListTransactions(req)).await
+                        else {
+                            panic!()
+                        };
+                        assert_eq!(r.error_code, 128, "{what}: INVALID_REGULAR_EXPRESSION");
+                    }
                 }
                 ApiKey::DescribeTransactions => {
                     let req = DescribeTransactionsRequest::default().with_transactional_ids(vec![

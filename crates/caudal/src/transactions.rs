@@ -17,6 +17,7 @@ pub fn command() -> Command {
              States: Empty (no transaction open), Ongoing, PrepareCommit, PrepareAbort (markers \
              being written), CompleteCommit, CompleteAbort.\n\n\
              Examples:\n  caudal transactions list\n  caudal transactions list --state Ongoing\n  \
+             caudal transactions list --id-pattern 'payments-.*'\n  \
              caudal transactions describe payments-processor-1",
         )
         .subcommand_required(true)
@@ -26,7 +27,8 @@ pub fn command() -> Command {
             Command::new("list")
                 .about("List the transactional ids every broker coordinates, with their state")
                 .arg(Arg::new("state").long("state").value_name("STATE").action(ArgAction::Append).help("Only transactions in this state"))
-                .arg(Arg::new("longer-than-ms").long("longer-than-ms").value_name("MS").value_parser(clap::value_parser!(i64)).help("Only transactions open for longer than this")),
+                .arg(Arg::new("longer-than-ms").long("longer-than-ms").value_name("MS").value_parser(clap::value_parser!(i64)).help("Only transactions open for longer than this"))
+                .arg(Arg::new("id-pattern").long("id-pattern").value_name("REGEX").help("Only transactional ids this regular expression matches whole (RE2 syntax, e.g. 'orders-.*')")),
         )
         .subcommand(
             Command::new("describe")
@@ -67,6 +69,9 @@ pub fn run(m: &ArgMatches) -> anyhow::Result<()> {
     })
 }
 
+/// Kafka's INVALID_REGULAR_EXPRESSION.
+const INVALID_REGULAR_EXPRESSION: i16 = 128;
+
 /// Lists the transactions of every broker: each lists only those it coordinates.
 async fn list(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
     let states: Vec<StrBytes> = m
@@ -76,6 +81,9 @@ async fn list(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
         .map(|s| StrBytes::from_string(s.clone()))
         .collect();
     let longer_than = m.get_one::<i64>("longer-than-ms").copied().unwrap_or(-1);
+    let pattern = m.get_one::<String>("id-pattern").cloned();
+    // v2 filters by the pattern (KIP-1152); without one, v1 serves any broker since Kafka 3.8.
+    let version = if pattern.is_some() { 2 } else { 1 };
     let brokers: Vec<(i32, String)> = cluster
         .metadata(Some(&[] as &[String]))
         .await?
@@ -87,19 +95,27 @@ async fn list(cluster: &mut Cluster, m: &ArgMatches) -> anyhow::Result<()> {
     for (id, address) in brokers {
         let request = ListTransactionsRequest::default()
             .with_state_filters(states.clone())
-            .with_duration_filter(longer_than);
+            .with_duration_filter(longer_than)
+            .with_transactional_id_pattern(pattern.clone().map(StrBytes::from_string));
         let ResponseKind::ListTransactions(r) = cluster
             .at(&address)
             .await?
             .send(
                 ApiKey::ListTransactions,
-                1,
+                version,
                 RequestKind::ListTransactions(request),
             )
             .await?
         else {
             bail!("unexpected response")
         };
+        if r.error_code == INVALID_REGULAR_EXPRESSION {
+            bail!(
+                "--id-pattern {:?} is not a regular expression broker {id} accepts (RE2 syntax: \
+                 no look-around or back-references)",
+                pattern.unwrap_or_default()
+            );
+        }
         if r.error_code != 0 {
             bail!(
                 "ListTransactions on broker {id} failed: {}",

@@ -446,8 +446,9 @@ pub async fn txn_offset_commit(
 /// Kafka's TRANSACTIONAL_ID_NOT_FOUND.
 const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
 
-/// ListTransactions: the transactions this broker coordinates, filtered by state, producer id
-/// and (v1) how long they have been running. Unknown state names are listed back.
+/// ListTransactions: the transactions this broker coordinates, filtered by state, producer id,
+/// (v1) how long they have been running and (v2) a regular expression of their ids. Unknown
+/// state names are listed back.
 pub fn list(broker: &Arc<Broker>, request: ListTransactionsRequest) -> ResponseKind {
     use caudal_coordinator::txn_records::TxnState;
     const STATES: [TxnState; 8] = [
@@ -467,6 +468,15 @@ pub fn list(broker: &Arc<Broker>, request: ListTransactionsRequest) -> ResponseK
         .cloned()
         .collect();
     let response = ListTransactionsResponse::default().with_unknown_state_filters(unknown);
+    let pattern = match id_pattern(request.transactional_id_pattern.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "ListTransactions with an invalid pattern");
+            return ResponseKind::ListTransactions(
+                response.with_error_code(E::InvalidRegularExpression.code()),
+            );
+        }
+    };
     let txns = match broker.txns.list() {
         Ok(txns) => txns,
         Err(code) => return ResponseKind::ListTransactions(response.with_error_code(code)),
@@ -488,6 +498,7 @@ pub fn list(broker: &Arc<Broker>, request: ListTransactionsRequest) -> ResponseK
                     .iter()
                     .any(|p| p.0 == m.record.producer_id)
         })
+        .filter(|(id, _)| pattern.as_ref().is_none_or(|p| p.is_match(id)))
         .filter(|(_, m)| {
             request.duration_filter < 0
                 || (m.record.start_ms >= 0
@@ -501,6 +512,20 @@ pub fn list(broker: &Arc<Broker>, request: ListTransactionsRequest) -> ResponseK
         })
         .collect();
     ResponseKind::ListTransactions(response.with_transaction_states(states))
+}
+
+/// ListTransactions v2's filter (KIP-1152): a transactional id is listed when the whole of it
+/// matches the pattern, as Java's `Matcher.matches` decides; none (or an empty one) lists all.
+/// Patterns are RE2 syntax, as Kafka's regular-expression subscriptions: no look-around or
+/// back-references.
+fn id_pattern(pattern: Option<&str>) -> Result<Option<regex::Regex>, regex::Error> {
+    let Some(p) = pattern.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    // Checked alone first: a pattern that compiles has balanced groups, so anchoring it cannot
+    // change what it means.
+    regex::Regex::new(p)?;
+    regex::Regex::new(&format!(r"\A(?:{p})\z")).map(Some)
 }
 
 /// DescribeTransactions: each transactional id's state, from its coordinator.
@@ -591,4 +616,26 @@ pub fn describe_producers(broker: &Arc<Broker>, request: DescribeProducersReques
         })
         .collect();
     ResponseKind::DescribeProducers(DescribeProducersResponse::default().with_topics(topics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_pattern;
+
+    #[test]
+    fn a_transactional_id_is_listed_when_the_whole_of_it_matches() {
+        assert!(id_pattern(None).unwrap().is_none());
+        assert!(id_pattern(Some("")).unwrap().is_none(), "empty: everything");
+        let p = id_pattern(Some("orders-[0-9]+")).unwrap().unwrap();
+        assert!(p.is_match("orders-12"));
+        assert!(!p.is_match("orders-12-old"), "a match must reach the end");
+        assert!(!p.is_match("old-orders-12"), "and start at the beginning");
+        let either = id_pattern(Some("a|b")).unwrap().unwrap();
+        assert!(either.is_match("a") && either.is_match("b") && !either.is_match("ab"));
+        // Unbalanced groups stay invalid rather than being balanced by the anchoring.
+        assert!(id_pattern(Some("a)|(b")).is_err());
+        assert!(id_pattern(Some("(")).is_err());
+        // Java's look-around has no RE2 equivalent.
+        assert!(id_pattern(Some("(?=a)a")).is_err());
+    }
 }
