@@ -9,7 +9,8 @@ moment, --kills times: between transactions, with invoices written but not commi
 middle of a commit. Each restart uses the same transactional.id, which fences the dead worker and
 makes the broker abort what it left open; the consumer resumes from the offsets committed in the
 last committed transaction. A worker that meets an error it cannot go on from exits, and the
-supervisor starts it again, as a process manager would.
+supervisor starts it again, as a process manager would; a worker whose supervisor is gone (killed
+too) stops rather than run on unwatched.
 
 At the end the supervisor reads --target with isolation.level=read_committed and counts each
 order: none missing, none twice. It also reads with read_uncommitted, which shows the records of
@@ -25,6 +26,7 @@ Exits 0 if every order was invoiced exactly once, 1 if not (or the pipeline did 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import subprocess
@@ -78,12 +80,16 @@ def worker(args) -> int:
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed", "enable.partition.eof": True})
     consumer.subscribe([args.topic])
+    supervisor = os.getppid()
     print("worker started", flush=True)
     done = 0
     at_end: set[int] = set()
     caught_up = False
     try:
         while True:
+            if os.getppid() != supervisor:
+                print("the supervisor is gone: stopping", file=sys.stderr, flush=True)
+                return 3
             messages = consumer.consume(num_messages=BATCH, timeout=0.5)
             batch = []
             for m in messages:

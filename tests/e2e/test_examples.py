@@ -415,6 +415,37 @@ def test_exactly_once_pipeline_survives_its_worker_being_killed(broker_factory):
         assert bill["net"] == cents / 100 and r.key == f"customer-{bill['order'] % 17}".encode()
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_pipeline_worker_stops_once_its_supervisor_is_killed(broker_factory):
+    b = broker_factory(NO_GROUP_DELAY)
+    topic = unique_topic("ex-orphan")
+    create_topic(b.bootstrap, topic, partitions=1)
+    create_topic(b.bootstrap, f"{topic}-invoices", partitions=1)
+    # A stand-in supervisor: a shell that starts the worker, says its pid and waits for it.
+    worker = (f"{sys.executable} {EXAMPLES / 'exactly_once_pipeline.py'} --worker --topic {topic}"
+              f" --target {topic}-invoices --group {topic}-pipeline")
+    shell = subprocess.Popen(["sh", "-c", f"{worker} & echo $!; wait"], cwd=EXAMPLES,
+                             env=env_for(b.bootstrap), stdout=subprocess.PIPE, text=True)
+    pid = int(shell.stdout.readline())
+    try:
+        assert shell.stdout.readline().strip() == "worker started"
+        # Idle at the end of an empty input, the worker prints nothing that could fail.
+        shell.send_signal(signal.SIGKILL)
+        shell.wait(10)
+        wait_until(lambda: not alive(pid), timeout=30, message="the orphaned worker to stop")
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------
 # kafka-python
 # --------------------------------------------------------------------------
