@@ -143,8 +143,9 @@ pub async fn handle(
                         (Some(_), Some(Verdict::Refused(code, message))) => {
                             Err((*code, message.clone()))
                         }
-                        // Its topic was created by this request: no transaction can hold it.
-                        (Some(txn_id), None) => Err(not_added(txn_id, &name, index)),
+                        // Not asked about: its topic was created by this request, or this
+                        // broker became its leader since. Retriable: the retry is asked about.
+                        (Some(_), None) => Err(not_verified()),
                     }
                 }
                 Ok(valid) => partition
@@ -349,11 +350,15 @@ fn refusal(code: i16, txn_id: &str, topic: &str, index: i32) -> Option<(i16, Str
         ))
     } else {
         // The coordinator is loading, moving or busy: retriable, as Kafka answers.
-        Some((
-            E::NotEnoughReplicas.code(),
-            "the transaction coordinator could not verify the batch yet".to_string(),
-        ))
+        Some(not_verified())
     }
+}
+
+fn not_verified() -> (i16, String) {
+    (
+        E::NotEnoughReplicas.code(),
+        "the transaction coordinator could not verify the batch yet".to_string(),
+    )
 }
 
 /// Kafka's error code for a refused append, logged.
