@@ -21,6 +21,7 @@ from support import (RDKAFKA_LOG, admin, consume, create_topic, unique_topic, wa
                      watermarks)
 
 EXAMPLES = REPO_ROOT / "examples" / "python"
+INVALID_PRODUCER_ID_MAPPING = 49
 
 
 def txn_producer(bootstrap: str, txn_id: str, **conf) -> Producer:
@@ -444,3 +445,31 @@ def test_a_leader_verifies_transactional_batches_with_a_coordinator_on_another_b
                          "two partitions led away from the transaction coordinator")
     check_batches_are_verified(cluster.bootstrap, cluster.node(coordinator).bootstrap, leaders,
                                topic, txn_id)
+
+
+def test_transactional_batches_of_two_producers_in_one_request_are_refused(broker):
+    """One request carries one transactional id, so one producer: Kafka refuses batches of
+    several producer ids with INVALID_PRODUCER_ID_MAPPING, and so nothing is appended."""
+    topic = unique_topic("txn-two")
+    create_topic(broker.bootstrap, topic, partitions=2)
+    txn_id = unique_topic("two")
+    txn_coordinator(broker.bootstrap, txn_id)
+    pid, epoch = init_producer(broker.bootstrap, txn_id)
+    with connect(broker.bootstrap) as c:
+        assert wire.add_partitions_to_txn(c, txn_id, pid, epoch, topic, [0, 1]) == {0: 0, 1: 0}
+        batches = [wire.transactional_batch([b"mine"], pid, epoch, 0),
+                   wire.transactional_batch([b"someone else's"], pid + 1, 0, 0)]
+        body = (wire.string(txn_id) + wire.i16(-1) + wire.i32(10000) + wire.i32(1)
+                + wire.string(topic) + wire.i32(2)
+                + b"".join(wire.i32(p) + wire.bytes_field(b) for p, b in enumerate(batches)))
+        r = c.request(wire.PRODUCE, 3, body, 41)
+        errors = {}
+        for _ in range(r.i32()):
+            r.string()
+            for _ in range(r.i32()):
+                partition, error = r.i32(), r.i16()
+                r.i64(), r.i64()
+                errors[partition] = error
+    assert errors == {0: INVALID_PRODUCER_ID_MAPPING, 1: INVALID_PRODUCER_ID_MAPPING}
+    assert watermarks(broker.bootstrap, topic, 0)[1] == 0
+    assert watermarks(broker.bootstrap, topic, 1)[1] == 0

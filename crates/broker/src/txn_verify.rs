@@ -7,6 +7,7 @@
 //! A coordinator on this broker is asked directly; one on another broker with the batched,
 //! verify-only AddPartitionsToTxn (v4) brokers send each other.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use caudal_coordinator::partition_for;
@@ -101,11 +102,8 @@ impl Verifier {
             return Err(E::NotCoordinator.code());
         }
         if leader == broker.config.node_id {
-            // The image moved here after the caller asked this broker's shards: ask again.
-            return broker
-                .txns
-                .verify_partitions(transactional_id, (producer_id, producer_epoch), partitions)
-                .map(|each| each.into_iter().map(|r| r.err().unwrap_or(0)).collect());
+            // This broker leads it but its shard is not ready yet: retriable.
+            return Err(E::NotCoordinator.code());
         }
         let listener = broker.config.inter_broker_listener_name();
         let Some(address) = peers::address(&image, leader, &listener) else {
@@ -140,15 +138,18 @@ impl Verifier {
         if response.error_code != 0 {
             return Err(response.error_code);
         }
-        let answered: Vec<(&str, i32, i16)> = response
+        let answered: HashMap<(&str, i32), i16> = response
             .results_by_transaction
             .iter()
             .filter(|t| t.transactional_id.0.as_str() == transactional_id)
             .flat_map(|t| &t.topic_results)
             .flat_map(|t| {
-                t.results_by_partition
-                    .iter()
-                    .map(|p| (t.name.0.as_str(), p.partition_index, p.partition_error_code))
+                t.results_by_partition.iter().map(|p| {
+                    (
+                        (t.name.0.as_str(), p.partition_index),
+                        p.partition_error_code,
+                    )
+                })
             })
             .collect();
         // A partition the answer leaves out is not known to be in the transaction.
@@ -156,9 +157,9 @@ impl Verifier {
             .iter()
             .map(|(topic, index)| {
                 answered
-                    .iter()
-                    .find(|(t, i, _)| t == topic && i == index)
-                    .map_or(E::InvalidTxnState.code(), |&(_, _, code)| code)
+                    .get(&(topic.as_str(), *index))
+                    .copied()
+                    .unwrap_or(E::InvalidTxnState.code())
             })
             .collect())
     }
@@ -169,17 +170,18 @@ fn request(
     (producer_id, producer_epoch): (i64, i16),
     partitions: &[TxnPartition],
 ) -> RequestKind {
-    let mut topics: Vec<AddPartitionsToTxnTopic> = Vec::new();
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (topic, index) in partitions {
-        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-            Some(t) => t.partitions.push(*index),
-            None => topics.push(
-                AddPartitionsToTxnTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.clone())))
-                    .with_partitions(vec![*index]),
-            ),
-        }
+        by_topic.entry(topic).or_default().push(*index);
     }
+    let topics: Vec<AddPartitionsToTxnTopic> = by_topic
+        .into_iter()
+        .map(|(name, indexes)| {
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                .with_partitions(indexes)
+        })
+        .collect();
     RequestKind::AddPartitionsToTxn(AddPartitionsToTxnRequest::default().with_transactions(
         vec![AddPartitionsToTxnTransaction::default()
             .with_transactional_id(TransactionalId(StrBytes::from_string(

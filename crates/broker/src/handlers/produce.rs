@@ -237,6 +237,20 @@ enum Verdict {
     Refused(i16, String),
 }
 
+/// The producer id and epoch of the batch at `slot` of the request.
+fn producer_at(request: &ProduceRequest, (t, p): (usize, usize)) -> Option<(i64, i16)> {
+    let records = request
+        .topic_data
+        .get(t)?
+        .partition_data
+        .get(p)?
+        .records
+        .as_deref()?;
+    BatchHeader::parse(records)
+        .ok()
+        .map(|h| (h.producer_id(), h.producer_epoch()))
+}
+
 /// A transactional batch to ask its coordinator about.
 struct Ask {
     /// (topic slot, partition slot) in the request.
@@ -301,25 +315,46 @@ async fn verify_transactional(
             }
         }
     }
-    // One request carries one transactional id, so one producer: more is a confused client.
-    while let Some(producer) = asks.first().map(|a| a.producer) {
-        let (mine, rest): (Vec<Ask>, Vec<Ask>) =
-            asks.into_iter().partition(|a| a.producer == producer);
-        asks = rest;
-        let partitions: Vec<TxnPartition> = mine.iter().map(|a| a.partition.clone()).collect();
-        let codes = crate::txn_verify::verify(broker, txn_id, producer, &partitions).await;
-        for (i, ask) in mine.into_iter().enumerate() {
-            let (topic, index) = ask.partition;
-            let code = match &codes {
-                Ok(each) => each.get(i).copied().unwrap_or(E::InvalidTxnState.code()),
-                Err(code) => *code,
-            };
-            let verdict = match refusal(code, txn_id, &topic, index) {
-                None => Verdict::Verified(ask.log_end),
-                Some((code, message)) => Verdict::Refused(code, message),
-            };
-            verdicts.insert(ask.slot, verdict);
-        }
+    // One request carries one transactional id, so one producer; Kafka refuses more.
+    let mut producers = asks.iter().map(|a| a.producer).chain(
+        verdicts
+            .keys()
+            .filter_map(|slot| producer_at(request, *slot)),
+    );
+    let first = producers.next();
+    if producers.any(|producer| Some(producer) != first) {
+        let slots: Vec<(usize, usize)> = verdicts
+            .keys()
+            .copied()
+            .chain(asks.iter().map(|a| a.slot))
+            .collect();
+        return slots
+            .into_iter()
+            .map(|slot| {
+                let refused = Verdict::Refused(
+                    E::InvalidProducerIdMapping.code(),
+                    "transactional batches of more than one producer in one request".to_string(),
+                );
+                (slot, refused)
+            })
+            .collect();
+    }
+    let Some(producer) = asks.first().map(|a| a.producer) else {
+        return verdicts;
+    };
+    let partitions: Vec<TxnPartition> = asks.iter().map(|a| a.partition.clone()).collect();
+    let codes = crate::txn_verify::verify(broker, txn_id, producer, &partitions).await;
+    for (i, ask) in asks.into_iter().enumerate() {
+        let (topic, index) = ask.partition;
+        let code = match &codes {
+            Ok(each) => each.get(i).copied().unwrap_or(E::InvalidTxnState.code()),
+            Err(code) => *code,
+        };
+        let verdict = match refusal(code, txn_id, &topic, index) {
+            None => Verdict::Verified(ask.log_end),
+            Some((code, message)) => Verdict::Refused(code, message),
+        };
+        verdicts.insert(ask.slot, verdict);
     }
     verdicts
 }
