@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use caudal_protocol::kafka_protocol::messages::create_topics_request::{
-    CreatableTopic, CreatableTopicConfig,
+    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
 use caudal_protocol::kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use caudal_protocol::kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -18,6 +18,7 @@ pub fn command() -> Command {
         .long_about(
             "Manage topics, like Kafka's kafka-topics tool.\n\n\
              Examples:\n  caudal topic create orders --partitions 3\n  caudal topic create audit --config retention.ms=86400000\n  \
+             caudal topic create pinned --replica-assignment 1:2,2:3,3:1\n  \
              caudal topic list\n  caudal topic describe orders\n  caudal topic delete orders",
         )
         .subcommand_required(true)
@@ -33,6 +34,7 @@ pub fn command() -> Command {
                 .arg(Arg::new("partitions").long("partitions").short('p').value_name("N").value_parser(clap::value_parser!(i32)).help("Partitions [default: the broker's num.partitions]"))
                 .arg(Arg::new("replication-factor").long("replication-factor").short('r').value_name("N").value_parser(clap::value_parser!(i16).range(1..)).help("Replicas of each partition, on different brokers [default: the broker's default.replication.factor]"))
                 .arg(Arg::new("config").long("config").value_name("KEY=VALUE").action(ArgAction::Append).help("A topic config, e.g. retention.ms=86400000 (repeatable)"))
+                .arg(Arg::new("replica-assignment").long("replica-assignment").value_name("ASSIGNMENT").conflicts_with_all(["partitions", "replication-factor"]).help("The brokers of each partition, as kafka-topics takes them: partitions separated by commas, each partition's brokers by colons, its preferred leader first; e.g. 1:2,2:3 makes two partitions of two replicas"))
                 .arg(Arg::new("if-not-exists").long("if-not-exists").action(ArgAction::SetTrue).help("Succeed if the topic already exists")),
         )
         .subcommand(Command::new("describe").about("Show a topic's partitions (leader, replicas, in-sync and eligible leader replicas), offsets and configs").arg(Arg::new("topic").required(true).num_args(1..)).arg(Arg::new("under-replicated").long("under-replicated").action(ArgAction::SetTrue).help("Only the partitions whose in-sync replicas (ISR) are fewer than their replicas, as kafka-topics --under-replicated-partitions")))
@@ -120,6 +122,10 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
                 .with_value(Some(StrBytes::from_string(v.to_string()))),
         );
     }
+    let assignments = match m.get_one::<String>("replica-assignment") {
+        Some(text) => replica_assignment(text)?,
+        None => Vec::new(),
+    };
     let t = CreatableTopic::default()
         .with_name(name(topic))
         .with_num_partitions(m.get_one::<i32>("partitions").copied().unwrap_or(-1))
@@ -128,6 +134,7 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
                 .copied()
                 .unwrap_or(-1),
         )
+        .with_assignments(assignments)
         .with_configs(configs);
     let req = CreateTopicsRequest::default()
         .with_topics(vec![t])
@@ -156,6 +163,30 @@ async fn create(client: &mut Client, m: &ArgMatches) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// `--replica-assignment 1:2,2:3`: partition 0 on brokers 1 and 2, partition 1 on 2 and 3.
+fn replica_assignment(text: &str) -> anyhow::Result<Vec<CreatableReplicaAssignment>> {
+    (0..)
+        .zip(text.split(','))
+        .map(|(partition, brokers)| {
+            let broker_ids = brokers
+                .split(':')
+                .map(|b| {
+                    b.trim().parse::<i32>().map(BrokerId).with_context(|| {
+                        format!(
+                            "--replica-assignment {text}: {b:?} is not a broker id; \
+                             expected e.g. 1:2,2:3 (partitions separated by commas, \
+                             brokers by colons)"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(CreatableReplicaAssignment::default()
+                .with_partition_index(partition)
+                .with_broker_ids(broker_ids))
+        })
+        .collect()
 }
 
 /// A topic's id and partitions from DescribeTopicPartitions, page after page, as
