@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness import port_accepts
+from test_cluster_status import tables
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_HEADING = "## A cluster of three"
@@ -200,7 +201,25 @@ def test_cluster_tour_runs(reader, cluster_sessions, caudal_binary):
     rows = [line.split() for line in section.splitlines() if re.match(r"\d+\s", line)]
     assert len(rows) == 2 and all(row[1] == row[2].split(",")[0] for row in rows), \
         f"tour-replicated not led by its preferred replicas:\n{balanced}"
+    # Below min.insync.replicas: node 2, crashed, is an eligible leader replica, and node 3
+    # refuses a write. With node 3 down too, node 2 leads; with node 3 back, the ISR is whole,
+    # the third write is taken, and both acknowledged records are there before it.
+    refusal = output_of("kill -9 $(cat caudal-cluster/node2.pid)")
+    assert "Not enough in-sync replicas" in refusal and "kcat: not written" in refusal, refusal
+    (below,) = partition_rows(refusal, "tour-durable")
+    assert (below["LEADER"], below["REPLICAS"], below["ISR"], below["ELR"]) == ("3", "3,2", "3", "2"), below
+    (elected,) = partition_rows(output_of("kill -9 $(cat caudal-cluster/node3.pid)"), "tour-durable")
+    assert (elected["LEADER"], elected["ISR"]) == ("2", "2"), elected
+    durable = [line for line in output_of("caudal serve --node-id 3").splitlines()
+               if line in ("first", "second", "third")]
+    assert durable == ["first", "second", "third"], durable
     assert not (reader / "caudal-cluster").exists(), "the tour leaves caudal-cluster behind"
+
+
+def partition_rows(output: str, topic: str) -> list[dict[str, str]]:
+    """The partition table of `caudal topic describe <topic>` within `output`, a dict per row."""
+    section = output.split(f"Topic {topic}:", 1)[1]
+    return tables(section)["PARTITION"]
 
 
 def leaders_in(output: str, topic: str) -> set[str]:
