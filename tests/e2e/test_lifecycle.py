@@ -90,6 +90,17 @@ def test_unknown_flag_is_rejected(caudal_binary, tmp_path):
     assert out.stderr.strip(), "expected an explanation on stderr"
 
 
+def test_settings_that_do_not_go_together_are_refused_with_the_fix(caudal_binary, tmp_path):
+    """As Kafka refuses at start-up a follower fetch wait longer than the ISR lag limit."""
+    out = subprocess.run([str(caudal_binary), "serve", "--listen", "127.0.0.1:0",
+                          "--data-dir", str(tmp_path), "--replica.fetch.wait.max.ms", "40000"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode != 0
+    assert "replica.fetch.wait.max.ms" in out.stderr and \
+        "raise replica.lag.time.max.ms" in out.stderr, out.stderr
+    assert not any(tmp_path.iterdir()), "refused before touching the data directory"
+
+
 def test_a_data_directory_belongs_to_one_node(broker_factory):
     b = broker_factory()
     topic = unique_topic("identity")

@@ -89,6 +89,11 @@ pub const SETTINGS: &[Setting] = &[
     s("leader.imbalance.check.interval.seconds", None, Long, "300", 1, "How often the controller looks for partitions not led by their preferred replica (with auto.leader.rebalance.enable)."),
     s("leader.replication.throttled.rate", None, Long, "9223372036854775807", 1, "Bytes per second a leader sends to the replicas a reassignment is adding (caudal cluster reassign), all partitions together, so that moving replicas leaves room for clients and in-sync followers. Kafka throttles the replicas its reassignment tool lists in leader.replication.throttled.replicas; Caudal throttles exactly the moving ones. The default is no limit."),
     s("replica.lag.time.max.ms", None, Long, "30000", 1, "A follower that has not caught up with the leader's log end for this long is taken out of the ISR; it is taken back once it has."),
+    s("replica.fetch.max.bytes", None, Int, "1048576", 0, "Bytes a follower asks each partition's leader for in one fetch (the first batch comes whole even if larger). Each fetch round ends with an fsync of what it brought, so a larger value spreads that cost over more bytes when a follower is behind."),
+    s("replica.fetch.response.max.bytes", None, Int, "10485760", 0, "Bytes a follower accepts in one fetch response, all the partitions it follows on that leader together (the first batch comes whole even if larger). Partitions that got data go to the back of the next request, so every one gets its turn."),
+    s("replica.fetch.wait.max.ms", None, Int, "500", 0, "How long a leader holds a follower's fetch when it has nothing new; a write wakes it at once. At most replica.lag.time.max.ms."),
+    s("replica.fetch.min.bytes", None, Int, "1", 1, "Bytes a leader waits to have for a follower's fetch before it answers (or replica.fetch.wait.max.ms passes)."),
+    s("replica.fetch.backoff.ms", None, Int, "1000", 0, "How long a follower pauses after a fetch from a leader failed or was refused."),
     s("log.cleaner.delete.retention.ms", Some("delete.retention.ms"), Long, "86400000", 0, "How long tombstones are kept in compacted topics."),
     s("offsets.topic.num.partitions", None, Int, "50", 1, "Partitions of __consumer_offsets, where groups and committed offsets are kept. Fixed once the topic exists."),
     s("offsets.topic.replication.factor", None, Int, "3", 1, "Replicas of each __consumer_offsets partition, where groups and committed offsets are kept; a cluster of fewer live brokers when the topic is made gets one per broker. Fixed once the topic exists."),
@@ -691,6 +696,38 @@ impl BrokerConfig {
         self.number("replica.lag.time.max.ms").max(1)
     }
 
+    /// How followers fetch: the `replica.fetch.*` settings.
+    pub fn replica_fetch(&self) -> crate::replica_fetcher::FetchSettings {
+        let int = |key| i32::try_from(self.number(key)).unwrap_or(i32::MAX);
+        crate::replica_fetcher::FetchSettings {
+            max_wait_ms: int("replica.fetch.wait.max.ms"),
+            min_bytes: int("replica.fetch.min.bytes").max(1),
+            partition_max_bytes: int("replica.fetch.max.bytes"),
+            response_max_bytes: int("replica.fetch.response.max.bytes"),
+            backoff: std::time::Duration::from_millis(
+                u64::try_from(self.number("replica.fetch.backoff.ms")).unwrap_or(0),
+            ),
+        }
+    }
+
+    /// Settings that are valid alone but not together, as Kafka refuses them at start-up.
+    pub fn check_combinations(&self) -> Result<(), ConfigError> {
+        let wait = self.number("replica.fetch.wait.max.ms");
+        let lag = self.number("replica.lag.time.max.ms");
+        if wait > lag {
+            return Err(ConfigError::Invalid {
+                key: "replica.fetch.wait.max.ms".into(),
+                value: wait.to_string(),
+                problem: format!(
+                    "must be at most replica.lag.time.max.ms ({lag}), or an idle follower \
+                     would leave the ISR between two fetches; lower it or raise \
+                     replica.lag.time.max.ms"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The partition log settings for a topic with `overrides`.
     pub fn log_config(&self, overrides: &BTreeMap<String, String>) -> caudal_storage::LogConfig {
         let n = |k: &str| -> i64 {
@@ -800,6 +837,30 @@ mod tests {
         assert_eq!(c.broker_rack(), Some("eu-west-1a"));
         assert_eq!(c.broker_heartbeat_interval_ms(), 500);
         assert!(c.set("broker.session.timeout.ms", "0").is_err());
+    }
+
+    #[test]
+    fn replica_fetch_settings_have_kafkas_defaults_and_a_wait_within_the_lag() {
+        let mut c = BrokerConfig::new("127.0.0.1:9092".parse().unwrap(), "d".into());
+        assert_eq!(
+            c.replica_fetch(),
+            crate::replica_fetcher::FetchSettings::default()
+        );
+        c.set("replica.fetch.max.bytes", "8388608").unwrap();
+        c.set("replica.fetch.backoff.ms", "50").unwrap();
+        let f = c.replica_fetch();
+        assert_eq!(f.partition_max_bytes, 8 << 20);
+        assert_eq!(f.backoff, std::time::Duration::from_millis(50));
+        assert!(c.check_combinations().is_ok());
+        c.set("replica.fetch.wait.max.ms", "40000").unwrap();
+        let e = c.check_combinations().unwrap_err().to_string();
+        assert!(
+            e.contains("replica.fetch.wait.max.ms")
+                && e.contains("replica.lag.time.max.ms (30000)"),
+            "{e}"
+        );
+        c.set("replica.lag.time.max.ms", "60000").unwrap();
+        assert!(c.check_combinations().is_ok());
     }
 
     fn node(node_id: i32, listen: &[(&str, &str)], settings: &[(&str, &str)]) -> BrokerConfig {

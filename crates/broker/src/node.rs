@@ -130,6 +130,7 @@ impl MetadataNode {
         let fetchers = Arc::new(ReplicaFetchers::new(
             config.node_id,
             config.inter_broker_listener_name(),
+            config.replica_fetch(),
             move || epoch_source.get().map_or(-1, |s| s.borrow().broker_epoch),
         ));
         let follower = Follower {

@@ -8,7 +8,7 @@
 //! truncates to where the leader says; one fetching below the leader's log start starts again
 //! there; one that is no longer fetching from the right leader or epoch waits for the image.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,16 +26,44 @@ use crate::partition::Partition;
 /// Fetch v15 carries the follower's broker epoch (KIP-903) and is the newest Caudal serves
 /// with the fields a follower needs; v16 only adds node endpoints.
 const FETCH_VERSION: i16 = 15;
-/// Kafka's `replica.fetch.wait.max.ms`, `replica.fetch.min.bytes`, `replica.fetch.max.bytes` and
-/// `replica.fetch.response.max.bytes` defaults.
-const MAX_WAIT_MS: i32 = 500;
-const MIN_BYTES: i32 = 1;
-const PARTITION_MAX_BYTES: i32 = 1 << 20;
-const RESPONSE_MAX_BYTES: i32 = 10 << 20;
-/// Kafka's `replica.fetch.backoff.ms`: the pause after a failed round.
-const BACKOFF: Duration = Duration::from_secs(1);
-/// The largest response frame read from a leader.
-const MAX_FRAME: usize = (RESPONSE_MAX_BYTES as usize) + (1 << 20);
+
+/// How a follower fetches: Kafka's `replica.fetch.*` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchSettings {
+    /// `replica.fetch.wait.max.ms`.
+    pub max_wait_ms: i32,
+    /// `replica.fetch.min.bytes`.
+    pub min_bytes: i32,
+    /// `replica.fetch.max.bytes`: per partition.
+    pub partition_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`: the whole response.
+    pub response_max_bytes: i32,
+    /// `replica.fetch.backoff.ms`: the pause after a failed round.
+    pub backoff: Duration,
+}
+
+impl Default for FetchSettings {
+    /// Kafka's defaults.
+    fn default() -> Self {
+        FetchSettings {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            partition_max_bytes: 1 << 20,
+            response_max_bytes: 10 << 20,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl FetchSettings {
+    /// The largest response frame read from a leader: the response bound, and room for a first
+    /// batch larger than it (a leader always sends one whole) and the framing.
+    fn max_frame(&self) -> usize {
+        usize::try_from(self.response_max_bytes)
+            .unwrap_or(0)
+            .saturating_add(1 << 20)
+    }
+}
 
 /// A partition this broker follows, and the leader epoch it follows it at.
 #[derive(Debug, Clone)]
@@ -67,6 +95,7 @@ impl Fetcher {
     pub fn start(
         address: String,
         node_id: i32,
+        settings: FetchSettings,
         broker_epoch: impl Fn() -> i64 + Send + 'static,
     ) -> Fetcher {
         let partitions = Arc::new(Mutex::new(Partitions::new()));
@@ -74,6 +103,7 @@ impl Fetcher {
         let task = tokio::spawn(run(
             address.clone(),
             node_id,
+            settings,
             broker_epoch,
             partitions.clone(),
             changed.clone(),
@@ -117,6 +147,7 @@ pub struct ReplicaFetchers {
     node_id: i32,
     /// The leaders' listener to fetch from (`inter.broker.listener.name`).
     listener: String,
+    settings: FetchSettings,
     broker_epoch: Arc<dyn Fn() -> i64 + Send + Sync>,
     fetchers: Mutex<std::collections::HashMap<i32, Fetcher>>,
 }
@@ -134,11 +165,13 @@ impl ReplicaFetchers {
     pub fn new(
         node_id: i32,
         listener: String,
+        settings: FetchSettings,
         broker_epoch: impl Fn() -> i64 + Send + Sync + 'static,
     ) -> ReplicaFetchers {
         ReplicaFetchers {
             node_id,
             listener,
+            settings,
             broker_epoch: Arc::new(broker_epoch),
             fetchers: Mutex::new(std::collections::HashMap::new()),
         }
@@ -187,7 +220,7 @@ impl ReplicaFetchers {
         for (leader, (address, followed)) in wanted {
             let fetcher = fetchers.entry(leader).or_insert_with(|| {
                 let epoch = self.broker_epoch.clone();
-                Fetcher::start(address, self.node_id, move || epoch())
+                Fetcher::start(address, self.node_id, self.settings, move || epoch())
             });
             let keep: std::collections::HashSet<(Uuid, i32)> = followed
                 .iter()
@@ -204,6 +237,7 @@ impl ReplicaFetchers {
 async fn run(
     address: String,
     node_id: i32,
+    settings: FetchSettings,
     broker_epoch: impl Fn() -> i64,
     partitions: Arc<Mutex<Partitions>>,
     changed: Arc<Notify>,
@@ -211,20 +245,28 @@ async fn run(
     let mut connection: Option<ControllerConnection> = None;
     let mut correlation_id = 0i32;
     let mut failing = false;
+    // The round in which each partition last got records: the order of the next request.
+    let mut served: HashMap<(Uuid, i32), u64> = HashMap::new();
+    let mut round_no = 0u64;
     loop {
         let wake = changed.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let round: Vec<Followed> = partitions
+        let mut round: Vec<Followed> = partitions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
             .collect();
         if round.is_empty() {
+            served.clear();
             wake.await;
             continue;
         }
+        round_no += 1;
+        let followed: std::collections::HashSet<(Uuid, i32)> = round.iter().map(key_of).collect();
+        served.retain(|key, _| followed.contains(key));
+        fetch_order(&mut round, &served);
         // Report only what is on disk: the fetch offset of each partition is its log end once
         // that is fsync'd (sharing the fsync with the partition's other writers).
         for f in &round {
@@ -238,7 +280,7 @@ async fn run(
             _ => match ControllerConnection::connect(
                 &address,
                 format!("caudal-replica-fetcher-{node_id}"),
-                MAX_FRAME,
+                settings.max_frame(),
             )
             .await
             {
@@ -250,13 +292,13 @@ async fn run(
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!(leader = %address, error = %e, "cannot reach a partition leader; retrying");
                     }
-                    tokio::time::sleep(BACKOFF).await;
+                    tokio::time::sleep(settings.backoff).await;
                     continue;
                 }
             },
         };
         correlation_id = correlation_id.wrapping_add(1);
-        let request = fetch_request(node_id, broker_epoch(), &round);
+        let request = fetch_request(node_id, broker_epoch(), &round, &settings);
         let answer = conn
             .call_direct(
                 ApiKey::Fetch,
@@ -269,7 +311,7 @@ async fn run(
             Ok(ResponseKind::Fetch(r)) if r.error_code == 0 => r,
             Ok(other) => {
                 tracing::debug!(leader = %address, answer = ?other, "a fetch from a leader was refused");
-                tokio::time::sleep(BACKOFF).await;
+                tokio::time::sleep(settings.backoff).await;
                 continue;
             }
             Err(e) => {
@@ -277,47 +319,74 @@ async fn run(
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(leader = %address, error = %e, "fetching from a partition leader failed; retrying");
                 }
-                tokio::time::sleep(BACKOFF).await;
+                tokio::time::sleep(settings.backoff).await;
                 continue;
             }
         };
         if std::mem::replace(&mut failing, false) {
             tracing::info!(leader = %address, "fetching from a partition leader again");
         }
+        let by_key: HashMap<(Uuid, i32), &Followed> =
+            round.iter().map(|f| (key_of(f), f)).collect();
         let mut any_error = false;
         for topic in response.responses {
             for data in topic.partitions {
-                let Some(f) = round.iter().find(|f| {
-                    f.partition.topic_id == topic.topic_id
-                        && f.partition.index == data.partition_index
-                }) else {
+                let key = (topic.topic_id, data.partition_index);
+                let Some(f) = by_key.get(&key) else {
                     continue;
                 };
+                if data.records.as_ref().is_some_and(|r| !r.is_empty()) {
+                    served.insert(key, round_no);
+                }
                 any_error |= !apply(&f.partition, data);
             }
         }
         if any_error {
-            tokio::time::sleep(BACKOFF).await;
+            tokio::time::sleep(settings.backoff).await;
         }
     }
 }
 
-fn fetch_request(node_id: i32, broker_epoch: i64, round: &[Followed]) -> FetchRequest {
-    let mut topics: BTreeMap<Uuid, Vec<FetchPartition>> = BTreeMap::new();
+fn key_of(f: &Followed) -> (Uuid, i32) {
+    (f.partition.topic_id, f.partition.index)
+}
+
+/// Orders a round's partitions as Kafka's follower does: a partition that got records moves to
+/// the back, so partitions that got none, or got them longest ago, are asked for first. A
+/// leader fills a response in the order asked until `replica.fetch.response.max.bytes`; in a
+/// fixed order the partitions at the end would get nothing while those before them are busy.
+fn fetch_order(round: &mut [Followed], served: &HashMap<(Uuid, i32), u64>) {
+    round.sort_by_key(|f| served.get(&key_of(f)).copied().unwrap_or(0));
+}
+
+/// One Fetch for the round, its partitions in the round's order (grouped by topic, each topic
+/// where its first partition comes).
+fn fetch_request(
+    node_id: i32,
+    broker_epoch: i64,
+    round: &[Followed],
+    settings: &FetchSettings,
+) -> FetchRequest {
+    let mut topics: Vec<(Uuid, Vec<FetchPartition>)> = Vec::new();
+    let mut topic_at: HashMap<Uuid, usize> = HashMap::new();
     for f in round {
         let (fetch_offset, log_start_offset, last_fetched_epoch) = {
             let log = f.partition.log();
             let last_epoch = log.epochs().entries().last().map_or(-1, |e| e.epoch);
             (log.log_end_offset(), log.log_start_offset(), last_epoch)
         };
-        topics.entry(f.partition.topic_id).or_default().push(
+        let at = *topic_at.entry(f.partition.topic_id).or_insert_with(|| {
+            topics.push((f.partition.topic_id, Vec::new()));
+            topics.len() - 1
+        });
+        topics[at].1.push(
             FetchPartition::default()
                 .with_partition(f.partition.index)
                 .with_current_leader_epoch(f.leader_epoch)
                 .with_fetch_offset(fetch_offset)
                 .with_last_fetched_epoch(last_fetched_epoch)
                 .with_log_start_offset(log_start_offset)
-                .with_partition_max_bytes(PARTITION_MAX_BYTES),
+                .with_partition_max_bytes(settings.partition_max_bytes),
         );
     }
     FetchRequest::default()
@@ -326,9 +395,9 @@ fn fetch_request(node_id: i32, broker_epoch: i64, round: &[Followed]) -> FetchRe
                 .with_replica_id(BrokerId(node_id))
                 .with_replica_epoch(broker_epoch),
         )
-        .with_max_wait_ms(MAX_WAIT_MS)
-        .with_min_bytes(MIN_BYTES)
-        .with_max_bytes(RESPONSE_MAX_BYTES)
+        .with_max_wait_ms(settings.max_wait_ms)
+        .with_min_bytes(settings.min_bytes)
+        .with_max_bytes(settings.response_max_bytes)
         .with_topics(
             topics
                 .into_iter()
@@ -547,7 +616,7 @@ mod tests {
             PartitionLog::open(&dir.path().join("follower"), LogConfig::default(), 0).unwrap();
         let follower = Partition::start("replicated".into(), topic.id, 0, log);
         follower.set_leadership(false, epoch);
-        let fetcher = Fetcher::start(address, local + 1, || -1);
+        let fetcher = Fetcher::start(address, local + 1, FetchSettings::default(), || -1);
         fetcher.follow(Followed {
             partition: follower.clone(),
             leader_epoch: epoch,
@@ -576,5 +645,62 @@ mod tests {
         assert!(fetcher.is_empty());
         let _ = stop.send(());
         let _ = serving.await;
+    }
+
+    #[tokio::test]
+    async fn partitions_that_got_records_are_asked_for_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let followed = |topic: Uuid, index: i32| {
+            let path = dir.path().join(format!("{topic}-{index}"));
+            let (log, _) = PartitionLog::open(&path, LogConfig::default(), 0).unwrap();
+            Followed {
+                partition: Partition::start("t".into(), topic, index, log),
+                leader_epoch: 3,
+            }
+        };
+        // In the order a fetcher holds them: by topic id, then partition.
+        let mut round = vec![followed(a, 0), followed(a, 1), followed(b, 0)];
+        let order = |round: &[Followed]| round.iter().map(key_of).collect::<Vec<_>>();
+
+        // Nothing served yet: the held order.
+        fetch_order(&mut round, &HashMap::new());
+        assert_eq!(order(&round), vec![(a, 0), (a, 1), (b, 0)]);
+        // a-0 got records in round 2, a-1 in round 1, b-0 never: b-0, then a-1, then a-0.
+        let served = HashMap::from([((a, 0), 2), ((a, 1), 1)]);
+        fetch_order(&mut round, &served);
+        assert_eq!(order(&round), vec![(b, 0), (a, 1), (a, 0)]);
+
+        // The request keeps that order, each topic where its first partition comes, with the
+        // settings' bounds.
+        let settings = FetchSettings {
+            partition_max_bytes: 8 << 20,
+            response_max_bytes: 32 << 20,
+            max_wait_ms: 250,
+            ..FetchSettings::default()
+        };
+        let request = fetch_request(7, 11, &round, &settings);
+        let asked: Vec<(Uuid, Vec<i32>)> = request
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.topic_id,
+                    t.partitions.iter().map(|p| p.partition).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(asked, vec![(b, vec![0]), (a, vec![1, 0])]);
+        assert!(request
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .all(|p| { p.partition_max_bytes == 8 << 20 && p.current_leader_epoch == 3 }));
+        assert_eq!(
+            (request.max_bytes, request.max_wait_ms, request.min_bytes),
+            (32 << 20, 250, 1)
+        );
+        assert_eq!(request.replica_state.replica_id, BrokerId(7));
+        assert_eq!(request.replica_state.replica_epoch, 11);
     }
 }

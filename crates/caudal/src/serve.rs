@@ -182,6 +182,9 @@ pub fn config_from(m: &ArgMatches) -> anyhow::Result<BrokerConfig> {
     config
         .apply_listener_roles()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config
+        .check_combinations()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(config)
 }
 
